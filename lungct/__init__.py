@@ -1,0 +1,1 @@
+"""lungct: finding, validating, loading, caching and splitting chest-CT scans; synthetic phantoms."""

@@ -1,0 +1,1 @@
+"""space: the architecture search space, the model builder, the seed baseline and its modifications."""
