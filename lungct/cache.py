@@ -1,0 +1,112 @@
+"""The on-disk cache of preprocessed scans, so that a second run decodes no NIfTI.
+
+Layout under the cache folder (by default ``studies/cache``)::
+
+    meta/<file key>.json            what reading the scan found: its geometry, or why it was skipped
+    <preprocess key>/<file key>.npz the windowed, resized float16 (D, H, W) volume
+
+The file key hashes the scan's identity (resolved path, size, modification time) and the reader's
+version; the preprocess key hashes every :class:`~lungct.records.PreprocessConfig` field. Entries are
+written to a temporary name and renamed, so two processes filling the cache at once, or a crash
+mid-write, never leave a partial entry under a real name. A ``.npz`` is a zip whose members carry a
+CRC-32, so a truncated or corrupted entry fails to load; it is then deleted and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from lungct.nifti import ScanMeta
+from lungct.records import PreprocessConfig
+
+# Bump when reading or preprocessing changes meaning, so old entries are not reused.
+CACHE_VERSION = 1
+
+
+def file_key(path: str | Path) -> str:
+    """A key for a file's identity: its resolved path, size and modification time."""
+    p = Path(path).resolve()
+    st = p.stat()
+    ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|v{CACHE_VERSION}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def preprocess_key(config: PreprocessConfig) -> str:
+    """A readable folder name for a preprocessing configuration, unique to all of its fields."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    d, h, w = config.size
+    return f"{d}x{h}x{w}_hu{config.hu_min:g}_{config.hu_max:g}_{digest}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ScanCache:
+    """Preprocessed volumes and scan metadata for one preprocessing configuration."""
+
+    def __init__(self, cache_dir: str | Path, config: PreprocessConfig):
+        self.root = Path(cache_dir)
+        self.config = config
+        self.volume_dir = self.root / preprocess_key(config)
+        self.meta_dir = self.root / "meta"
+
+    def volume_path(self, key: str) -> Path:
+        """Where the volume for a file key lives."""
+        return self.volume_dir / f"{key}.npz"
+
+    def load_volume(self, key: str) -> np.ndarray | None:
+        """The cached volume, or None on a miss; a corrupt or mis-shaped entry is deleted, so it is rebuilt."""
+        path = self.volume_path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as entry:
+                volume = entry["volume"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            path.unlink(missing_ok=True)
+            return None
+        if volume.shape != self.config.size or volume.dtype != np.float16 or not np.isfinite(volume).all():
+            path.unlink(missing_ok=True)
+            return None
+        return volume
+
+    def save_volume(self, key: str, volume: np.ndarray) -> None:
+        """Store a preprocessed float16 (D, H, W) volume."""
+        buffer = io.BytesIO()
+        np.savez(buffer, volume=np.ascontiguousarray(volume, dtype=np.float16))
+        atomic_write_bytes(self.volume_path(key), buffer.getvalue())
+
+    def load_meta(self, key: str) -> ScanMeta | str | None:
+        """The scan's metadata, the reason it was skipped (a str), or None if it was never read."""
+        path = self.meta_dir / f"{key}.json"
+        try:
+            entry = json.loads(path.read_text())
+            return entry["skip"] if "skip" in entry else ScanMeta.from_dict(entry["meta"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            return None
+
+    def save_meta(self, key: str, meta: ScanMeta | str) -> None:
+        """Record what reading the scan found: its metadata, or the reason (a str) it cannot be used."""
+        entry = {"skip": meta} if isinstance(meta, str) else {"meta": meta.to_dict()}
+        atomic_write_bytes(self.meta_dir / f"{key}.json", json.dumps(entry).encode())

@@ -1,0 +1,100 @@
+"""``python -m lungct.inspect ROOT_OR_MANIFEST``: what a data set holds, and what would be skipped.
+
+Prints counts per category, the labels under the task, a summary of shapes, spacings and
+orientations, and every skipped file with its reason. Reading validates every image in full (a
+truncated file only shows there); what it finds is cached, so a second look is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from lungct.dataset import read_metas
+from lungct.discover import Discovery, discover
+from lungct.errors import DataError
+from lungct.nifti import ScanMeta
+from lungct.records import CATEGORIES, TASKS, Skipped, get_task
+
+LAYOUT_NAMES = {"mosmeddata": "MosMedData", "folders": "category folders", "manifest": "CSV manifest"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m lungct.inspect``."""
+    p = argparse.ArgumentParser(prog="python -m lungct.inspect", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("root", metavar="ROOT_OR_MANIFEST",
+                   help="data folder (MosMedData or category folders) or CSV manifest")
+    p.add_argument("--task", default="course", choices=sorted(TASKS), help="which categories are labels 0 and 1")
+    p.add_argument("--cache-dir", default="studies/cache", help="where what was read is cached")
+    p.add_argument("--workers", type=int, default=None, help="processes reading scans (default: all cores)")
+    p.add_argument("--no-read", action="store_true", help="list files only; do not read and validate images")
+    return p
+
+
+def _range(values: list[float], fmt: str = "{:g}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}..{fmt.format(hi)}"
+
+
+def format_report(found: Discovery, metas: dict[str, ScanMeta | str] | None) -> str:
+    """The inspection report as text."""
+    task = found.task
+    bad = {p: m for p, m in (metas or {}).items() if isinstance(m, str)}
+    all_records = found.records + found.excluded
+    lines = [f"{found.root}  (layout: {LAYOUT_NAMES[found.layout]}; task {task.name}: {task.description})", ""]
+    lines.append(f"{'category':<10}{'scans':>7}{'unreadable':>12}  under the task")
+    by_cat = Counter(r.category or f"label {r.label}" for r in all_records)
+    bad_by_cat = Counter(r.category or f"label {r.label}" for r in all_records if r.path in bad)
+    known = (*CATEGORIES, "CT-23")
+    order = [c for c in known if c in by_cat] + sorted(c for c in by_cat if c not in known)
+    for cat in order:
+        if cat.startswith("CT-"):
+            label = task.label(cat)
+            role = "excluded" if label is None else f"label {label}"
+        else:
+            role = "given by the manifest"
+        lines.append(f"{cat:<10}{by_cat[cat]:>7}{bad_by_cat[cat]:>12}  {role}")
+    used = [r for r in found.records if r.path not in bad]
+    n0 = sum(r.label == 0 for r in used)
+    lines.append(f"{'total':<10}{len(all_records):>7}{len(bad):>12}")
+    lines += ["", f"usable under the task: {len(used)} (label 0: {n0}, label 1: {len(used) - n0}); "
+              f"excluded by the task: {len(found.excluded)}; skipped: {len(found.skipped) + len(bad)}"]
+    good = [m for m in (metas or {}).values() if isinstance(m, ScanMeta)]
+    if good:
+        shapes = Counter("x".join(map(str, m.shape)) for m in good)
+        orient = Counter(m.orientation for m in good)
+        lines += [
+            "", f"geometry of {len(good)} readable scans (file axis order i x j x k):",
+            f"  shape: {', '.join(f'{s} ({n})' for s, n in shapes.most_common(4))}"
+            + (f", {len(shapes) - 4} other shapes" if len(shapes) > 4 else ""),
+            f"  spacing (mm): i {_range([m.spacing[0] for m in good], '{:.3g}')}, "
+            f"j {_range([m.spacing[1] for m in good], '{:.3g}')}, k {_range([m.spacing[2] for m in good], '{:.3g}')}",
+            f"  orientation: {', '.join(f'{o} ({n})' for o, n in orient.most_common())}",
+            f"  stored dtype: {', '.join(f'{d} ({n})' for d, n in Counter(m.dtype for m in good).most_common())}",
+            f"  HU range: {min(m.hu_min for m in good):g} .. {max(m.hu_max for m in good):g}",
+        ]
+    skipped = found.skipped + [Skipped(p, r) for p, r in sorted(bad.items())]
+    if skipped:
+        lines += ["", f"skipped ({len(skipped)}):"] + [f"  {s.path}: {s.reason}" for s in skipped]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Inspect a data set; print the report. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        found = discover(Path(args.root), get_task(args.task))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    metas = None if args.no_read else read_metas(found.records + found.excluded, args.cache_dir,
+                                                   workers=args.workers, progress=sys.stderr.isatty())
+    print(format_report(found, metas))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Shared test helpers: tiny, deliberately non-cubic synthetic CT volumes written with nibabel."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+# The workplace keeps two real scans beside the checkout; LUNGCT_REAL_CT points elsewhere.
+_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct"
+REAL_CT_DIR = Path(os.environ.get("LUNGCT_REAL_CT", _BESIDE))
+
+
+def synthetic_ct(shape_xyz: tuple[int, int, int] = (20, 24, 16), seed: int = 0) -> np.ndarray:
+    """A small HU volume in (x, y, z) order: air around an elliptic body holding two darker lungs."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape_xyz), indexing="ij")
+    hu = np.full(shape_xyz, -1000.0)
+    hu[(x / 0.9) ** 2 + (y / 0.7) ** 2 < 1] = 40.0
+    hu[((x - 0.4) / 0.3) ** 2 + (y / 0.45) ** 2 < 1] = -850.0
+    hu[((x + 0.4) / 0.3) ** 2 + (y / 0.45) ** 2 < 1] = -850.0
+    hu[(x / 0.12) ** 2 + ((y + 0.55) / 0.12) ** 2 < 1] = 700.0  # spine
+    hu += 10.0 * z  # a gradient along z, so an axis flip shows
+    return hu + rng.normal(0, 5, shape_xyz)
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None, dtype=np.int16,
+                slope: float | None = None, inter: float | None = None) -> Path:
+    """Write ``data`` (HU, x/y/z order) as NIfTI; with slope/intercept it is stored raw and rescaled on load."""
+    affine = np.diag([0.7, 0.7, 8.0, 1.0]) if affine is None else affine
+    if slope is not None:
+        stored = np.round((data - (inter or 0.0)) / slope).astype(dtype)
+        image = nib.Nifti1Image(stored, affine)
+        image.header.set_slope_inter(slope, inter or 0.0)
+    else:
+        data = np.asarray(data)
+        image = nib.Nifti1Image((np.round(data) if np.issubdtype(dtype, np.integer) else data).astype(dtype), affine)
+        image.header.set_data_dtype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def make_mosmed(root: Path, per_category: dict[str, int] | None = None, registry: bool = True) -> Path:
+    """A tiny data set in the MosMedData layout, with a UTF-8-with-BOM registry."""
+    per_category = per_category or {"CT-0": 2, "CT-1": 1, "CT-2": 1, "CT-3": 1}
+    rows, n = [], 0
+    for category, count in per_category.items():
+        for _ in range(count):
+            n += 1
+            rel = f"studies/{category}/study_{n:04d}.nii.gz"
+            write_nifti(root / rel, synthetic_ct(seed=n))
+            rows.append({"study_id": n, "category": category, "study_file": "/" + rel, "mask_file": ""})
+    if registry:
+        with (root / "dataset_registry.csv").open("w", newline="", encoding="utf-8-sig") as fh:
+            writer = csv.DictWriter(fh, ["study_id", "category", "study_file", "mask_file"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def ct_volume() -> np.ndarray:
+    """A (20, 24, 16) synthetic CT volume in HU."""
+    return synthetic_ct()
+
+
+@pytest.fixture
+def real_ct_dir() -> Path:
+    """The two real CT scans shipped in ../shared/data/real-ct (skipped where absent)."""
+    if not (REAL_CT_DIR / "example_ct.nii.gz").is_file():
+        pytest.skip(f"real CT scans not found in {REAL_CT_DIR}")
+    return REAL_CT_DIR
