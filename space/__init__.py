@@ -1,1 +1,44 @@
 """space: the architecture search space, the model builder, the seed baseline and its modifications."""
+
+from space.baseline import (
+    MODIFICATIONS,
+    apply_modifications,
+    baseline,
+    baseline_train,
+    fit_to_size,
+    same_padding,
+    variants,
+)
+from space.bounds import SpaceBounds
+from space.build import SpecInputError, SpecNet, build, check_input_size, feature_shapes
+from space.cost import Cost, cost, count_flops, count_keras_params, count_params
+from space.sample import baseline_params, param_names, params_for, sample
+from space.spec import ArchSpec, LevelSpec, TrainSpec
+
+__all__ = [
+    "MODIFICATIONS",
+    "ArchSpec",
+    "Cost",
+    "LevelSpec",
+    "SpaceBounds",
+    "SpecInputError",
+    "SpecNet",
+    "TrainSpec",
+    "apply_modifications",
+    "baseline",
+    "baseline_params",
+    "baseline_train",
+    "build",
+    "check_input_size",
+    "cost",
+    "count_flops",
+    "count_keras_params",
+    "count_params",
+    "feature_shapes",
+    "fit_to_size",
+    "param_names",
+    "params_for",
+    "same_padding",
+    "sample",
+    "variants",
+]

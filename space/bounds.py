@@ -1,0 +1,152 @@
+"""The search space's bounds: the ranges and choices that `space.sample` may draw from.
+
+Each field bounds the Optuna parameter of the same name (see `space.sample`), except `growth`, which
+bounds every `level<i>_growth`, and `head_units`, which bounds every `head<j>_units`. A range is a
+(low, high) pair, both included; a choice field is a tuple of allowed values. The defaults cover the
+whole space and contain the seed baseline, so the search can enqueue it as trial 0; the CLI (and a
+TOML file) narrow or widen them with `dataclasses.replace` or `SpaceBounds.from_dict`.
+
+Changing the bounds changes the distributions (and, for `n_levels` and `head_layers`, the set of
+parameter names) that a study records, so keep one set of bounds per study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from space.spec import (
+    ACTIVATIONS,
+    BLOCKS,
+    NORMS,
+    OPTIMIZERS,
+    PADDINGS,
+    POOLINGS,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+)
+
+_OWNER = "SpaceBounds"
+
+
+def _int_range(field: str, value: object, minimum: int) -> tuple[int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {value!r}")
+    low = check_int(_OWNER, f"{field}[0]", value[0], minimum)
+    high = check_int(_OWNER, f"{field}[1]", value[1], minimum)
+    if low > high:
+        raise ValueError(f"{_OWNER}.{field}: low {low} is above high {high}")
+    return low, high
+
+
+def _float_range(field: str, value: object, low_limit: float, high_limit: float, high_open: bool) -> tuple:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {value!r}")
+    low = check_float(_OWNER, f"{field}[0]", value[0], low_limit, high_limit, high_open)
+    high = check_float(_OWNER, f"{field}[1]", value[1], low_limit, high_limit, high_open)
+    if low > high:
+        raise ValueError(f"{_OWNER}.{field}: low {low} is above high {high}")
+    return low, high
+
+
+def _choices(field: str, value: object, check) -> tuple:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{_OWNER}.{field}: must be a non-empty tuple of choices, got {value!r}")
+    items = tuple(check(f"{field}[{i}]", item) for i, item in enumerate(value))
+    if len(set(items)) != len(items):
+        raise ValueError(f"{_OWNER}.{field}: has repeated choices {items}")
+    return items
+
+
+def _name_choices(field: str, value: object, table) -> tuple[str, ...]:
+    return _choices(field, value, lambda _, item: check_choice(_OWNER, field, item, table))
+
+
+def _int_choices(field: str, value: object, minimum: int) -> tuple[int, ...]:
+    return _choices(field, value, lambda name, item: check_int(_OWNER, name, item, minimum))
+
+
+@dataclass(frozen=True)
+class SpaceBounds:
+    """Ranges and choices for every sampled parameter; validated when made.
+
+    Attributes:
+        n_levels: Range of the number of levels.
+        base_filters: Choices for the first level's filters.
+        growth: Choices for each later level's filters as a multiple of the level before.
+        convs_per_level: Range of 3x3x3 convolutions per level (the same for every level).
+        block: Block types.
+        activation: Activations.
+        pooling: Poolings.
+        norm: Normalisations.
+        padding: Paddings.
+        head_layers: Range of the number of hidden dense layers.
+        head_units: Choices for each hidden dense layer's width.
+        dropout: Range of the dropout probability (uniform).
+        lr: Range of the learning rate (sampled on a log scale).
+        weight_decay: Choices for weight decay; a choice, not a log range, because 0 must be reachable.
+        optimizer: Optimisers.
+        batch_size: Batch sizes.
+    """
+
+    n_levels: tuple[int, int] = (2, 5)
+    base_filters: tuple[int, ...] = (8, 16, 32, 64)
+    growth: tuple[int, ...] = (1, 2)
+    convs_per_level: tuple[int, int] = (1, 3)
+    block: tuple[str, ...] = BLOCKS
+    activation: tuple[str, ...] = tuple(ACTIVATIONS)
+    pooling: tuple[str, ...] = tuple(POOLINGS)
+    norm: tuple[str, ...] = tuple(NORMS)
+    padding: tuple[str, ...] = PADDINGS
+    head_layers: tuple[int, int] = (0, 2)
+    head_units: tuple[int, ...] = (64, 100, 128, 256, 512)
+    dropout: tuple[float, float] = (0.0, 0.5)
+    lr: tuple[float, float] = (1e-5, 1e-2)
+    weight_decay: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+    optimizer: tuple[str, ...] = OPTIMIZERS
+    batch_size: tuple[int, ...] = (2, 4, 8)
+
+    def __post_init__(self) -> None:
+        checked = {
+            "n_levels": _int_range("n_levels", self.n_levels, 1),
+            "base_filters": _int_choices("base_filters", self.base_filters, 1),
+            "growth": _int_choices("growth", self.growth, 1),
+            "convs_per_level": _int_range("convs_per_level", self.convs_per_level, 1),
+            "block": _name_choices("block", self.block, BLOCKS),
+            "activation": _name_choices("activation", self.activation, ACTIVATIONS),
+            "pooling": _name_choices("pooling", self.pooling, POOLINGS),
+            "norm": _name_choices("norm", self.norm, NORMS),
+            "padding": _name_choices("padding", self.padding, PADDINGS),
+            "head_layers": _int_range("head_layers", self.head_layers, 0),
+            "head_units": _int_choices("head_units", self.head_units, 1),
+            "dropout": _float_range("dropout", self.dropout, 0.0, 1.0, True),
+            "lr": _float_range("lr", self.lr, 0.0, float("inf"), False),
+            "weight_decay": _choices(
+                "weight_decay",
+                self.weight_decay,
+                lambda name, item: check_float(_OWNER, name, item, 0.0, float("inf")),
+            ),
+            "optimizer": _name_choices("optimizer", self.optimizer, OPTIMIZERS),
+            "batch_size": _int_choices("batch_size", self.batch_size, 1),
+        }
+        if checked["lr"][0] <= 0.0:
+            raise ValueError(f"{_OWNER}.lr: low must be > 0 for a log scale, got {checked['lr'][0]}")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the bounds as a JSON- and TOML-ready dict (tuples become lists)."""
+        return {k: list(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpaceBounds:
+        """Make bounds from a (partial) mapping, e.g. a TOML table; missing fields keep their defaults.
+
+        Raises:
+            ValueError: A key is not a field (the nearest field is suggested), or a value is invalid.
+        """
+        return cls(**check_keys(cls, data))

@@ -1,0 +1,180 @@
+"""Building a torch model from an `ArchSpec`, and checking an input size against a spec before training.
+
+The model is `features -> head`:
+
+- `features.level<i>`: `block -> pool -> norm` per level (see `space.blocks` for the block designs;
+  'none' norm means the level has no normalisation layer at all).
+- `head`: global average pooling (Keras's GlobalAveragePooling3D), then per hidden width
+  `fc<j> -> act<j>`, with one `drop` after the first hidden layer (the seed's
+  Dense(512) -> Dropout(0.3) -> Dense(1)), then `out`, a linear layer to one logit. With no hidden
+  layer, `drop` sits straight before `out`. Dropout appears once, not after every hidden layer, so the
+  course's `dense100` modification (Dense(100) inserted before the output) adds exactly one layer.
+
+`forward` maps (B, C, D, H, W) to (B,) logits: the sigmoid lives in the loss (`BCEWithLogitsLoss`).
+Widths follow from the running channel count; nothing is hard-coded. Convolution and dense weights
+start as Keras's do (Glorot uniform, zero bias), so the baseline starts as the seed does; batch norm
+uses Keras's epsilon and momentum (see `space.spec.NORMS`).
+
+Sizes are (D, H, W). `check_input_size` rejects a spec whose maps vanish at a size, before any tensor
+is allocated, so the search prunes it with the reason instead of crashing mid-trial.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from space.blocks import BLOCK_TYPES, KERNEL_SIZE, make_act, make_norm, make_pool
+from space.spec import ArchSpec, LevelSpec
+
+Size = tuple[int, int, int]
+
+
+class SpecInputError(ValueError):
+    """A spec cannot run at an input size: a feature map would vanish (or be too small to normalise)."""
+
+
+class Level(nn.Sequential):
+    """One level: `block -> pool -> norm` (norm omitted for 'none')."""
+
+    def __init__(self, in_channels: int, level: LevelSpec, spec: ArchSpec):
+        block_type = BLOCK_TYPES[level.block]
+        layers = OrderedDict(
+            block=block_type(in_channels, level.filters, level.n_convs, spec.activation, spec.padding),
+            pool=make_pool(spec.pooling),
+        )
+        norm = make_norm(spec.norm, level.filters)
+        if norm is not None:
+            layers["norm"] = norm
+        super().__init__(layers)
+
+
+class SpecNet(nn.Module):
+    """A 3D CNN built from an `ArchSpec`: (B, C, D, H, W) -> (B,) logits.
+
+    Attributes:
+        spec: The spec it was built from (export it beside the weights to rebuild the model).
+        features: The levels, `level1` .. `level<n>`.
+        head: Global average pooling, hidden dense layers, dropout and the output logit.
+    """
+
+    def __init__(self, spec: ArchSpec, in_channels: int = 1):
+        super().__init__()
+        self.spec = spec
+        levels = OrderedDict()
+        channels = in_channels
+        for i, level in enumerate(spec.levels, start=1):
+            levels[f"level{i}"] = Level(channels, level, spec)
+            channels = level.filters
+        self.features = nn.Sequential(levels)
+
+        head: OrderedDict[str, nn.Module] = OrderedDict(gap=nn.AdaptiveAvgPool3d(1), flatten=nn.Flatten())
+        for j, units in enumerate(spec.head_units, start=1):
+            head[f"fc{j}"] = nn.Linear(channels, units)
+            head[f"act{j}"] = make_act(spec.activation)
+            if j == 1 and spec.dropout > 0:
+                head["drop"] = nn.Dropout(spec.dropout)
+            channels = units
+        if not spec.head_units and spec.dropout > 0:
+            head["drop"] = nn.Dropout(spec.dropout)
+        head["out"] = nn.Linear(channels, 1)
+        self.head = nn.Sequential(head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return one logit per scan: (B, C, D, H, W) -> (B,)."""
+        return self.head(self.features(x)).squeeze(1)
+
+
+def init_keras(model: nn.Module) -> None:
+    """Initialise conv and dense layers as Keras does: Glorot-uniform weights, zero biases."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def build(spec: ArchSpec, in_channels: int = 1) -> SpecNet:
+    """Build the model for a spec.
+
+    Works under `with torch.device("meta"):` (for costing without allocating), and the model runs in
+    `torch.channels_last_3d` memory format and under `torch.autocast` with bfloat16.
+
+    Args:
+        spec: The architecture.
+        in_channels: Channels of the input volumes (1 for CT).
+
+    Returns:
+        The model, mapping (B, in_channels, D, H, W) to (B,) logits, in training mode.
+
+    Raises:
+        ValueError: `spec` is not an `ArchSpec`, or `in_channels` is not a positive integer.
+    """
+    if not isinstance(spec, ArchSpec):
+        raise ValueError(f"build: spec must be an ArchSpec, got {type(spec).__name__}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
+        raise ValueError(f"build: in_channels must be a positive integer, got {in_channels!r}")
+    model = SpecNet(spec, int(in_channels))
+    init_keras(model)
+    return model
+
+
+def _check_size(size: object) -> Size:
+    if not isinstance(size, (list, tuple)) or len(size) != 3:
+        raise ValueError(f"size: must be three positive integers (D, H, W), got {size!r}")
+    for axis in size:
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or axis < 1:
+            raise ValueError(f"size: must be three positive integers (D, H, W), got {size!r}")
+    return tuple(int(axis) for axis in size)
+
+
+def _level_shapes(spec: ArchSpec, size: Size):
+    """Yield (level number, shape after its convolutions, shape after its pooling) level by level."""
+    trim = 2 * (KERNEL_SIZE // 2) if spec.padding == "valid" else 0
+    shape = size
+    for i, level in enumerate(spec.levels, start=1):
+        convolved = tuple(max(0, axis - trim * level.n_convs) for axis in shape)
+        shape = tuple(axis // 2 for axis in convolved)
+        yield i, convolved, shape
+
+
+def feature_shapes(spec: ArchSpec, size: Size) -> tuple[Size, ...]:
+    """Return each level's output shape (D, H, W) at an input size; a vanished axis reads 0.
+
+    Args:
+        spec: The architecture.
+        size: Input (D, H, W).
+
+    Raises:
+        ValueError: `size` is not three positive integers.
+    """
+    return tuple(pooled for _, _, pooled in _level_shapes(spec, _check_size(size)))
+
+
+def check_input_size(spec: ArchSpec, size: Size) -> None:
+    """Raise if a spec cannot run (train) at an input size; return None if it can.
+
+    Args:
+        spec: The architecture.
+        size: Input (D, H, W).
+
+    Raises:
+        SpecInputError: A level's feature map vanishes, e.g. "level 4: feature map (0, 2, 2) vanishes
+            at input 32x64x64 with 'valid' padding", or instance norm would see a single voxel, which
+            it cannot normalise in training.
+        ValueError: `size` is not three positive integers.
+    """
+    size = _check_size(size)
+    where = f"at input {'x'.join(map(str, size))} with '{spec.padding}' padding"
+    for i, convolved, pooled in _level_shapes(spec, size):
+        for stage, shape in (("its convolutions", convolved), ("pooling", pooled)):
+            if min(shape) < 1:
+                raise SpecInputError(f"level {i}: feature map {shape} vanishes {where} (after {stage})")
+        if spec.norm == "instance" and pooled == (1, 1, 1):
+            raise SpecInputError(
+                f"level {i}: feature map (1, 1, 1) {where} is a single voxel, which instance norm "
+                "cannot normalise in training"
+            )

@@ -1,0 +1,58 @@
+"""SpaceBounds: defaults, validation, dict round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from space import SpaceBounds
+
+
+def test_spacebounds_defaults_cover_the_issue_space():
+    bounds = SpaceBounds()
+    assert bounds.n_levels == (2, 5)
+    assert bounds.convs_per_level == (1, 3)
+    assert set(bounds.block) == {"plain", "residual", "residual_inception"}
+    assert {"relu", "sigmoid", "leaky_relu", "elu", "gelu", "silu"} <= set(bounds.activation)
+    assert set(bounds.pooling) == {"max", "avg"}
+    assert set(bounds.norm) == {"batch", "instance", "none"}
+    assert bounds.head_layers == (0, 2)
+    assert {100, 512} <= set(bounds.head_units)
+
+
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        ({"n_levels": (3, 2)}, r"SpaceBounds\.n_levels: low 3 is above high 2"),
+        ({"n_levels": (0, 2)}, r"SpaceBounds\.n_levels\[0\]: must be >= 1"),
+        ({"n_levels": (2,)}, r"SpaceBounds\.n_levels: must be a \(low, high\) pair"),
+        ({"activation": ("relu", "rellu")}, r"SpaceBounds\.activation: unknown 'rellu'; did you mean 'relu'\?"),
+        ({"base_filters": ()}, r"SpaceBounds\.base_filters: must be a non-empty tuple"),
+        ({"batch_size": (2, 2)}, r"SpaceBounds\.batch_size: has repeated choices"),
+        ({"dropout": (0.0, 1.0)}, r"SpaceBounds\.dropout\[1\]"),
+        ({"lr": (0.0, 1e-3)}, r"SpaceBounds\.lr: low must be > 0"),
+        ({"weight_decay": (-1.0,)}, r"SpaceBounds\.weight_decay\[0\]"),
+        ({"head_layers": (-1, 2)}, r"SpaceBounds\.head_layers\[0\]: must be >= 0"),
+    ],
+)
+def test_spacebounds_rejects_bad_value_naming_field(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        dataclasses.replace(SpaceBounds(), **changes)
+
+
+def test_spacebounds_from_dict_narrows_and_keeps_other_defaults():
+    bounds = SpaceBounds.from_dict({"n_levels": [2, 3], "padding": ["same"]})
+    assert bounds.n_levels == (2, 3)
+    assert bounds.padding == ("same",)
+    assert bounds.block == SpaceBounds().block
+
+
+def test_spacebounds_from_dict_rejects_unknown_key_with_suggestion():
+    with pytest.raises(ValueError, match=r"unknown 'n_level'; did you mean 'n_levels'\?"):
+        SpaceBounds.from_dict({"n_level": [2, 3]})
+
+
+def test_spacebounds_dict_round_trip_gives_equal_bounds():
+    bounds = SpaceBounds(n_levels=(1, 4), lr=(1e-4, 1e-3))
+    assert SpaceBounds.from_dict(bounds.to_dict()) == bounds

@@ -1,0 +1,208 @@
+"""build, feature_shapes and check_input_size: every choice runs; shapes and errors are right."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from space import (
+    ArchSpec,
+    LevelSpec,
+    SpecInputError,
+    baseline,
+    build,
+    check_input_size,
+    feature_shapes,
+    same_padding,
+)
+from space.blocks import BLOCK_TYPES
+from space.spec import ACTIVATIONS, BLOCKS, NORMS, POOLINGS
+from tests.space.helpers import TINY_SIZE, run_forward_backward, tiny_spec
+
+# Three valid 3x3x3 convolutions per level trim 6 voxels per axis, too much for two levels at TINY_SIZE.
+LARGER_SIZE = (28, 36, 32)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("n_convs", [1, 2, 3])
+@pytest.mark.parametrize("block", BLOCKS)
+def test_build_block_runs_forward_and_backward(block, n_convs, padding):
+    # Levels 4 -> 4 exercise the identity shortcut; the first level (1 -> 4) the projection.
+    spec = tiny_spec(levels=(LevelSpec(4, n_convs, block), LevelSpec(4, n_convs, block)), padding=padding)
+    size = LARGER_SIZE if (padding, n_convs) == ("valid", 3) else TINY_SIZE
+    run_forward_backward(spec, size)
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_build_activation_runs_forward_and_backward(activation):
+    run_forward_backward(tiny_spec(activation=activation))
+
+
+@pytest.mark.parametrize("pooling", list(POOLINGS))
+def test_build_pooling_runs_forward_and_backward(pooling):
+    run_forward_backward(tiny_spec(pooling=pooling))
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_build_norm_runs_forward_and_backward(norm):
+    run_forward_backward(tiny_spec(norm=norm))
+
+
+@pytest.mark.parametrize("head_units", [(), (6,), (6, 5)])
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_build_head_runs_forward_and_backward(head_units, dropout):
+    run_forward_backward(tiny_spec(head_units=head_units, dropout=dropout))
+
+
+@pytest.mark.parametrize("n_levels", [1, 2, 3, 4, 5])
+def test_build_levels_run_forward_and_backward(n_levels):
+    # 'same' padding and 32 voxels on the shortest axis leave five halvings a 1x1x1 map.
+    levels = tuple(LevelSpec(4 * 2 ** min(i, 2)) for i in range(n_levels))
+    run_forward_backward(tiny_spec(levels=levels, padding="same"), size=(32, 48, 40))
+
+
+def test_build_block_table_matches_spec_names():
+    assert tuple(BLOCK_TYPES) == BLOCKS
+
+
+def test_build_widths_follow_spec():
+    model = build(baseline())
+    convs = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 64), (64, 64), (64, 128), (128, 256)]
+    assert (model.head.fc1.in_features, model.head.fc1.out_features) == (256, 512)
+    assert model.head.out.in_features == 512
+
+
+def test_build_in_channels_sets_first_conv_width():
+    model = build(tiny_spec(), in_channels=3)
+    assert model.features.level1.block.conv1.conv.in_channels == 3
+
+
+def test_build_submodule_names_are_readable():
+    names = dict(build(baseline()).named_modules())
+    for name in ("features.level1.block.conv1", "features.level4.pool", "features.level4.norm", "head.out"):
+        assert name in names
+
+
+def test_build_head_puts_dropout_after_first_hidden_layer():
+    model = build(dataclasses.replace(baseline(), head_units=(512, 100)))
+    assert list(dict(model.head.named_children())) == ["gap", "flatten", "fc1", "act1", "drop", "fc2", "act2", "out"]
+
+
+def test_build_head_without_hidden_layer_drops_before_output():
+    model = build(dataclasses.replace(baseline(), head_units=()))
+    assert list(dict(model.head.named_children())) == ["gap", "flatten", "drop", "out"]
+
+
+def test_build_batchnorm_uses_keras_defaults():
+    norm = build(baseline()).features.level1.norm
+    assert isinstance(norm, torch.nn.BatchNorm3d)
+    assert (norm.eps, norm.momentum) == (1e-3, 0.01)
+
+
+def test_build_instance_norm_is_affine():
+    norm = build(tiny_spec(norm="instance")).features.level1.norm
+    assert isinstance(norm, torch.nn.InstanceNorm3d)
+    assert norm.affine
+
+
+def test_build_none_norm_leaves_no_norm_layer():
+    model = build(tiny_spec(norm="none"))
+    assert "norm" not in dict(model.features.level1.named_children())
+
+
+def test_build_starts_with_keras_initialisation():
+    model = build(tiny_spec())
+    assert torch.count_nonzero(model.features.level1.block.conv1.conv.bias) == 0
+    assert torch.count_nonzero(model.head.out.bias) == 0
+
+
+def test_build_residual_inception_has_a_branch_per_depth():
+    model = build(tiny_spec(levels=(LevelSpec(8, 2, "residual_inception"),)))
+    assert list(model.features.level1.block.branches) == ["rf1", "rf3", "rf5"]
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("block", BLOCKS)
+def test_feature_shapes_match_the_model(block, padding):
+    spec = tiny_spec(levels=(LevelSpec(4, 2, block), LevelSpec(8, 2, block)), padding=padding)
+    model = build(spec).eval()
+    x = torch.randn(1, 1, *TINY_SIZE)
+    shapes = []
+    with torch.no_grad():
+        for level in model.features:
+            x = level(x)
+            shapes.append(tuple(x.shape[2:]))
+    assert tuple(shapes) == feature_shapes(spec, TINY_SIZE)
+
+
+def test_build_runs_in_channels_last_3d():
+    spec = tiny_spec(levels=(LevelSpec(4, 2, "residual_inception"), LevelSpec(8, 1, "residual")))
+    model = build(spec).eval()
+    x = torch.randn(2, 1, *TINY_SIZE)
+    expected = model(x)
+    model = model.to(memory_format=torch.channels_last_3d)
+    actual = model(x.to(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_build_runs_under_bf16_autocast():
+    spec = tiny_spec(levels=(LevelSpec(4, 2, "residual_inception"), LevelSpec(8, 1, "residual")))
+    model = build(spec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(2, 1, *TINY_SIZE))
+    assert logits.shape == (2,)
+    assert torch.isfinite(logits.float()).all()
+
+
+def test_build_on_meta_device_allocates_no_storage():
+    with torch.device("meta"):
+        model = build(baseline())
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_build_rejects_bad_in_channels():
+    with pytest.raises(ValueError, match="in_channels"):
+        build(tiny_spec(), in_channels=0)
+
+
+def test_check_input_size_accepts_baseline_at_seed_size():
+    check_input_size(baseline(), (64, 128, 128))
+
+
+def test_check_input_size_rejects_valid_baseline_at_small_size():
+    pattern = r"level 4: feature map \(0, 4, 4\) vanishes at input 32x64x64 with 'valid' padding"
+    with pytest.raises(SpecInputError, match=pattern):
+        check_input_size(baseline(), (32, 64, 64))
+
+
+def test_check_input_size_accepts_same_padding_baseline_at_small_size():
+    check_input_size(same_padding(baseline()), (32, 64, 64))
+
+
+def test_check_input_size_rejects_vanishing_after_pooling():
+    with pytest.raises(SpecInputError, match=r"level 5: feature map \(0, 1, 1\) .* \(after pooling\)"):
+        check_input_size(tiny_spec(levels=(LevelSpec(4),) * 5, padding="same"), (16, 32, 32))
+
+
+def test_check_input_size_rejects_single_voxel_instance_norm():
+    spec = tiny_spec(levels=(LevelSpec(4),) * 4, padding="same", norm="instance")
+    with pytest.raises(SpecInputError, match=r"level 4: .* single voxel.*instance norm"):
+        check_input_size(spec, (16, 16, 16))
+
+
+def test_check_input_size_error_is_a_valueerror():
+    assert issubclass(SpecInputError, ValueError)
+
+
+@pytest.mark.parametrize("size", [(0, 24, 20), (16, 24), (16.0, 24, 20)])
+def test_check_input_size_rejects_bad_size(size):
+    with pytest.raises(ValueError, match=r"size: must be three positive integers"):
+        check_input_size(tiny_spec(), size)
+
+
+def test_archspec_and_model_agree_on_levels():
+    spec = ArchSpec(levels=(LevelSpec(4), LevelSpec(8), LevelSpec(16)), padding="same")
+    assert list(dict(build(spec).features.named_children())) == ["level1", "level2", "level3"]

@@ -1,0 +1,112 @@
+"""ArchSpec, LevelSpec and TrainSpec: validation, JSON round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from space import ArchSpec, LevelSpec, TrainSpec, apply_modifications, baseline, baseline_train
+
+
+def test_archspec_json_round_trip_gives_equal_spec():
+    spec = apply_modifications(baseline(), ["dense100", "double_conv", "residual_inception"])
+    assert ArchSpec.from_json(spec.to_json()) == spec
+
+
+def test_archspec_to_dict_is_what_json_gives_back():
+    spec = baseline()
+    assert spec.to_dict() == json.loads(spec.to_json())
+
+
+def test_archspec_from_json_restores_tuples():
+    spec = ArchSpec.from_json(baseline().to_json())
+    assert isinstance(spec.levels, tuple)
+    assert isinstance(spec.head_units, tuple)
+    assert hash(spec) == hash(baseline())
+
+
+def test_trainspec_json_round_trip_gives_equal_spec():
+    spec = TrainSpec(lr=3.2e-4, weight_decay=1e-5, optimizer="adamw", batch_size=4)
+    assert TrainSpec.from_json(spec.to_json()) == spec
+
+
+def test_archspec_accepts_lists_as_tuples():
+    spec = ArchSpec(levels=[LevelSpec(8)], head_units=[16, 4])
+    assert spec.levels == (LevelSpec(8),)
+    assert spec.head_units == (16, 4)
+
+
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        ({"activation": "rellu"}, r"ArchSpec\.activation: unknown 'rellu'; did you mean 'relu'\?"),
+        ({"activation": "leakyrelu"}, r"activation.*did you mean 'leaky_relu'\?"),
+        ({"pooling": "maxpool"}, r"pooling.*'max'"),
+        ({"norm": "batchnorm"}, r"norm.*did you mean 'batch'\?"),
+        ({"padding": "full"}, r"ArchSpec\.padding: unknown 'full'"),
+        ({"dropout": 1.0}, r"ArchSpec\.dropout: must be in \[0.0, 1.0\)"),
+        ({"dropout": -0.1}, r"ArchSpec\.dropout"),
+        ({"dropout": float("nan")}, r"ArchSpec\.dropout"),
+        ({"head_units": (512, 0)}, r"ArchSpec\.head_units\[1\]: must be >= 1"),
+        ({"levels": ()}, r"ArchSpec\.levels: need at least one level"),
+        ({"levels": ({"filters": 8},)}, r"ArchSpec\.levels\[0\]: must be a LevelSpec"),
+    ],
+)
+def test_archspec_rejects_bad_value_naming_field(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        dataclasses.replace(baseline(), **changes)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"filters": 0}, r"LevelSpec\.filters: must be >= 1, got 0"),
+        ({"filters": 8.0}, r"LevelSpec\.filters: must be an integer"),
+        ({"filters": True}, r"LevelSpec\.filters: must be an integer"),
+        ({"filters": 8, "n_convs": 0}, r"LevelSpec\.n_convs: must be >= 1"),
+        ({"filters": 8, "block": "residul"}, r"LevelSpec\.block: unknown 'residul'; did you mean 'residual'\?"),
+    ],
+)
+def test_levelspec_rejects_bad_value_naming_field(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        LevelSpec(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        ({"lr": 0.0}, r"TrainSpec\.lr: must be > 0"),
+        ({"lr": -1e-3}, r"TrainSpec\.lr"),
+        ({"weight_decay": -1e-4}, r"TrainSpec\.weight_decay"),
+        ({"optimizer": "adma"}, r"TrainSpec\.optimizer: unknown 'adma'; did you mean 'adam'\?"),
+        ({"batch_size": 0}, r"TrainSpec\.batch_size: must be >= 1"),
+    ],
+)
+def test_trainspec_rejects_bad_value_naming_field(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        dataclasses.replace(baseline_train(), **changes)
+
+
+def test_archspec_from_dict_rejects_unknown_key_with_suggestion():
+    data = baseline().to_dict() | {"activaton": "relu"}
+    with pytest.raises(ValueError, match=r"unknown 'activaton'; did you mean 'activation'\?"):
+        ArchSpec.from_dict(data)
+
+
+def test_archspec_from_dict_names_the_bad_level():
+    data = baseline().to_dict()
+    data["levels"][1]["filters"] = 0
+    with pytest.raises(ValueError, match=r"ArchSpec\.levels\[1\]: LevelSpec\.filters: must be >= 1"):
+        ArchSpec.from_dict(data)
+
+
+def test_archspec_from_dict_requires_levels():
+    with pytest.raises(ValueError, match=r"ArchSpec\.levels: missing"):
+        ArchSpec.from_dict({"activation": "relu"})
+
+
+def test_archspec_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        baseline().activation = "gelu"
