@@ -1,0 +1,133 @@
+"""Console output of a search: a bar over trials (best AUC, ETA), a bar over epochs, a summary table.
+
+On a terminal the bars redraw in place; elsewhere (a log file, CI) each finished trial prints one
+line instead, so logs stay readable. Nothing prints per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from search.train import EpochResult
+
+
+def describe_spec(spec: dict | None) -> str:
+    """An architecture in words: ``4 levels 64-64-128-256, 1x plain conv, relu, max pool, batch norm, head 512``."""
+    if not spec:
+        return "-"
+    levels = spec["levels"]
+    widths = "-".join(str(level["filters"]) for level in levels)
+    convs = {level["n_convs"] for level in levels}
+    blocks = {level["block"] for level in levels}
+    head = "-".join(map(str, spec.get("head_units", ()))) or "none"
+    conv_text = f"{'/'.join(map(str, sorted(convs)))}x {'/'.join(sorted(blocks)).replace('_', '-')}"
+    return (f"{len(levels)} levels {widths}, {conv_text}, {spec['activation']}, {spec['pooling']} pool, "
+            f"{spec['norm']} norm, {spec['padding']} pad, head {head}, dropout {spec['dropout']:.2f}")
+
+
+def trial_line(trial: FrozenTrial, total: int | None = None) -> str:
+    """One line about a finished trial."""
+    of = f"/{total}" if total else ""
+    attrs = trial.user_attrs
+    tag = " [baseline]" if attrs.get("baseline") else ""
+    cost = ""
+    if "params" in attrs:
+        cost = f", {attrs['params'] / 1e6:.2f}M params, {attrs['gflops']:.2f} GFLOPs"
+    epochs = ""
+    if "epochs_run" in attrs:
+        epochs = f", {attrs['epochs_run']} epochs, {attrs.get('wall_seconds', 0):.0f} s"
+    if trial.state == TrialState.COMPLETE:
+        value = trial.values[0]
+        head = f"val AUC {value:.3f}"
+    elif trial.state == TrialState.PRUNED:
+        head = f"pruned ({attrs.get('prune_reason', 'by the pruner')})"
+    else:
+        head = f"{trial.state.name.lower()} ({attrs.get('fail_reason', 'see optuna-dashboard')})"
+    return f"trial {trial.number}{of}{tag}: {head}{cost}{epochs}"
+
+
+class SearchProgress:
+    """Bars (or lines) for a run of ``n_trials`` trials of at most ``epochs`` epochs each."""
+
+    def __init__(self, n_trials: int, epochs: int, enabled: bool | None = None):
+        self.interactive = sys.stderr.isatty() if enabled is None else enabled
+        self.n_trials = n_trials
+        self.epochs = epochs
+        self.done = 0
+        self.trials_bar = tqdm(total=n_trials, desc="trials", unit="trial", position=0,
+                               disable=not self.interactive, dynamic_ncols=True)
+        self.epoch_bar: tqdm | None = None
+        self.current: int | None = None
+
+    def on_epoch(self, trial: optuna.Trial, result: EpochResult) -> None:
+        """Advance the epoch bar of the running trial."""
+        if not self.interactive:
+            return
+        if self.current != trial.number:
+            self._close_epoch_bar()
+            self.current = trial.number
+            self.epoch_bar = tqdm(total=self.epochs, desc=f"  trial {trial.number}", unit="epoch", position=1,
+                                  leave=False, dynamic_ncols=True)
+        assert self.epoch_bar is not None
+        auc = result.val.auc if result.val is not None else math.nan
+        self.epoch_bar.set_postfix(loss=f"{result.train_loss:.3f}", val_auc=f"{auc:.3f}")
+        self.epoch_bar.update()
+
+    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna callback: print the trial's line, advance the bar, show the best AUC so far."""
+        self._close_epoch_bar()
+        self.done += 1
+        line = trial_line(trial, None)
+        if self.interactive:
+            self.trials_bar.write(line)
+            best = best_auc(study)
+            if best is not None:
+                self.trials_bar.set_postfix(best_auc=f"{best:.3f}")
+            self.trials_bar.update()
+        else:
+            print(f"[{self.done}/{self.n_trials}] {line}", flush=True)
+
+    def close(self) -> None:
+        """Close the bars."""
+        self._close_epoch_bar()
+        self.trials_bar.close()
+
+    def _close_epoch_bar(self) -> None:
+        if self.epoch_bar is not None:
+            self.epoch_bar.close()
+            self.epoch_bar = None
+            self.current = None
+
+
+def best_auc(study: optuna.Study) -> float | None:
+    """The best validation AUC among complete trials (first objective), or None."""
+    values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return max(values) if values else None
+
+
+def summary_table(study: optuna.Study, top: int = 5) -> str:
+    """The top trials by validation AUC, with costs and key choices, and the study's state counts."""
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.values[0])
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    header = (f"study {study.study_name!r}: {len(trials)} trials ("
+              + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ")")
+    if not complete:
+        return header + "\nno complete trial yet"
+    rows = [f"{'rank':>4} {'trial':>5} {'val AUC':>7} {'params':>8} {'GFLOPs':>7} {'epochs':>6}  architecture"]
+    for rank, t in enumerate(complete[:top], start=1):
+        a = t.user_attrs
+        tag = " (seed baseline)" if a.get("baseline") else ""
+        rows.append(f"{rank:>4} {t.number:>5} {t.values[0]:>7.3f} {a.get('params', 0) / 1e6:>7.2f}M "
+                    f"{a.get('gflops', math.nan):>7.2f} {a.get('best_epoch', 0):>2}/{a.get('epochs_run', 0):<3}  "
+                    f"{describe_spec(a.get('spec'))}{tag}")
+    baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
+    if baseline is not None and baseline not in complete[:top]:
+        rank = complete.index(baseline) + 1
+        rows.append(f"seed baseline: rank {rank}, trial {baseline.number}, val AUC {baseline.values[0]:.3f}")
+    return "\n".join([header, *rows])

@@ -1,0 +1,96 @@
+"""The Optuna study: storage URL, sampler, pruner, and the baseline as trial 0 of every new study."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from space import baseline_params
+
+PRUNERS = ("hyperband", "median", "none")
+OBJECTIVES = {"auc": "maximize", "params": "minimize", "flops": "minimize"}
+BASELINE_ATTR = "baseline"
+
+
+def default_storage(study: str, studies_dir: str | Path = "studies") -> str:
+    """``sqlite:///studies/<study>.db``, creating the folder."""
+    Path(studies_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(studies_dir) / study}.db"
+
+
+def redact(url: str) -> str:
+    """The storage URL with any password masked, for printing."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url.split("@")[-1] if "@" in url else url
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage for any SQLAlchemy URL, with heartbeats so a killed run's trial is failed later.
+
+    A trial whose process died (kill -9, power cut) stops beating; the next run marks it failed
+    instead of leaving it RUNNING forever.
+    """
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30,
+                                              grace_period=120)
+    except (ArgumentError, ValueError, ImportError) as e:
+        raise ValueError(f"storage: cannot open {redact(url)}: {e}") from None
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Hyperband (over epochs), median, or none."""
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"pruner: unknown pruner {name!r} (choose from {', '.join(PRUNERS)})")
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """``auc`` or ``auc,params`` / ``auc,flops`` -> a tuple of objective names, auc first."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or not names or names[0] != "auc" or len(set(names)) != len(names) or len(names) > 2:
+        raise ValueError(f"objectives: expected auc, auc,params or auc,flops; got {text!r}")
+    return names
+
+
+def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, seed: int, pruner: str,
+                         max_epochs: int, objectives: tuple[str, ...] = ("auc",)) -> tuple[optuna.Study, bool]:
+    """Open the study ``name`` or create it; a new study gets the seed baseline enqueued as trial 0.
+
+    Returns:
+        The study, and whether it was created now.
+
+    Raises:
+        ValueError: An existing study has other objectives than those asked for.
+    """
+    directions = [OBJECTIVES[o] for o in objectives]
+    sampler = optuna.samplers.TPESampler(seed=seed) if len(objectives) == 1 else \
+        optuna.samplers.NSGAIISampler(seed=seed)
+    # Optuna does not prune multi-objective studies.
+    pruner_obj = make_pruner(pruner, max_epochs) if len(objectives) == 1 else optuna.pruners.NopPruner()
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner_obj)
+        stored = tuple(study.user_attrs.get("objectives", ("auc",)))
+        if stored != objectives:
+            raise ValueError(f"objectives: study {name!r} was created with --objectives {','.join(stored)}; "
+                             f"use that, or a new --study name")
+        return study, False
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner_obj,
+                                directions=directions)
+    study.set_user_attr("objectives", list(objectives))
+    study.enqueue_trial(baseline_params(), user_attrs={BASELINE_ATTR: True})
+    return study, True

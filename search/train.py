@@ -1,0 +1,227 @@
+"""The training loop shared by the search, export and ablation: fit a model, evaluate it each epoch.
+
+Tensors arrive once, in memory, as float16 (N, 1, D, H, W) volumes in [0, 1]; nothing here reads files.
+On CUDA the training set moves to the GPU once when it fits, batches are augmented there, and the
+forward pass runs under bf16 autocast; on the CPU the batches stay where they are. Both use the
+channels-last 3D memory layout. Randomness (initial weights, shuffling, augmentation, dropout) all
+flows from the ``seed`` argument.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lungct.augment import AugmentConfig, augment_batch
+from search.metrics import BinaryMetrics, binary_metrics
+
+DEFAULT_AUGMENT = AugmentConfig()
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """A labelled set held in memory: (N, 1, D, H, W) float16 volumes and (N,) float32 0/1 labels."""
+
+    volumes: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        super().__init__(f"non-finite training loss ({value}) at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch: mean training loss, validation metrics (None without a validation set), seconds."""
+
+    epoch: int
+    train_loss: float
+    val: BinaryMetrics | None
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    """What training produced.
+
+    Attributes:
+        history: One entry per epoch run.
+        best_epoch: 1-based epoch with the best validation AUC (the last epoch without validation).
+        best_auc: That AUC (NaN without validation).
+        best_state: The model's state dict at ``best_epoch``, on the CPU.
+        train_seconds: Wall time of the training steps (validation excluded).
+        samples_per_s: Training samples per second.
+    """
+
+    history: list[EpochResult] = field(default_factory=list)
+    best_epoch: int = 0
+    best_auc: float = math.nan
+    best_state: dict[str, torch.Tensor] | None = None
+    train_seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+    @property
+    def best(self) -> EpochResult | None:
+        """The epoch entry of ``best_epoch``."""
+        return self.history[self.best_epoch - 1] if self.best_epoch else None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cuda`` without a GPU raises ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: --device cuda was asked for, but torch sees no CUDA GPU")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (Nesterov momentum 0.9) by name."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"optimizer: unknown optimizer {name!r} (adam, adamw, sgd)")
+
+
+def place(data: Tensors, device: torch.device) -> Tensors:
+    """The set on ``device`` when it is a GPU with room to spare, else unchanged (batches move later)."""
+    if device.type != "cuda":
+        return data
+    free, _ = torch.cuda.mem_get_info(device)
+    need = data.volumes.element_size() * data.volumes.nelement()
+    if need > free // 3:
+        return data
+    return Tensors(data.volumes.to(device, non_blocking=True), data.labels.to(device, non_blocking=True))
+
+
+def _to_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    batch = batch.to(device, non_blocking=True).float()
+    return batch.contiguous(memory_format=torch.channels_last_3d)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, volumes: torch.Tensor, device: torch.device, batch_size: int = 8,
+                  amp: bool | None = None) -> np.ndarray:
+    """Sigmoid probabilities of a model over (N, 1, D, H, W) volumes, in eval mode, without augmentation."""
+    amp = device.type == "cuda" if amp is None else amp
+    model.eval()
+    out = []
+    for start in range(0, volumes.shape[0], batch_size):
+        x = _to_input(volumes[start:start + batch_size], device)
+        with _autocast(device, amp):
+            logits = model(x).reshape(-1)
+        out.append(torch.sigmoid(logits.float()).cpu())
+    return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+
+
+def fit(
+    model: nn.Module,
+    train: Tensors,
+    val: Tensors | None,
+    *,
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+    augment: AugmentConfig | None = DEFAULT_AUGMENT,
+    amp: bool | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> FitResult:
+    """Train ``model`` for ``epochs`` epochs on ``train``, evaluating ROC AUC on ``val`` after each.
+
+    Args:
+        model: A freshly built model (its initial weights should come from ``seed``).
+        train: Training set; shuffled each epoch, augmented when ``augment`` is given.
+        val: Validation set, never augmented; None trains without evaluating (best = last epoch).
+        optimizer, lr, weight_decay, batch_size: From the trial's training spec.
+        epochs: Epochs to run unless ``on_epoch`` stops it (e.g. by raising ``optuna.TrialPruned``).
+        device: Where to train.
+        seed: Seeds shuffling and augmentation.
+        augment: Training augmentation; None turns it off.
+        amp: bf16 autocast; default on for CUDA, off for the CPU.
+        on_epoch: Called after each epoch with its result; an exception it raises propagates.
+
+    Raises:
+        NonFiniteLossError: A training loss was NaN or infinite.
+    """
+    amp = device.type == "cuda" if amp is None else amp
+    model = model.to(device).to(memory_format=torch.channels_last_3d)
+    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
+    train = place(train, device)
+    generator = torch.Generator().manual_seed(seed)
+    result = FitResult()
+    n = len(train)
+    samples = 0
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        # A last batch of one breaks batch norm wherever a feature map is down to one voxel.
+        if n % batch_size == 1 and n > 1:
+            order = order[:-1]
+        total, seen = 0.0, 0
+        for step, begin in enumerate(range(0, len(order), batch_size), start=1):
+            rows = order[begin:begin + batch_size].to(train.volumes.device)
+            x = _to_input(train.volumes[rows], device)
+            y = train.labels[rows].to(device).float()
+            if augment is not None:
+                x = augment_batch(x, generator, augment).contiguous(memory_format=torch.channels_last_3d)
+            with _autocast(device, amp):
+                logits = model(x).reshape(-1)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(epoch, step, value)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += value * len(rows)
+            seen += len(rows)
+        train_time = time.perf_counter() - start
+        result.train_seconds += train_time
+        metrics = None
+        if val is not None:
+            probs = predict_probs(model, val.volumes, device, batch_size=max(2 * batch_size, 8), amp=amp)
+            metrics = binary_metrics(val.labels.cpu().numpy(), probs)
+        entry = EpochResult(epoch, total / max(seen, 1), metrics, time.perf_counter() - start)
+        result.history.append(entry)
+        # Without validation the last epoch is the one kept; with it, the first epoch of the highest AUC.
+        if metrics is None:
+            improved = True
+        else:
+            improved = math.isfinite(metrics.auc) and (math.isnan(result.best_auc) or metrics.auc > result.best_auc)
+        if improved or result.best_state is None:
+            result.best_epoch = epoch
+            result.best_auc = metrics.auc if metrics is not None else math.nan
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        samples += seen
+        result.samples_per_s = samples / max(result.train_seconds, 1e-9)
+        if on_epoch is not None:
+            on_epoch(entry)
+    return result

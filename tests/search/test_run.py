@@ -1,0 +1,139 @@
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import search.objective
+from search.run import main
+from search.study import redact
+from search.train import NonFiniteLossError
+
+SMALL = ["--size", "16", "16", "16", "--epochs", "2", "--workers", "1"]
+
+
+def _args(tiny_data, tmp_path, *extra):
+    return ["--data", str(tiny_data), "--studies-dir", str(tmp_path), *SMALL, *extra]
+
+
+def _study(tmp_path, name="lungct"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/{name}.db")
+
+
+def test_run_three_trials_store_the_baseline_first_with_costs(tiny_data, tmp_path, capsys):
+    assert main(_args(tiny_data, tmp_path, "--trials", "3")) == 0
+    trials = _study(tmp_path).trials
+    assert len(trials) == 3
+    first = trials[0]
+    assert first.user_attrs["baseline"] is True and first.state == TrialState.COMPLETE
+    assert first.params["base_filters"] == 64 and first.params["n_levels"] == 4
+    assert first.user_attrs["spec"]["padding"] == "same"
+    assert "'same' padding" in first.user_attrs["padding_fallback"]
+    assert first.user_attrs["params"] == 1_351_873 and first.user_attrs["gflops"] > 0
+    for key in ("epochs_run", "best_epoch", "val_accuracy", "val_sensitivity", "val_specificity",
+                "train_seconds", "samples_per_s", "device"):
+        assert key in first.user_attrs, key
+    assert 0.0 <= first.value <= 1.0
+    out = capsys.readouterr().out
+    assert "study 'lungct'" in out and "optuna-dashboard sqlite:///" in out and "(seed baseline)" in out
+
+
+def test_run_again_resumes_the_same_study_and_keeps_its_settings(tiny_data, tmp_path, capsys):
+    assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
+    assert main(["--studies-dir", str(tmp_path), "--data", str(tiny_data), "--trials", "2"]) == 0
+    study = _study(tmp_path)
+    assert len(study.trials) == 3
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+    assert study.user_attrs["settings"]["size"] == [16, 16, 16]
+    assert "resumed" in capsys.readouterr().out
+
+
+def test_run_refuses_other_settings_for_an_existing_study(tiny_data, tmp_path, capsys):
+    assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
+    capsys.readouterr()
+    assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--size", "16", "16", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: study settings: this study was run with size=[16, 16, 16]")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_run_same_seed_samples_the_same_sequence(tiny_data, tmp_path):
+    for name in ("a", "b"):
+        assert main(_args(tiny_data, tmp_path, "--trials", "4", "--study", name, "--seed", "7")) == 0
+    a, b = _study(tmp_path, "a").trials, _study(tmp_path, "b").trials
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.state for t in a] == [t.state for t in b]
+    assert [t.value for t in a] == [t.value for t in b]
+
+
+def test_run_ctrl_c_leaves_no_running_trial(tiny_data, tmp_path, monkeypatch, capsys):
+    real_fit = search.objective.fit
+    calls = []
+
+    def interrupting_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search.objective, "fit", interrupting_fit)
+    assert main(_args(tiny_data, tmp_path, "--trials", "20", "--pruner", "none")) == 130
+    trials = _study(tmp_path).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[-1].state == TrialState.FAIL and trials[-1].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+    assert "Resume with:" in capsys.readouterr().err
+
+
+def test_run_non_finite_loss_prunes_the_trial_with_its_reason(tiny_data, tmp_path, monkeypatch):
+    def nan_fit(*args, **kwargs):
+        raise NonFiniteLossError(1, 3, float("nan"))
+
+    monkeypatch.setattr(search.objective, "fit", nan_fit)
+    assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
+    trial = _study(tmp_path).trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["prune_reason"] == "non-finite training loss (nan) at epoch 1, step 3"
+
+
+def test_run_out_of_memory_fails_the_trial_and_the_study_goes_on(tiny_data, tmp_path, monkeypatch):
+    real_fit = search.objective.fit
+    calls = []
+
+    def oom_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search.objective, "fit", oom_once)
+    assert main(_args(tiny_data, tmp_path, "--trials", "2")) == 0
+    first, second = _study(tmp_path).trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"].startswith("out of memory on cpu")
+    assert second.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def test_run_prunes_a_spec_that_cannot_run_at_the_input_size(tiny_data, tmp_path):
+    assert main(_args(tiny_data, tmp_path, "--trials", "8")) == 0
+    reasons = [t.user_attrs.get("prune_reason", "") for t in _study(tmp_path).trials]
+    assert any(r.startswith("invalid at input 16x16x16: level") and "vanishes" in r for r in reasons)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--trials", "0"], "--trials: expected a positive count"),
+    (["--size", "2", "2", "2"], "--size: expected three voxel counts of at least 4"),
+    (["--objectives", "params"], "objectives: expected auc, auc,params or auc,flops"),
+])
+def test_run_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
+    assert main(["--studies-dir", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1
+
+
+def test_run_missing_data_root_is_a_one_line_error(tmp_path, capsys):
+    assert main(["--studies-dir", str(tmp_path), "--data", str(tmp_path / "nope"), "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file or folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_redact_hides_the_storage_password():
+    assert redact("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
+    assert redact("sqlite:///studies/lungct.db") == "sqlite:///studies/lungct.db"
