@@ -94,3 +94,18 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, see
     study.set_user_attr("objectives", list(objectives))
     study.enqueue_trial(baseline_params(), user_attrs={BASELINE_ATTR: True})
     return study, True
+
+
+def load_existing_study(name: str, storage_url: str) -> optuna.Study:
+    """Open a study that must already exist (for report, export, ablate --study).
+
+    Raises:
+        ValueError: No study of that name in the storage; the message lists the studies there.
+    """
+    storage = open_storage(storage_url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        have = f"; studies there: {', '.join(sorted(names))}" if names else "; it holds no study yet"
+        raise ValueError(f"study: no study {name!r} in {redact(storage_url)}{have} "
+                         "(run python -m search.run first)")
+    return optuna.load_study(study_name=name, storage=storage)

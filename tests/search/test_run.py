@@ -137,3 +137,12 @@ def test_run_missing_data_root_is_a_one_line_error(tmp_path, capsys):
 def test_redact_hides_the_storage_password():
     assert redact("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
     assert redact("sqlite:///studies/lungct.db") == "sqlite:///studies/lungct.db"
+
+
+def test_load_existing_study_names_the_studies_that_exist(tiny_data, tmp_path):
+    from search.study import load_existing_study
+
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--study", "mine")) == 0
+    assert load_existing_study("mine", f"sqlite:///{tmp_path}/mine.db").study_name == "mine"
+    with pytest.raises(ValueError, match="no study 'other' in sqlite:///.*; studies there: mine"):
+        load_existing_study("other", f"sqlite:///{tmp_path}/mine.db")
