@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from lungct.errors import DataError
 from lungct.records import TASKS, PreprocessConfig
+from search.artifacts import TrialArtifacts, artifact_dir
 from search.data import describe, prepare_data, resolve_data_root
 from search.fidelity import choose_fidelity
 from search.objective import Objective, SearchSettings, TrialFailed
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     run = SearchSettings(size=settings.size, epochs=settings.epochs, device=device, seed=settings.seed,
                          amp=choose_fidelity(device, settings.size, settings.epochs).amp, objectives=objectives)
     progress = SearchProgress(args.trials, settings.epochs)
-    objective = Objective(prepared.tensors("train"), prepared.tensors("val"), run, on_epoch=progress.on_epoch)
+    artifacts = TrialArtifacts(artifact_dir(args.studies_dir, args.study))
+    objective = Objective(prepared.tensors("train"), prepared.tensors("val"), run, on_epoch=progress.on_epoch,
+                          on_trial_end=artifacts)
     interrupted = False
     try:
         study.optimize(objective, n_trials=args.trials, timeout=args.timeout, catch=(TrialFailed,),
@@ -196,7 +199,7 @@ def _fail_running(study: optuna.Study, objective: Objective) -> None:
 
 
 def _print_next_steps(args: argparse.Namespace, storage_url: str) -> None:
-    artifacts = Path(args.studies_dir) / f"{args.study}-artifacts"
+    artifacts = artifact_dir(args.studies_dir, args.study)
     print("\nexplore it:")
     print(f"  optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}")
 

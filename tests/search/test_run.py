@@ -144,5 +144,35 @@ def test_load_existing_study_names_the_studies_that_exist(tiny_data, tmp_path):
 
     assert main(_args(tiny_data, tmp_path, "--trials", "1", "--study", "mine")) == 0
     assert load_existing_study("mine", f"sqlite:///{tmp_path}/mine.db").study_name == "mine"
-    with pytest.raises(ValueError, match="no study 'other' in sqlite:///.*; studies there: mine"):
+    with pytest.raises(ValueError, match=r"no study 'other' in sqlite:///.*; studies there: mine"):
         load_existing_study("other", f"sqlite:///{tmp_path}/mine.db")
+
+
+def _wsgi_get(app, path):
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    return status[0], body
+
+
+def test_run_artifacts_are_served_by_optuna_dashboard(tiny_data, tmp_path):
+    import json
+
+    import optuna_dashboard
+    from optuna.artifacts import FileSystemArtifactStore
+
+    assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
+    app = optuna_dashboard.wsgi(f"sqlite:///{tmp_path}/lungct.db",
+                                artifact_store=FileSystemArtifactStore(tmp_path / "lungct-artifacts"))
+    status, body = _wsgi_get(app, "/api/studies/1")
+    assert status.startswith("200")
+    trial = json.loads(body)["trials"][0]
+    files = {a["filename"]: a["artifact_id"] for a in trial["artifacts"]}
+    assert set(files) == {"learning_curve.csv", "best_checkpoint.safetensors", "best_checkpoint_spec.json"}
+    status, curve = _wsgi_get(app, f"/artifacts/1/{trial['trial_id']}/{files['learning_curve.csv']}")
+    assert status.startswith("200")
+    assert curve.decode().splitlines()[0].startswith("epoch,train_loss,val_auc")
+    assert len(curve.decode().splitlines()) == 3  # a header and the two epochs
