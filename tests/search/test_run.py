@@ -176,3 +176,20 @@ def test_run_artifacts_are_served_by_optuna_dashboard(tiny_data, tmp_path):
     assert status.startswith("200")
     assert curve.decode().splitlines()[0].startswith("epoch,train_loss,val_auc")
     assert len(curve.decode().splitlines()) == 3  # a header and the two epochs
+
+
+def test_run_multi_objective_study_has_two_directions_and_no_pruning(tiny_data, tmp_path):
+    assert main(_args(tiny_data, tmp_path, "--trials", "3", "--objectives", "auc,params")) == 0
+    study = _study(tmp_path)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete and all(t.values[1] == t.user_attrs["params"] for t in complete)
+    assert all(not t.intermediate_values for t in study.trials)  # nothing reported, nothing to prune on
+    assert all(t.user_attrs.get("prune_reason", "invalid").startswith("invalid") for t in study.trials)
+
+
+def test_run_refuses_other_objectives_for_an_existing_study(tiny_data, tmp_path, capsys):
+    assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
+    capsys.readouterr()
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--objectives", "auc,flops")) == 2
+    assert "was created with --objectives auc" in capsys.readouterr().err
