@@ -48,6 +48,7 @@ class SearchSettings:
         amp: bf16 autocast.
         objectives: ``("auc",)`` or ``("auc", "params")`` / ``("auc", "flops")``.
         bounds: The search space.
+        max_gflops: Prune, untrained, any spec costing more forward GFLOPs per sample (None: no cap).
     """
 
     size: tuple[int, int, int]
@@ -57,6 +58,7 @@ class SearchSettings:
     amp: bool = False
     objectives: tuple[str, ...] = ("auc",)
     bounds: SpaceBounds = field(default_factory=SpaceBounds)
+    max_gflops: float | None = None
 
 
 def device_name(device: torch.device) -> str:
@@ -118,6 +120,9 @@ class Objective:
         trial.set_user_attr("gflops", spec_cost.gflops)
         trial.set_user_attr("device", device_name(s.device))
         trial.set_user_attr("amp_bf16", s.amp)
+        if s.max_gflops is not None and spec_cost.gflops > s.max_gflops and not trial.user_attrs.get(BASELINE_ATTR):
+            self._prune(trial, f"too costly for this fidelity: {spec_cost.gflops:.1f} GFLOPs/sample, above the cap "
+                               f"of {s.max_gflops:g} (--max-gflops)")
 
         torch.manual_seed(s.seed + trial.number)
         model = build(arch)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auc (default), or auc,params / auc,flops for a multi-objective study that looks for "
                    "the Pareto front of AUC against cost; Optuna cannot prune multi-objective studies, so "
                    "--pruner is ignored there")
+    p.add_argument("--max-gflops", type=float, default=None, metavar="G",
+                   help="prune, before training, any trial whose forward GFLOPs per sample exceed G; 0 = no cap "
+                   "(default: 3x the seed baseline's cost at the input size on the CPU, no cap on a GPU)")
     p.add_argument("--task", default=None, choices=sorted(TASKS),
                    help="which categories are labels 0 and 1 (default: course = CT-0 vs CT-2/CT-3)")
     p.add_argument("--phantoms", type=int, default=None, metavar="N",
@@ -76,11 +79,12 @@ class RunSettings:
     epochs: int
     seed: int
     n_phantoms: int
+    max_gflops: float
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {"data": self.data, "task": self.task, "size": list(self.size), "epochs": self.epochs,
-                "seed": self.seed, "n_phantoms": self.n_phantoms}
+                "seed": self.seed, "n_phantoms": self.n_phantoms, "max_gflops": self.max_gflops}
 
 
 def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> tuple[RunSettings, str]:
@@ -90,7 +94,7 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         ValueError: A flag contradicts the settings the existing study was run with.
     """
     given = {"data": args.data, "task": args.task, "size": list(args.size) if args.size else None,
-             "epochs": args.epochs, "seed": args.seed, "n_phantoms": args.phantoms}
+             "epochs": args.epochs, "seed": args.seed, "n_phantoms": args.phantoms, "max_gflops": args.max_gflops}
     if stored:
         clash = [k for k, v in given.items() if v is not None and k in stored and v != stored[k]
                  and not (k == "data" and Path(v).resolve() == Path(stored[k] or "").resolve())]
@@ -101,7 +105,7 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         merged = {k: (v if v is not None else stored.get(k)) for k, v in given.items()}
     else:
         merged = given
-    fidelity = choose_fidelity(device, merged["size"], merged["epochs"], merged["n_phantoms"])
+    fidelity = choose_fidelity(device, merged["size"], merged["epochs"], merged["n_phantoms"], merged["max_gflops"])
     settings = RunSettings(
         data=str(Path(merged["data"]).resolve()) if merged["data"] else None,
         task=merged["task"] or "course",
@@ -109,6 +113,7 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         epochs=fidelity.epochs,
         seed=merged["seed"] if merged["seed"] is not None else 0,
         n_phantoms=fidelity.n_phantoms,
+        max_gflops=fidelity.max_gflops or 0.0,  # stored 0 = no cap, so a resumed run does not add one
     )
     line = fidelity.reason + (", kept from the study" if stored else "")
     return settings, line
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         study.set_user_attr("data_summary", prepared.summary())
 
     run = SearchSettings(size=settings.size, epochs=settings.epochs, device=device, seed=settings.seed,
-                         amp=choose_fidelity(device, settings.size, settings.epochs).amp, objectives=objectives)
+                         amp=choose_fidelity(device, settings.size, settings.epochs).amp, objectives=objectives,
+                         max_gflops=settings.max_gflops or None)
     progress = SearchProgress(args.trials, settings.epochs)
     artifacts = TrialArtifacts(artifact_dir(args.studies_dir, args.study))
     objective = Objective(prepared.tensors("train"), prepared.tensors("val"), run, on_epoch=progress.on_epoch,

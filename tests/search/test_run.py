@@ -193,3 +193,16 @@ def test_run_refuses_other_objectives_for_an_existing_study(tiny_data, tmp_path,
     capsys.readouterr()
     assert main(_args(tiny_data, tmp_path, "--trials", "1", "--objectives", "auc,flops")) == 2
     assert "was created with --objectives auc" in capsys.readouterr().err
+
+
+def test_run_prunes_specs_above_the_cost_cap_before_training(tiny_data, tmp_path, monkeypatch):
+    fits = []
+    real_fit = search.objective.fit
+    monkeypatch.setattr(search.objective, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    assert main(_args(tiny_data, tmp_path, "--trials", "5", "--max-gflops", "1e-6")) == 0
+    baseline, *others = _study(tmp_path).trials
+    assert baseline.state == TrialState.COMPLETE  # the reference point is always trained
+    assert all(t.state == TrialState.PRUNED for t in others)
+    assert any("too costly for this fidelity" in t.user_attrs["prune_reason"] for t in others)
+    assert len(fits) == 1
+    assert _study(tmp_path).user_attrs["settings"]["max_gflops"] == 1e-6
