@@ -137,3 +137,14 @@ def test_read_metas_reports_geometry_and_reasons_then_answers_from_cache(records
     assert metas[str(bad)].startswith("not a readable NIfTI file")
     assert read_metas(mixed, tmp_path / "cache", workers=1, progress=False) == metas
     assert len(count_reads) == 5
+
+
+def test_atomic_write_bytes_gives_default_file_permissions(tmp_path):
+    import os
+
+    from lungct.cache import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "f.json", b"{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~umask
