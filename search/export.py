@@ -1,0 +1,477 @@
+"""``python -m search.export``: retrain the best trial, test it once on the locked test part, write a model folder.
+
+The search saw only the train and validation parts. Export rebuilds the chosen trial's spec, trains it
+on train + validation for as many epochs as it needed in the search (its best epoch), and evaluates it
+once on the test part, which nothing else reads. The seed baseline is trained and tested the same way
+beside it, so what the search gained is measured on scans neither model has seen. The folder it writes
+(see ``search.model_dir``) is what ``python -m search.predict`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from lungct.errors import DataError
+from lungct.records import PreprocessConfig, get_task
+from search.data import PreparedData, prepare_data, resolve_data_root
+from search.fidelity import choose_fidelity
+from search.intervals import DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference, wilson
+from search.metrics import BinaryMetrics, binary_metrics
+from search.model_card import render_model_card
+from search.model_dir import (
+    CARD,
+    METRICS,
+    ONNX,
+    TOLERANCE,
+    ModelInfo,
+    export_onnx,
+    fixed_input,
+    is_model_dir,
+    load_model,
+    logits,
+    onnx_logits,
+    save_model,
+    write_json,
+)
+from search.objective import is_out_of_memory
+from search.progress import describe_spec
+from search.study import default_storage, load_existing_study, redact
+from search.train import EpochResult, NonFiniteLossError, Tensors, fit, predict_probs, resolve_device
+from search.trials import baseline_trial, best_trial
+from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, fit_to_size
+
+PHANTOM_MARKER = "phantoms.json"  # lungct.phantom.MARKER_NAME: the file that marks a synthetic phantom set
+VERSIONED = ("lungct-nas", "torch", "monai", "optuna", "numpy", "nibabel", "scikit-learn", "safetensors", "onnx",
+             "onnxscript", "onnxruntime")
+
+
+class ExportError(Exception):
+    """Export cannot go on (nothing chosen, training diverged, exported files disagree); one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m search.export``."""
+    p = argparse.ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Exit code: 0 written, 1 training or the export check failed, 2 bad input "
+                                "(flags, study, data, --out), 130 interrupted (nothing written).")
+    p.add_argument("--study", default="lungct", metavar="NAME", help="study name (default: lungct)")
+    p.add_argument("--storage", metavar="URL", help="any SQLAlchemy URL (default: sqlite:///studies/<study>.db)")
+    p.add_argument("--studies-dir", default="studies", metavar="DIR",
+                   help="where studies, caches and splits live (default: studies)")
+    p.add_argument("--data", metavar="ROOT", help="data folder or CSV manifest (default: the data the study "
+                   "searched on, as stored in the study); it must be the same data set, so the test part "
+                   "is the one the search held out")
+    p.add_argument("--out", metavar="DIR", help="model folder to write (default: studies/<study>/model)")
+    p.add_argument("--trial", type=int, metavar="N", help="trial to export (default: the best complete trial: "
+                   "highest validation AUC, the fewer parameters on ties)")
+    p.add_argument("--epochs", type=int, metavar="E", help="training epochs on train+val for the model and the "
+                   "baseline (default: each one's best epoch in the search; the study's --epochs where unknown)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = CUDA when available, else CPU (default: auto)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+                   help=f"stratified bootstrap resamples for the 95%% CIs of AUC (default: {DEFAULT_RESAMPLES})")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier export in --out (default: refuse; a folder that is not an "
+                   "export is never replaced)")
+    p.add_argument("--workers", type=int, default=None, help="processes decoding scans on a cold cache "
+                   "(default: all cores)")
+    return p
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What an export run does, from the flags and the study."""
+
+    study: str
+    storage: str
+    studies_dir: Path
+    out: Path
+    data: str | None
+    task: str
+    size: tuple[int, int, int]
+    seed: int
+    n_phantoms: int
+    epochs: int | None
+    bootstrap: int
+    device: torch.device
+    force: bool
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model retrained on train+val and scored on the test part."""
+
+    role: str
+    trial: int | None
+    spec: ArchSpec
+    train_spec: TrainSpec
+    epochs: int
+    epochs_rule: str
+    model: torch.nn.Module
+    probs: np.ndarray
+    metrics: BinaryMetrics
+    train_seconds: float
+    note: str | None = None
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs: expected a positive count, got {args.epochs}")
+    if args.bootstrap < 100:
+        raise ValueError(f"--bootstrap: expected at least 100 resamples, got {args.bootstrap}")
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to write over anything but an empty folder, or an earlier export with ``--force``.
+
+    Raises:
+        ValueError: ``out`` is a file, a non-empty folder that is not an export, or an export without force.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out: {out} is a file, not a folder")
+    if not any(out.iterdir()):
+        return
+    if not is_model_dir(out):
+        raise ValueError(f"--out: {out} is a non-empty folder that holds no exported model; choose another --out")
+    if not force:
+        raise ValueError(f"--out: {out} already holds an exported model; add --force to replace it")
+
+
+def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """The trial asked for, or the best complete one.
+
+    Raises:
+        ValueError: No such trial, it did not complete, or the study has no complete trial.
+    """
+    if number is None:
+        return best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise ValueError(f"--trial: study {study.study_name!r} has trials 0..{len(trials) - 1}, not {number}")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE or "spec" not in trial.user_attrs:
+        raise ValueError(f"--trial: trial {number} is {trial.state.name.lower()}; only complete trials can be "
+                         "exported")
+    return trial
+
+
+def _epoch_printer(label: str, epochs: int):
+    """An ``on_epoch`` callback: a bar on a terminal, one line per epoch elsewhere; and its closer."""
+    bar = tqdm(total=epochs, desc=f"  {label}", unit="epoch", leave=False, disable=not sys.stderr.isatty(),
+               dynamic_ncols=True)
+
+    def on_epoch(result: EpochResult) -> None:
+        if bar.disable:
+            print(f"  {label}: epoch {result.epoch}/{epochs}, train loss {result.train_loss:.4f}, "
+                  f"{result.seconds:.1f} s", flush=True)
+        else:
+            bar.set_postfix(loss=f"{result.train_loss:.3f}")
+            bar.update()
+
+    return on_epoch, bar.close
+
+
+def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec, epochs: int, epochs_rule: str,
+            trainval: Tensors, test: Tensors, s: ExportSettings, note: str | None = None) -> Trained:
+    """Train ``spec`` on train+val from the seed its trial used, then score the test part once.
+
+    Raises:
+        ExportError: Training diverged or ran out of memory.
+    """
+    seed = s.seed + (trial or 0)  # the search seeds trial n with seed + n; export repeats that
+    amp = choose_fidelity(s.device, s.size, epochs).amp
+    plural = "s" if epochs != 1 else ""
+    print(f"training the {role} ({describe_spec(spec.to_dict())}) on train+val ({len(trainval)} scans) for "
+          f"{epochs} epoch{plural} ({epochs_rule}), seed {seed}, {s.device.type}{', bf16 autocast' if amp else ''}",
+          flush=True)
+    torch.manual_seed(seed)
+    model = build(spec)
+    on_epoch, close = _epoch_printer(role, epochs)
+    try:
+        fitted = fit(model, trainval, None, optimizer=train_spec.optimizer, lr=train_spec.lr,
+                     weight_decay=train_spec.weight_decay, batch_size=train_spec.batch_size, epochs=epochs,
+                     device=s.device, seed=seed, amp=amp, on_epoch=on_epoch)
+    except NonFiniteLossError as e:
+        raise ExportError(f"training the {role}: {e}; try --epochs or another --trial") from None
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ExportError(f"training the {role}: out of memory on {s.device.type}; try --device cpu") from None
+    finally:
+        close()
+    model = model.to("cpu").eval()
+    # Test in float32 on the CPU: the numbers then describe the exported weights as predict runs them.
+    probs = predict_probs(model, test.volumes, torch.device("cpu"), amp=False)
+    metrics = binary_metrics(test.labels.numpy(), probs)
+    return Trained(role, trial, spec, train_spec, epochs, epochs_rule, model, probs, metrics,
+                   round(fitted.train_seconds, 2), note)
+
+
+def _epochs_for(trial: FrozenTrial | None, s: ExportSettings, default: int) -> tuple[int, str]:
+    """``--epochs``, else the trial's best epoch if it completed, else ``default``, and the rule in words.
+
+    A pruned trial's best epoch only says where it stood when it was stopped, so it is not used.
+    """
+    if s.epochs is not None:
+        return s.epochs, "as given by --epochs"
+    if trial is not None and trial.state == TrialState.COMPLETE and trial.user_attrs.get("best_epoch"):
+        return int(trial.user_attrs["best_epoch"]), f"its best epoch in the search, trial {trial.number}"
+    return default, "the study's epochs per trial"
+
+
+def _rates(m: BinaryMetrics) -> dict:
+    """Accuracy, sensitivity and specificity with Wilson intervals, and the confusion matrix."""
+    return {
+        "accuracy": wilson(m.tp + m.tn, m.n).to_dict(),
+        "sensitivity": wilson(m.tp, m.tp + m.fn).to_dict(),
+        "specificity": wilson(m.tn, m.tn + m.fp).to_dict(),
+        "threshold": m.threshold,
+        "confusion_matrix": {"tn": m.tn, "fp": m.fp, "fn": m.fn, "tp": m.tp},
+    }
+
+
+def evaluate(model: Trained, base: Trained | None, test: Tensors, n_resamples: int, seed: int) -> dict:
+    """Test metrics of the model (and the baseline) with 95% CIs, and the paired difference in AUC."""
+    labels = test.labels.numpy().astype(int)
+    out = {"n": int(labels.size), "n_negative": int(np.sum(labels == 0)), "n_positive": int(np.sum(labels == 1))}
+    for key, t in (("model", model), ("baseline", base)):
+        if t is None:
+            out[key] = None
+            continue
+        out[key] = {"auc": bootstrap_auc(labels, t.probs, n_resamples, seed=seed).to_dict(), **_rates(t.metrics)}
+    out["baseline_is_model"] = base is model
+    out["auc_difference"] = (bootstrap_auc_difference(labels, model.probs, base.probs, n_resamples, seed=seed)
+                             .to_dict() if base is not None else None)
+    return out
+
+
+def _versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _model_entry(t: Trained, trial: FrozenTrial | None, size: tuple[int, int, int]) -> dict:
+    c = cost(t.spec, size)
+    entry = {
+        "trial": t.trial, "spec": t.spec.to_dict(), "architecture": describe_spec(t.spec.to_dict()),
+        "train_spec": t.train_spec.to_dict(), "params": c.params, "keras_params": c.keras_params,
+        "gflops": round(c.gflops, 4), "epochs": t.epochs, "epochs_rule": t.epochs_rule,
+        "train_seconds": t.train_seconds, "note": t.note,
+    }
+    if trial is not None and trial.state == TrialState.COMPLETE:
+        entry["search_val_auc"] = trial.values[0]
+    return entry
+
+
+def _data_entry(prepared: PreparedData, root: Path, settings: dict) -> dict:
+    summary = prepared.summary()
+    summary["phantoms"] = settings.get("data") is None or (root / PHANTOM_MARKER).is_file()
+    summary["test_ids"] = [sid for sid in prepared.split.test if sid in set(prepared.loaded.study_ids)]
+    return summary
+
+
+def _test_predictions(ids: list[str], test: Tensors, model: Trained, base: Trained | None) -> list[dict]:
+    """Per test scan: study id, label, and each model's probability (for ROC curves made elsewhere)."""
+    rows = []
+    for i, (sid, label) in enumerate(zip(ids, test.labels.tolist(), strict=True)):
+        rows.append({"study_id": sid, "label": int(label), "p_model": round(float(model.probs[i]), 6),
+                     "p_baseline": round(float(base.probs[i]), 6) if base is not None else None})
+    return rows
+
+
+def _check_export(directory: Path, model: torch.nn.Module, size: tuple[int, int, int]) -> dict:
+    """Reload the written folder and run the ONNX file; both must give the in-memory model's logits."""
+    x = fixed_input(size)
+    expected = logits(model, x)
+    reloaded, _, _ = load_model(directory)
+    weights_diff = float(np.max(np.abs(logits(reloaded, x) - expected)))
+    onnx_out = onnx_logits(directory / ONNX, x)
+    onnx_diff = None if onnx_out is None else float(np.max(np.abs(onnx_out - expected)))
+    for what, diff in (("weights.safetensors", weights_diff), (ONNX, onnx_diff)):
+        if diff is not None and not diff <= TOLERANCE:
+            raise ExportError(f"{what}: reloaded output differs from the trained model by {diff:.2e} "
+                              f"(tolerance {TOLERANCE:g}); the export is not trustworthy")
+    return {"input": f"seeded uniform (2, 1, {size[0]}, {size[1]}, {size[2]}), seed 0",
+            "weights_max_abs_diff": weights_diff, "onnx_max_abs_diff": onnx_diff,
+            "onnx_runtime": "onnxruntime" if onnx_out is not None else "not checked: onnxruntime not installed",
+            "tolerance": TOLERANCE}
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an earlier export is removed only once the new one is there."""
+    # mkdtemp (and safetensors) create owner-only modes; the folder is meant to be shared and copied.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    for path in tmp.iterdir():
+        path.chmod(0o666 & ~umask)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+        old.rmdir()
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _print_test(result: dict, classes: tuple[str, str]) -> None:
+    print(f"\nlocked test part ({result['n']} scans: {result['n_negative']} {classes[0]}, "
+          f"{result['n_positive']} {classes[1]}), evaluated once:")
+    for key, label in (("model", "exported model"), ("baseline", "seed baseline")):
+        r = result[key]
+        if r is None:
+            continue
+        auc = Interval(**r["auc"]).text()
+        rates = ", ".join(f"{k} {Interval(**r[k]).estimate:.3f}" for k in ("accuracy", "sensitivity", "specificity"))
+        print(f"  {label:<15} AUC {auc}; {rates}")
+    if result["baseline_is_model"]:
+        print("  (the exported model is the seed baseline itself)")
+    elif result["auc_difference"] is not None:
+        print(f"  difference in AUC (model - baseline): {Interval(**result['auc_difference']).text()}")
+
+
+def run_export(args: argparse.Namespace) -> Path:
+    """Everything after parsing: choose, retrain, test, write. Returns the folder written.
+
+    Raises:
+        ValueError, DataError: Bad flags, a missing study, unusable data.
+        ExportError: Training or the export check failed.
+    """
+    storage = args.storage or default_storage(args.study, args.studies_dir)
+    study = load_existing_study(args.study, storage)
+    stored = study.user_attrs.get("settings")
+    if not stored:
+        raise ValueError(f"study: {args.study!r} has no stored settings (was it made by python -m search.run?)")
+    s = ExportSettings(
+        study=args.study, storage=storage, studies_dir=Path(args.studies_dir),
+        out=Path(args.out) if args.out else Path(args.studies_dir) / args.study / "model",
+        data=args.data or stored.get("data"), task=stored.get("task", "course"),
+        size=tuple(stored["size"]), seed=int(stored.get("seed", 0)), n_phantoms=int(stored.get("n_phantoms", 200)),
+        epochs=args.epochs, bootstrap=args.bootstrap, device=resolve_device(args.device), force=args.force,
+    )
+    check_out_dir(s.out, s.force)
+    chosen = choose_trial(study, args.trial)
+    spec = ArchSpec.from_dict(chosen.user_attrs["spec"])
+    train_spec = TrainSpec.from_dict(chosen.user_attrs["train_spec"])
+    print(f"study {s.study!r} in {redact(s.storage)}: exporting trial {chosen.number} "
+          f"(val AUC {chosen.values[0]:.3f} in the search)")
+
+    root = resolve_data_root(s.data, s.studies_dir, s.n_phantoms, 0)
+    prepared = prepare_data(root, PreprocessConfig(size=s.size), parts=("train", "val", "test"), task=s.task,
+                            seed=s.seed, studies_dir=s.studies_dir, workers=args.workers,
+                            progress=sys.stderr.isatty())
+    searched_on = Path((study.user_attrs.get("data_summary") or {}).get("split_file", "")).name
+    if searched_on and searched_on != prepared.split_path.name:
+        raise DataError(f"data: {root} is not the data set study {s.study!r} searched on (its split was "
+                        f"{searched_on}, this data's is {prepared.split_path.name}), so its test part would not "
+                        "be the held-out one; pass the study's --data")
+    trainval, test = prepared.tensors("train", "val"), prepared.tensors("test")
+    print(f"data: {root}, task {s.task}, {'x'.join(map(str, s.size))} voxels; train+val {len(trainval)} scans, "
+          f"locked test part {len(test)} scans (split {prepared.split_path.name})")
+
+    epochs, rule = _epochs_for(chosen, s, int(stored.get("epochs", 1)))
+    model = retrain("exported model", chosen.number, spec, train_spec, epochs, rule, trainval, test, s)
+    base_trial = baseline_trial(study)
+    if chosen.user_attrs.get("baseline"):
+        base = model
+        base_note = "the exported model is the seed baseline itself"
+    else:
+        try:
+            base_spec, padding_note = fit_to_size(baseline(), s.size)
+        except SpecInputError as e:
+            base, base_note = None, f"the seed baseline cannot run at {'x'.join(map(str, s.size))}: {e}"
+        else:
+            b_epochs, b_rule = _epochs_for(base_trial, s, int(stored.get("epochs", epochs)))
+            base = retrain("seed baseline", base_trial.number if base_trial else 0, base_spec, baseline_train(),
+                           b_epochs, b_rule, trainval, test, s, note=padding_note)
+            base_note = padding_note
+
+    info = ModelInfo.for_task(get_task(s.task), prepared.loaded.config)
+    result = evaluate(model, base, test, s.bootstrap, seed=s.seed)
+    _print_test(result, info.classes)
+
+    s.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=s.out.parent, prefix=f".{s.out.name}.tmp."))
+    data = _data_entry(prepared, Path(root), stored)
+    try:
+        save_model(tmp, model.model, spec, train_spec, info)
+        try:
+            export_onnx(model.model, s.size, tmp / ONNX)
+        except RuntimeError as e:
+            raise ExportError(str(e)) from None
+        check = _check_export(tmp, model.model, s.size)
+        metrics = {
+            "format_version": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "study": {"name": s.study, "storage": redact(s.storage), "objectives": study.user_attrs.get("objectives",
+                      ["auc"]), "n_trials": len(study.trials), "settings": stored},
+            "task": {"name": info.task, "description": info.task_description, "classes": list(info.classes),
+                     "threshold": info.threshold},
+            "test": result,
+            "model": _model_entry(model, chosen, s.size),
+            "baseline": (_model_entry(base, base_trial, s.size) | {"note": base_note}) if base is not None
+            else {"note": base_note},
+            "data": data,
+            "training": {"data": "train + validation parts", "device": s.device.type, "seed": s.seed,
+                         "augmentation": "the search's augmentation (search.train.DEFAULT_AUGMENT)",
+                         "test_inference": "float32 on the CPU, threshold 0.5"},
+            "test_predictions": _test_predictions(data["test_ids"], test, model, base),
+            "export_check": check,
+            "versions": _versions(),
+        }
+        write_json(tmp / METRICS, metrics)
+        (tmp / CARD).write_text(render_model_card(metrics))
+        check_out_dir(s.out, s.force)  # again: another process may have written there while we trained
+        _replace_dir(tmp, s.out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return s.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export a study's best model. Returns the exit code: 0 done, 1 export failed, 2 bad input, 130 interrupted."""
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        _check_args(args)
+        out = run_export(args)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was written", file=sys.stderr)
+        return 130
+    print(f"\nwrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(f"read {out / CARD}; predict on a scan with:\n  python -m search.predict {out} SCAN.nii.gz")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""``MODEL_CARD.md`` of an exported model, written from its ``metrics.json`` alone.
+
+Everything the card states comes from that one dict, so the card can be rebuilt from the folder and
+never says more than the export measured.
+"""
+
+from __future__ import annotations
+
+from search.intervals import Interval
+from search.routing import DISCLAIMER, ROUTING
+
+
+def _ci(entry: dict | None, key: str) -> str:
+    if not entry or entry.get(key) is None:
+        return "-"
+    return Interval(**entry[key]).text()
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def render_model_card(m: dict) -> str:
+    """The model card as Markdown, from the ``metrics.json`` dict that ``search.export`` writes."""
+    task, data, test, model, base = m["task"], m["data"], m["test"], m["model"], m["baseline"]
+    study, check, classes = m["study"], m["export_check"], task["classes"]
+    size = "x".join(map(str, data["size"]))
+    phantoms = data.get("phantoms", False)
+    base_test = test.get("baseline")
+    lines = [
+        f"# Model card: {classes[0]} vs {classes[1]} — trial {model['trial']} of study '{study['name']}'",
+        "",
+        f"> **{DISCLAIMER}**",
+    ]
+    if phantoms:
+        lines += [">", "> **Trained and tested on synthetic phantoms**, not on patients' scans: the numbers below "
+                  "say how well the search worked on the phantom set, nothing about real chest CT."]
+    lines += [
+        "",
+        "## Task",
+        "",
+        f"- {task['description']}: label 0 = **{classes[0]}**, label 1 = **{classes[1]}** (task `{task['name']}`).",
+        f"- Output: P(label 1) = sigmoid(logit); predicted class = label 1 when P >= {task['threshold']} "
+        "(not tuned or calibrated).",
+        "- A binary model cannot tell the categories inside a class apart (for the course task: CT-2 from CT-3).",
+        "- The course's routing table, which `python -m search.predict` applies to the predicted class:",
+        "",
+        "| category | decision |",
+        "| --- | --- |",
+        *[f"| {c} | {d} |" for c, d in ROUTING.items()],
+        "",
+        "## Model",
+        "",
+        f"- Architecture ({size} input): {model['architecture']}.",
+        f"- {model['params']:,} trainable parameters ({model['keras_params']:,} as Keras counts them), "
+        f"{model['gflops']:.3f} GFLOPs per scan.",
+        f"- Trained on the train + validation parts ({data['n_train'] + data['n_val']} scans) for {model['epochs']} "
+        f"epochs ({model['epochs_rule']}), optimiser {model['train_spec']['optimizer']}, learning rate "
+        f"{model['train_spec']['lr']:.3g}, weight decay {model['train_spec']['weight_decay']:g}, batch size "
+        f"{model['train_spec']['batch_size']}, seed {m['training']['seed']}, on {m['training']['device']}, "
+        f"with {m['training']['augmentation']}.",
+        "",
+        "## Data and split",
+        "",
+        f"- Data: `{data['root']}` ({data['layout']} layout); synthetic phantoms: {_yes(phantoms)}.",
+        f"- Preprocessing: HU window {data['hu_window'][0]:g} to {data['hu_window'][1]:g} scaled to [0, 1], "
+        f"resized to {size} voxels (D x H x W, RAS orientation); see `preprocess.json`.",
+        f"- Split (seed {data['split_seed']}, stratified, saved in `{data['split_file']}`): {data['n_train']} train, "
+        f"{data['n_val']} validation, {data['n_test']} test scans; {data['excluded']} scans outside the task, "
+        f"{data['skipped']} unreadable scans skipped.",
+        "- The search trained on the train part and chose by validation AUC; the test part was read only by "
+        "this export, once.",
+        "",
+        "## Locked test evaluation",
+        "",
+        f"{test['n']} test scans: {test['n_negative']} {classes[0]}, {test['n_positive']} {classes[1]}.",
+        "",
+        "| metric | exported model | seed baseline |",
+        "| --- | --- | --- |",
+        *[f"| {label} | {_ci(test['model'], key)} | {_ci(base_test, key)} |"
+          for label, key in (("ROC AUC", "auc"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
+                             ("specificity", "specificity"))],
+    ]
+    cm = [e["confusion_matrix"] if e else None for e in (test["model"], base_test)]
+    cells = [f"{c['tn']} / {c['fp']} / {c['fn']} / {c['tp']}" if c else "-" for c in cm]
+    lines.append(f"| confusion matrix (TN / FP / FN / TP) | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    if test.get("auc_difference"):
+        lines.append(f"Difference in AUC, exported model minus seed baseline: {_ci(test, 'auc_difference')}; "
+                     "an interval that contains 0 means this test part cannot tell the two apart.")
+        lines.append("")
+    note = base.get("note")
+    if base_test is None:
+        lines += [f"Seed baseline: not trained ({note}).", ""]
+    else:
+        lines += [f"The seed baseline ({base['architecture']}) was trained the same way: same train + validation "
+                  f"scans, {base['epochs']} epochs ({base['epochs_rule']})" + (f"; {note}" if note else "") + ".", ""]
+    auc_method = test["model"]["auc"]["method"]
+    lines += [
+        f"Intervals are 95%: ROC AUC by {auc_method}; accuracy, sensitivity and specificity by Wilson score "
+        "intervals. On a test part this small they are wide; read them before the point estimates.",
+        "",
+    ]
+    if any(e and e["auc"]["estimate"] in (0.0, 1.0) for e in (test["model"], base_test)):
+        lines += ["An AUC of exactly 0 or 1 ranks every test scan correctly (or wrongly), so every bootstrap "
+                  "resample gives the same AUC and the interval collapses to a point: there it understates the "
+                  "uncertainty, which only a larger test part can measure.", ""]
+    lines += [
+        "## Provenance",
+        "",
+        f"- Study `{study['name']}` in `{study['storage']}` ({study['n_trials']} trials, objectives "
+        f"{', '.join(study['objectives'])}); exported trial {model['trial']}, validation AUC "
+        f"{model.get('search_val_auc', float('nan')):.3f} in the search.",
+        f"- Exported {m['created']}. Export check on a fixed input: reloaded weights differ by "
+        f"{check['weights_max_abs_diff']:.1e}, ONNX by "
+        + (f"{check['onnx_max_abs_diff']:.1e}" if check["onnx_max_abs_diff"] is not None else check["onnx_runtime"])
+        + f" (tolerance {check['tolerance']:g}).",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        "",
+        "## Files",
+        "",
+        "- `spec.json`, `weights.safetensors`: rebuild with `space.build(ArchSpec.from_json(...))` and "
+        "`load_state_dict(safetensors.torch.load_file(...), strict=True)` (`search.model_dir.load_model`).",
+        "- `model.onnx`: the same network for other runtimes; input `volume` (batch, 1, D, H, W) float32 "
+        "preprocessed as `preprocess.json` describes, output `logit` (batch).",
+        "- `preprocess.json`, `train_spec.json`, `metrics.json` (with per-scan test probabilities), this card.",
+        "",
+        "Predict: `python -m search.predict MODEL_DIR SCAN.nii.gz [...] [--json]`.",
+        "",
+        "## Limits",
+        "",
+        "- Research and teaching use only; not a medical device, not validated for clinical use.",
+        "- MosMedData comes from Moscow hospitals in 2020; other scanners, protocols, populations and "
+        "diseases than COVID-19 pneumonia are untested.",
+        "- The model sees a heavily downsampled volume and has no out-of-distribution check: a scan that is "
+        "not a chest CT still gets a probability.",
+    ]
+    if phantoms:
+        lines.append("- Trained on synthetic phantoms: its outputs on real scans are meaningless.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,238 @@
+"""The exported model folder: what ``search.export`` writes and ``search.predict`` reads.
+
+A model folder holds plain data only, so loading it never unpickles anything:
+
+- ``spec.json``: the ArchSpec; ``space.build`` turns it back into the network.
+- ``train_spec.json``: the optimiser settings it was trained with (provenance only).
+- ``weights.safetensors``: the state dict, BatchNorm running statistics included.
+- ``preprocess.json``: the HU window and input size, the task, the class names and the threshold.
+- ``model.onnx``: the same network for deployment without this package (see :func:`export_onnx`).
+- ``metrics.json`` and ``MODEL_CARD.md``: the locked-test evaluation and the model card.
+
+Loading is ``build(spec)`` then ``load_state_dict(strict=True)`` from safetensors, never ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lungct.records import PreprocessConfig, Task
+from search.routing import class_names
+from space import ArchSpec, SpecNet, TrainSpec, build
+
+FORMAT_VERSION = 1
+SPEC = "spec.json"
+TRAIN_SPEC = "train_spec.json"
+WEIGHTS = "weights.safetensors"
+PREPROCESS = "preprocess.json"
+ONNX = "model.onnx"
+METRICS = "metrics.json"
+CARD = "MODEL_CARD.md"
+REQUIRED = (SPEC, WEIGHTS, PREPROCESS)
+
+# The ONNX graph's names; the batch axis is dynamic, the volume size is fixed by preprocess.json.
+ONNX_INPUT = "volume"
+ONNX_OUTPUT = "logit"
+# Exported and reloaded models must agree this closely on the same input (float32 logits).
+TOLERANCE = 1e-4
+
+
+class ModelDirError(ValueError):
+    """A model folder is missing, incomplete, or does not match its own spec; the message says which file."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model folder says about its input and output (``preprocess.json``).
+
+    Attributes:
+        preprocess: HU window and input size (D, H, W) the model was trained at.
+        task: Task name (``lungct.records.TASKS``).
+        task_description: The task in words.
+        negative: Categories of label 0.
+        positive: Categories of label 1.
+        classes: Names of label 0 and label 1, e.g. ``("CT-0", "CT-2 or CT-3")``.
+        threshold: P(label 1) at or above which label 1 is predicted.
+    """
+
+    preprocess: PreprocessConfig
+    task: str
+    task_description: str
+    negative: tuple[str, ...]
+    positive: tuple[str, ...]
+    classes: tuple[str, str]
+    threshold: float = 0.5
+
+    @classmethod
+    def for_task(cls, task: Task, preprocess: PreprocessConfig, threshold: float = 0.5) -> ModelInfo:
+        """The info of a model trained on ``task`` with ``preprocess``."""
+        return cls(preprocess, task.name, task.description, tuple(task.negative), tuple(task.positive),
+                   class_names(task), threshold)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict, with a description of the model's input and output for other runtimes."""
+        d, h, w = self.preprocess.size
+        return {
+            "format_version": FORMAT_VERSION,
+            "preprocess": self.preprocess.to_dict(),
+            "task": self.task,
+            "task_description": self.task_description,
+            "negative": list(self.negative),
+            "positive": list(self.positive),
+            "classes": list(self.classes),
+            "threshold": self.threshold,
+            "input": {
+                "name": ONNX_INPUT, "shape": ["batch", 1, d, h, w], "dtype": "float32",
+                "steps": "read NIfTI; reorient to RAS (nibabel as_closest_canonical); transpose (x, y, z) to "
+                         "(z, y, x) = (D, H, W); clip to [hu_min, hu_max] and scale to [0, 1]; resize to size "
+                         "(area averaging along axes that shrink, then trilinear along axes that grow)",
+            },
+            "output": {"name": ONNX_OUTPUT, "shape": ["batch"],
+                       "meaning": "logit of label 1; P(label 1) = sigmoid(logit)"},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelInfo:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            KeyError, TypeError, ValueError: A field is missing or invalid.
+        """
+        return cls(PreprocessConfig.from_dict(data["preprocess"]), str(data["task"]),
+                   str(data.get("task_description", "")), tuple(data["negative"]), tuple(data["positive"]),
+                   (str(data["classes"][0]), str(data["classes"][1])), float(data.get("threshold", 0.5)))
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds an exported model (its required files)."""
+    return all((Path(path) / name).is_file() for name in REQUIRED)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Indented JSON with a trailing newline (the folder is renamed into place whole, so no temp file)."""
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_model(directory: str | Path, model: torch.nn.Module, spec: ArchSpec, train_spec: TrainSpec,
+               info: ModelInfo) -> None:
+    """Write the spec, training spec, weights and preprocessing of a model into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SPEC).write_text(spec.to_json() + "\n")
+    (directory / TRAIN_SPEC).write_text(train_spec.to_json() + "\n")
+    # Training leaves tensors in channels-last layout; safetensors stores contiguous ones.
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS), metadata={"format": "lungct-nas", "spec": spec.to_json(None)})
+    write_json(directory / PREPROCESS, info.to_dict())
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelDirError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ModelDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_model(directory: str | Path) -> tuple[SpecNet, PreprocessConfig, ModelInfo]:
+    """The exported model (CPU, eval mode, float32), its preprocessing, and what it predicts.
+
+    Raises:
+        ModelDirError: The folder or one of its files is missing or invalid, or the weights do not fit
+            the spec; the message names the file.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelDirError(f"{directory}: no such folder")
+    missing = [name for name in REQUIRED if not (directory / name).is_file()]
+    if missing:
+        raise ModelDirError(f"{directory}: missing {', '.join(missing)} (not a folder written by "
+                            f"python -m search.export)")
+    try:
+        spec = ArchSpec.from_dict(_read_json(directory / SPEC))
+    except ValueError as e:
+        raise ModelDirError(f"{directory / SPEC}: {e}") from None
+    try:
+        info = ModelInfo.from_dict(_read_json(directory / PREPROCESS))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ModelDirError(f"{directory / PREPROCESS}: invalid ({type(e).__name__}: {e})") from None
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise ModelDirError(f"{directory / WEIGHTS}: unreadable ({e})") from None
+    model = build(spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ModelDirError(f"{directory / WEIGHTS}: does not match {SPEC} ({first})") from None
+    return model.eval(), info.preprocess, info
+
+
+def fixed_input(size: tuple[int, int, int], n: int = 2, seed: int = 0) -> torch.Tensor:
+    """A seeded (n, 1, D, H, W) float32 input in [0, 1], for comparing a model with its exported copies."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 1, *size), generator=generator)
+
+
+@torch.inference_mode()
+def logits(model: torch.nn.Module, volumes: torch.Tensor) -> np.ndarray:
+    """Float32 logits of ``model`` in eval mode on the CPU."""
+    model = model.to("cpu").eval()
+    return model(volumes.float()).numpy()
+
+
+def export_onnx(model: torch.nn.Module, size: tuple[int, int, int], path: str | Path) -> None:
+    """Write ``model`` as one self-contained ONNX file with a dynamic batch axis.
+
+    ONNX rather than TorchScript: both ``torch.jit`` and the TorchScript-based ONNX exporter are
+    deprecated in torch 2.9+, and an ONNX file runs without torch or this package (onnxruntime,
+    OpenVINO, TensorRT, browsers). This uses torch's current ``torch.export``-based exporter
+    (``dynamo=True``), which needs ``onnxscript``. Its console chatter goes to a buffer, and is
+    shown only if the export fails.
+
+    Raises:
+        RuntimeError: The export failed; the message holds the exporter's last lines.
+    """
+    model = model.to("cpu").eval()
+    example = fixed_input(size)  # batch 2, so the exporter does not specialise the batch axis to 1
+    chatter = io.StringIO()
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" and the like
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
+                              input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    except ImportError as e:
+        raise RuntimeError(f"ONNX export needs onnxscript ({e}); pip install onnxscript") from None
+    except Exception as e:  # the exporter raises many types; any of them means no ONNX file
+        tail = " | ".join(chatter.getvalue().strip().splitlines()[-3:])
+        raise RuntimeError(f"ONNX export failed: {type(e).__name__}: {str(e)[:300]} {tail}".strip()) from e
+    finally:
+        quiet.setLevel(level)
+
+
+def onnx_logits(path: str | Path, volumes: torch.Tensor) -> np.ndarray | None:
+    """Logits of an ONNX file under onnxruntime on the CPU, or None when onnxruntime is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([ONNX_OUTPUT], {ONNX_INPUT: volumes.float().numpy()})[0]

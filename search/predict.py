@@ -1,0 +1,153 @@
+"""``python -m search.predict MODEL_DIR SCAN [SCAN ...]``: per scan, the probability of findings and the routing.
+
+Each NIfTI scan goes through the exported preprocessing (HU window, resize) and the exported model;
+the result is the probability of the positive class (CT-2 or CT-3 for the course task), the predicted
+class at the model's threshold, and the decision that the course's severity table gives for that class.
+A binary model cannot tell CT-2 from CT-3, so a positive scan gets both decisions. A scan that cannot
+be read is reported on one line and skipped; the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lungct.errors import ScanError
+from lungct.nifti import preprocess, read_scan
+from lungct.records import PreprocessConfig
+from search.model_dir import ModelDirError, ModelInfo, load_model
+from search.routing import DISCLAIMER, ROUTING, decision_text, decisions
+from search.train import predict_probs
+
+CPU = torch.device("cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m search.predict``."""
+    p = argparse.ArgumentParser(prog="python -m search.predict", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"{DISCLAIMER} Exit code: 0 all scans predicted, 1 some scan failed, "
+                                "2 bad arguments or model folder.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by python -m search.export "
+                   "(e.g. studies/lungct/model)")
+    p.add_argument("scans", metavar="SCAN", nargs="+", help="NIfTI chest CT scans in HU (.nii or .nii.gz)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table (default: table)")
+    return p
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says about one scan.
+
+    Attributes:
+        path: The scan as given.
+        probability: P(label 1), e.g. of CT-2 or CT-3 findings for the course task.
+        label: 1 when ``probability`` reaches the model's threshold, else 0.
+        predicted_class: The class name of ``label`` (``CT-0``, ``CT-2 or CT-3``).
+        decision: The routing table's decision(s) for that class, as one line.
+        decisions: Category -> decision, for the categories of the class that the table defines.
+        shape: The scan's shape as stored (i, j, k).
+        spacing_mm: Its voxel spacing as stored.
+        orientation: Its stored axis codes (the model sees it reoriented to RAS).
+    """
+
+    path: str
+    probability: float
+    label: int
+    predicted_class: str
+    decision: str
+    decisions: dict[str, str]
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {"path": self.path, "probability": self.probability, "predicted_class": self.predicted_class,
+                "label": self.label, "decision": self.decision, "decisions": self.decisions,
+                "scan": {"shape": list(self.shape), "spacing_mm": list(self.spacing_mm),
+                         "orientation": self.orientation}}
+
+
+def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelInfo, path: str) -> Prediction:
+    """Read, preprocess and classify one scan.
+
+    Raises:
+        ScanError: The file is not a usable 3D CT volume in HU; the message is the reason.
+    """
+    volume_hu, meta = read_scan(path)
+    volume = torch.from_numpy(preprocess(volume_hu, config))[None, None]  # (1, 1, D, H, W) float16, as in training
+    probability = float(predict_probs(model, volume, CPU, batch_size=1, amp=False)[0])
+    if not math.isfinite(probability):
+        raise ScanError(f"the model's output is not a finite number ({probability}) for this scan")
+    label = int(probability >= info.threshold)
+    categories = info.positive if label else info.negative
+    return Prediction(path, probability, label, info.classes[label], decision_text(categories),
+                      decisions(categories), meta.shape, meta.spacing, meta.orientation)
+
+
+def format_table(predictions: list[Prediction], info: ModelInfo) -> str:
+    """A table: scan, P(positive class), predicted class, decision."""
+    headers = ("scan", f"P({info.classes[1]})", "predicted class", "decision")
+    rows = [(p.path, f"{p.probability:.3f}", p.predicted_class, p.decision) for p in predictions]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(3)]
+    lines = []
+    for r in [headers, *rows]:
+        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    return "\n".join(lines)
+
+
+def _header(model_dir: str, info: ModelInfo) -> str:
+    size = "x".join(map(str, info.preprocess.size))
+    lines = [DISCLAIMER,
+             f"model: {model_dir} (task {info.task}: {info.classes[0]} vs {info.classes[1]}; {size} input; "
+             f"predicted class {info.classes[1]} when P >= {info.threshold:g})"]
+    if any(c not in ROUTING for c in (*info.negative, *info.positive)):
+        lines.append(f"the course's routing table has decisions for {', '.join(ROUTING)} only; "
+                     "other categories get none")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Predict each scan. Returns the exit code: 0 all predicted, 1 some scan failed, 2 bad arguments."""
+    args = build_parser().parse_args(argv)
+    try:
+        model, config, info = load_model(args.model_dir)
+    except ModelDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    predictions: list[Prediction] = []
+    errors: list[dict] = []
+    for path in args.scans:
+        try:
+            predictions.append(predict_scan(model, config, info, path))
+        except ScanError as e:
+            errors.append({"path": path, "error": str(e)})
+            print(f"error: {path}: {e}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({
+            "disclaimer": DISCLAIMER, "model_dir": args.model_dir, "task": info.task, "classes": list(info.classes),
+            "threshold": info.threshold, "results": [p.to_dict() for p in predictions], "errors": errors,
+        }, indent=2, allow_nan=False, default=_json_number))
+    else:
+        print(_header(args.model_dir, info))
+        if predictions:
+            print()
+            print(format_table(predictions, info))
+    return 1 if errors else 0
+
+
+def _json_number(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,462 @@
+"""``python -m search.report``: one self-contained HTML page about a finished (or running) search.
+
+Writes one HTML page about a study: a summary of the study, its data, task and split; the top
+trials with their architecture in words; the optimisation history; the learning curves (pruned trials
+visible); the parameter importances by PED-ANOVA and fANOVA side by side; the Pareto front of
+validation AUC against parameters and against GFLOPs, computed from the trials (so a pruned
+single-objective study gets one too), plus Optuna's own Pareto plot for a multi-objective study; and
+parallel coordinates. plotly.js is embedded once, so the file opens offline and can be mailed or
+handed in as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import os
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import optuna
+import plotly.graph_objects as go
+from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+from optuna.trial import FrozenTrial, TrialState
+from plotly.offline import get_plotlyjs
+
+from search.artifacts import artifact_dir
+from search.progress import describe_spec
+from search.study import default_storage, load_existing_study, redact
+from search.trials import COSTS, TrialPoint, non_dominated, ranked_trials, trial_points
+
+TOP_N = 10
+MAX_PARALLEL_PARAMS = 8
+AUC_NAME = "validation AUC"
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m search.report``."""
+    p = argparse.ArgumentParser(prog="python -m search.report", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", default="lungct", metavar="NAME", help="study name (default: lungct)")
+    p.add_argument("--storage", metavar="URL", help="any SQLAlchemy URL (default: sqlite:///studies/<study>.db)")
+    p.add_argument("--studies-dir", default="studies", metavar="DIR",
+                   help="where studies live and reports go (default: studies)")
+    p.add_argument("--out", metavar="FILE", help="HTML file to write (default: studies/<study>/report.html)")
+    p.add_argument("--top", type=int, default=TOP_N, metavar="N",
+                   help=f"trials in the top-trials table (default: {TOP_N})")
+    return p
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the page: an anchor id, a heading, a short explanation, and figures or tables (HTML)."""
+
+    id: str
+    title: str
+    intro: str
+    body: str
+
+
+class _Study:
+    """What the plots need from a study, read once: single or multi-objective, trials, costs."""
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+        self.trials = study.get_trials(deepcopy=False)
+        self.objectives = list(study.user_attrs.get("objectives", ["auc"]))
+        self.multi = len(study.directions) > 1
+        self.complete = ranked_trials(study)
+        self.points = trial_points(study)
+        self.fronts = {cost: non_dominated(self.points, cost) for cost in COSTS}
+
+    def target(self, minimised: bool = False):
+        """The ``target`` argument of Optuna's plots: the first objective where there are several.
+
+        Args:
+            minimised: For evaluators that rank by low target values (PED-ANOVA): negate the AUC.
+        """
+        if not self.multi:
+            return None
+        return (lambda t: -t.values[0]) if minimised else (lambda t: t.values[0])
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _figure(fig: go.Figure, div_id: str, height: int = 460) -> str:
+    fig.update_layout(template="plotly_white", height=height, margin={"l": 60, "r": 30, "t": 60, "b": 50})
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
+
+
+def plot_history(s: _Study) -> str:
+    """Optuna's optimisation history of validation AUC."""
+    if not s.complete:
+        return _note("No complete trial yet: nothing to plot.")
+    fig = optuna.visualization.plot_optimization_history(s.study, target=s.target(), target_name=AUC_NAME)
+    return _figure(fig, "fig-history")
+
+
+def _curves_from_attrs(s: _Study) -> go.Figure:
+    """Learning curves from the ``val_auc`` trial attr (multi-objective studies report no intermediate values)."""
+    fig = go.Figure()
+    for t in s.trials:
+        curve = t.user_attrs.get("val_auc")
+        if curve:
+            fig.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve, mode="lines+markers",
+                                     name=f"Trial{t.number}"))
+    fig.update_layout(title="Intermediate Values Plot", xaxis_title="epoch", yaxis_title=AUC_NAME)
+    return fig
+
+
+def plot_curves(s: _Study) -> str:
+    """Validation AUC per epoch for every trial that trained: Optuna's intermediate values plot."""
+    if any(t.intermediate_values for t in s.trials):
+        fig = optuna.visualization.plot_intermediate_values(s.study)
+        fig.update_layout(xaxis_title="epoch", yaxis_title=AUC_NAME)
+    elif any(t.user_attrs.get("val_auc") for t in s.trials):
+        fig = _curves_from_attrs(s)
+    else:
+        return _note("No trial has finished an epoch yet: nothing to plot.")
+    return _figure(fig, "fig-intermediate")
+
+
+def _varying_params(s: _Study) -> list[str]:
+    """Parameters that all complete trials have and that take more than one value among them."""
+    if not s.complete:
+        return []
+    names = set.intersection(*(set(t.params) for t in s.complete))
+    return sorted(n for n in names if len({repr(t.params[n]) for t in s.complete}) > 1)
+
+
+def plot_importance(s: _Study, name: str, evaluator) -> tuple[str, list[str]]:
+    """Optuna's importance plot with one evaluator, or a note saying why there is none; and the ranking."""
+    if len(s.complete) < 2 or not _varying_params(s):
+        return _note(f"{name}: needs at least 2 complete trials whose parameters differ "
+                     f"(this study has {len(s.complete)} complete)."), []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # With a target (multi-objective studies) PED-ANOVA looks for low values, so it gets -AUC there.
+            target = s.target(minimised=isinstance(evaluator, PedAnovaImportanceEvaluator))
+            fig = optuna.visualization.plot_param_importances(s.study, evaluator=evaluator, target=target,
+                                                              target_name=AUC_NAME)
+        except (RuntimeError, ValueError) as e:
+            return _note(f"{name}: not computed ({e})."), []
+    messages = sorted({str(w.message) for w in caught if not issubclass(
+        w.category, DeprecationWarning | FutureWarning | optuna.exceptions.ExperimentalWarning)
+        and "achieve low `target` values" not in str(w.message)})  # handled: PED-ANOVA gets -AUC
+    if any("will be equal" in m for m in messages):
+        # PED-ANOVA compares the top quantile of trials with all of them; with few trials they coincide.
+        note = (f"{name}: too few complete trials ({len(s.complete)}) to separate the best trials from the rest; "
+                "every parameter would get the same importance. Run more trials.")
+        return _note(note), []
+    ranking = list(reversed(fig.data[0].y)) if fig.data else []
+    fig.update_layout(title=f"Hyperparameter Importances ({name})")
+    body = _figure(fig, f"fig-importance-{name.lower().replace('-', '')}", height=max(360, 28 * len(ranking) + 120))
+    return body + "".join(_note(m) for m in messages), ranking
+
+
+def _hover(p: TrialPoint) -> str:
+    tag = " (seed baseline)" if p.baseline else ""
+    state = "" if p.complete else " (pruned: last reported AUC)"
+    return (f"trial {p.number}{tag}<br>{AUC_NAME} {p.auc:.3f}{state}<br>{p.params:,} params<br>"
+            f"{p.gflops:.3f} GFLOPs<br>{html.escape(describe_spec(p.spec))}")
+
+
+def plot_pareto(s: _Study, cost: str) -> str:
+    """Validation AUC against a cost: complete trials, the non-dominated ones joined, pruned ones faded."""
+    label = COSTS[cost]
+    if not any(p.complete for p in s.points):
+        return _note(f"No complete trial with a recorded cost yet: no Pareto front against {label}.")
+    front = s.fronts[cost]
+    groups = [
+        ("pruned (last reported AUC)", [p for p in s.points if not p.complete],
+         {"color": "#9aa5b1", "symbol": "x", "size": 7, "opacity": 0.45}),
+        ("dominated", [p for p in s.points if p.complete and p.number not in front],
+         {"color": "#4c78a8", "size": 9, "opacity": 0.6}),
+        ("Pareto front (non-dominated)", sorted((p for p in s.points if p.number in front), key=lambda p: p.cost(cost)),
+         {"color": "#e45756", "size": 12, "line": {"width": 1, "color": "#222"}}),
+    ]
+    fig = go.Figure()
+    for name, pts, marker in groups:
+        if not pts:
+            continue
+        is_front = name.startswith("Pareto")
+        fig.add_trace(go.Scatter(
+            x=[p.cost(cost) for p in pts], y=[p.auc for p in pts], name=name, marker=marker,
+            mode="lines+markers" if is_front else "markers", line={"shape": "hv", "color": "#e45756"} if is_front
+            else None, text=[_hover(p) for p in pts], hovertemplate="%{text}<extra></extra>"))
+    for p in (p for p in s.points if p.baseline):
+        fig.add_trace(go.Scatter(x=[p.cost(cost)], y=[p.auc], name="seed baseline", mode="markers+text",
+                                 marker={"symbol": "star", "size": 20, "color": "#f2b701",
+                                         "line": {"width": 1, "color": "#222"}},
+                                 text=["seed baseline"], textposition="top center",
+                                 hovertext=[_hover(p)], hovertemplate="%{hovertext}<extra></extra>"))
+    fig.update_layout(title=f"Pareto front: {AUC_NAME} against {label}", xaxis_title=f"{label} (log scale)",
+                      yaxis_title=AUC_NAME, xaxis_type="log", legend={"orientation": "h", "y": -0.2})
+    return _figure(fig, f"fig-pareto-{cost}")
+
+
+def plot_optuna_pareto(s: _Study) -> str:
+    """Optuna's own Pareto-front plot, for a multi-objective study."""
+    names = [AUC_NAME, COSTS["params" if "params" in s.objectives else "gflops"]]
+    fig = optuna.visualization.plot_pareto_front(s.study, target_names=names[:len(s.study.directions)])
+    return _figure(fig, "fig-pareto-optuna")
+
+
+def plot_parallel(s: _Study, ranking: list[str]) -> str:
+    """Optuna's parallel coordinates over the parameters that vary, the most important first."""
+    varying = _varying_params(s)
+    if not varying:
+        return _note("Needs complete trials whose parameters differ: nothing to plot yet.")
+    ordered = [n for n in ranking if n in varying] + [n for n in varying if n not in ranking]
+    fig = optuna.visualization.plot_parallel_coordinate(s.study, params=ordered[:MAX_PARALLEL_PARAMS],
+                                                        target=s.target(), target_name=AUC_NAME)
+    return _figure(fig, "fig-parallel", height=520)
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _table(headers: list[str], rows: list[list[str]], table_id: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    attr = f' id="{table_id}"' if table_id else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def top_trials_table(s: _Study, top: int) -> str:
+    """The best complete trials: AUC, costs, epochs, validation rates, training settings, architecture."""
+    if not s.complete:
+        return _note("No complete trial yet.")
+    rows = []
+    for rank, t in enumerate(s.complete[:top], start=1):
+        a = t.user_attrs
+        tags = [tag for tag, on in (("seed baseline", a.get("baseline")),
+                                    ("Pareto: params", t.number in s.fronts["params"]),
+                                    ("Pareto: GFLOPs", t.number in s.fronts["gflops"])) if on]
+        train = a.get("train_spec") or {}
+        rows.append([
+            str(rank), str(t.number), f"<b>{t.values[0]:.3f}</b>", f"{a.get('params', 0):,}",
+            _fmt(a.get("gflops")), f"{a.get('best_epoch', '-')}/{a.get('epochs_run', '-')}",
+            " / ".join(_fmt(a.get(k), ".2f") for k in ("val_accuracy", "val_sensitivity", "val_specificity")),
+            html.escape(f"{train.get('optimizer', '-')}, lr {_fmt(train.get('lr'), '.2g')}, "
+                        f"batch {train.get('batch_size', '-')}"),
+            html.escape(describe_spec(a.get("spec"))), html.escape(", ".join(tags)),
+        ])
+    table = _table(["rank", "trial", AUC_NAME, "params", "GFLOPs", "best/run epochs", "val acc / sens / spec",
+                    "training", "architecture", "notes"], rows, "top-trials")
+    base = next((t for t in s.trials if t.user_attrs.get("baseline")), None)
+    if base is None:
+        line = "The seed baseline is not in this study."
+    elif base.state != TrialState.COMPLETE:
+        line = f"The seed baseline (trial {base.number}) did not complete: {base.state.name.lower()}."
+    else:
+        rank = [t.number for t in s.complete].index(base.number) + 1
+        line = (f"The seed baseline (trial {base.number}) ranks {rank} of {len(s.complete)} complete trials, "
+                f"{AUC_NAME} {base.values[0]:.3f}.")
+    return table + _note(line)
+
+
+def _reason_kind(trial: FrozenTrial) -> str:
+    reason = trial.user_attrs.get("prune_reason") or trial.user_attrs.get("fail_reason") or ""
+    if trial.state == TrialState.PRUNED:
+        if reason.startswith("invalid at input"):
+            return "pruned before training: the spec cannot run at the input size"
+        if reason.startswith("too costly"):
+            return "pruned before training: above the GFLOPs cap (--max-gflops)"
+        if reason.startswith("non-finite"):
+            return "pruned: non-finite training loss"
+        return "pruned by the pruner (validation AUC behind other trials at the same epoch)"
+    if trial.state == TrialState.FAIL:
+        return f"failed: {reason.split(' (')[0] or 'see optuna-dashboard'}"
+    return trial.state.name.lower()
+
+
+def _window(window: list | None) -> str:
+    return f"{window[0]:g} to {window[1]:g} HU" if window else "-"
+
+
+def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
+    """Study, data, task and split as key-value tables, what happened to the trials, and the next commands."""
+    settings = s.study.user_attrs.get("settings") or {}
+    data = s.study.user_attrs.get("data_summary") or {}
+    states = Counter(t.state.name.lower() for t in s.trials)
+    starts = [t.datetime_start for t in s.trials if t.datetime_start]
+    train_s = sum(t.user_attrs.get("wall_seconds", 0) for t in s.trials)
+    devices = sorted({t.user_attrs["device"] for t in s.trials if "device" in t.user_attrs})
+    size = "x".join(map(str, settings.get("size", []))) or "-"
+    data_root = settings.get("data") or f"default synthetic phantom set ({settings.get('n_phantoms', '?')} phantoms)"
+    loaded = data.get("loaded", {})
+    rows = [
+        ("study", f"{s.study.study_name} in {redact(storage_url)}"),
+        ("objectives", ", ".join(s.objectives) + (" (multi-objective: no pruning)" if s.multi else "")),
+        ("trials", f"{len(s.trials)}: " + ", ".join(f"{n} {k}" for k, n in states.most_common())),
+        ("run", (f"{min(starts):%Y-%m-%d %H:%M} to {max(starts):%Y-%m-%d %H:%M}, " if starts else "")
+         + f"{train_s / 60:.1f} min of training on {', '.join(devices) or '-'}"),
+        ("data", f"{data_root}" + (f" ({data['layout']} layout)" if "layout" in data else "")),
+        ("task", f"{settings.get('task', '-')}: {data.get('task_description', '')}"),
+        ("input", f"{size} voxels (D x H x W), HU window {_window(data.get('hu_window'))}"),
+        ("epochs per trial", str(settings.get("epochs", "-"))),
+        ("cost cap", f"{settings['max_gflops']:g} GFLOPs per scan (--max-gflops)" if settings.get("max_gflops")
+         else "none"),
+        ("seed", str(settings.get("seed", "-"))),
+        ("split", f"{data.get('n_train', '-')} train / {data.get('n_val', '-')} validation / "
+                  f"{data.get('n_test', '-')} test scans (seed {data.get('split_seed', '-')}); the test part is "
+                  "held out: only python -m search.export reads it"),
+        ("labels loaded", "; ".join(f"{part}: " + ", ".join(f"label {k}: {v}" for k, v in counts.items())
+                                    for part, counts in loaded.items()) or "-"),
+        ("excluded / skipped", f"{data.get('excluded', '-')} scans outside the task, "
+                               f"{data.get('skipped', '-')} unreadable"),
+        ("split file", str(data.get("split_file", "-"))),
+    ]
+    facts = _table(["", ""], [[html.escape(k), html.escape(str(v))] for k, v in rows], "summary")
+    kinds = Counter(_reason_kind(t) for t in s.trials if t.state != TrialState.COMPLETE)
+    outcome = _table(["what happened", "trials"], [[html.escape(k), str(n)] for k, n in kinds.most_common()]) \
+        if kinds else ""
+    flags = f" --study {s.study.study_name}" + (f" --studies-dir {studies_dir}" if studies_dir != "studies" else "")
+    artifacts = artifact_dir(studies_dir, s.study.study_name)
+    commands = [f"python -m search.export{flags}", f"optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}"]
+    nxt = "<p>Next:</p><pre>" + html.escape("\n".join(commands)) + "</pre>"
+    return facts + outcome + nxt
+
+
+def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "studies",
+                   top: int = TOP_N) -> list[Section]:
+    """Every section of the report, in page order."""
+    s = _Study(study)
+    ped, _ = plot_importance(s, "PED-ANOVA", PedAnovaImportanceEvaluator())
+    fanova, ranking = plot_importance(s, "fANOVA", FanovaImportanceEvaluator(seed=0))
+    pareto = '<div class="row">' + "".join(f'<div class="col">{plot_pareto(s, c)}</div>' for c in COSTS) + "</div>"
+    if s.multi:
+        pareto += "<h3>Optuna's Pareto-front plot (the study's own objectives)</h3>" + plot_optuna_pareto(s)
+    n_complete = len(s.complete)
+    return [
+        Section("summary", "Study, data, task and split", "", summary_section(s, storage_url, studies_dir)),
+        Section("top", "Top trials", "Complete trials by best validation AUC (the fewer "
+                "parameters first on ties); trial 0 is the course's seed model. Validation rates are at the best "
+                "epoch, threshold 0.5.", top_trials_table(s, top)),
+        Section("history", "Optimisation history", "Best validation AUC of each complete trial, in trial order, "
+                "and the best so far.", plot_history(s)),
+        Section("curves", "Learning curves", "Validation AUC after every epoch, one line per trial; pruned "
+                "trials are the lines that stop early.", plot_curves(s)),
+        Section("importance", "Which choices matter", f"Parameter importances for {AUC_NAME} over the "
+                f"{n_complete} complete trials (pruned trials are left out), by two methods: PED-ANOVA "
+                "(what separates the best 10% of trials from the rest) and fANOVA (how much of the AUC's "
+                "variance a random-forest model attributes to each parameter, seed 0). With fewer than about "
+                "20 complete trials both are noisy; where they agree, believe them more.",
+                f'<div class="row"><div class="col"><h3>PED-ANOVA</h3>{ped}</div>'
+                f'<div class="col"><h3>fANOVA</h3>{fanova}</div></div>'),
+        Section("pareto", "What accuracy costs: Pareto fronts", "Each point is a trial. Red points are the "
+                "Pareto front: complete trials that no other complete trial beats on both validation AUC and "
+                "cost. Blue points are dominated complete trials; grey crosses are pruned trials at the last "
+                "validation AUC they reported (they never finished, so they cannot be on the front); the star "
+                "is the seed baseline. Costs are at the study's input size.", pareto),
+        Section("parallel", "Parallel coordinates", f"Complete trials across the (at most "
+                f"{MAX_PARALLEL_PARAMS}) parameters that vary, the most important by fANOVA first; colour is "
+                f"{AUC_NAME}.", plot_parallel(s, ranking)),
+    ]
+
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1400px;
+       padding: 0 1rem; color: #1f2933; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #d9e2ec; padding-bottom: 0.2rem; margin-top: 2.5rem; }
+.sub { color: #52606d; } .note { color: #52606d; font-style: italic; }
+nav a { margin-right: 1rem; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #d9e2ec; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+th { background: #f0f4f8; }
+.row { display: flex; flex-wrap: wrap; gap: 1rem; } .col { flex: 1 1 560px; min-width: 0; }
+pre { background: #f0f4f8; padding: 0.6rem; overflow-x: auto; }
+"""
+
+
+def offline_plotlyjs() -> str:
+    """plotly.js to inline in the page, with its one CDN address (the map-tile default) blanked.
+
+    The bundle names ``https://cdn.plot.ly/un/`` as the default topojsonURL, fetched only by geographic
+    maps, which this page never draws; blanking it makes "no CDN anywhere in the file" checkable by grep.
+    """
+    return get_plotlyjs().replace('"https://cdn.plot.ly/un/"', '""')
+
+
+def render_report(study: optuna.Study, storage_url: str, studies_dir: str = "studies", top: int = TOP_N) -> str:
+    """The whole page as one HTML string, plotly.js embedded once in the head."""
+    sections = build_sections(study, storage_url, studies_dir, top)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"lungct-nas search report: {study.study_name}"
+    nav = "".join(f'<a href="#{x.id}">{html.escape(x.title)}</a>' for x in sections)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style>",
+        f'<script type="text/javascript">{offline_plotlyjs()}</script>',
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="sub">Generated {created} by python -m search.report. Validation AUC is what the search '
+        "optimised; it is optimistic for the chosen model. The unbiased figure is the locked-test AUC that "
+        "python -m search.export reports.</p>",
+        f"<nav>{nav}</nav>",
+    ]
+    for x in sections:
+        intro = f"<p>{html.escape(x.intro)}</p>" if x.intro else ""
+        parts.append(f'<section id="{x.id}"><h2>{html.escape(x.title)}</h2>{intro}{x.body}</section>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(text: str, path: Path) -> None:
+    """Write the page atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a report is for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the report. Returns the exit code: 0 written, 2 bad input."""
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if args.top < 1:
+            raise ValueError(f"--top: expected a positive count, got {args.top}")
+        storage = args.storage or default_storage(args.study, args.studies_dir)
+        study = load_existing_study(args.study, storage)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.studies_dir) / args.study / "report.html"
+    text = render_report(study, storage, args.studies_dir, args.top)
+    try:
+        write_report(text, out)
+    except OSError as e:
+        print(f"error: --out: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({len(text.encode()) / 1e6:.1f} MB, works offline); open it in a browser:\n"
+          f"  {out.resolve().as_uri()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
+
+import search.export
+from lungct.records import PreprocessConfig, get_task
+from search import run
+from search.export import choose_trial, main
+from search.intervals import auc_rows, bootstrap_auc, stratified_resamples, wilson
+from search.model_dir import (
+    ONNX,
+    ModelDirError,
+    ModelInfo,
+    export_onnx,
+    fixed_input,
+    load_model,
+    logits,
+    onnx_logits,
+    save_model,
+)
+from search.trials import best_trial
+from space import ArchSpec, LevelSpec, TrainSpec, build
+from tests.conftest import make_mosmed
+
+FILES = {"spec.json", "train_spec.json", "weights.safetensors", "model.onnx", "preprocess.json", "metrics.json",
+         "MODEL_CARD.md"}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_data, tmp_path_factory):
+    """A 3-trial study, exported once; also the in-memory model that export wrote to disk."""
+    root = tmp_path_factory.mktemp("export-study")
+    assert run.main(["--size", "16", "16", "16", "--epochs", "1", "--trials", "3", "--workers", "1",
+                     "--studies-dir", str(root), "--data", str(tiny_data)]) == 0
+    saved = []
+    real_save = search.export.save_model
+
+    def keep_model(directory, model, *args):
+        saved.append(model)
+        real_save(directory, model, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(search.export, "save_model", keep_model)
+        assert main(["--studies-dir", str(root), "--workers", "1"]) == 0
+    return root, root / "lungct" / "model", saved[0]
+
+
+def test_export_writes_every_file_of_the_model_folder(exported):
+    _, out, _ = exported
+    assert {p.name for p in out.iterdir()} == FILES
+
+
+def test_export_weights_load_strictly_into_the_rebuilt_spec(exported):
+    _, out, _ = exported
+    spec = ArchSpec.from_json((out / "spec.json").read_text())
+    model = build(spec)
+    state = load_file(str(out / "weights.safetensors"))
+    # Batch-norm running statistics are buffers, not parameters; they must travel with the weights.
+    assert any(k.endswith("running_mean") for k in state) == (spec.norm == "batch")
+    model.load_state_dict(state, strict=True)
+
+
+def test_export_reloaded_weights_and_onnx_match_the_in_memory_model(exported):
+    _, out, in_memory = exported
+    x = fixed_input((16, 16, 16), n=3, seed=7)
+    expected = logits(in_memory, x)
+    reloaded, _, _ = load_model(out)
+    assert np.max(np.abs(logits(reloaded, x) - expected)) <= 1e-4
+    assert np.max(np.abs(onnx_logits(out / ONNX, x) - expected)) <= 1e-4
+
+
+def test_export_metrics_hold_the_test_auc_inside_its_confidence_interval(exported):
+    _, out, _ = exported
+    metrics = json.loads((out / "metrics.json").read_text())
+    auc = metrics["test"]["model"]["auc"]
+    assert 0.0 <= auc["low"] <= auc["estimate"] <= auc["high"] <= 1.0
+    assert "2000 resamples" in auc["method"]
+    cm = metrics["test"]["model"]["confusion_matrix"]
+    assert sum(cm.values()) == metrics["test"]["n"]
+
+
+def test_export_tests_the_baseline_on_the_held_out_part_only(exported):
+    root, out, _ = exported
+    metrics = json.loads((out / "metrics.json").read_text())
+    split = json.loads(next((root / "splits").glob("split-*.json")).read_text())
+    ids = [row["study_id"] for row in metrics["test_predictions"]]
+    assert sorted(ids) == sorted(split["test"]) and not set(ids) & set(split["train"] + split["val"])
+    assert metrics["test"]["baseline"] is not None and metrics["test"]["auc_difference"] is not None
+    assert all(row["p_baseline"] is not None for row in metrics["test_predictions"])
+
+
+def test_export_model_card_states_limits_and_provenance(exported):
+    _, out, _ = exported
+    card = (out / "MODEL_CARD.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "not a medical device" in card and "study 'lungct'" in card
+    assert f"trial {metrics['model']['trial']}" in card and "torch 2." in card and "95% CI" in card
+
+
+def test_export_refuses_to_replace_an_earlier_export_without_force(exported, capsys):
+    root, out, _ = exported
+    before = (out / "weights.safetensors").read_bytes()
+    assert main(["--studies-dir", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out:") and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (out / "weights.safetensors").read_bytes() == before
+
+
+def test_export_never_replaces_a_folder_that_is_not_an_export(exported, tmp_path, capsys):
+    root, _, _ = exported
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["--studies-dir", str(root), "--out", str(tmp_path), "--force"]) == 2
+    assert "holds no exported model" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_export_refuses_other_data_than_the_study_searched_on(exported, tmp_path, capsys):
+    root, _, _ = exported
+    other = make_mosmed(tmp_path / "other", {"CT-0": 7, "CT-2": 7})
+    assert main(["--studies-dir", str(root), "--data", str(other), "--out", str(tmp_path / "m"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not the data set study 'lungct' searched on" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_load_model_never_calls_torch_load(exported, monkeypatch):
+    _, out, _ = exported
+
+    def no_pickles(*args, **kwargs):
+        raise AssertionError("torch.load called")
+
+    monkeypatch.setattr(torch, "load", no_pickles)
+    model, config, info = load_model(out)
+    assert config.size == (16, 16, 16) and info.classes == ("CT-0", "CT-2 or CT-3") and not model.training
+
+
+def test_export_load_model_rejects_weights_of_another_spec(exported, tmp_path):
+    _, out, _ = exported
+    for name in ("weights.safetensors", "preprocess.json"):
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    spec = json.loads((out / "spec.json").read_text())
+    spec["levels"][0]["filters"] += 1
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(ModelDirError, match=r"weights\.safetensors: does not match spec\.json"):
+        load_model(tmp_path)
+
+
+def test_export_refuses_a_trial_that_did_not_complete():
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.8, user_attrs={"spec": {}}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"spec": {}}))
+    with pytest.raises(ValueError, match="--trial: trial 1 is pruned"):
+        choose_trial(study, 1)
+
+
+def test_export_best_trial_breaks_auc_ties_by_fewer_params():
+    study = optuna.create_study(direction="maximize")
+    for params in (9000, 3000, 5000):
+        study.add_trial(optuna.trial.create_trial(value=0.8, user_attrs={"params": params}))
+    assert best_trial(study).user_attrs["params"] == 3000
+
+
+def test_export_auc_rows_match_scikit_learn_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    probs = np.round(rng.random(40), 1)  # many ties
+    assert auc_rows(labels, probs)[0] == pytest.approx(roc_auc_score(labels, probs))
+
+
+def test_export_bootstrap_resamples_keep_class_counts_and_bracket_the_auc():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(12, int), np.ones(8, int)]
+    probs = rng.random(20)
+    rows = stratified_resamples(labels, 50, seed=1)
+    assert (labels[rows].sum(axis=1) == 8).all()
+    ci = bootstrap_auc(labels, probs, 500, seed=1)
+    assert ci.low < ci.estimate < ci.high
+
+
+def test_export_wilson_interval_stays_in_unit_range_at_the_edges():
+    ci = wilson(5, 5)
+    assert ci.estimate == 1.0 and 0.0 < ci.low < 1.0 and ci.high == pytest.approx(1.0)
+
+
+def test_export_model_folder_round_trips_batch_norm_statistics(tmp_path):
+    size = (16, 24, 20)
+    spec = ArchSpec(levels=(LevelSpec(4), LevelSpec(8, block="residual")), norm="batch", padding="same")
+    model = build(spec)
+    model(torch.rand(4, 1, *size))  # a training-mode pass moves the running statistics off their defaults
+    save_model(tmp_path, model, spec, TrainSpec(), ModelInfo.for_task(get_task("course"), PreprocessConfig(size)))
+    export_onnx(model, size, tmp_path / ONNX)
+    x = fixed_input(size, n=3)
+    expected = logits(model, x)
+    reloaded, _, _ = load_model(tmp_path)
+    assert reloaded.features.level1.norm.running_mean.abs().sum() > 0
+    assert np.max(np.abs(logits(reloaded, x) - expected)) <= 1e-4
+    assert np.max(np.abs(onnx_logits(tmp_path / ONNX, x) - expected)) <= 1e-4
