@@ -49,6 +49,7 @@ from search.stats import (
 )
 from search.study import default_storage, load_existing_study, open_storage, redact
 from search.train import EpochResult, NonFiniteLossError, Tensors, fit, resolve_device
+from search.trials import ranked_trials
 from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, fit_to_size, variants
 
 ALPHA = 0.05
@@ -94,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = CUDA when available, else CPU (default: auto)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seeds the folds and training (run "
-                   "(repeat r, fold f) uses S + 1000 r + f for every variant) and, as in search.run, picks the "
-                   "train/val/test split: give your search's seed so its test part stays unread; with --study "
-                   "the split is that study's (default: 0)")
+                   "(repeat r, fold f) uses S + 1000 r + f for every variant) (default: 0)")
+    p.add_argument("--split-seed", type=int, default=0, metavar="S",
+                   help="seed of the data set's train/val/test split, whose test part the ablation never reads; "
+                   "keep it equal to search.run's --split-seed; with --study the study's is used (default: 0)")
     p.add_argument("--task", default="course", choices=sorted(TASKS),
                    help="which categories are labels 0 and 1 (default: course = CT-0 vs CT-2/CT-3)")
     p.add_argument("--storage", metavar="URL", help="where the runs are stored, any SQLAlchemy URL "
@@ -292,19 +294,19 @@ def load_study_best(name: str, storage_url: str) -> StudyBest:
         ValueError: No such study, no complete trial with a spec, or a stored spec that no longer parses.
     """
     study = load_existing_study(name, storage_url)
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.values and math.isfinite(t.values[0]) and {"spec", "train_spec"} <= t.user_attrs.keys()]
+    # The ranking search.export uses: best validation AUC, then the smaller model, then the earlier trial.
+    complete = [t for t in ranked_trials(study) if {"spec", "train_spec"} <= t.user_attrs.keys()]
     if not complete:
         raise ValueError(f"--study: study {name!r} has no complete trial yet (run python -m search.run first)")
-    # The ranking search.export uses: best validation AUC, then the smaller model, then the earlier trial.
-    best = min(complete, key=lambda t: (-t.values[0], t.user_attrs.get("params", math.inf), t.number))
+    best = complete[0]
     try:
         spec = ArchSpec.from_dict(best.user_attrs["spec"])
         train = TrainSpec.from_dict(best.user_attrs["train_spec"])
     except ValueError as e:
         raise ValueError(f"--study: trial {best.number} of study {name!r} holds a spec that does not parse: {e}") \
             from None
-    seed = (study.user_attrs.get("settings") or {}).get("seed")
+    stored = study.user_attrs.get("settings") or {}
+    seed = stored.get("split_seed", stored.get("seed"))
     origin = f"best trial ({best.number}) of study {name!r}, search val AUC {best.values[0]:.3f}"
     return StudyBest(spec, train, origin, int(seed) if seed is not None else None)
 
@@ -787,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         fidelity = choose_fidelity(device, tuple(args.size) if args.size else None, args.epochs, args.phantoms)
         settings = AblationSettings(data=str(Path(args.data).resolve()) if args.data else None, task=args.task,
                                     size=fidelity.size, epochs=fidelity.epochs, folds=args.folds,
-                                    repeats=args.repeats, seed=args.seed, split_seed=args.seed,
+                                    repeats=args.repeats, seed=args.seed, split_seed=args.split_seed,
                                     n_phantoms=fidelity.n_phantoms, amp=fidelity.amp)
         best = None
         if args.study:
@@ -822,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ablation: {len(variant_list)} variants x {settings.folds} folds x {settings.repeats} repeat(s) over "
           f"{len(records)} train+val scans (folds: {folds_path}); {settings.epochs} epoch(s) at "
           f"{'x'.join(map(str, settings.size))} voxels, {precision}, on {device_name(device)}")
-    if settings.split_seed != settings.seed:
+    if args.study and settings.split_seed != args.split_seed:
         print(f"split: seed {settings.split_seed}, as in study {args.study!r}, so its test part stays unread")
     if added:
         print("baseline added to --variants: every variant is compared with it")

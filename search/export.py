@@ -106,6 +106,7 @@ class ExportSettings:
     task: str
     size: tuple[int, int, int]
     seed: int
+    split_seed: int
     n_phantoms: int
     epochs: int | None
     bootstrap: int
@@ -370,7 +371,8 @@ def run_export(args: argparse.Namespace) -> Path:
         study=args.study, storage=storage, studies_dir=Path(args.studies_dir),
         out=Path(args.out) if args.out else Path(args.studies_dir) / args.study / "model",
         data=args.data or stored.get("data"), task=stored.get("task", "course"),
-        size=tuple(stored["size"]), seed=int(stored.get("seed", 0)), n_phantoms=int(stored.get("n_phantoms", 200)),
+        size=tuple(stored["size"]), seed=int(stored.get("seed", 0)),
+        split_seed=int(stored.get("split_seed", stored.get("seed", 0))), n_phantoms=int(stored.get("n_phantoms", 200)),
         epochs=args.epochs, bootstrap=args.bootstrap, device=resolve_device(args.device), force=args.force,
     )
     check_out_dir(s.out, s.force)
@@ -382,7 +384,7 @@ def run_export(args: argparse.Namespace) -> Path:
 
     root = resolve_data_root(s.data, s.studies_dir, s.n_phantoms, 0)
     prepared = prepare_data(root, PreprocessConfig(size=s.size), parts=("train", "val", "test"), task=s.task,
-                            seed=s.seed, studies_dir=s.studies_dir, workers=args.workers,
+                            seed=s.split_seed, studies_dir=s.studies_dir, workers=args.workers,
                             progress=sys.stderr.isatty())
     searched_on = Path((study.user_attrs.get("data_summary") or {}).get("split_file", "")).name
     if searched_on and searched_on != prepared.split_path.name:

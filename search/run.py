@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = CUDA when available, else CPU (default: auto)")
     p.add_argument("--seed", type=int, default=None, metavar="S",
-                   help="seeds the sampler, the split and training (default: 0; a resumed study keeps its own)")
+                   help="seeds the sampler and training (default: 0; a resumed study keeps its own)")
+    p.add_argument("--split-seed", type=int, default=None, metavar="S",
+                   help="seed of the data set's train/val/test split; keep one per data set so every study, "
+                   "export and ablation holds out the same test scans (default: 0)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this many "
                    "seconds (default: no limit)")
     p.add_argument("--pruner", default="hyperband", choices=PRUNERS,
@@ -78,13 +81,15 @@ class RunSettings:
     size: tuple[int, int, int]
     epochs: int
     seed: int
+    split_seed: int
     n_phantoms: int
     max_gflops: float
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {"data": self.data, "task": self.task, "size": list(self.size), "epochs": self.epochs,
-                "seed": self.seed, "n_phantoms": self.n_phantoms, "max_gflops": self.max_gflops}
+                "seed": self.seed, "split_seed": self.split_seed, "n_phantoms": self.n_phantoms,
+                "max_gflops": self.max_gflops}
 
 
 def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> tuple[RunSettings, str]:
@@ -94,7 +99,8 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         ValueError: A flag contradicts the settings the existing study was run with.
     """
     given = {"data": args.data, "task": args.task, "size": list(args.size) if args.size else None,
-             "epochs": args.epochs, "seed": args.seed, "n_phantoms": args.phantoms, "max_gflops": args.max_gflops}
+             "epochs": args.epochs, "seed": args.seed, "split_seed": args.split_seed, "n_phantoms": args.phantoms,
+             "max_gflops": args.max_gflops}
     if stored:
         clash = [k for k, v in given.items() if v is not None and k in stored and v != stored[k]
                  and not (k == "data" and Path(v).resolve() == Path(stored[k] or "").resolve())]
@@ -112,6 +118,7 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         size=fidelity.size,
         epochs=fidelity.epochs,
         seed=merged["seed"] if merged["seed"] is not None else 0,
+        split_seed=merged["split_seed"] if merged["split_seed"] is not None else 0,
         n_phantoms=fidelity.n_phantoms,
         max_gflops=fidelity.max_gflops or 0.0,  # stored 0 = no cap, so a resumed run does not add one
     )
@@ -147,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study {args.study!r} in {redact(storage_url)} ({'resumed' if stored else 'new'})")
         print(fidelity_line)
         root = resolve_data_root(settings.data, args.studies_dir, settings.n_phantoms, 0)
-        prepared = prepare_data(root, PreprocessConfig(size=settings.size), task=settings.task, seed=settings.seed,
-                                studies_dir=args.studies_dir, workers=args.workers, progress=sys.stderr.isatty())
+        prepared = prepare_data(root, PreprocessConfig(size=settings.size), task=settings.task,
+                                seed=settings.split_seed, studies_dir=args.studies_dir, workers=args.workers,
+                                progress=sys.stderr.isatty())
         print(describe(prepared))
         study, created = create_or_load_study(args.study, storage, seed=settings.seed, pruner=args.pruner,
                                               max_epochs=settings.epochs, objectives=objectives)
@@ -206,8 +214,15 @@ def _fail_running(study: optuna.Study, objective: Objective) -> None:
 
 def _print_next_steps(args: argparse.Namespace, storage_url: str) -> None:
     artifacts = artifact_dir(args.studies_dir, args.study)
-    print("\nexplore it:")
-    print(f"  optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}")
+    study_flags = "" if args.study == "lungct" and not args.storage else f" --study {args.study}"
+    if args.storage:
+        study_flags += f" --storage {redact(storage_url)}"
+    if args.studies_dir != "studies":
+        study_flags += f" --studies-dir {args.studies_dir}"
+    print("\nnext:")
+    print(f"  optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}   # live view, learning curves")
+    print(f"  python -m search.report{study_flags}   # offline HTML report: importance, Pareto front")
+    print(f"  python -m search.export{study_flags}   # retrain the best model, test it once, write it")
 
 
 if __name__ == "__main__":

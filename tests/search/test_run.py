@@ -206,3 +206,18 @@ def test_run_prunes_specs_above_the_cost_cap_before_training(tiny_data, tmp_path
     assert any("too costly for this fidelity" in t.user_attrs["prune_reason"] for t in others)
     assert len(fits) == 1
     assert _study(tmp_path).user_attrs["settings"]["max_gflops"] == 1e-6
+
+
+def test_load_existing_study_does_not_create_a_database_for_a_mistyped_name(tmp_path):
+    from search.study import load_existing_study
+
+    with pytest.raises(ValueError, match="no study database at"):
+        load_existing_study("nope", f"sqlite:///{tmp_path}/nope.db")
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_run_split_does_not_depend_on_the_training_seed(tiny_data, tmp_path):
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--study", "a", "--seed", "0")) == 0
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--study", "b", "--seed", "5")) == 0
+    files = {_study(tmp_path, n).user_attrs["data_summary"]["split_file"] for n in ("a", "b")}
+    assert len(files) == 1 and len(list((tmp_path / "splits").glob("split-*.json"))) == 1
