@@ -106,8 +106,8 @@ def load_existing_study(name: str, storage_url: str) -> optuna.Study:
     if url is not None and url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:") \
             and not Path(url.database).is_file():
         # Opening a missing SQLite file would create an empty database under a mistyped name.
-        raise ValueError(f"study: no study database at {url.database} (run python -m search.run first, "
-                         "or pass --study/--storage of an existing study)")
+        raise ValueError(f"study: no study {name!r} in {redact(storage_url)}: that database file does not exist "
+                         "(run python -m search.run first, or give the --study/--storage of an existing study)")
     storage = open_storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:

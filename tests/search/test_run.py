@@ -211,7 +211,7 @@ def test_run_prunes_specs_above_the_cost_cap_before_training(tiny_data, tmp_path
 def test_load_existing_study_does_not_create_a_database_for_a_mistyped_name(tmp_path):
     from search.study import load_existing_study
 
-    with pytest.raises(ValueError, match="no study database at"):
+    with pytest.raises(ValueError, match="that database file does not exist"):
         load_existing_study("nope", f"sqlite:///{tmp_path}/nope.db")
     assert not (tmp_path / "nope.db").exists()
 
