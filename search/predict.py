@@ -14,6 +14,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,11 +104,21 @@ def format_table(predictions: list[Prediction], info: ModelInfo) -> str:
     return "\n".join(lines)
 
 
+def trained_on_phantoms(model_dir: str) -> bool:
+    """Whether the export's metrics.json says the model was trained on the synthetic phantom set."""
+    try:
+        return bool(json.loads((Path(model_dir) / "metrics.json").read_text())["data"]["phantoms"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _header(model_dir: str, info: ModelInfo) -> str:
     size = "x".join(map(str, info.preprocess.size))
     lines = [DISCLAIMER,
              f"model: {model_dir} (task {info.task}: {info.classes[0]} vs {info.classes[1]}; {size} input; "
              f"predicted class {info.classes[1]} when P >= {info.threshold:g})"]
+    if trained_on_phantoms(model_dir):
+        lines.append("this model was trained on synthetic phantoms: its probabilities on real scans mean nothing")
     if any(c not in ROUTING for c in (*info.negative, *info.positive)):
         lines.append(f"the course's routing table has decisions for {', '.join(ROUTING)} only; "
                      "other categories get none")
@@ -133,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({
             "disclaimer": DISCLAIMER, "model_dir": args.model_dir, "task": info.task, "classes": list(info.classes),
-            "threshold": info.threshold, "results": [p.to_dict() for p in predictions], "errors": errors,
+            "threshold": info.threshold, "trained_on_phantoms": trained_on_phantoms(args.model_dir),
+            "results": [p.to_dict() for p in predictions], "errors": errors,
         }, indent=2, allow_nan=False, default=_json_number))
     else:
         print(_header(args.model_dir, info))

@@ -101,3 +101,15 @@ def test_predict_incomplete_model_dir_names_the_missing_file(model_dir, tmp_path
     scan = write_nifti(tmp_path / "s.nii.gz", synthetic_ct())
     assert main([str(tmp_path), str(scan)]) == 2
     assert "missing weights.safetensors, preprocess.json" in capsys.readouterr().err
+
+
+def test_predict_warns_when_the_model_was_trained_on_phantoms(tmp_path, capsys):
+    directory = _model_dir(tmp_path / "m")
+    scan = str(write_nifti(tmp_path / "s.nii.gz", synthetic_ct()))
+    assert main([str(directory), scan]) == 0
+    assert "trained on synthetic phantoms" not in capsys.readouterr().out
+    (directory / "metrics.json").write_text(json.dumps({"data": {"phantoms": True}}))
+    assert main([str(directory), scan]) == 0
+    assert "trained on synthetic phantoms: its probabilities on real scans mean nothing" in capsys.readouterr().out
+    assert main([str(directory), scan, "--json"]) == 0
+    assert _json(capsys)["trained_on_phantoms"] is True
