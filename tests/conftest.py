@@ -10,9 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-# The workplace keeps two real scans beside the checkout; LUNGCT_REAL_CT points elsewhere.
-_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct"
-REAL_CT_DIR = Path(os.environ.get("LUNGCT_REAL_CT", _BESIDE))
+# The workplace keeps two real scans in shared/ beside the checkout (or at /work/shared for a clone
+# made elsewhere, as CI's is); LUNGCT_REAL_CT points anywhere else.
+_CANDIDATES = [Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct", Path("/work/shared/data/real-ct")]
+REAL_CT_DIR = Path(os.environ.get("LUNGCT_REAL_CT") or next(
+    (c for c in _CANDIDATES if (c / "example_ct.nii.gz").is_file()), _CANDIDATES[0]))
 
 
 def synthetic_ct(shape_xyz: tuple[int, int, int] = (20, 24, 16), seed: int = 0) -> np.ndarray:
