@@ -37,7 +37,6 @@ from lungct.records import TASKS, PreprocessConfig, ScanRecord
 from lungct.splits import Fold, fingerprint, load_or_make_folds
 from search.data import PreparedData, describe, prepare_data, resolve_data_root
 from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity
-from search.objective import device_name, is_out_of_memory
 from search.progress import describe_spec
 from search.stats import (
     MIN_WILCOXON_PAIRS,
@@ -48,7 +47,15 @@ from search.stats import (
     verdict,
 )
 from search.study import default_storage, load_existing_study, open_storage, redact
-from search.train import EpochResult, NonFiniteLossError, Tensors, fit, resolve_device
+from search.train import (
+    EpochResult,
+    NonFiniteLossError,
+    Tensors,
+    TrainingOutOfMemory,
+    device_name,
+    fit,
+    resolve_device,
+)
 from search.trials import ranked_trials
 from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, fit_to_size, variants
 
@@ -481,7 +488,6 @@ class AblationRunner:
             if self.on_epoch is not None:
                 self.on_epoch(result)
 
-        out_of_memory = ""
         try:
             fitted = fit(model, train, val, optimizer=variant.train.optimizer, lr=variant.train.lr,
                          weight_decay=variant.train.weight_decay, batch_size=variant.train.batch_size,
@@ -492,14 +498,10 @@ class AblationRunner:
             trial.set_user_attr("prune_reason", str(e))
             self._cleanup(model)
             raise optuna.TrialPruned(str(e)) from None
-        except (RuntimeError, MemoryError) as e:
-            if not is_out_of_memory(e):
-                raise
-            out_of_memory = f"out of memory on {device_name(self.device)} ({type(e).__name__})"
-        if out_of_memory:
-            trial.set_user_attr("fail_reason", out_of_memory)
+        except TrainingOutOfMemory as e:
+            trial.set_user_attr("fail_reason", str(e))
             self._cleanup(model)
-            raise RunFailed(out_of_memory)
+            raise RunFailed(str(e)) from None
         self._record_curve(trial, history)
         last = fitted.history[-1].val
         assert last is not None

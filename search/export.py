@@ -48,10 +48,17 @@ from search.model_dir import (
     save_model,
     write_json,
 )
-from search.objective import is_out_of_memory
 from search.progress import describe_spec
 from search.study import default_storage, load_existing_study, redact
-from search.train import EpochResult, NonFiniteLossError, Tensors, fit, predict_probs, resolve_device
+from search.train import (
+    EpochResult,
+    NonFiniteLossError,
+    Tensors,
+    TrainingOutOfMemory,
+    fit,
+    predict_probs,
+    resolve_device,
+)
 from search.trials import baseline_trial, best_trial
 from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, fit_to_size
 
@@ -212,10 +219,8 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
                      device=s.device, seed=seed, amp=amp, on_epoch=on_epoch)
     except NonFiniteLossError as e:
         raise ExportError(f"training the {role}: {e}; try --epochs or another --trial") from None
-    except (RuntimeError, MemoryError) as e:
-        if not is_out_of_memory(e):
-            raise
-        raise ExportError(f"training the {role}: out of memory on {s.device.type}; try --device cpu") from None
+    except TrainingOutOfMemory as e:
+        raise ExportError(f"training the {role}: {e}; try --device cpu") from None
     finally:
         close()
     model = model.to("cpu").eval()

@@ -20,20 +20,21 @@ import optuna
 import torch
 
 from search.study import BASELINE_ATTR
-from search.train import EpochResult, FitResult, NonFiniteLossError, Tensors, fit, place
+from search.train import (
+    EpochResult,
+    FitResult,
+    NonFiniteLossError,
+    Tensors,
+    TrainingOutOfMemory,
+    device_name,
+    fit,
+    place,
+)
 from space import SpaceBounds, SpecInputError, build, check_input_size, cost, fit_to_size, sample
 
 
 class TrialFailed(Exception):
     """A trial failed for a known reason (recorded as its ``fail_reason``); the study goes on."""
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether an exception is an allocation failure, on the GPU or the CPU."""
-    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,6 @@ class SearchSettings:
     objectives: tuple[str, ...] = ("auc",)
     bounds: SpaceBounds = field(default_factory=SpaceBounds)
     max_gflops: float | None = None
-
-
-def device_name(device: torch.device) -> str:
-    """``cpu`` or the GPU's name."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 class Objective:
@@ -140,7 +136,6 @@ class Objective:
 
         start = time.perf_counter()
         fitted: FitResult | None = None
-        out_of_memory = ""
         try:
             fitted = fit(model, self.train, self.val, optimizer=train_spec.optimizer, lr=train_spec.lr,
                          weight_decay=train_spec.weight_decay, batch_size=train_spec.batch_size,
@@ -155,15 +150,10 @@ class Objective:
             self._record(trial, history, start)
             self._cleanup(model)
             self._prune(trial, str(e))
-        except (RuntimeError, MemoryError) as e:
-            if not is_out_of_memory(e):
-                raise
-            out_of_memory = f"out of memory on {device_name(s.device)} ({type(e).__name__})"
-        if out_of_memory:
-            # Outside the except block, so the traceback no longer pins the failed step's tensors.
-            trial.set_user_attr("fail_reason", out_of_memory)
+        except TrainingOutOfMemory as e:
+            trial.set_user_attr("fail_reason", str(e))
             self._cleanup(model)
-            raise TrialFailed(out_of_memory)
+            raise TrialFailed(str(e)) from None
         self._record(trial, history, start)
         self._finish(trial, history, model, fitted)
         best = fitted.best_auc

@@ -44,6 +44,23 @@ class NonFiniteLossError(RuntimeError):
         self.epoch, self.step, self.value = epoch, step, value
 
 
+class TrainingOutOfMemory(RuntimeError):
+    """Training ran out of memory (GPU or CPU); the message names the device and the original error type."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an exception is an allocation failure, on the GPU or the CPU."""
+    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu`` or the GPU's name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 @dataclass(frozen=True)
 class EpochResult:
     """One epoch: mean training loss, validation metrics (None without a validation set), seconds."""
@@ -169,8 +186,28 @@ def fit(
 
     Raises:
         NonFiniteLossError: A training loss was NaN or infinite.
+        TrainingOutOfMemory: The GPU or the CPU ran out of memory (the GPU cache is freed first), so
+            every caller handles one typed error instead of parsing RuntimeError messages.
     """
     amp = device.type == "cuda" if amp is None else amp
+    try:
+        return _train(model, train, val, optimizer, lr, weight_decay, batch_size, epochs, device, seed, augment,
+                      amp, on_epoch)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        kind = type(e).__name__
+    # Outside the except block, so the traceback no longer pins the failed step's tensors.
+    model.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    raise TrainingOutOfMemory(f"out of memory on {device_name(device)} ({kind})")
+
+
+def _train(model: nn.Module, train: Tensors, val: Tensors | None, optimizer: str, lr: float, weight_decay: float,
+           batch_size: int, epochs: int, device: torch.device, seed: int, augment: AugmentConfig | None, amp: bool,
+           on_epoch: Callable[[EpochResult], None] | None) -> FitResult:
+    """The epoch loop of :func:`fit`."""
     model = model.to(device).to(memory_format=torch.channels_last_3d)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
     train = place(train, device)

@@ -95,16 +95,18 @@ def test_run_non_finite_loss_prunes_the_trial_with_its_reason(tiny_data, tmp_pat
 
 
 def test_run_out_of_memory_fails_the_trial_and_the_study_goes_on(tiny_data, tmp_path, monkeypatch):
-    real_fit = search.objective.fit
+    import search.train
+
+    real_loss = search.train.F.binary_cross_entropy_with_logits
     calls = []
 
-    def oom_once(*args, **kwargs):
+    def oom_once(*args, **kwargs):  # the first training step of the study runs out of memory
         calls.append(1)
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_fit(*args, **kwargs)
+        return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(search.objective, "fit", oom_once)
+    monkeypatch.setattr(search.train.F, "binary_cross_entropy_with_logits", oom_once)
     assert main(_args(tiny_data, tmp_path, "--trials", "2")) == 0
     first, second = _study(tmp_path).trials
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"].startswith("out of memory on cpu")
