@@ -12,6 +12,7 @@ from space.baseline import (
 from space.bounds import SpaceBounds
 from space.build import SpecInputError, SpecNet, build, check_input_size, feature_shapes
 from space.cost import Cost, cost, count_flops, count_keras_params, count_params
+from space.fit import bounds_for_size, fit_sampled, max_levels
 from space.sample import baseline_params, param_names, params_for, sample
 from space.spec import ArchSpec, LevelSpec, TrainSpec
 
@@ -28,6 +29,7 @@ __all__ = [
     "baseline",
     "baseline_params",
     "baseline_train",
+    "bounds_for_size",
     "build",
     "check_input_size",
     "cost",
@@ -35,7 +37,9 @@ __all__ = [
     "count_keras_params",
     "count_params",
     "feature_shapes",
+    "fit_sampled",
     "fit_to_size",
+    "max_levels",
     "param_names",
     "params_for",
     "same_padding",

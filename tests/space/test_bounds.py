@@ -7,18 +7,52 @@ import dataclasses
 import pytest
 
 from space import SpaceBounds
+from space.spec import ACTIVATIONS, BLOCKS, NORMS, OPTIMIZERS, PADDINGS, POOLINGS
+
+RANGES = ("n_levels", "convs_per_level", "head_layers", "dropout", "lr")
 
 
-def test_spacebounds_defaults_cover_the_issue_space():
+def test_spacebounds_defaults_span_the_architecture_space():
     bounds = SpaceBounds()
     assert bounds.n_levels == (2, 5)
     assert bounds.convs_per_level == (1, 3)
     assert set(bounds.block) == {"plain", "residual", "residual_inception"}
-    assert {"relu", "sigmoid", "leaky_relu", "elu", "gelu", "silu"} <= set(bounds.activation)
+    assert set(bounds.activation) == {"relu", "leaky_relu", "elu", "gelu", "silu"}
     assert set(bounds.pooling) == {"max", "avg"}
     assert set(bounds.norm) == {"batch", "instance", "none"}
+    assert set(bounds.padding) == {"valid", "same"}
     assert bounds.head_layers == (0, 2)
     assert {100, 512} <= set(bounds.head_units)
+
+
+def test_spacebounds_defaults_leave_out_what_a_short_cpu_study_wastes():
+    bounds = SpaceBounds()
+    assert bounds.batch_size == (2,)
+    assert set(bounds.optimizer) == {"adam", "adamw"}
+    assert bounds.lr == (1e-4, 3e-3)
+    assert "sigmoid" not in bounds.activation
+    assert bounds.weight_decay == (0.0, 1e-5, 1e-4, 1e-3)
+
+
+def test_spacebounds_full_holds_every_table_name():
+    full = SpaceBounds.full()
+    assert set(full.activation) == set(ACTIVATIONS)
+    assert set(full.block) == set(BLOCKS)
+    assert set(full.norm) == set(NORMS)
+    assert set(full.pooling) == set(POOLINGS)
+    assert set(full.padding) == set(PADDINGS)
+    assert set(full.optimizer) == set(OPTIMIZERS)
+    assert (full.lr, full.batch_size) == ((1e-5, 1e-2), (2, 4, 8))
+
+
+def test_spacebounds_defaults_lie_inside_full():
+    defaults, full = SpaceBounds(), SpaceBounds.full()
+    for field in dataclasses.fields(SpaceBounds):
+        inner, outer = getattr(defaults, field.name), getattr(full, field.name)
+        if field.name in RANGES:
+            assert outer[0] <= inner[0] <= inner[1] <= outer[1], field.name
+        else:
+            assert set(inner) <= set(outer), field.name
 
 
 @pytest.mark.parametrize(

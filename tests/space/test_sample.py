@@ -62,8 +62,9 @@ def test_baseline_params_hold_seed_values():
 
 @pytest.mark.parametrize("name", list(variants()))
 def test_sample_with_fixed_trial_reproduces_each_variant(name):
-    arch, train = variants()[name], baseline_train()
-    assert sample(FixedTrial(params_for(arch, train))) == (arch, train)
+    # The full space: the default one leaves out the sigmoid variant's activation.
+    arch, train, bounds = variants()[name], baseline_train(), SpaceBounds.full()
+    assert sample(FixedTrial(params_for(arch, train, bounds)), bounds) == (arch, train)
 
 
 def test_sample_with_fixed_trial_reproduces_a_searched_spec():
@@ -77,7 +78,8 @@ def test_sample_with_fixed_trial_reproduces_a_searched_spec():
         dropout=0.125,
     )
     train = TrainSpec(lr=2.5e-3, weight_decay=1e-3, optimizer="sgd", batch_size=8)
-    assert sample(FixedTrial(params_for(arch, train))) == (arch, train)
+    bounds = SpaceBounds.full()
+    assert sample(FixedTrial(params_for(arch, train, bounds)), bounds) == (arch, train)
 
 
 def test_sample_same_seed_gives_same_sequence():
@@ -132,6 +134,7 @@ def test_sample_narrowed_bounds_drop_unused_level_params():
         (dataclasses.replace(baseline(), levels=(LevelSpec(48),) * 2), r"base_filters 48"),
         (dataclasses.replace(baseline(), head_units=(512, 100, 10)), r"head_layers 3"),
         (dataclasses.replace(baseline(), dropout=0.9), r"dropout 0.9"),
+        (dataclasses.replace(baseline(), activation="sigmoid"), r"activation 'sigmoid'"),
     ],
 )
 def test_params_for_rejects_spec_outside_bounds_naming_field(arch, pattern):
@@ -139,9 +142,17 @@ def test_params_for_rejects_spec_outside_bounds_naming_field(arch, pattern):
         params_for(arch, baseline_train())
 
 
-def test_params_for_rejects_train_outside_bounds_naming_field():
-    with pytest.raises(ValueError, match=r"params_for: lr 1.0 is outside SpaceBounds.lr"):
-        params_for(baseline(), TrainSpec(lr=1.0))
+@pytest.mark.parametrize(
+    ("train", "pattern"),
+    [
+        (TrainSpec(lr=1.0), r"params_for: lr 1.0 is outside SpaceBounds.lr"),
+        (TrainSpec(optimizer="sgd"), r"params_for: optimizer 'sgd' is outside SpaceBounds.optimizer"),
+        (TrainSpec(batch_size=8), r"params_for: batch_size 8 is outside SpaceBounds.batch_size"),
+    ],
+)
+def test_params_for_rejects_train_outside_bounds_naming_field(train, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        params_for(baseline(), train)
 
 
 def test_baseline_params_reject_bounds_that_exclude_baseline():
