@@ -2,7 +2,8 @@
 
 Tensors arrive once, in memory, as float16 (N, 1, D, H, W) volumes in [0, 1]; nothing here reads files.
 On CUDA the training set moves to the GPU once when it fits, batches are augmented there, and the
-forward pass runs under bf16 autocast; on the CPU the batches stay where they are. Both use the
+forward pass runs under bf16 autocast; on the CPU the batches stay where they are, and a bf16 request
+trains in bf16 only where ``search.precision`` verifies it for the model at hand. Both use the
 channels-last 3D memory layout. Randomness (initial weights, shuffling, augmentation, dropout) all
 flows from the ``seed`` argument.
 """
@@ -21,6 +22,7 @@ from torch import nn
 
 from lungct.augment import AugmentConfig, augment_batch
 from search.metrics import BinaryMetrics, binary_metrics
+from search.precision import Precision, choose_precision
 
 DEFAULT_AUGMENT = AugmentConfig()
 
@@ -82,6 +84,9 @@ class FitResult:
         best_state: The model's state dict at ``best_epoch``, on the CPU.
         train_seconds: Wall time of the training steps (validation excluded).
         samples_per_s: Training samples per second.
+        precision: What training and its validation ran in: ``bf16`` (autocast) or ``float32``.
+        precision_reason: Why, e.g. "float32: bf16 gradients not repeatable on this CPU at this model's
+            shapes".
     """
 
     history: list[EpochResult] = field(default_factory=list)
@@ -90,6 +95,8 @@ class FitResult:
     best_state: dict[str, torch.Tensor] | None = None
     train_seconds: float = 0.0
     samples_per_s: float = 0.0
+    precision: str = "float32"
+    precision_reason: str = ""
 
     @property
     def best(self) -> EpochResult | None:
@@ -181,18 +188,29 @@ def fit(
         device: Where to train.
         seed: Seeds shuffling and augmentation.
         augment: Training augmentation; None turns it off.
-        amp: bf16 autocast; default on for CUDA, off for the CPU.
+        amp: Whether bf16 autocast is wanted; default on for CUDA, off for the CPU. A request is resolved
+            by :func:`search.precision.choose_precision` for this model at the training batch shape
+            (``LUNGCT_PRECISION`` can pin it; on a CPU it is probed), and validation follows the result,
+            which ``FitResult.precision`` records.
         on_epoch: Called after each epoch with its result; an exception it raises propagates.
 
     Raises:
         NonFiniteLossError: A training loss was NaN or infinite.
         TrainingOutOfMemory: The GPU or the CPU ran out of memory (the GPU cache is freed first), so
             every caller handles one typed error instead of parsing RuntimeError messages.
+        ValueError: ``LUNGCT_PRECISION`` holds an unknown value.
     """
     amp = device.type == "cuda" if amp is None else amp
     try:
+        if amp:
+            # A full training batch's shape, so the probe checks the kernels training runs; a shorter last
+            # batch is not probed apart, as the CPU fault measured the same at batch sizes 1 to 8.
+            shape = (min(batch_size, max(len(train), 1)), *train.volumes.shape[1:])
+            precision = choose_precision(model, shape, device)
+        else:
+            precision = Precision(False, "float32: bf16 not requested")
         return _train(model, train, val, optimizer, lr, weight_decay, batch_size, epochs, device, seed, augment,
-                      amp, on_epoch)
+                      precision, on_epoch)
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
             raise
@@ -205,14 +223,15 @@ def fit(
 
 
 def _train(model: nn.Module, train: Tensors, val: Tensors | None, optimizer: str, lr: float, weight_decay: float,
-           batch_size: int, epochs: int, device: torch.device, seed: int, augment: AugmentConfig | None, amp: bool,
-           on_epoch: Callable[[EpochResult], None] | None) -> FitResult:
-    """The epoch loop of :func:`fit`."""
+           batch_size: int, epochs: int, device: torch.device, seed: int, augment: AugmentConfig | None,
+           precision: Precision, on_epoch: Callable[[EpochResult], None] | None) -> FitResult:
+    """The epoch loop of :func:`fit`, in the resolved ``precision``."""
+    amp = precision.amp
     model = model.to(device).to(memory_format=torch.channels_last_3d)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
     train = place(train, device)
     generator = torch.Generator().manual_seed(seed)
-    result = FitResult()
+    result = FitResult(precision=precision.name, precision_reason=precision.reason)
     n = len(train)
     samples = 0
     for epoch in range(1, epochs + 1):
