@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 
 from lungct.cache import atomic_write_bytes
 from lungct.errors import DataError
-from lungct.records import TASKS, PreprocessConfig, ScanRecord
+from lungct.records import TASKS, PreprocessConfig
 from lungct.splits import Fold, fingerprint, load_or_make_folds
-from search.data import PreparedData, describe, prepare_data, resolve_data_root
+from search import schema
+from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
 from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity
 from search.progress import describe_spec
 from search.stats import (
@@ -46,18 +47,16 @@ from search.stats import (
     paired_test,
     verdict,
 )
-from search.study import default_storage, load_existing_study, open_storage, redact
+from search.study import default_storage, fail_running, load_existing_study, open_storage, redact
 from search.train import (
     EpochResult,
-    NonFiniteLossError,
     Tensors,
-    TrainingOutOfMemory,
     device_name,
-    fit,
     resolve_device,
 )
+from search.trainer import TrainingFailed, train_spec
 from search.trials import ranked_trials
-from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, fit_to_size, variants
+from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, cost, fit_to_size, variants
 
 ALPHA = 0.05
 BASELINE = "baseline"
@@ -295,26 +294,33 @@ class StudyBest:
 
 
 def load_study_best(name: str, storage_url: str) -> StudyBest:
-    """The spec and training settings of a search study's best complete trial, and where they come from.
+    """The spec and training settings of a search study's recommended (else best complete) trial, and its origin.
 
     Raises:
         ValueError: No such study, no complete trial with a spec, or a stored spec that no longer parses.
     """
     study = load_existing_study(name, storage_url)
-    # The ranking search.export uses: best validation AUC, then the smaller model, then the earlier trial.
-    complete = [t for t in ranked_trials(study) if {"spec", "train_spec"} <= t.user_attrs.keys()]
-    if not complete:
-        raise ValueError(f"--study: study {name!r} has no complete trial yet (run python -m search.run first)")
-    best = complete[0]
-    try:
-        spec = ArchSpec.from_dict(best.user_attrs["spec"])
-        train = TrainSpec.from_dict(best.user_attrs["train_spec"])
-    except ValueError as e:
-        raise ValueError(f"--study: trial {best.number} of study {name!r} holds a spec that does not parse: {e}") \
-            from None
-    stored = study.user_attrs.get("settings") or {}
+    decision = study.user_attrs.get(schema.STUDY_CONFIRMATION)
+    if decision and not decision["recommended"]["baseline"]:
+        # What search.export ships: the confirmation's recommendation.
+        rec = decision["recommended"]
+        spec, train = ArchSpec.from_dict(rec["spec"]), TrainSpec.from_dict(rec["train_spec"])
+        origin = (f"recommended trial ({rec['trial']}) of study {name!r}, confirmed AUC {rec['confirmed']:.3f}")
+    else:
+        # No confirmation yet, or it kept the baseline: the search's best-scored trial is the candidate.
+        complete = [t for t in ranked_trials(study) if {"spec", "train_spec"} <= t.user_attrs.keys()]
+        if not complete:
+            raise ValueError(f"--study: study {name!r} has no complete trial yet (run python -m search.run first)")
+        best = complete[0]
+        try:
+            spec = ArchSpec.from_dict(best.user_attrs[schema.SPEC])
+            train = TrainSpec.from_dict(best.user_attrs[schema.TRAIN_SPEC])
+        except ValueError as e:
+            raise ValueError(f"--study: trial {best.number} of study {name!r} holds a spec that does not parse: "
+                             f"{e}") from None
+        origin = f"best trial ({best.number}) of study {name!r}, search CV AUC {best.values[0]:.3f}"
+    stored = study.user_attrs.get(schema.STUDY_SETTINGS) or {}
     seed = stored.get("split_seed", stored.get("seed"))
-    origin = f"best trial ({best.number}) of study {name!r}, search val AUC {best.values[0]:.3f}"
     return StudyBest(spec, train, origin, int(seed) if seed is not None else None)
 
 
@@ -355,12 +361,6 @@ def training_text(train: TrainSpec) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # Runs
-
-
-def cv_records(prepared: PreparedData) -> list[ScanRecord]:
-    """The loaded scans of the train and validation parts: what cross-validation may use (never test)."""
-    allowed = set(prepared.split.train) | set(prepared.split.val)
-    return [r for r in prepared.loaded.records if r.study_id in allowed]
 
 
 def finished_runs(study: optuna.Study) -> dict[tuple[str, str, int, int], FrozenTrial]:
@@ -459,7 +459,7 @@ class AblationRunner:
         try:
             return self._train(trial, variant, fold)
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            trial.set_user_attr(schema.FAIL_REASON, "interrupted (Ctrl-C)")
             raise
 
     def _train(self, trial: optuna.Trial, variant: Variant, fold: Fold) -> float:
@@ -477,8 +477,6 @@ class AblationRunner:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
 
-        torch.manual_seed(seed)
-        model = build(variant.spec)
         history: list[EpochResult] = []
 
         def on_epoch(result: EpochResult) -> None:
@@ -489,19 +487,16 @@ class AblationRunner:
                 self.on_epoch(result)
 
         try:
-            fitted = fit(model, train, val, optimizer=variant.train.optimizer, lr=variant.train.lr,
-                         weight_decay=variant.train.weight_decay, batch_size=variant.train.batch_size,
-                         epochs=s.epochs, device=self.device, seed=seed, amp=s.amp, on_epoch=on_epoch)
-        except NonFiniteLossError as e:
-            # Pruned, not failed: the same seed would diverge again, so a resume does not redo it.
+            fitted = train_spec(variant.spec, variant.train, train, val, epochs=s.epochs, device=self.device,
+                                seed=seed, amp=s.amp, on_epoch=on_epoch).fitted
+        except TrainingFailed as e:
             self._record_curve(trial, history)
-            trial.set_user_attr("prune_reason", str(e))
-            self._cleanup(model)
+            if e.kind == "out_of_memory":
+                trial.set_user_attr(schema.FAIL_REASON, str(e))
+                raise RunFailed(str(e)) from None
+            # Pruned, not failed: the same seed would diverge again, so a resume does not redo it.
+            trial.set_user_attr(schema.PRUNE_REASON, str(e))
             raise optuna.TrialPruned(str(e)) from None
-        except TrainingOutOfMemory as e:
-            trial.set_user_attr("fail_reason", str(e))
-            self._cleanup(model)
-            raise RunFailed(str(e)) from None
         self._record_curve(trial, history)
         last = fitted.history[-1].val
         assert last is not None
@@ -513,28 +508,13 @@ class AblationRunner:
         trial.set_user_attr("specificity", last.specificity)
         trial.set_user_attr("auc_best_epoch", fitted.best_auc)
         trial.set_user_attr("best_epoch", fitted.best_epoch)
-        trial.set_user_attr("train_seconds", round(fitted.train_seconds, 2))
-        self._cleanup(model)
+        trial.set_user_attr(schema.TRAIN_SECONDS, round(fitted.train_seconds, 2))
         return last.auc
 
     def _record_curve(self, trial: optuna.Trial, history: list[EpochResult]) -> None:
-        trial.set_user_attr("epochs_run", len(history))
-        trial.set_user_attr("train_loss", [round(h.train_loss, 5) for h in history])
-        trial.set_user_attr("val_auc", [round(h.val.auc, 5) if h.val is not None else None for h in history])
-
-    def _cleanup(self, model: torch.nn.Module) -> None:
-        model.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def fail_running(study: optuna.Study, number: int | None) -> None:
-    """Mark this process's trial failed if it is still RUNNING (Optuna fails it itself in most cases)."""
-    if number is None:
-        return
-    trials = study.get_trials(deepcopy=False)
-    if number < len(trials) and trials[number].state == TrialState.RUNNING:
-        study.tell(number, state=TrialState.FAIL)
+        trial.set_user_attr(schema.EPOCHS_RUN, len(history))
+        trial.set_user_attr(schema.TRAIN_LOSS, [round(h.train_loss, 5) for h in history])
+        trial.set_user_attr(schema.VAL_AUC, [round(h.val.auc, 5) if h.val is not None else None for h in history])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -819,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     if SETTINGS_ATTR not in study.user_attrs:
         study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
         study.set_user_attr("folds_file", str(folds_path))
-        study.set_user_attr("data_summary", prepared.summary())
+        study.set_user_attr(schema.STUDY_DATA_SUMMARY, prepared.summary())
 
     precision = "bf16 autocast" if settings.amp else "float32"
     print(describe(prepared))

@@ -1,9 +1,10 @@
-"""Per-trial files for optuna-dashboard: each trial's learning curve, and the best checkpoint so far.
+"""Per-trial files for optuna-dashboard: each trial's learning curves, and the best checkpoint so far.
 
 They go to an ``optuna.artifacts.FileSystemArtifactStore`` under ``studies/<study>-artifacts``, linked
 to their trial in the study, so ``optuna-dashboard <storage> --artifact-dir studies/<study>-artifacts``
-lists and serves them. A checkpoint is stored only when a trial beats every earlier trial's AUC, so
-the folder holds a handful of weight files, not one per trial.
+lists and serves them. The learning curve holds every fold's training loss per epoch and its final
+validation AUC. A checkpoint (the last fold's final weights) is stored only when a trial's
+cross-validation score beats every earlier trial's, so the folder holds a handful of weight files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from safetensors.torch import save_file
 
+from search import schema
 from search.train import FitResult
 
 LEARNING_CURVE = "learning_curve.csv"
@@ -40,25 +42,28 @@ class TrialArtifacts:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.store = FileSystemArtifactStore(self.directory)
 
-    def __call__(self, trial: optuna.Trial, fitted: FitResult, model: torch.nn.Module) -> None:
+    def __call__(self, trial: optuna.Trial, fits: list[FitResult], model: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             curve = Path(tmp) / LEARNING_CURVE
+            aucs = trial.user_attrs.get(schema.FOLD_AUCS) or []
             with curve.open("w", newline="") as fh:
                 writer = csv.writer(fh)
-                writer.writerow(["epoch", "train_loss", "val_auc", "val_accuracy", "val_sensitivity",
-                                 "val_specificity", "seconds"])
-                for h in fitted.history:
-                    v = h.val
-                    writer.writerow([h.epoch, f"{h.train_loss:.6f}", *(f"{x:.6f}" for x in (
-                        v.auc, v.accuracy, v.sensitivity, v.specificity)), f"{h.seconds:.3f}"])
+                writer.writerow(["fold", "epoch", "train_loss", "seconds", "fold_val_auc_final"])
+                for fold, fitted in enumerate(fits):
+                    auc = f"{aucs[fold]:.6f}" if fold < len(aucs) else ""
+                    for h in fitted.history:
+                        writer.writerow([fold + 1, h.epoch, f"{h.train_loss:.6f}", f"{h.seconds:.3f}",
+                                         auc if h.epoch == len(fitted.history) else ""])
             upload_artifact(artifact_store=self.store, file_path=str(curve), study_or_trial=trial,
                             mimetype="text/csv")
-            if fitted.best_state is not None and self._beats_earlier_trials(trial, fitted.best_auc):
+            score = trial.user_attrs.get(schema.SCORE)
+            complete = len(aucs) == len(trial.user_attrs.get(schema.N_VAL) or aucs)
+            if score is not None and complete and self._beats_earlier_trials(trial, score):
                 weights = Path(tmp) / CHECKPOINT
-                save_file({k: v.contiguous() for k, v in fitted.best_state.items()}, str(weights))
+                save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
                 spec = Path(tmp) / CHECKPOINT_SPEC
-                spec.write_text(json.dumps({"spec": trial.user_attrs.get("spec"), "epoch": fitted.best_epoch,
-                                            "val_auc": fitted.best_auc}, indent=1))
+                spec.write_text(json.dumps({"spec": trial.user_attrs.get(schema.SPEC), "fold": len(fits),
+                                            "epoch": len(fits[-1].history), "cv_score": score}, indent=1))
                 upload_artifact(artifact_store=self.store, file_path=str(weights), study_or_trial=trial)
                 upload_artifact(artifact_store=self.store, file_path=str(spec), study_or_trial=trial,
                                 mimetype="application/json")

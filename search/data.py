@@ -69,6 +69,12 @@ class PreparedData:
         }
 
 
+def cv_records(prepared: PreparedData) -> list:
+    """The loaded scans of the train and validation parts: what cross-validation may use (never test)."""
+    allowed = set(prepared.split.train) | set(prepared.split.val)
+    return [r for r in prepared.loaded.records if r.study_id in allowed]
+
+
 def resolve_data_root(data: str | None, studies_dir: str | Path = "studies", n_phantoms: int = DEFAULT_N,
                       phantom_seed: int = DEFAULT_SEED) -> Path:
     """``--data`` as given, or the default phantom set (generated under ``studies/`` once)."""

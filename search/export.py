@@ -1,10 +1,13 @@
-"""``python -m search.export``: retrain the best trial, test it once on the locked test part, write a model folder.
+"""``python -m search.export``: train the recommended model, test it once on the locked test part, write a model folder.
 
-The search saw only the train and validation parts. Export rebuilds the chosen trial's spec, trains it
-on train + validation for as many epochs as it needed in the search (its best epoch), and evaluates it
-once on the test part, which nothing else reads. The seed baseline is trained and tested the same way
-beside it, so what the search gained is measured on scans neither model has seen. The folder it writes
-(see ``search.model_dir``) is what ``python -m search.predict`` reads.
+The search saw only the train and validation parts. Export takes the confirmation stage's
+recommendation (``search.confirm``: the seed baseline unless a candidate beat it by more than the paired
+noise), trains it on train + validation for the confirmation's epoch count, and evaluates it once on the
+test part, which nothing else reads. The seed baseline is trained and tested the same way beside it, so
+what the search gained is measured on scans neither model has seen, and metrics.json records the
+confirmed score, the test AUC and their difference (the optimism). The folder it writes (see
+``search.model_dir``) is what ``python -m search.predict`` reads; the baseline's weights go to its
+``baseline/`` subfolder, a model folder of its own, so both can be scored on new scans.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 
 from lungct.errors import DataError
 from lungct.records import PreprocessConfig, get_task
+from search import schema
 from search.data import PreparedData, prepare_data, resolve_data_root
 from search.fidelity import choose_fidelity
 from search.intervals import DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference, wilson
@@ -49,19 +53,15 @@ from search.model_dir import (
     write_json,
 )
 from search.progress import describe_spec
+from search.run import RunSettings
 from search.study import default_storage, load_existing_study, redact
-from search.train import (
-    EpochResult,
-    NonFiniteLossError,
-    Tensors,
-    TrainingOutOfMemory,
-    fit,
-    predict_probs,
-    resolve_device,
-)
-from search.trials import baseline_trial, best_trial
-from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, fit_to_size
+from search.train import EpochResult, Tensors, predict_probs, resolve_device
+from search.trainer import TrainingFailed
+from search.trainer import train_spec as train_spec_unit
+from search.trials import baseline_trial
+from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, cost, fit_to_size
 
+BASELINE_DIR = "baseline"  # the seed baseline trained beside the model, a model folder of its own
 PHANTOM_MARKER = "phantoms.json"  # lungct.phantom.MARKER_NAME: the file that marks a synthetic phantom set
 VERSIONED = ("lungct-nas", "torch", "monai", "optuna", "numpy", "nibabel", "scikit-learn", "safetensors", "onnx",
              "onnxscript", "onnxruntime")
@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "searched on, as stored in the study); it must be the same data set, so the test part "
                    "is the one the search held out")
     p.add_argument("--out", metavar="DIR", help="model folder to write (default: studies/<study>/model)")
-    p.add_argument("--trial", type=int, metavar="N", help="trial to export (default: the best complete trial: "
-                   "highest validation AUC, the fewer parameters on ties)")
+    p.add_argument("--trial", type=int, metavar="N", help="export this complete trial instead of the "
+                   "confirmation's recommendation (default: the recommendation; see python -m search.run)")
     p.add_argument("--epochs", type=int, metavar="E", help="training epochs on train+val for the model and the "
-                   "baseline (default: each one's best epoch in the search; the study's --epochs where unknown)")
+                   "baseline (default: the confirmation's epochs per run, which the study stores)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = CUDA when available, else CPU (default: auto)")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
@@ -163,22 +163,47 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise ValueError(f"--out: {out} already holds an exported model; add --force to replace it")
 
 
-def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """The trial asked for, or the best complete one.
+@dataclass(frozen=True)
+class Choice:
+    """What export trains: the confirmation's recommendation or a trial asked for with ``--trial``."""
+
+    spec: ArchSpec
+    train_spec: TrainSpec
+    trial: FrozenTrial | None
+    is_baseline: bool
+    how: str
+    confirmation: dict | None = None
+
+
+def choose(study: optuna.Study, number: int | None, size: tuple[int, int, int]) -> Choice:
+    """The trial asked for, else the confirmation's recommendation.
 
     Raises:
-        ValueError: No such trial, it did not complete, or the study has no complete trial.
+        ValueError: No such trial, it did not complete, or the study has no confirmation yet.
     """
-    if number is None:
-        return best_trial(study)
     trials = study.get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        raise ValueError(f"--trial: study {study.study_name!r} has trials 0..{len(trials) - 1}, not {number}")
-    trial = trials[number]
-    if trial.state != TrialState.COMPLETE or "spec" not in trial.user_attrs:
-        raise ValueError(f"--trial: trial {number} is {trial.state.name.lower()}; only complete trials can be "
-                         "exported")
-    return trial
+    decision = study.user_attrs.get(schema.STUDY_CONFIRMATION)
+    if number is not None:
+        if not 0 <= number < len(trials):
+            raise ValueError(f"--trial: study {study.study_name!r} has trials 0..{len(trials) - 1}, not {number}")
+        trial = trials[number]
+        if trial.state != TrialState.COMPLETE or schema.SPEC not in trial.user_attrs:
+            raise ValueError(f"--trial: trial {number} is {trial.state.name.lower()}; only complete trials can be "
+                             "exported")
+        return Choice(ArchSpec.from_dict(trial.user_attrs[schema.SPEC]),
+                      TrainSpec.from_dict(trial.user_attrs[schema.TRAIN_SPEC]), trial,
+                      bool(trial.user_attrs.get(schema.BASELINE)), f"trial {number}, as given by --trial", decision)
+    if not decision:
+        raise ValueError(f"study: {study.study_name!r} has no confirmation yet, so nothing is recommended; run "
+                         f"python -m search.run --confirm-only --study {study.study_name} (or pass --trial N)")
+    rec = decision["recommended"]
+    trial = trials[rec["trial"]] if rec.get("trial") is not None and rec["trial"] < len(trials) else None
+    if rec["baseline"]:
+        spec, _ = fit_to_size(baseline(), size)
+        return Choice(spec, baseline_train(), trial, True, "the confirmation's recommendation: the seed baseline",
+                      decision)
+    return Choice(ArchSpec.from_dict(rec["spec"]), TrainSpec.from_dict(rec["train_spec"]), trial, False,
+                  f"the confirmation's recommendation: {rec['key']}", decision)
 
 
 def _epoch_printer(label: str, epochs: int):
@@ -210,19 +235,16 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
     print(f"training the {role} ({describe_spec(spec.to_dict())}) on train+val ({len(trainval)} scans) for "
           f"{epochs} epoch{plural} ({epochs_rule}), seed {seed}, {s.device.type}{', bf16 autocast' if amp else ''}",
           flush=True)
-    torch.manual_seed(seed)
-    model = build(spec)
     on_epoch, close = _epoch_printer(role, epochs)
     try:
-        fitted = fit(model, trainval, None, optimizer=train_spec.optimizer, lr=train_spec.lr,
-                     weight_decay=train_spec.weight_decay, batch_size=train_spec.batch_size, epochs=epochs,
-                     device=s.device, seed=seed, amp=amp, on_epoch=on_epoch)
-    except NonFiniteLossError as e:
-        raise ExportError(f"training the {role}: {e}; try --epochs or another --trial") from None
-    except TrainingOutOfMemory as e:
-        raise ExportError(f"training the {role}: {e}; try --device cpu") from None
+        trained = train_spec_unit(spec, train_spec, trainval, None, epochs=epochs, device=s.device, seed=seed, amp=amp,
+                                  on_epoch=on_epoch)
+    except TrainingFailed as e:
+        hint = "try --epochs or another --trial" if e.kind == "non_finite" else "try --device cpu"
+        raise ExportError(f"training the {role}: {e}; {hint}") from None
     finally:
         close()
+    model, fitted = trained.model, trained.fitted
     model = model.to("cpu").eval()
     # Test in float32 on the CPU: the numbers then describe the exported weights as predict runs them.
     probs = predict_probs(model, test.volumes, torch.device("cpu"), amp=False)
@@ -231,16 +253,16 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
                    round(fitted.train_seconds, 2), note)
 
 
-def _epochs_for(trial: FrozenTrial | None, s: ExportSettings, default: int) -> tuple[int, str]:
-    """``--epochs``, else the trial's best epoch if it completed, else ``default``, and the rule in words.
+def _epochs_for(s: ExportSettings, stored: dict) -> tuple[int, str]:
+    """``--epochs``, else the confirmation's epochs per run, and the rule in words.
 
-    A pruned trial's best epoch only says where it stood when it was stopped, so it is not used.
+    The confirmation measured every candidate and the baseline at that budget; training longer or
+    shorter here would ship a model the confirmation never scored.
     """
     if s.epochs is not None:
         return s.epochs, "as given by --epochs"
-    if trial is not None and trial.state == TrialState.COMPLETE and trial.user_attrs.get("best_epoch"):
-        return int(trial.user_attrs["best_epoch"]), f"its best epoch in the search, trial {trial.number}"
-    return default, "the study's epochs per trial"
+    settings = RunSettings.from_dict(stored)
+    return settings.confirm_epochs, "the confirmation's epochs per run"
 
 
 def _rates(m: BinaryMetrics) -> dict:
@@ -269,6 +291,28 @@ def evaluate(model: Trained, base: Trained | None, test: Tensors, n_resamples: i
     return out
 
 
+def _selection_entry(choice: Choice, result: dict) -> dict:
+    """How the model was chosen, its confirmed score, its test AUC, and the difference (the optimism)."""
+    entry = {"how": choice.how, "is_baseline": choice.is_baseline, "rule": None, "why": None,
+             "confirmed_score": None, "baseline_confirmed_score": None, "test_auc": result["model"]["auc"]["estimate"],
+             "optimism": None}
+    decision = choice.confirmation
+    if decision:
+        entry["rule"] = decision.get("rule")
+        rows = {r["key"]: r for r in decision.get("candidates", [])}
+        key = "baseline" if choice.is_baseline else next(
+            (k for k, r in rows.items() if choice.trial is not None and r.get("trial") == choice.trial.number), None)
+        if key in rows:
+            entry["confirmed_score"] = rows[key]["confirmed"]
+        if "baseline" in rows:
+            entry["baseline_confirmed_score"] = rows["baseline"]["confirmed"]
+        if choice.how.startswith("the confirmation"):
+            entry["why"] = decision["recommended"].get("why")
+        if entry["confirmed_score"] is not None:
+            entry["optimism"] = entry["confirmed_score"] - entry["test_auc"]
+    return entry
+
+
 def _versions() -> dict:
     found = {"python": platform.python_version()}
     for name in VERSIONED:
@@ -288,7 +332,8 @@ def _model_entry(t: Trained, trial: FrozenTrial | None, size: tuple[int, int, in
         "train_seconds": t.train_seconds, "note": t.note,
     }
     if trial is not None and trial.state == TrialState.COMPLETE:
-        entry["search_val_auc"] = trial.values[0]
+        entry["search_cv_auc"] = trial.values[0]
+        entry["search_cv_se"] = trial.user_attrs.get(schema.SCORE_SE)
     return entry
 
 
@@ -369,7 +414,7 @@ def run_export(args: argparse.Namespace) -> Path:
     """
     storage = args.storage or default_storage(args.study, args.studies_dir)
     study = load_existing_study(args.study, storage)
-    stored = study.user_attrs.get("settings")
+    stored = study.user_attrs.get(schema.STUDY_SETTINGS)
     if not stored:
         raise ValueError(f"study: {args.study!r} has no stored settings (was it made by python -m search.run?)")
     s = ExportSettings(
@@ -381,17 +426,15 @@ def run_export(args: argparse.Namespace) -> Path:
         epochs=args.epochs, bootstrap=args.bootstrap, device=resolve_device(args.device), force=args.force,
     )
     check_out_dir(s.out, s.force)
-    chosen = choose_trial(study, args.trial)
-    spec = ArchSpec.from_dict(chosen.user_attrs["spec"])
-    train_spec = TrainSpec.from_dict(chosen.user_attrs["train_spec"])
-    print(f"study {s.study!r} in {redact(s.storage)}: exporting trial {chosen.number} "
-          f"(val AUC {chosen.values[0]:.3f} in the search)")
+    choice = choose(study, args.trial, s.size)
+    chosen, spec, train_spec = choice.trial, choice.spec, choice.train_spec
+    print(f"study {s.study!r} in {redact(s.storage)}: exporting {choice.how}")
 
     root = resolve_data_root(s.data, s.studies_dir, s.n_phantoms, 0)
     prepared = prepare_data(root, PreprocessConfig(size=s.size), parts=("train", "val", "test"), task=s.task,
                             seed=s.split_seed, studies_dir=s.studies_dir, workers=args.workers,
                             progress=sys.stderr.isatty())
-    searched_on = Path((study.user_attrs.get("data_summary") or {}).get("split_file", "")).name
+    searched_on = Path((study.user_attrs.get(schema.STUDY_DATA_SUMMARY) or {}).get("split_file", "")).name
     if searched_on and searched_on != prepared.split_path.name:
         raise DataError(f"data: {root} is not the data set study {s.study!r} searched on (its split was "
                         f"{searched_on}, this data's is {prepared.split_path.name}), so its test part would not "
@@ -400,10 +443,11 @@ def run_export(args: argparse.Namespace) -> Path:
     print(f"data: {root}, task {s.task}, {'x'.join(map(str, s.size))} voxels; train+val {len(trainval)} scans, "
           f"locked test part {len(test)} scans (split {prepared.split_path.name})")
 
-    epochs, rule = _epochs_for(chosen, s, int(stored.get("epochs", 1)))
-    model = retrain("exported model", chosen.number, spec, train_spec, epochs, rule, trainval, test, s)
+    epochs, rule = _epochs_for(s, stored)
+    model = retrain("exported model", chosen.number if chosen else 0, spec, train_spec, epochs, rule, trainval,
+                    test, s)
     base_trial = baseline_trial(study)
-    if chosen.user_attrs.get("baseline"):
+    if choice.is_baseline:
         base = model
         base_note = "the exported model is the seed baseline itself"
     else:
@@ -412,9 +456,8 @@ def run_export(args: argparse.Namespace) -> Path:
         except SpecInputError as e:
             base, base_note = None, f"the seed baseline cannot run at {'x'.join(map(str, s.size))}: {e}"
         else:
-            b_epochs, b_rule = _epochs_for(base_trial, s, int(stored.get("epochs", epochs)))
             base = retrain("seed baseline", base_trial.number if base_trial else 0, base_spec, baseline_train(),
-                           b_epochs, b_rule, trainval, test, s, note=padding_note)
+                           epochs, rule, trainval, test, s, note=padding_note)
             base_note = padding_note
 
     info = ModelInfo.for_task(get_task(s.task), prepared.loaded.config)
@@ -426,6 +469,8 @@ def run_export(args: argparse.Namespace) -> Path:
     data = _data_entry(prepared, Path(root), stored)
     try:
         save_model(tmp, model.model, spec, train_spec, info)
+        if base is not None and base is not model:
+            save_model(tmp / BASELINE_DIR, base.model, base.spec, base.train_spec, info)
         try:
             export_onnx(model.model, s.size, tmp / ONNX)
         except RuntimeError as e:
@@ -434,11 +479,13 @@ def run_export(args: argparse.Namespace) -> Path:
         metrics = {
             "format_version": 1,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "study": {"name": s.study, "storage": redact(s.storage), "objectives": study.user_attrs.get("objectives",
-                      ["auc"]), "n_trials": len(study.trials), "settings": stored},
+            "study": {"name": s.study, "storage": redact(s.storage),
+                      "objectives": study.user_attrs.get(schema.STUDY_OBJECTIVES, ["auc"]),
+                      "n_trials": len(study.trials), "settings": stored},
             "task": {"name": info.task, "description": info.task_description, "classes": list(info.classes),
                      "threshold": info.threshold},
             "test": result,
+            "selection": _selection_entry(choice, result),
             "model": _model_entry(model, chosen, s.size),
             "baseline": (_model_entry(base, base_trial, s.size) | {"note": base_note}) if base is not None
             else {"note": base_note},

@@ -68,9 +68,11 @@ def render_model_card(m: dict) -> str:
         f"- Split (seed {data['split_seed']}, stratified, saved in `{data['split_file']}`): {data['n_train']} train, "
         f"{data['n_val']} validation, {data['n_test']} test scans; {data['excluded']} scans outside the task, "
         f"{data['skipped']} unreadable scans skipped.",
-        "- The search trained on the train part and chose by validation AUC; the test part was read only by "
-        "this export, once.",
+        "- The search scored each trial by cross-validation over the train + validation parts and a confirmation "
+        "stage re-evaluated the best specs against the seed baseline on fresh folds; the test part was read only "
+        "by this export, once.",
         "",
+        *_selection_lines(m.get("selection")),
         "## Locked test evaluation",
         "",
         f"{test['n']} test scans: {test['n_negative']} {classes[0]}, {test['n_positive']} {classes[1]}.",
@@ -109,8 +111,8 @@ def render_model_card(m: dict) -> str:
         "## Provenance",
         "",
         f"- Study `{study['name']}` in `{study['storage']}` ({study['n_trials']} trials, objectives "
-        f"{', '.join(study['objectives'])}); exported trial {model['trial']}, validation AUC "
-        f"{model.get('search_val_auc', float('nan')):.3f} in the search.",
+        f"{', '.join(study['objectives'])}); exported trial {model['trial']}, cross-validated AUC "
+        f"{model.get('search_cv_auc', float('nan')):.3f} in the search.",
         f"- Exported {m['created']}. Export check on a fixed input: reloaded weights differ by "
         f"{check['weights_max_abs_diff']:.1e}, ONNX by "
         + (f"{check['onnx_max_abs_diff']:.1e}" if check["onnx_max_abs_diff"] is not None else check["onnx_runtime"])
@@ -138,3 +140,21 @@ def render_model_card(m: dict) -> str:
     if phantoms:
         lines.append("- Trained on synthetic phantoms: its outputs on real scans are meaningless.")
     return "\n".join(lines) + "\n"
+
+
+def _selection_lines(selection: dict | None) -> list[str]:
+    """How the model was chosen, and how optimistic its confirmed score was against the test part."""
+    if not selection:
+        return []
+    lines = ["## How this model was chosen", "", f"- {selection['how'][0].upper()}{selection['how'][1:]}."]
+    if selection.get("why"):
+        lines.append(f"- Why: {selection['why']}.")
+    if selection.get("rule"):
+        lines.append(f"- Rule: {selection['rule']}.")
+    if selection.get("confirmed_score") is not None:
+        lines.append(f"- Confirmed score (mean fold AUC on fresh folds): {selection['confirmed_score']:.3f}; "
+                     f"locked test AUC: {selection['test_auc']:.3f}; optimism (confirmed - test): "
+                     f"{selection['optimism']:+.3f}.")
+    if selection.get("baseline_confirmed_score") is not None and not selection.get("is_baseline"):
+        lines.append(f"- The seed baseline's confirmed score: {selection['baseline_confirmed_score']:.3f}.")
+    return [*lines, ""]

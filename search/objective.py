@@ -1,40 +1,52 @@
-"""The trial objective: sample a spec, train it, report validation AUC each epoch, prune, record costs.
+"""The trial objective: sample a spec, score it by cross-validation at the final epoch, prune, record.
 
-An :class:`Objective` holds the data (loaded once in ``main``) and is called once per trial. It never
-reads files. Known failures are caught by type and recorded on the trial as a reason:
+An :class:`Objective` holds the cross-validation folds of the non-test scans (loaded once in ``main``)
+and is called once per trial. It never reads files. A trial's value estimates how the spec does on scans
+it was not trained on:
 
-- a spec that cannot run at the input size is pruned before training (``prune_reason``);
-- a non-finite training loss prunes the trial (``prune_reason``);
-- running out of memory fails the trial (``fail_reason``), frees memory, and the study goes on.
+- each fold trains a fresh model on the fold's training part for the run's epochs and scores ROC AUC on
+  the fold's validation part once, at the final epoch (never the best of several epochs, which would
+  select on the scans being scored);
+- the value is the mean of the fold AUCs; the per-fold AUCs, their bootstrap standard errors and the
+  score's standard error are stored on the trial;
+- after each fold the running mean is reported (step k = mean of the first k folds), so the pruner
+  decides on at least one whole fold's validation part, never on one epoch of a small holdout.
+
+The spec is fitted to the input size before anything is built (``space.fit_sampled``): the space never
+trains a spec that cannot run. Known failures are caught by type and recorded on the trial as a reason:
+a spec above the cost cap is pruned untrained, a non-finite training loss prunes the trial, running out
+of memory fails it, and the study goes on.
 """
 
 from __future__ import annotations
 
-import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import optuna
 import torch
 
-from search.study import BASELINE_ATTR
-from search.train import (
-    EpochResult,
-    FitResult,
-    NonFiniteLossError,
-    Tensors,
-    TrainingOutOfMemory,
-    device_name,
-    fit,
-    place,
-)
-from space import SpaceBounds, SpecInputError, build, check_input_size, cost, fit_to_size, sample
+from search import schema
+from search.metrics import binary_metrics
+from search.train import EpochResult, FitResult, Tensors, device_name, place
+from search.trainer import TrainingFailed, auc_standard_error, predict_finite, train_spec
+from space import SpaceBounds, cost, fit_sampled, sample
 
 
 class TrialFailed(Exception):
     """A trial failed for a known reason (recorded as its ``fail_reason``); the study goes on."""
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """One cross-validation fold of the non-test scans."""
+
+    index: int
+    train: Tensors
+    val: Tensors
 
 
 @dataclass(frozen=True)
@@ -43,12 +55,12 @@ class SearchSettings:
 
     Attributes:
         size: Input (D, H, W).
-        epochs: Maximum epochs per trial (pruning may stop a trial earlier).
+        epochs: Epochs per fold (every fold trains this many; the score is the last epoch's).
         device: Where to train.
-        seed: Base seed; trial ``n`` initialises and shuffles with ``seed + n``.
-        amp: bf16 autocast.
+        seed: Base seed; trial ``n`` trains fold ``i`` from seed ``seed + n + FOLD_SEED_STRIDE * i``.
+        amp: bf16 autocast allowed.
         objectives: ``("auc",)`` or ``("auc", "params")`` / ``("auc", "flops")``.
-        bounds: The search space.
+        bounds: The search space, already fitted to ``size`` (``space.bounds_for_size``).
         max_gflops: Prune, untrained, any spec costing more forward GFLOPs per sample (None: no cap).
     """
 
@@ -62,24 +74,41 @@ class SearchSettings:
     max_gflops: float | None = None
 
 
+FOLD_SEED_STRIDE = 10_000
+
+
+def fold_seed(base: int, trial_number: int, fold: int) -> int:
+    """The training seed of one fold of one trial (fold 0 keeps the historic ``base + trial``)."""
+    return base + trial_number + FOLD_SEED_STRIDE * fold
+
+
+def score_of(fold_aucs: Sequence[float], fold_ses: Sequence[float]) -> tuple[float, float]:
+    """The mean of the fold AUCs and its standard error, the folds' scan sets being disjoint."""
+    k = len(fold_aucs)
+    mean = float(np.mean(fold_aucs))
+    se = float(math.sqrt(sum(s * s for s in fold_ses)) / k) if all(math.isfinite(s) for s in fold_ses) else math.nan
+    return mean, se
+
+
 class Objective:
     """The callable passed to ``study.optimize``.
 
     Args:
-        train: Training set (augmented during training).
-        val: Validation set (its AUC is the trial's value).
+        folds: The cross-validation folds of the non-test scans.
         settings: Size, epochs, device, seeds, objectives.
-        on_epoch: Called after each epoch of each trial (for progress display).
-        on_trial_end: Called with the trial, the fitted result and the built model after a trial
-            that trained (completed or pruned), e.g. to store artifacts.
+        on_epoch: Called after each epoch of each fold of each trial (for progress display).
+        on_trial_end: Called with the trial, each trained fold's fit result and the last fold's model after
+            a trial that trained (completed or pruned), e.g. to store artifacts.
     """
 
-    def __init__(self, train: Tensors, val: Tensors, settings: SearchSettings,
+    def __init__(self, folds: Sequence[FoldData], settings: SearchSettings,
                  on_epoch: Callable[[optuna.Trial, EpochResult], None] | None = None,
-                 on_trial_end: Callable[[optuna.Trial, FitResult, torch.nn.Module], None] | None = None):
+                 on_trial_end: Callable[[optuna.Trial, list[FitResult], torch.nn.Module], None] | None = None):
+        if not folds:
+            raise ValueError("folds: need at least one cross-validation fold")
         self.settings = settings
-        self.train = place(train, settings.device)
-        self.val = place(val, settings.device)
+        self.folds = [FoldData(f.index, place(f.train, settings.device), place(f.val, settings.device))
+                      for f in folds]
         self.on_epoch = on_epoch
         self.on_trial_end = on_trial_end
         self.running: int | None = None  # the trial number in progress, for cleanup after Ctrl-C
@@ -89,107 +118,103 @@ class Objective:
         try:
             value = self._run(trial)
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            trial.set_user_attr(schema.FAIL_REASON, "interrupted (Ctrl-C)")
             raise
         self.running = None
         return value
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.settings
-        arch, train_spec = sample(trial, s.bounds)
-        if trial.user_attrs.get(BASELINE_ATTR):
-            try:
-                arch, note = fit_to_size(arch, s.size)
-            except SpecInputError as e:
-                self._prune(trial, f"invalid at input {'x'.join(map(str, s.size))}: {e}")
-            if note:
-                trial.set_user_attr("padding_fallback", note)
-        try:
-            check_input_size(arch, s.size)
-        except SpecInputError as e:
-            self._prune(trial, f"invalid at input {'x'.join(map(str, s.size))}: {e}")
+        sampled, train_settings = sample(trial, s.bounds)
+        arch, note = fit_sampled(sampled, s.size)
+        if note:
+            trial.set_user_attr(schema.PADDING_FALLBACK, note)
         spec_cost = cost(arch, s.size)
-        trial.set_user_attr("spec", arch.to_dict())
-        trial.set_user_attr("train_spec", train_spec.to_dict())
-        trial.set_user_attr("params", spec_cost.params)
-        trial.set_user_attr("keras_params", spec_cost.keras_params)
-        trial.set_user_attr("gflops", spec_cost.gflops)
-        trial.set_user_attr("device", device_name(s.device))
-        trial.set_user_attr("amp_bf16", s.amp)
-        if s.max_gflops is not None and spec_cost.gflops > s.max_gflops and not trial.user_attrs.get(BASELINE_ATTR):
+        for key, value in ((schema.SPEC, arch.to_dict()), (schema.TRAIN_SPEC, train_settings.to_dict()),
+                           (schema.PARAMS, spec_cost.params), (schema.KERAS_PARAMS, spec_cost.keras_params),
+                           (schema.GFLOPS, spec_cost.gflops), (schema.DEVICE, device_name(s.device)),
+                           (schema.AMP_BF16, s.amp), (schema.N_VAL, [len(f.val) for f in self.folds])):
+            trial.set_user_attr(key, value)
+        is_baseline = bool(trial.user_attrs.get(schema.BASELINE))
+        if s.max_gflops is not None and spec_cost.gflops > s.max_gflops and not is_baseline:
             self._prune(trial, f"too costly for this fidelity: {spec_cost.gflops:.1f} GFLOPs/sample, above the cap "
                                f"of {s.max_gflops:g} (--max-gflops)")
 
-        torch.manual_seed(s.seed + trial.number)
-        model = build(arch)
-        history: list[EpochResult] = []
         single = len(s.objectives) == 1
-
-        def on_epoch(result: EpochResult) -> None:
-            history.append(result)
-            if self.on_epoch is not None:
-                self.on_epoch(trial, result)
-            if single:
-                trial.report(result.val.auc, result.epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {result.epoch} (val AUC {result.val.auc:.3f})")
-
+        fits: list[FitResult] = []
+        aucs: list[float] = []
+        ses: list[float] = []
         start = time.perf_counter()
-        fitted: FitResult | None = None
-        try:
-            fitted = fit(model, self.train, self.val, optimizer=train_spec.optimizer, lr=train_spec.lr,
-                         weight_decay=train_spec.weight_decay, batch_size=train_spec.batch_size,
-                         epochs=s.epochs, device=s.device, seed=s.seed + trial.number, amp=s.amp,
-                         on_epoch=on_epoch)
-        except optuna.TrialPruned as e:
-            self._record(trial, history, start)
-            trial.set_user_attr("prune_reason", str(e))
-            self._finish(trial, history, model)
-            raise
-        except NonFiniteLossError as e:
-            self._record(trial, history, start)
-            self._cleanup(model)
-            self._prune(trial, str(e))
-        except TrainingOutOfMemory as e:
-            trial.set_user_attr("fail_reason", str(e))
-            self._cleanup(model)
-            raise TrialFailed(str(e)) from None
-        self._record(trial, history, start)
-        self._finish(trial, history, model, fitted)
-        best = fitted.best_auc
-        if not single:
-            return best, float(spec_cost.params if s.objectives[1] == "params" else spec_cost.gflops)
-        return best
+        model = None
+        for fold in self.folds:
+            history: list[EpochResult] = []
+
+            def on_epoch(result: EpochResult, history=history) -> None:
+                history.append(result)
+                if self.on_epoch is not None:
+                    self.on_epoch(trial, result)
+
+            try:
+                trained = train_spec(arch, train_settings, fold.train, None, epochs=s.epochs, device=s.device,
+                                     seed=fold_seed(s.seed, trial.number, fold.index), amp=s.amp, on_epoch=on_epoch)
+                model = trained.model
+                fits.append(trained.fitted)
+                probs = predict_finite(trained, fold.val.volumes, s.device, amp=s.amp)
+            except TrainingFailed as e:
+                if history and len(fits) == len(aucs):
+                    fits.append(FitResult(history=history))
+                self._record(trial, fits, aucs, ses, start)
+                if e.kind == "out_of_memory":
+                    trial.set_user_attr(schema.FAIL_REASON, str(e))
+                    raise TrialFailed(str(e)) from None
+                self._finish(trial, fits, model)
+                self._prune(trial, f"fold {fold.index + 1}: {e}")
+            labels = fold.val.labels.cpu().numpy()
+            aucs.append(binary_metrics(labels, probs).auc)
+            ses.append(auc_standard_error(labels, probs, seed=fold.index))
+            mean, _ = score_of(aucs, ses)
+            if single and len(aucs) < len(self.folds):
+                trial.report(mean, fold.index + 1)
+                if trial.should_prune():
+                    self._record(trial, fits, aucs, ses, start)
+                    self._finish(trial, fits, model)
+                    self._prune(trial, f"pruned after fold {fold.index + 1} of {len(self.folds)}: mean AUC "
+                                       f"{mean:.3f} on {sum(len(f.val) for f in self.folds[:len(aucs)])} "
+                                       "validation scans, below the pruner's bar")
+        self._record(trial, fits, aucs, ses, start)
+        self._finish(trial, fits, model)
+        value, _ = score_of(aucs, ses)
+        if single:
+            trial.report(value, len(self.folds))
+            return value
+        return value, float(spec_cost.params if s.objectives[1] == "params" else spec_cost.gflops)
 
     def _prune(self, trial: optuna.Trial, reason: str) -> None:
-        trial.set_user_attr("prune_reason", reason)
+        trial.set_user_attr(schema.PRUNE_REASON, reason)
         raise optuna.TrialPruned(reason)
 
-    def _record(self, trial: optuna.Trial, history: list[EpochResult], start: float) -> None:
-        trial.set_user_attr("epochs_run", len(history))
-        trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
-        if not history:
+    def _record(self, trial: optuna.Trial, fits: list[FitResult], aucs: list[float], ses: list[float],
+                start: float) -> None:
+        histories = [f.history for f in fits]
+        epochs = sum(len(h) for h in histories)
+        trial.set_user_attr(schema.EPOCHS_RUN, epochs)
+        trial.set_user_attr(schema.WALL_SECONDS, round(time.perf_counter() - start, 2))
+        if aucs:
+            score, se = score_of(aucs, ses)
+            trial.set_user_attr(schema.FOLD_AUCS, [round(a, 5) for a in aucs])
+            trial.set_user_attr(schema.FOLD_SES, [round(s, 5) for s in ses])
+            trial.set_user_attr(schema.SCORE, round(score, 5))
+            trial.set_user_attr(schema.SCORE_SE, round(se, 5) if math.isfinite(se) else None)
+        if not epochs:
             return
-        train_s = sum(h.seconds for h in history)
-        trial.set_user_attr("train_loss", [round(h.train_loss, 5) for h in history])
-        trial.set_user_attr("val_auc", [round(h.val.auc, 5) for h in history])
-        best = max(history, key=lambda h: (h.val.auc if math.isfinite(h.val.auc) else -1.0, -h.epoch))
-        trial.set_user_attr("best_epoch", best.epoch)
-        trial.set_user_attr("val_accuracy", best.val.accuracy)
-        trial.set_user_attr("val_sensitivity", best.val.sensitivity)
-        trial.set_user_attr("val_specificity", best.val.specificity)
-        trial.set_user_attr("epoch_seconds", round(train_s / len(history), 3))
-        trial.set_user_attr("train_seconds", round(train_s, 2))
-        trial.set_user_attr("samples_per_s", round(len(self.train) * len(history) / max(train_s, 1e-9), 2))
+        train_s = sum(e.seconds for h in histories for e in h)
+        n_train = sum(len(f.train) * len(h) for f, h in zip(self.folds, histories, strict=False))
+        trial.set_user_attr(schema.TRAIN_LOSS, [[round(e.train_loss, 5) for e in h] for h in histories])
+        trial.set_user_attr(schema.PRECISION, [getattr(f, "precision", None) for f in fits])
+        trial.set_user_attr(schema.EPOCH_SECONDS, round(train_s / epochs, 3))
+        trial.set_user_attr(schema.TRAIN_SECONDS, round(train_s, 2))
+        trial.set_user_attr(schema.SAMPLES_PER_S, round(n_train / max(train_s, 1e-9), 2))
 
-    def _finish(self, trial: optuna.Trial, history: list[EpochResult], model: torch.nn.Module,
-                fitted: FitResult | None = None) -> None:
-        if self.on_trial_end is not None and history:
-            self.on_trial_end(trial, fitted or FitResult(history=history), model)
-        self._cleanup(model)
-
-    def _cleanup(self, model: torch.nn.Module) -> None:
-        model.to("cpu")  # release the GPU copy of the weights even while a caller still holds the module
-        gc.collect()
-        if self.settings.device.type == "cuda":
-            torch.cuda.empty_cache()
+    def _finish(self, trial: optuna.Trial, fits: list[FitResult], model: torch.nn.Module | None) -> None:
+        if self.on_trial_end is not None and fits and model is not None:
+            self.on_trial_end(trial, fits, model)

@@ -1,4 +1,4 @@
-"""Console output of a search: a bar over trials (best AUC, ETA), a bar over epochs, a summary table.
+"""Console output of a search: a bar over trials (best score, ETA), a bar over epochs, a summary table.
 
 On a terminal the bars redraw in place; elsewhere (a log file, CI) each finished trial prints one
 line instead, so logs stay readable. Nothing prints per batch.
@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from search import schema
 from search.train import EpochResult
 
 
@@ -34,7 +35,7 @@ def trial_line(trial: FrozenTrial, total: int | None = None) -> str:
     """One line about a finished trial."""
     of = f"/{total}" if total else ""
     attrs = trial.user_attrs
-    tag = " [baseline]" if attrs.get("baseline") else ""
+    tag = " [baseline]" if attrs.get(schema.BASELINE) else ""
     cost = ""
     if "params" in attrs:
         cost = f", {attrs['params'] / 1e6:.2f}M params, {attrs['gflops']:.2f} GFLOPs"
@@ -43,11 +44,12 @@ def trial_line(trial: FrozenTrial, total: int | None = None) -> str:
         epochs = f", {attrs['epochs_run']} epochs, {attrs.get('wall_seconds', 0):.0f} s"
     if trial.state == TrialState.COMPLETE:
         value = trial.values[0]
-        head = f"val AUC {value:.3f}"
+        se = attrs.get(schema.SCORE_SE)
+        head = f"CV AUC {value:.3f}" + (f" +- {se:.3f}" if se is not None else "")
     elif trial.state == TrialState.PRUNED:
-        head = f"pruned ({attrs.get('prune_reason', 'by the pruner')})"
+        head = f"pruned ({attrs.get(schema.PRUNE_REASON, 'by the pruner')})"
     else:
-        head = f"{trial.state.name.lower()} ({attrs.get('fail_reason', 'see optuna-dashboard')})"
+        head = f"{trial.state.name.lower()} ({attrs.get(schema.FAIL_REASON, 'see optuna-dashboard')})"
     return f"trial {trial.number}{of}{tag}: {head}{cost}{epochs}"
 
 
@@ -74,8 +76,7 @@ class SearchProgress:
             self.epoch_bar = tqdm(total=self.epochs, desc=f"  trial {trial.number}", unit="epoch", position=1,
                                   leave=False, dynamic_ncols=True)
         assert self.epoch_bar is not None
-        auc = result.val.auc if result.val is not None else math.nan
-        self.epoch_bar.set_postfix(loss=f"{result.train_loss:.3f}", val_auc=f"{auc:.3f}")
+        self.epoch_bar.set_postfix(loss=f"{result.train_loss:.3f}")
         self.epoch_bar.update()
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -87,7 +88,7 @@ class SearchProgress:
             self.trials_bar.write(line)
             best = best_auc(study)
             if best is not None:
-                self.trials_bar.set_postfix(best_auc=f"{best:.3f}")
+                self.trials_bar.set_postfix(best_cv_auc=f"{best:.3f}")
             self.trials_bar.update()
         else:
             print(f"[{self.done}/{self.n_trials}] {line}", flush=True)
@@ -119,15 +120,18 @@ def summary_table(study: optuna.Study, top: int = 5) -> str:
               + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ")")
     if not complete:
         return header + "\nno complete trial yet"
-    rows = [f"{'rank':>4} {'trial':>5} {'val AUC':>7} {'params':>8} {'GFLOPs':>7} {'epochs':>6}  architecture"]
+    rows = [f"{'rank':>4} {'trial':>5} {'CV AUC':>7} {'+- SE':>6} {'params':>8} {'GFLOPs':>7}  architecture"]
     for rank, t in enumerate(complete[:top], start=1):
         a = t.user_attrs
-        tag = " (seed baseline)" if a.get("baseline") else ""
-        rows.append(f"{rank:>4} {t.number:>5} {t.values[0]:>7.3f} {a.get('params', 0) / 1e6:>7.2f}M "
-                    f"{a.get('gflops', math.nan):>7.2f} {a.get('best_epoch', 0):>2}/{a.get('epochs_run', 0):<3}  "
-                    f"{describe_spec(a.get('spec'))}{tag}")
-    baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
+        tag = " (seed baseline)" if a.get(schema.BASELINE) else ""
+        se = a.get(schema.SCORE_SE)
+        rows.append(f"{rank:>4} {t.number:>5} {t.values[0]:>7.3f} {se if se is not None else math.nan:>6.3f} "
+                    f"{a.get(schema.PARAMS, 0) / 1e6:>7.2f}M {a.get(schema.GFLOPS, math.nan):>7.2f}  "
+                    f"{describe_spec(a.get(schema.SPEC))}{tag}")
+    baseline = next((t for t in complete if t.user_attrs.get(schema.BASELINE)), None)
     if baseline is not None and baseline not in complete[:top]:
         rank = complete.index(baseline) + 1
-        rows.append(f"seed baseline: rank {rank}, trial {baseline.number}, val AUC {baseline.values[0]:.3f}")
+        rows.append(f"seed baseline: rank {rank}, trial {baseline.number}, CV AUC {baseline.values[0]:.3f}")
+    rows.append("CV AUC: mean final-epoch validation AUC over the folds of the non-test scans; the confirmation "
+                "stage, not this ranking, picks the recommended model")
     return "\n".join([header, *rows])

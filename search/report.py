@@ -29,6 +29,7 @@ from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvalu
 from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
+from search import schema
 from search.artifacts import artifact_dir
 from search.progress import describe_spec
 from search.study import default_storage, load_existing_study, redact
@@ -36,7 +37,7 @@ from search.trials import COSTS, TrialPoint, non_dominated, ranked_trials, trial
 
 TOP_N = 10
 MAX_PARALLEL_PARAMS = 8
-AUC_NAME = "validation AUC"
+AUC_NAME = "CV AUC"  # mean final-epoch validation AUC over the folds of the non-test scans
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -70,7 +71,7 @@ class _Study:
     def __init__(self, study: optuna.Study):
         self.study = study
         self.trials = study.get_trials(deepcopy=False)
-        self.objectives = list(study.user_attrs.get("objectives", ["auc"]))
+        self.objectives = list(study.user_attrs.get(schema.STUDY_OBJECTIVES, ["auc"]))
         self.multi = len(study.directions) > 1
         self.complete = ranked_trials(study)
         self.points = trial_points(study)
@@ -108,7 +109,7 @@ def _curves_from_attrs(s: _Study) -> go.Figure:
     """Learning curves from the ``val_auc`` trial attr (multi-objective studies report no intermediate values)."""
     fig = go.Figure()
     for t in s.trials:
-        curve = t.user_attrs.get("val_auc")
+        curve = t.user_attrs.get(schema.VAL_AUC)
         if curve:
             fig.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve, mode="lines+markers",
                                      name=f"Trial{t.number}"))
@@ -120,8 +121,8 @@ def plot_curves(s: _Study) -> str:
     """Validation AUC per epoch for every trial that trained: Optuna's intermediate values plot."""
     if any(t.intermediate_values for t in s.trials):
         fig = optuna.visualization.plot_intermediate_values(s.study)
-        fig.update_layout(xaxis_title="epoch", yaxis_title=AUC_NAME)
-    elif any(t.user_attrs.get("val_auc") for t in s.trials):
+        fig.update_layout(xaxis_title="folds scored", yaxis_title=AUC_NAME)
+    elif any(t.user_attrs.get(schema.VAL_AUC) for t in s.trials):
         fig = _curves_from_attrs(s)
     else:
         return _note("No trial has finished an epoch yet: nothing to plot.")
@@ -248,16 +249,16 @@ def top_trials_table(s: _Study, top: int) -> str:
                                     ("Pareto: GFLOPs", t.number in s.fronts["gflops"])) if on]
         train = a.get("train_spec") or {}
         rows.append([
-            str(rank), str(t.number), f"<b>{t.values[0]:.3f}</b>", f"{a.get('params', 0):,}",
-            _fmt(a.get("gflops")), f"{a.get('best_epoch', '-')}/{a.get('epochs_run', '-')}",
-            " / ".join(_fmt(a.get(k), ".2f") for k in ("val_accuracy", "val_sensitivity", "val_specificity")),
+            str(rank), str(t.number), f"<b>{t.values[0]:.3f}</b>", _fmt(a.get(schema.SCORE_SE)),
+            f"{a.get(schema.PARAMS, 0):,}", _fmt(a.get(schema.GFLOPS)),
+            " / ".join(_fmt(v) for v in a.get(schema.FOLD_AUCS) or []) or "-",
             html.escape(f"{train.get('optimizer', '-')}, lr {_fmt(train.get('lr'), '.2g')}, "
                         f"batch {train.get('batch_size', '-')}"),
             html.escape(describe_spec(a.get("spec"))), html.escape(", ".join(tags)),
         ])
-    table = _table(["rank", "trial", AUC_NAME, "params", "GFLOPs", "best/run epochs", "val acc / sens / spec",
+    table = _table(["rank", "trial", AUC_NAME, "+- SE", "params", "GFLOPs", "fold AUCs (final epoch)",
                     "training", "architecture", "notes"], rows, "top-trials")
-    base = next((t for t in s.trials if t.user_attrs.get("baseline")), None)
+    base = next((t for t in s.trials if t.user_attrs.get(schema.BASELINE)), None)
     if base is None:
         line = "The seed baseline is not in this study."
     elif base.state != TrialState.COMPLETE:
@@ -270,15 +271,13 @@ def top_trials_table(s: _Study, top: int) -> str:
 
 
 def _reason_kind(trial: FrozenTrial) -> str:
-    reason = trial.user_attrs.get("prune_reason") or trial.user_attrs.get("fail_reason") or ""
+    reason = trial.user_attrs.get(schema.PRUNE_REASON) or trial.user_attrs.get(schema.FAIL_REASON) or ""
     if trial.state == TrialState.PRUNED:
-        if reason.startswith("invalid at input"):
-            return "pruned before training: the spec cannot run at the input size"
         if reason.startswith("too costly"):
             return "pruned before training: above the GFLOPs cap (--max-gflops)"
-        if reason.startswith("non-finite"):
+        if "non-finite" in reason:
             return "pruned: non-finite training loss"
-        return "pruned by the pruner (validation AUC behind other trials at the same epoch)"
+        return "pruned by the pruner (mean fold AUC behind other trials after the same fold)"
     if trial.state == TrialState.FAIL:
         return f"failed: {reason.split(' (')[0] or 'see optuna-dashboard'}"
     return trial.state.name.lower()
@@ -290,12 +289,12 @@ def _window(window: list | None) -> str:
 
 def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
     """Study, data, task and split as key-value tables, what happened to the trials, and the next commands."""
-    settings = s.study.user_attrs.get("settings") or {}
-    data = s.study.user_attrs.get("data_summary") or {}
+    settings = s.study.user_attrs.get(schema.STUDY_SETTINGS) or {}
+    data = s.study.user_attrs.get(schema.STUDY_DATA_SUMMARY) or {}
     states = Counter(t.state.name.lower() for t in s.trials)
     starts = [t.datetime_start for t in s.trials if t.datetime_start]
-    train_s = sum(t.user_attrs.get("wall_seconds", 0) for t in s.trials)
-    devices = sorted({t.user_attrs["device"] for t in s.trials if "device" in t.user_attrs})
+    train_s = sum(t.user_attrs.get(schema.WALL_SECONDS, 0) for t in s.trials)
+    devices = sorted({t.user_attrs[schema.DEVICE] for t in s.trials if "device" in t.user_attrs})
     size = "x".join(map(str, settings.get("size", []))) or "-"
     data_root = settings.get("data") or f"default synthetic phantom set ({settings.get('n_phantoms', '?')} phantoms)"
     loaded = data.get("loaded", {})
@@ -308,7 +307,8 @@ def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
         ("data", f"{data_root}" + (f" ({data['layout']} layout)" if "layout" in data else "")),
         ("task", f"{settings.get('task', '-')}: {data.get('task_description', '')}"),
         ("input", f"{size} voxels (D x H x W), HU window {_window(data.get('hu_window'))}"),
-        ("epochs per trial", str(settings.get("epochs", "-"))),
+        ("score", f"{settings.get('folds', '-')}-fold cross-validation over the non-test scans, "
+                  f"{settings.get('epochs', '-')} epochs per fold, scored at the last epoch"),
         ("cost cap", f"{settings['max_gflops']:g} GFLOPs per scan (--max-gflops)" if settings.get("max_gflops")
          else "none"),
         ("seed", str(settings.get("seed", "-"))),
@@ -332,6 +332,25 @@ def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
     return facts + outcome + nxt
 
 
+def confirmation_section(study: optuna.Study) -> str:
+    """The confirmation stage's table and its decision, or why there is none."""
+    decision = study.user_attrs.get(schema.STUDY_CONFIRMATION)
+    if not decision:
+        return _note("No confirmation yet: run python -m search.run --confirm-only (export needs it).")
+    rows = []
+    for r in decision["candidates"]:
+        rows.append([html.escape(r["key"]), _fmt(r["search_score"]), _fmt(r["search_se"]),
+                     " / ".join(_fmt(v) for v in r["fold_aucs"]), _fmt(r["confirmed"]), _fmt(r["difference"], "+.3f"),
+                     _fmt(r["difference_low"], "+.3f"), "yes" if r["beats_baseline"] else "no",
+                     html.escape(describe_spec(r["spec"]))])
+    table = _table(["candidate", AUC_NAME + " (search)", "+- SE", "fold AUCs (fresh folds)", "confirmed",
+                    "minus baseline", "lower bound", "beats baseline", "architecture"], rows, "confirmation-table")
+    rec = decision["recommended"]
+    return (table + f"<p><b>Recommended: {html.escape(rec['key'])}</b>: {html.escape(rec['why'])}.</p>"
+            + _note(f"Rule: {decision['rule']}. Settings: {decision['settings']}. Runs are trials of the study "
+                    f"{decision.get('companion_study', '-')!r} in the same storage (see optuna-dashboard)."))
+
+
 def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "studies",
                    top: int = TOP_N) -> list[Section]:
     """Every section of the report, in page order."""
@@ -344,13 +363,17 @@ def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "st
     n_complete = len(s.complete)
     return [
         Section("summary", "Study, data, task and split", "", summary_section(s, storage_url, studies_dir)),
-        Section("top", "Top trials", "Complete trials by best validation AUC (the fewer "
-                "parameters first on ties); trial 0 is the course's seed model. Validation rates are at the best "
-                "epoch, threshold 0.5.", top_trials_table(s, top)),
-        Section("history", "Optimisation history", "Best validation AUC of each complete trial, in trial order, "
+        Section("confirmation", "Confirmation and recommendation", "The search's best distinct specs and the "
+                "seed baseline, trained again on fresh folds with new seeds at the confirmation's epochs. The "
+                "recommended model is what python -m search.export ships.", confirmation_section(s.study)),
+        Section("top", "Top trials", f"Complete trials by {AUC_NAME}: the mean over the folds of the validation "
+                "AUC at each fold's final epoch, with its standard error (the fewer parameters first on ties); "
+                "trial 0 is the course's seed model. The best of many noisy scores is optimistic: the "
+                "confirmation above, not this ranking, picks the model.", top_trials_table(s, top)),
+        Section("history", "Optimisation history", f"{AUC_NAME} of each complete trial, in trial order, "
                 "and the best so far.", plot_history(s)),
-        Section("curves", "Learning curves", "Validation AUC after every epoch, one line per trial; pruned "
-                "trials are the lines that stop early.", plot_curves(s)),
+        Section("curves", "Scores after each fold", "The running mean AUC after each cross-validation fold, one "
+                "line per trial: what the pruner saw; pruned trials are the lines that stop early.", plot_curves(s)),
         Section("importance", "Which choices matter", f"Parameter importances for {AUC_NAME} over the "
                 f"{n_complete} complete trials (pruned trials are left out), by two methods: PED-ANOVA "
                 "(what separates the best 10% of trials from the rest) and fANOVA (how much of the AUC's "

@@ -1,32 +1,53 @@
-"""``python -m search.run --trials N``: the architecture search.
+"""``python -m search.run --trials N``: the architecture search, then the confirmation of its best specs.
 
-Samples architectures from the ``space`` package with a seeded TPE sampler, trains each on the train
-split, reports validation ROC AUC every epoch so the pruner can stop poor trials, and stores
-everything in an Optuna study (SQLite under ``studies/`` by default). Running it again continues the
-same study: ``--trials N`` adds N trials. Trial 0 of every new study is the course's seed model.
+Samples architectures from the ``space`` package with a seeded TPE sampler and scores each by k-fold
+cross-validation over the non-test scans (mean final-epoch ROC AUC over the folds, with its standard
+error); the pruner stops poor trials after a whole fold. Then the top specs and the seed baseline are
+re-evaluated on fresh folds with new seeds, and the baseline stays recommended unless a candidate beats
+it by more than the paired noise (search.confirm). Everything is stored in an Optuna study (SQLite under
+``studies/`` by default). Running it again continues the same study: ``--trials N`` adds N trials.
+Trial 0 of every new study is the course's seed model.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import optuna
 from optuna.trial import TrialState
 
 from lungct.errors import DataError
 from lungct.records import TASKS, PreprocessConfig
+from lungct.splits import load_or_make_folds
+from search import schema
 from search.artifacts import TrialArtifacts, artifact_dir
-from search.data import describe, prepare_data, resolve_data_root
+from search.confirm import DEFAULT_TOP_K, ConfirmFold, ConfirmSettings, confirm, format_decision
+from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
 from search.fidelity import choose_fidelity
-from search.objective import Objective, SearchSettings, TrialFailed
+from search.objective import FoldData, Objective, SearchSettings, TrialFailed
 from search.progress import SearchProgress, summary_table
-from search.study import PRUNERS, create_or_load_study, default_storage, open_storage, parse_objectives, redact
-from search.train import resolve_device
+from search.study import (
+    PRUNERS,
+    SAMPLERS,
+    create_or_load_study,
+    default_storage,
+    fail_running,
+    open_storage,
+    parse_objectives,
+    redact,
+)
+from search.train import Tensors, resolve_device
+from space import SpaceBounds, SpecInputError, bounds_for_size
 
-SETTINGS_ATTR = "settings"
+SETTINGS_ATTR = schema.STUDY_SETTINGS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="lungct", metavar="NAME", help="study name (default: lungct)")
     p.add_argument("--storage", metavar="URL", help="any SQLAlchemy URL, PostgreSQL included (default: "
                    "sqlite:///studies/<study>.db)")
-    p.add_argument("--epochs", type=int, metavar="E", help="maximum epochs per trial (default: 8 on the CPU, "
-                   "30 on a GPU; a resumed study keeps its own)")
+    p.add_argument("--epochs", type=int, metavar="E", help="epochs per fold of a trial, scored at the last one "
+                   "(default: 6 on the CPU, 30 on a GPU; a resumed study keeps its own)")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-validation folds over the non-test scans that score each trial (default: 2; "
+                   "a resumed study keeps its own)")
+    p.add_argument("--space", metavar="FILE.toml", help="search space bounds (SpaceBounds fields, e.g. "
+                   "batch_size = [2, 4, 8]); stored on the study and checked on resume (default: the built-in "
+                   "space, see python -m space)")
+    p.add_argument("--confirm-top", type=int, default=None, metavar="K",
+                   help=f"confirm the K best distinct specs against the seed baseline (default: {DEFAULT_TOP_K})")
+    p.add_argument("--confirm-epochs", type=int, default=None, metavar="E",
+                   help="epochs per confirmation run, also what export trains for (default: 2x --epochs)")
+    stage = p.add_mutually_exclusive_group()
+    stage.add_argument("--no-confirm", action="store_true", help="search only; skip the confirmation stage")
+    stage.add_argument("--confirm-only", action="store_true",
+                       help="run (or resume) only the confirmation stage of an existing study; --trials is ignored")
     p.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"), help="input size in voxels (default: "
                    "32 64 64 on the CPU, the seed's 64 128 128 on a GPU; a resumed study keeps its own)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -52,15 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "export and ablation holds out the same test scans (default: 0)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this many "
                    "seconds (default: no limit)")
-    p.add_argument("--pruner", default="hyperband", choices=PRUNERS,
-                   help="early stopping of poor trials over epochs (default: hyperband)")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLERS,
+                   help="tpe (default; NSGA-II for two objectives) or random: plain random search, the reference "
+                   "the search's efficiency is measured against")
+    p.add_argument("--pruner", default="median", choices=PRUNERS,
+                   help="early stopping of poor trials after each cross-validation fold (default: median)")
     p.add_argument("--objectives", default="auc", metavar="LIST",
                    help="auc (default), or auc,params / auc,flops for a multi-objective study that looks for "
                    "the Pareto front of AUC against cost; Optuna cannot prune multi-objective studies, so "
                    "--pruner is ignored there")
     p.add_argument("--max-gflops", type=float, default=None, metavar="G",
                    help="prune, before training, any trial whose forward GFLOPs per sample exceed G; 0 = no cap "
-                   "(default: 3x the seed baseline's cost at the input size on the CPU, no cap on a GPU)")
+                   "(default: the seed baseline's cost at the input size on the CPU, no cap on a GPU)")
     p.add_argument("--task", default=None, choices=sorted(TASKS),
                    help="which categories are labels 0 and 1 (default: course = CT-0 vs CT-2/CT-3)")
     p.add_argument("--phantoms", type=int, default=None, metavar="N",
@@ -84,12 +122,52 @@ class RunSettings:
     split_seed: int
     n_phantoms: int
     max_gflops: float
+    folds: int = 2
+    confirm_epochs: int = 0
+    confirm_top: int = DEFAULT_TOP_K
+    bounds: dict = field(default_factory=lambda: SpaceBounds().to_dict())
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {"data": self.data, "task": self.task, "size": list(self.size), "epochs": self.epochs,
                 "seed": self.seed, "split_seed": self.split_seed, "n_phantoms": self.n_phantoms,
-                "max_gflops": self.max_gflops}
+                "max_gflops": self.max_gflops, "folds": self.folds, "confirm_epochs": self.confirm_epochs,
+                "confirm_top": self.confirm_top, "bounds": self.bounds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSettings:
+        """Read :meth:`to_dict` output; settings older studies lack take the values those studies ran with."""
+        epochs = int(d["epochs"])
+        return cls(data=d.get("data"), task=d.get("task", "course"), size=tuple(d["size"]), epochs=epochs,
+                   seed=int(d.get("seed", 0)), split_seed=int(d.get("split_seed", d.get("seed", 0))),
+                   n_phantoms=int(d.get("n_phantoms", 200)), max_gflops=float(d.get("max_gflops", 0.0)),
+                   folds=int(d.get("folds", 2)), confirm_epochs=int(d.get("confirm_epochs") or 2 * epochs),
+                   confirm_top=int(d.get("confirm_top", DEFAULT_TOP_K)),
+                   # Studies made before the space was stored sampled the full space.
+                   bounds=d.get("bounds") or SpaceBounds.full().to_dict())
+
+    def space(self) -> SpaceBounds:
+        """The stored bounds, fitted to the input size (the space never proposes a spec that cannot run)."""
+        return bounds_for_size(SpaceBounds.from_dict(self.bounds), self.size)
+
+
+def load_space_file(path: str) -> dict:
+    """``--space FILE.toml`` as a validated SpaceBounds dict.
+
+    Raises:
+        ValueError: The file cannot be read or parsed, or a field is unknown or out of range (named).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as e:
+        raise ValueError(f"--space: cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--space: {path} is not valid TOML: {e}") from None
+    try:
+        return SpaceBounds.from_dict(data).to_dict()
+    except ValueError as e:
+        raise ValueError(f"--space: {path}: {e}") from None
 
 
 def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> tuple[RunSettings, str]:
@@ -100,12 +178,16 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
     """
     given = {"data": args.data, "task": args.task, "size": list(args.size) if args.size else None,
              "epochs": args.epochs, "seed": args.seed, "split_seed": args.split_seed, "n_phantoms": args.phantoms,
-             "max_gflops": args.max_gflops}
+             "max_gflops": args.max_gflops, "folds": args.folds, "confirm_epochs": args.confirm_epochs,
+             "confirm_top": args.confirm_top, "bounds": load_space_file(args.space) if args.space else None}
     if stored:
+        stored = RunSettings.from_dict(stored).to_dict() | {k: v for k, v in stored.items() if k == "data"}
         clash = [k for k, v in given.items() if v is not None and k in stored and v != stored[k]
                  and not (k == "data" and Path(v).resolve() == Path(stored[k] or "").resolve())]
         if clash:
-            was = ", ".join(f"{k}={stored[k]}" for k in clash)
+            was = ", ".join(f"{k}={stored[k]}" for k in clash if k != "bounds")
+            if "bounds" in clash:
+                was = (was + ", " if was else "") + "another --space"
             raise ValueError(f"study settings: this study was run with {was}; a study must keep one setting "
                              "(to compare trials fairly): drop those flags, or start a new --study NAME")
         merged = {k: (v if v is not None else stored.get(k)) for k, v in given.items()}
@@ -121,9 +203,26 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         split_seed=merged["split_seed"] if merged["split_seed"] is not None else 0,
         n_phantoms=fidelity.n_phantoms,
         max_gflops=fidelity.max_gflops or 0.0,  # stored 0 = no cap, so a resumed run does not add one
+        folds=merged["folds"] or 2,
+        confirm_epochs=merged["confirm_epochs"] or 2 * fidelity.epochs,
+        confirm_top=merged["confirm_top"] if merged["confirm_top"] is not None else DEFAULT_TOP_K,
+        bounds=merged["bounds"] or SpaceBounds().to_dict(),
     )
-    line = fidelity.reason + (", kept from the study" if stored else "")
+    try:
+        settings.space()
+    except SpecInputError as e:
+        raise ValueError(f"--size: {e}") from None
+    line = (f"{fidelity.reason}; each trial scored by {settings.folds}-fold cross-validation at its last epoch; "
+            f"confirmation of the top {settings.confirm_top} at {settings.confirm_epochs} epochs"
+            + (", kept from the study" if stored else ""))
     return settings, line
+
+
+def search_folds(prepared: PreparedData, settings: RunSettings, studies_dir: str, fold_seed: int) -> list:
+    """Stratified k-fold over the loaded non-test scans (saved beside the split), as tensors per fold."""
+    folds, _ = load_or_make_folds(cv_records(prepared), Path(studies_dir) / "splits", k=settings.folds, repeats=1,
+                                  seed=fold_seed)
+    return [(f, Tensors(*prepared.loaded.select(f.train)), Tensors(*prepared.loaded.select(f.val))) for f in folds]
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -137,10 +236,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--phantoms: expected at least 10, got {args.phantoms}")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    if args.folds is not None and not 2 <= args.folds <= 10:
+        raise ValueError(f"--folds: expected 2 to 10 folds, got {args.folds}")
+    if args.confirm_top is not None and args.confirm_top < 1:
+        raise ValueError(f"--confirm-top: expected a positive count, got {args.confirm_top}")
+    if args.confirm_epochs is not None and args.confirm_epochs < 1:
+        raise ValueError(f"--confirm-epochs: expected a positive count, got {args.confirm_epochs}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run (or continue) a search. Returns the exit code: 0 done, 2 bad input, 130 interrupted."""
+    """Run (or continue) a search and its confirmation. Returns the exit code: 0 done, 2 bad input, 130 interrupted."""
     args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines replace Optuna's per-trial logs
     try:
@@ -150,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         storage_url = args.storage or default_storage(args.study, args.studies_dir)
         storage = open_storage(storage_url)
         stored = _stored_settings(storage, args.study)
+        if args.confirm_only and stored is None:
+            raise ValueError(f"--confirm-only: no study {args.study!r} in {redact(storage_url)} to confirm "
+                             "(run python -m search.run first)")
         settings, fidelity_line = resolve_settings(args, stored, device)
         print(f"study {args.study!r} in {redact(storage_url)} ({'resumed' if stored else 'new'})")
         print(fidelity_line)
@@ -159,21 +267,51 @@ def main(argv: list[str] | None = None) -> int:
                                 progress=sys.stderr.isatty())
         print(describe(prepared))
         study, created = create_or_load_study(args.study, storage, seed=settings.seed, pruner=args.pruner,
-                                              max_epochs=settings.epochs, objectives=objectives)
+                                              max_folds=settings.folds, objectives=objectives,
+                                              bounds=settings.space(), sampler=args.sampler)
+        folds = search_folds(prepared, settings, args.studies_dir, settings.split_seed)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if created and study.user_attrs.get(schema.STUDY_BASELINE_NOTE):
+        print(f"note: {study.user_attrs[schema.STUDY_BASELINE_NOTE]}")
     if created:
         study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
-        study.set_user_attr("data_summary", prepared.summary())
+        study.set_user_attr(schema.STUDY_DATA_SUMMARY, prepared.summary())
+        study.set_user_attr(schema.STUDY_BOUNDS, settings.space().to_dict())
 
-    run = SearchSettings(size=settings.size, epochs=settings.epochs, device=device, seed=settings.seed,
-                         amp=choose_fidelity(device, settings.size, settings.epochs).amp, objectives=objectives,
-                         max_gflops=settings.max_gflops or None)
-    progress = SearchProgress(args.trials, settings.epochs)
+    amp = choose_fidelity(device, settings.size, settings.epochs).amp
+    interrupted = stage = None
+    if not args.confirm_only:
+        interrupted = _search(args, study, settings, folds, device, amp, objectives)
+        stage = "search"
+        print()
+        print(summary_table(study))
+    if not interrupted and not args.no_confirm and len(objectives) == 1:
+        interrupted = _confirm(args, study, storage, prepared, settings, device, amp)
+        stage = "confirmation"
+    _print_next_steps(args, storage_url)
+    if interrupted:
+        flags = " ".join(f"--{k} {v}" for k, v in (("study", args.study), ("storage", redact(args.storage or "")),
+                                                   ("studies-dir", args.studies_dir if args.studies_dir != "studies"
+                                                    else "")) if v)
+        again = "--trials N" if stage == "search" else "--confirm-only"
+        what = "trial" if stage == "search" else "confirmation run"
+        print(f"\nInterrupted: the running {what} is marked failed, finished ones are kept. Resume with:\n"
+              f"  python -m search.run {again} {flags}".rstrip(), file=sys.stderr)
+        return 130
+    return 0
+
+
+def _search(args: argparse.Namespace, study: optuna.Study, settings: RunSettings, folds: list, device, amp: bool,
+            objectives: tuple[str, ...]) -> bool:
+    """The trials. Returns whether Ctrl-C stopped them."""
+    run = SearchSettings(size=settings.size, epochs=settings.epochs, device=device, seed=settings.seed, amp=amp,
+                         objectives=objectives, bounds=settings.space(), max_gflops=settings.max_gflops or None)
+    progress = SearchProgress(args.trials, settings.epochs * settings.folds)
     artifacts = TrialArtifacts(artifact_dir(args.studies_dir, args.study))
-    objective = Objective(prepared.tensors("train"), prepared.tensors("val"), run, on_epoch=progress.on_epoch,
-                          on_trial_end=artifacts)
+    objective = Objective([FoldData(f.fold, train, val) for f, train, val in folds], run,
+                          on_epoch=progress.on_epoch, on_trial_end=artifacts)
     interrupted = False
     try:
         study.optimize(objective, n_trials=args.trials, timeout=args.timeout, catch=(TrialFailed,),
@@ -182,16 +320,32 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
     finally:
         progress.close()
-        _fail_running(study, objective)
-    print()
-    print(summary_table(study))
-    _print_next_steps(args, storage_url)
-    if interrupted:
-        flags = " ".join(f"--{k} {v}" for k, v in (("study", args.study), ("storage", args.storage)) if v)
-        print(f"\nInterrupted: the running trial is marked failed, finished trials are kept. Resume with:\n"
-              f"  python -m search.run --trials N {flags}".rstrip(), file=sys.stderr)
-        return 130
-    return 0
+        fail_running(study, objective.running)
+    return interrupted
+
+
+def _confirm(args: argparse.Namespace, study: optuna.Study, storage, prepared: PreparedData, settings: RunSettings,
+             device, amp: bool) -> bool:
+    """The confirmation stage (resumable). Returns whether Ctrl-C stopped it."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        print("\nconfirmation skipped: no complete trial yet")
+        return False
+    # Fresh folds: another assignment than the search's (seed + 1), new training seeds.
+    fresh = search_folds(prepared, settings, args.studies_dir, settings.split_seed + 1)
+    confirm_settings = ConfirmSettings(epochs=settings.confirm_epochs, seed=settings.seed, folds=settings.folds,
+                                       fold_seed=settings.split_seed + 1, top_k=settings.confirm_top)
+    print(f"\nconfirming the top {settings.confirm_top} distinct specs and the seed baseline on fresh "
+          f"{settings.folds}-fold splits at {settings.confirm_epochs} epochs")
+    try:
+        decision = confirm(study, storage, [ConfirmFold(0, f.fold, train, val) for f, train, val in fresh],
+                           confirm_settings, settings.size, device, amp)
+    except KeyboardInterrupt:
+        return True
+    except ValueError as e:
+        print(f"confirmation: {e}", file=sys.stderr)
+        return False
+    print(format_decision(decision))
+    return False
 
 
 def _stored_settings(storage, name: str) -> dict | None:
@@ -200,16 +354,6 @@ def _stored_settings(storage, name: str) -> dict | None:
         if s.study_name == name:
             return s.user_attrs.get(SETTINGS_ATTR) or {}
     return None
-
-
-def _fail_running(study: optuna.Study, objective: Objective) -> None:
-    """Mark this process's trial failed if it is still RUNNING (Optuna fails it itself in most cases)."""
-    number = objective.running
-    if number is None:
-        return
-    trial = study.get_trials(deepcopy=False)[number] if number < len(study.get_trials(deepcopy=False)) else None
-    if trial is not None and trial.state == TrialState.RUNNING:
-        study.tell(number, state=TrialState.FAIL)
 
 
 def _print_next_steps(args: argparse.Namespace, storage_url: str) -> None:
@@ -222,7 +366,7 @@ def _print_next_steps(args: argparse.Namespace, storage_url: str) -> None:
     print("\nnext:")
     print(f"  optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}   # live view, learning curves")
     print(f"  python -m search.report{study_flags}   # offline HTML report: importance, Pareto front")
-    print(f"  python -m search.export{study_flags}   # retrain the best model, test it once, write it")
+    print(f"  python -m search.export{study_flags}   # train the recommended model, test it once, write it")
 
 
 if __name__ == "__main__":

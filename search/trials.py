@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import schema
 from search.study import BASELINE_ATTR
 
 COSTS = {"params": "parameters", "gflops": "GFLOPs"}
@@ -22,7 +23,7 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete trials, best validation AUC first; equal AUCs put the smaller model (fewer params) first."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.values and math.isfinite(t.values[0])]
-    return sorted(complete, key=lambda t: (-t.values[0], t.user_attrs.get("params", math.inf), t.number))
+    return sorted(complete, key=lambda t: (-t.values[0], t.user_attrs.get(schema.PARAMS, math.inf), t.number))
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
@@ -72,7 +73,7 @@ class TrialPoint:
 def _last_reported_auc(trial: FrozenTrial) -> float:
     if trial.intermediate_values:
         return float(trial.intermediate_values[max(trial.intermediate_values)])
-    curve = trial.user_attrs.get("val_auc") or []
+    curve = trial.user_attrs.get(schema.VAL_AUC) or []
     return float(curve[-1]) if curve else math.nan
 
 

@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 import search.ablate
+import search.trainer
 from search.ablate import main
 from search.train import NonFiniteLossError
 from space import baseline, baseline_train, same_padding, variants
@@ -40,10 +41,10 @@ def _ablation_study(studies):
 
 
 class CountingFit:
-    """Wraps search.ablate.fit: counts calls, and raises ``error`` on call number ``fail_on``."""
+    """Wraps search.trainer.fit, which search.ablate trains through: counts calls, raises ``error`` at ``fail_on``."""
 
     def __init__(self, fail_on=None, error=KeyboardInterrupt):
-        self.real = search.ablate.fit
+        self.real = search.trainer.fit
         self.calls = 0
         self.fail_on = fail_on
         self.error = error
@@ -145,7 +146,7 @@ def test_ablate_page_is_self_contained_with_plots_verdicts_and_methods(tiny_abla
 
 def test_ablate_resume_does_not_redo_finished_runs(tiny_data, tmp_path, monkeypatch, capsys):
     interrupting = CountingFit(fail_on=3)
-    monkeypatch.setattr(search.ablate, "fit", interrupting)
+    monkeypatch.setattr(search.trainer, "fit", interrupting)
     args = _args(tiny_data, tmp_path, "--variants", "baseline,dense100")
     assert main(args) == 130
     study = _ablation_study(tmp_path)
@@ -154,7 +155,7 @@ def test_ablate_resume_does_not_redo_finished_runs(tiny_data, tmp_path, monkeypa
     assert "python -m search.ablate --data" in capsys.readouterr().err
 
     counting = CountingFit()
-    monkeypatch.setattr(search.ablate, "fit", counting)
+    monkeypatch.setattr(search.trainer, "fit", counting)
     assert main(args) == 0
     assert counting.calls == 2  # the interrupted run and the one never started; not the two finished
     complete = [t for t in _ablation_study(tmp_path).trials if t.state == TrialState.COMPLETE]
@@ -165,7 +166,7 @@ def test_ablate_resume_does_not_redo_finished_runs(tiny_data, tmp_path, monkeypa
 def test_ablate_variants_list_runs_only_those(tiny_data, tmp_path):
     counting = CountingFit()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(search.ablate, "fit", counting)
+        mp.setattr(search.trainer, "fit", counting)
         assert main(_args(tiny_data, tmp_path, "--variants", "baseline,dense100")) == 0
     assert counting.calls == 4
     assert [r["variant"] for r in _read_csv(tmp_path / "ablation" / "ablation.csv")] == ["baseline", "dense100"]
@@ -181,12 +182,12 @@ def test_ablate_non_finite_loss_is_recorded_as_diverged_and_not_redone(tiny_data
     diverging = CountingFit(fail_on=2, error=NonFiniteLossError(1, 1, math.nan))
     args = _args(tiny_data, tmp_path, "--variants", "baseline,sigmoid")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(search.ablate, "fit", diverging)
+        mp.setattr(search.trainer, "fit", diverging)
         assert main(args) == 0
         rows = _read_csv(tmp_path / "ablation" / "ablation.csv")
         assert (rows[1]["variant"], rows[1]["n_runs"], rows[1]["n_diverged"]) == ("sigmoid", "1", "1")
         counting = CountingFit()
-        mp.setattr(search.ablate, "fit", counting)
+        mp.setattr(search.trainer, "fit", counting)
         assert main(args) == 0
     assert counting.calls == 0
     states = sorted(t.state.name for t in _ablation_study(tmp_path).trials)
@@ -237,7 +238,7 @@ def test_ablate_help_states_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: all)", "(default: 5)", "(default: 2)", "(default: 8 on the CPU, 30 on a GPU)",
+    for default in ("(default: all)", "(default: 5)", "(default: 2)", "(default: 6 on the CPU, 30 on a GPU)",
                     "(default: 32 64 64 on the CPU, the seed's 64 128 128 on a GPU)", "(default: 0)",
                     "(default: sqlite:///studies/ablation.db)", "(default: studies/ablation)",
                     "(default: course", "(default: auto)", "(default: studies)"):

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 import search.export
 from lungct.records import PreprocessConfig, get_task
 from search import run
-from search.export import choose_trial, main
+from search.export import BASELINE_DIR, choose, main
 from search.intervals import auc_rows, bootstrap_auc, stratified_resamples, wilson
 from search.model_dir import (
     ONNX,
@@ -27,6 +27,7 @@ from search.trials import best_trial
 from space import ArchSpec, LevelSpec, TrainSpec, build
 from tests.conftest import make_mosmed
 
+SIZE = (16, 16, 32)  # the seed baseline's four levels fit ('same' padding)
 FILES = {"spec.json", "train_spec.json", "weights.safetensors", "model.onnx", "preprocess.json", "metrics.json",
          "MODEL_CARD.md"}
 
@@ -35,7 +36,7 @@ FILES = {"spec.json", "train_spec.json", "weights.safetensors", "model.onnx", "p
 def exported(tiny_data, tmp_path_factory):
     """A 3-trial study, exported once; also the in-memory model that export wrote to disk."""
     root = tmp_path_factory.mktemp("export-study")
-    assert run.main(["--size", "16", "16", "16", "--epochs", "1", "--trials", "3", "--workers", "1",
+    assert run.main(["--size", *map(str, SIZE), "--epochs", "1", "--trials", "3", "--workers", "1",
                      "--studies-dir", str(root), "--data", str(tiny_data)]) == 0
     saved = []
     real_save = search.export.save_model
@@ -52,7 +53,35 @@ def exported(tiny_data, tmp_path_factory):
 
 def test_export_writes_every_file_of_the_model_folder(exported):
     _, out, _ = exported
-    assert {p.name for p in out.iterdir()} == FILES
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = {p.name for p in out.iterdir()}
+    assert names - {BASELINE_DIR} == FILES
+    # The baseline trained beside a searched model is a model folder of its own, for scoring on new scans.
+    assert (BASELINE_DIR in names) == (not metrics["selection"]["is_baseline"])
+
+
+def test_export_trains_the_confirmations_recommendation_for_its_epochs(exported):
+    root, out, _ = exported
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{root}/lungct.db")
+    decision = study.user_attrs["confirmation"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    selection = metrics["selection"]
+    assert selection["how"].startswith("the confirmation's recommendation")
+    assert selection["is_baseline"] == decision["recommended"]["baseline"]
+    assert json.loads((out / "spec.json").read_text()) == decision["recommended"]["spec"]
+    assert metrics["model"]["epochs"] == decision["settings"]["epochs"] == 2  # 2x the search's --epochs 1
+    assert selection["confirmed_score"] == decision["recommended"]["confirmed"]
+    assert selection["optimism"] == pytest.approx(selection["confirmed_score"] - selection["test_auc"])
+    assert "## How this model was chosen" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_export_without_a_confirmation_is_a_one_line_error(tiny_data, tmp_path, capsys):
+    assert run.main(["--size", *map(str, SIZE), "--epochs", "1", "--trials", "1", "--workers", "1", "--no-confirm",
+                     "--studies-dir", str(tmp_path), "--data", str(tiny_data)]) == 0
+    capsys.readouterr()
+    assert main(["--studies-dir", str(tmp_path), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "has no confirmation yet" in err and "--confirm-only" in err and len(err.strip().splitlines()) == 1
 
 
 def test_export_weights_load_strictly_into_the_rebuilt_spec(exported):
@@ -67,7 +96,7 @@ def test_export_weights_load_strictly_into_the_rebuilt_spec(exported):
 
 def test_export_reloaded_weights_and_onnx_match_the_in_memory_model(exported):
     _, out, in_memory = exported
-    x = fixed_input((16, 16, 16), n=3, seed=7)
+    x = fixed_input(SIZE, n=3, seed=7)
     expected = logits(in_memory, x)
     reloaded, _, _ = load_model(out)
     assert np.max(np.abs(logits(reloaded, x) - expected)) <= 1e-4
@@ -136,7 +165,7 @@ def test_export_load_model_never_calls_torch_load(exported, monkeypatch):
 
     monkeypatch.setattr(torch, "load", no_pickles)
     model, config, info = load_model(out)
-    assert config.size == (16, 16, 16) and info.classes == ("CT-0", "CT-2 or CT-3") and not model.training
+    assert config.size == SIZE and info.classes == ("CT-0", "CT-2 or CT-3") and not model.training
 
 
 def test_export_load_model_rejects_weights_of_another_spec(exported, tmp_path):
@@ -155,7 +184,7 @@ def test_export_refuses_a_trial_that_did_not_complete():
     study.add_trial(optuna.trial.create_trial(value=0.8, user_attrs={"spec": {}}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"spec": {}}))
     with pytest.raises(ValueError, match="--trial: trial 1 is pruned"):
-        choose_trial(study, 1)
+        choose(study, 1, SIZE)
 
 
 def test_export_best_trial_breaks_auc_ties_by_fewer_params():

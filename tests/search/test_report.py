@@ -17,9 +17,9 @@ FIGURES = ("fig-history", "fig-intermediate", "fig-importance-fanova", "fig-pare
 
 @pytest.fixture(scope="module")
 def study_dir(tiny_data, tmp_path_factory):
-    """A 3-trial study of 1 epoch per trial at 16x16x16 (the baseline and two sampled trials)."""
+    """A 3-trial study of 1 epoch per fold at 16x16x32 (the baseline and two sampled trials), confirmed."""
     root = tmp_path_factory.mktemp("report-study")
-    assert run.main(["--size", "16", "16", "16", "--epochs", "1", "--trials", "3", "--workers", "1",
+    assert run.main(["--size", "16", "16", "32", "--epochs", "1", "--trials", "3", "--workers", "1",
                      "--studies-dir", str(root), "--data", str(tiny_data)]) == 0
     return root
 
@@ -72,8 +72,15 @@ def test_report_top_trials_table_describes_each_architecture(page):
 
 def test_report_summary_states_data_task_and_split(page, tiny_data):
     summary = page[page.index('id="summary"'):page.index("</table>", page.index('id="summary"'))]
-    assert str(tiny_data) in summary and "course" in summary and "16x16x16" in summary
+    assert str(tiny_data) in summary and "course" in summary and "16x16x32" in summary
     assert "test" in summary and "held out" in summary
+
+
+def test_report_shows_the_confirmation_and_its_recommendation(page):
+    section = page[page.index('id="confirmation"'):]
+    assert "<b>Recommended:" in section and "Bonferroni" in section
+    table = section[:section.index("</table>")]
+    assert "baseline" in table and table.count("<tr>") >= 3  # header, the baseline, at least one candidate
 
 
 def test_report_missing_study_is_a_one_line_error(tmp_path, capsys):

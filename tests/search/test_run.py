@@ -3,12 +3,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import search.objective
+import search.trainer
 from search.run import main
 from search.study import redact
 from search.train import NonFiniteLossError
 
-SMALL = ["--size", "16", "16", "16", "--epochs", "2", "--workers", "1"]
+# 16x16x32: the seed baseline's four levels fit ('same' padding); no confirmation unless a test asks for it.
+SMALL = ["--size", "16", "16", "32", "--epochs", "2", "--workers", "1", "--no-confirm"]
 
 
 def _args(tiny_data, tmp_path, *extra):
@@ -29,8 +30,8 @@ def test_run_three_trials_store_the_baseline_first_with_costs(tiny_data, tmp_pat
     assert first.user_attrs["spec"]["padding"] == "same"
     assert "'same' padding" in first.user_attrs["padding_fallback"]
     assert first.user_attrs["params"] == 1_351_873 and first.user_attrs["gflops"] > 0
-    for key in ("epochs_run", "best_epoch", "val_accuracy", "val_sensitivity", "val_specificity",
-                "train_seconds", "samples_per_s", "device"):
+    for key in ("epochs_run", "fold_aucs", "fold_ses", "score", "score_se", "n_val", "train_seconds",
+                "samples_per_s", "device"):
         assert key in first.user_attrs, key
     assert 0.0 <= first.value <= 1.0
     out = capsys.readouterr().out
@@ -43,16 +44,19 @@ def test_run_again_resumes_the_same_study_and_keeps_its_settings(tiny_data, tmp_
     study = _study(tmp_path)
     assert len(study.trials) == 3
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
-    assert study.user_attrs["settings"]["size"] == [16, 16, 16]
+    assert study.user_attrs["settings"]["size"] == [16, 16, 32]
     assert "resumed" in capsys.readouterr().out
+    # What the resumed run did: the study's own 2 folds x 2 epochs per trial, at the stored size.
+    resumed = [t for t in study.trials[1:] if t.state == TrialState.COMPLETE]
+    assert all(t.user_attrs["epochs_run"] == 4 and len(t.user_attrs["fold_aucs"]) == 2 for t in resumed)
 
 
 def test_run_refuses_other_settings_for_an_existing_study(tiny_data, tmp_path, capsys):
     assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
     capsys.readouterr()
-    assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--size", "16", "16", "32"]) == 2
+    assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--size", "16", "16", "16"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: study settings: this study was run with size=[16, 16, 16]")
+    assert err.startswith("error: study settings: this study was run with size=[16, 16, 32]")
     assert len(err.strip().splitlines()) == 1
 
 
@@ -66,16 +70,16 @@ def test_run_same_seed_samples_the_same_sequence(tiny_data, tmp_path):
 
 
 def test_run_ctrl_c_leaves_no_running_trial(tiny_data, tmp_path, monkeypatch, capsys):
-    real_fit = search.objective.fit
+    real_fit = search.trainer.fit
     calls = []
 
     def interrupting_fit(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:  # the second trial's first fold
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search.objective, "fit", interrupting_fit)
+    monkeypatch.setattr(search.trainer, "fit", interrupting_fit)
     assert main(_args(tiny_data, tmp_path, "--trials", "20", "--pruner", "none")) == 130
     trials = _study(tmp_path).trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
@@ -87,11 +91,11 @@ def test_run_non_finite_loss_prunes_the_trial_with_its_reason(tiny_data, tmp_pat
     def nan_fit(*args, **kwargs):
         raise NonFiniteLossError(1, 3, float("nan"))
 
-    monkeypatch.setattr(search.objective, "fit", nan_fit)
+    monkeypatch.setattr(search.trainer, "fit", nan_fit)
     assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
     trial = _study(tmp_path).trials[0]
     assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs["prune_reason"] == "non-finite training loss (nan) at epoch 1, step 3"
+    assert trial.user_attrs["prune_reason"] == "fold 1: non-finite training loss (nan) at epoch 1, step 3"
 
 
 def test_run_out_of_memory_fails_the_trial_and_the_study_goes_on(tiny_data, tmp_path, monkeypatch):
@@ -113,10 +117,32 @@ def test_run_out_of_memory_fails_the_trial_and_the_study_goes_on(tiny_data, tmp_
     assert second.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def test_run_prunes_a_spec_that_cannot_run_at_the_input_size(tiny_data, tmp_path):
-    assert main(_args(tiny_data, tmp_path, "--trials", "8")) == 0
-    reasons = [t.user_attrs.get("prune_reason", "") for t in _study(tmp_path).trials]
-    assert any(r.startswith("invalid at input 16x16x16: level") and "vanishes" in r for r in reasons)
+def test_run_trains_no_spec_that_cannot_run_at_the_input_size(tiny_data, tmp_path):
+    assert main(_args(tiny_data, tmp_path, "--trials", "10", "--epochs", "1", "--pruner", "none",
+                      "--max-gflops", "0")) == 0
+    trials = _study(tmp_path).trials
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("prune_reason") for t in trials]
+    # Sampled 'valid' specs that do not fit run with 'same' padding, and the trial says so.
+    fitted = [t for t in trials if t.params["padding"] == "valid" and t.user_attrs["spec"]["padding"] == "same"]
+    assert fitted and all("'same' padding" in t.user_attrs["padding_fallback"] for t in fitted)
+
+
+def test_run_scores_a_trial_by_the_mean_of_its_final_epoch_fold_aucs(tiny_data, tmp_path, monkeypatch):
+    scored = []
+    real = search.trainer.predict_probs
+
+    def spy(model, volumes, *args, **kwargs):  # called once per fold, after its last epoch
+        scored.append(volumes.shape[0])
+        return real(model, volumes, *args, **kwargs)
+
+    monkeypatch.setattr(search.trainer, "predict_probs", spy)
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--epochs", "3")) == 0
+    trial = _study(tmp_path).trials[0]
+    aucs = trial.user_attrs["fold_aucs"]
+    assert len(aucs) == 2 and len(scored) == 2 and trial.user_attrs["epochs_run"] == 6
+    assert trial.value == pytest.approx(sum(aucs) / 2, abs=1e-4)
+    assert sum(scored) == sum(trial.user_attrs["n_val"]) == 20  # every non-test scan validated once
+    assert trial.user_attrs["score_se"] > 0
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -176,18 +202,18 @@ def test_run_artifacts_are_served_by_optuna_dashboard(tiny_data, tmp_path):
     assert set(files) == {"learning_curve.csv", "best_checkpoint.safetensors", "best_checkpoint_spec.json"}
     status, curve = _wsgi_get(app, f"/artifacts/1/{trial['trial_id']}/{files['learning_curve.csv']}")
     assert status.startswith("200")
-    assert curve.decode().splitlines()[0].startswith("epoch,train_loss,val_auc")
-    assert len(curve.decode().splitlines()) == 3  # a header and the two epochs
+    assert curve.decode().splitlines()[0] == "fold,epoch,train_loss,seconds,fold_val_auc_final"
+    assert len(curve.decode().splitlines()) == 5  # a header and two epochs of each of two folds
 
 
 def test_run_multi_objective_study_has_two_directions_and_no_pruning(tiny_data, tmp_path):
-    assert main(_args(tiny_data, tmp_path, "--trials", "3", "--objectives", "auc,params")) == 0
+    assert main(_args(tiny_data, tmp_path, "--trials", "3", "--objectives", "auc,params", "--max-gflops", "0")) == 0
     study = _study(tmp_path)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert complete and all(t.values[1] == t.user_attrs["params"] for t in complete)
     assert all(not t.intermediate_values for t in study.trials)  # nothing reported, nothing to prune on
-    assert all(t.user_attrs.get("prune_reason", "invalid").startswith("invalid") for t in study.trials)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
 
 
 def test_run_refuses_other_objectives_for_an_existing_study(tiny_data, tmp_path, capsys):
@@ -199,14 +225,14 @@ def test_run_refuses_other_objectives_for_an_existing_study(tiny_data, tmp_path,
 
 def test_run_prunes_specs_above_the_cost_cap_before_training(tiny_data, tmp_path, monkeypatch):
     fits = []
-    real_fit = search.objective.fit
-    monkeypatch.setattr(search.objective, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    real_fit = search.trainer.fit
+    monkeypatch.setattr(search.trainer, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
     assert main(_args(tiny_data, tmp_path, "--trials", "5", "--max-gflops", "1e-6")) == 0
     baseline, *others = _study(tmp_path).trials
     assert baseline.state == TrialState.COMPLETE  # the reference point is always trained
     assert all(t.state == TrialState.PRUNED for t in others)
     assert any("too costly for this fidelity" in t.user_attrs["prune_reason"] for t in others)
-    assert len(fits) == 1
+    assert len(fits) == 2  # the baseline's two folds
     assert _study(tmp_path).user_attrs["settings"]["max_gflops"] == 1e-6
 
 
@@ -223,3 +249,59 @@ def test_run_split_does_not_depend_on_the_training_seed(tiny_data, tmp_path):
     assert main(_args(tiny_data, tmp_path, "--trials", "1", "--study", "b", "--seed", "5")) == 0
     files = {_study(tmp_path, n).user_attrs["data_summary"]["split_file"] for n in ("a", "b")}
     assert len(files) == 1 and len(list((tmp_path / "splits").glob("split-*.json"))) == 1
+
+
+def test_run_confirms_by_default_and_confirm_only_resumes_without_retraining(tiny_data, tmp_path, monkeypatch,
+                                                                             capsys):
+    args = [a for a in _args(tiny_data, tmp_path, "--trials", "2", "--epochs", "1", "--confirm-top", "1")
+            if a != "--no-confirm"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "confirmation (2-fold x 1 on fresh folds, 2 epochs, new seeds)" in out and "recommended:" in out
+    study = _study(tmp_path)
+    decision = study.user_attrs["confirmation"]
+    assert decision["candidates"][0]["key"] == "baseline" and len(decision["candidates"]) == 2
+    companion = optuna.load_study(study_name=decision["companion_study"], storage=f"sqlite:///{tmp_path}/lungct.db")
+    assert len(companion.trials) == 4 and all(t.state == TrialState.COMPLETE for t in companion.trials)
+    # Fresh folds: another assignment than the search's, saved beside it.
+    assert len(list((tmp_path / "splits").glob("folds-*-k2-r1-seed0.json"))) == 1
+    assert len(list((tmp_path / "splits").glob("folds-*-k2-r1-seed1.json"))) == 1
+    fits = []
+    real_fit = search.trainer.fit
+    monkeypatch.setattr(search.trainer, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    assert main(["--studies-dir", str(tmp_path), "--confirm-only"]) == 0
+    assert fits == []  # every run was already finished
+    assert "recommended:" in capsys.readouterr().out
+
+
+def test_run_confirm_only_without_a_study_is_a_one_line_error(tmp_path, capsys):
+    assert main(["--studies-dir", str(tmp_path), "--confirm-only"]) == 2
+    err = capsys.readouterr().err
+    assert "--confirm-only: no study 'lungct'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_space_file_bounds_the_study_and_is_checked_on_resume(tiny_data, tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text('activation = ["gelu", "relu"]\npooling = ["avg", "max"]\nbase_filters = [8, 64]\n')
+    assert main(_args(tiny_data, tmp_path, "--trials", "3", "--epochs", "1", "--space", str(space))) == 0
+    study = _study(tmp_path)
+    assert study.user_attrs["settings"]["bounds"]["activation"] == ["gelu", "relu"]
+    assert all(t.params["base_filters"] in (8, 64) for t in study.trials)
+    capsys.readouterr()
+    other = tmp_path / "other.toml"
+    other.write_text('activation = ["elu"]\n')
+    assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--space", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "another --space" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ('activaton = ["relu"]\n', "did you mean 'activation'"),
+    ("batch_size = [\n", "is not valid TOML"),
+])
+def test_run_bad_space_file_is_a_one_line_error(tmp_path, capsys, text, message):
+    space = tmp_path / "space.toml"
+    space.write_text(text)
+    assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--space", str(space)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --space:") and message in err and len(err.strip().splitlines()) == 1

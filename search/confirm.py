@@ -1,0 +1,388 @@
+"""The confirmation stage: re-evaluate the search's best specs against the seed baseline before choosing.
+
+A search's best score is the maximum of many noisy estimates, so it is optimistic by construction. After
+the trials, the top-k distinct specs and the seed baseline are trained again on fresh cross-validation
+folds of the non-test scans (another fold assignment, new training seeds, the same seeds for every
+candidate within a fold so the comparison is paired) and scored at the final epoch.
+
+The rule that picks the recommended model (stated in the README too):
+
+- a candidate's confirmed score is the mean of its fold AUCs;
+- it *beats the baseline* when the one-sided lower bound of the paired difference (candidate minus
+  baseline, mean over folds, stratified bootstrap over each fold's validation scans with the same
+  resamples for both models) at level ``alpha / k`` (Bonferroni over the k candidates) is above 0;
+- the recommended model is, among the candidates that beat the baseline, the one with the best confirmed
+  score; if none does, the seed baseline stays recommended.
+
+So a candidate that is only as good as the baseline, give or take the noise of a few dozen scans, does
+not replace it. Each (candidate, fold) run is one trial of a companion study in the same storage, so the
+stage resumes after Ctrl-C and the runs show in optuna-dashboard; the decision is stored on the search
+study as the ``confirmation`` user attr, which ``search.export``, ``search.report`` and the run's
+summary read.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from search import schema
+from search.intervals import auc_rows, stratified_resamples
+from search.metrics import binary_metrics
+from search.study import fail_running
+from search.train import EpochResult, Tensors, device_name
+from search.trainer import Trained, TrainingFailed, predict_finite, train_spec
+from search.trials import ranked_trials
+from space import ArchSpec, TrainSpec, baseline, baseline_train, fit_to_size
+
+BASELINE_KEY = "baseline"
+CONFIRM_SEED_OFFSET = 500_000  # training seeds of the confirmation: far from every search trial's seeds
+DEFAULT_TOP_K = 3
+DEFAULT_ALPHA = 0.05
+DEFAULT_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A spec to confirm: the baseline, or one of the search's best trials."""
+
+    key: str
+    trial: int | None
+    spec: ArchSpec
+    train: TrainSpec
+    search_score: float | None = None
+    search_se: float | None = None
+
+
+@dataclass(frozen=True)
+class ConfirmFold:
+    """One fresh fold: training and validation tensors of the non-test scans."""
+
+    repeat: int
+    fold: int
+    train: Tensors
+    val: Tensors
+
+
+@dataclass(frozen=True)
+class ConfirmSettings:
+    """How the confirmation runs.
+
+    Attributes:
+        epochs: Epochs per run (every candidate and the baseline alike).
+        seed: Base of the training seeds (a fold's seed is shared by every candidate in it).
+        folds: Folds per repeat of the fresh cross-validation.
+        repeats: Repeats of it.
+        fold_seed: Seed of the fresh fold assignment (not the search's).
+        top_k: How many of the search's best distinct specs to confirm.
+        alpha: Family-wise error rate of "beats the baseline".
+        resamples: Bootstrap resamples for the paired difference.
+    """
+
+    epochs: int
+    seed: int
+    folds: int = 2
+    repeats: int = 1
+    fold_seed: int = 1
+    top_k: int = DEFAULT_TOP_K
+    alpha: float = DEFAULT_ALPHA
+    resamples: int = DEFAULT_RESAMPLES
+
+    def study_name(self, search_study: str) -> str:
+        """The companion study that holds the runs; its name pins what they were run with."""
+        return (f"{search_study}:confirm-k{self.folds}r{self.repeats}-e{self.epochs}-s{self.seed}"
+                f"-f{self.fold_seed}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {"epochs": self.epochs, "seed": self.seed, "folds": self.folds, "repeats": self.repeats,
+                "fold_seed": self.fold_seed, "top_k": self.top_k, "alpha": self.alpha, "resamples": self.resamples}
+
+
+def run_seed(settings: ConfirmSettings, repeat: int, fold: int) -> int:
+    """The training seed of every candidate in one fold (paired: common random numbers)."""
+    return settings.seed + CONFIRM_SEED_OFFSET + 1000 * repeat + fold
+
+
+def _identity(spec: dict, train: dict) -> tuple[str, str]:
+    return repr(sorted(spec.items())), repr(sorted(train.items()))
+
+
+def select_candidates(study: optuna.Study, size: tuple[int, int, int], top_k: int) -> list[Candidate]:
+    """The seed baseline first, then the ``top_k`` best complete trials with distinct specs.
+
+    Distinct means another architecture or other training settings: a spec sampled twice is confirmed
+    once. Trials that trained the baseline's own spec are not candidates (the baseline is there anyway).
+    """
+    base_spec, _ = fit_to_size(baseline(), size)
+    base_train = baseline_train()
+    base_trial = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(schema.BASELINE)), None)
+    seen = {_identity(base_spec.to_dict(), base_train.to_dict())}
+    candidates = [Candidate(BASELINE_KEY, base_trial.number if base_trial else None, base_spec, base_train,
+                            _value(base_trial), _se(base_trial))]
+    for t in ranked_trials(study):
+        if len(candidates) > top_k:
+            break
+        a = t.user_attrs
+        if schema.SPEC not in a or schema.TRAIN_SPEC not in a:
+            continue
+        identity = _identity(a[schema.SPEC], a[schema.TRAIN_SPEC])
+        if identity in seen:
+            continue
+        seen.add(identity)
+        candidates.append(Candidate(f"trial{t.number}", t.number, ArchSpec.from_dict(a[schema.SPEC]),
+                                    TrainSpec.from_dict(a[schema.TRAIN_SPEC]), _value(t), _se(t)))
+    return candidates
+
+
+def _value(trial: FrozenTrial | None) -> float | None:
+    if trial is None or trial.state != TrialState.COMPLETE or not trial.values:
+        return None
+    return float(trial.values[0])
+
+
+def _se(trial: FrozenTrial | None) -> float | None:
+    return None if trial is None else trial.user_attrs.get(schema.SCORE_SE)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One candidate trained and scored on one fold."""
+
+    key: str
+    repeat: int
+    fold: int
+    auc: float
+    labels: tuple[int, ...]
+    probs: tuple[float, ...]
+    reason: str | None = None
+
+    @classmethod
+    def from_trial(cls, t: FrozenTrial) -> RunResult:
+        """Read a finished companion-study trial."""
+        a = t.user_attrs
+        auc = float(a["auc"]) if a.get("auc") is not None else math.nan
+        return cls(a["candidate"], int(a["repeat"]), int(a["fold"]), auc, tuple(a.get("labels", ())),
+                   tuple(a.get("probs", ())), a.get(schema.PRUNE_REASON))
+
+
+def finished_runs(study: optuna.Study) -> dict[tuple[str, int, int], RunResult]:
+    """Complete runs (and runs pruned for a non-finite loss) keyed by (candidate, repeat, fold)."""
+    done = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        a = t.user_attrs
+        if {"candidate", "repeat", "fold"} <= a.keys():
+            done.setdefault((a["candidate"], int(a["repeat"]), int(a["fold"])), RunResult.from_trial(t))
+    return done
+
+
+TrainFn = Callable[..., Trained]
+
+
+class ConfirmRunner:
+    """Trains every (candidate, fold) pair not yet finished, one trial of the companion study each.
+
+    Args:
+        folds: The fresh folds.
+        settings: Epochs, seeds, rule.
+        device: Where to train.
+        amp: bf16 autocast allowed.
+        train_fn: The training unit (``search.trainer.train_spec``); tests pass a controlled one.
+        progress: Show a bar (None: when stderr is a terminal).
+    """
+
+    def __init__(self, folds: Sequence[ConfirmFold], settings: ConfirmSettings, device, amp: bool = False,
+                 train_fn: TrainFn = train_spec, progress: bool | None = None):
+        self.folds = list(folds)
+        self.settings = settings
+        self.device = device
+        self.amp = amp
+        self.train_fn = train_fn
+        self.interactive = sys.stderr.isatty() if progress is None else progress
+        self.running: int | None = None
+
+    def run(self, companion: optuna.Study, candidates: Sequence[Candidate]) -> dict[tuple[str, int, int], RunResult]:
+        """Train what is missing; return every finished run. Ctrl-C fails the running trial and propagates."""
+        done = finished_runs(companion)
+        todo = [(f, c) for f in self.folds for c in candidates if (c.key, f.repeat, f.fold) not in done]
+        bar = tqdm(total=len(todo), desc="confirmation", unit="run", disable=not self.interactive,
+                   dynamic_ncols=True)
+        try:
+            for i, (fold, candidate) in enumerate(todo, start=1):
+                bar.set_description(f"confirm {candidate.key} r{fold.repeat}f{fold.fold}")
+                companion.optimize(lambda trial, f=fold, c=candidate: self._objective(trial, c, f, bar),
+                                   n_trials=1, catch=(_RunFailed,))
+                trial = companion.get_trials(deepcopy=False)[self.running]
+                self.running = None
+                line = _run_line(trial, candidate, fold)
+                if self.interactive:
+                    bar.write(line)
+                    bar.update()
+                else:
+                    print(f"[confirm {i}/{len(todo)}] {line}", flush=True)
+        finally:
+            bar.close()
+            fail_running(companion, self.running)
+        return finished_runs(companion)
+
+    def _objective(self, trial: optuna.Trial, candidate: Candidate, fold: ConfirmFold, bar) -> float:
+        self.running = trial.number
+        seed = run_seed(self.settings, fold.repeat, fold.fold)
+        for key, value in (("candidate", candidate.key), ("search_trial", candidate.trial), ("repeat", fold.repeat),
+                           ("fold", fold.fold), ("seed", seed), (schema.SPEC, candidate.spec.to_dict()),
+                           (schema.TRAIN_SPEC, candidate.train.to_dict()), (schema.DEVICE, device_name(self.device)),
+                           ("n_train", len(fold.train)), ("n_val", len(fold.val))):
+            trial.set_user_attr(key, value)
+
+        def on_epoch(result: EpochResult) -> None:
+            bar.set_postfix(epoch=f"{result.epoch}/{self.settings.epochs}", loss=f"{result.train_loss:.3f}")
+
+        try:
+            trained = self.train_fn(candidate.spec, candidate.train, fold.train, None, epochs=self.settings.epochs,
+                                    device=self.device, seed=seed, amp=self.amp, on_epoch=on_epoch)
+            probs = predict_finite(trained, fold.val.volumes, self.device, amp=self.amp)
+        except TrainingFailed as e:
+            if e.kind == "out_of_memory":
+                trial.set_user_attr(schema.FAIL_REASON, str(e))
+                raise _RunFailed(str(e)) from None
+            # Pruned, not failed: the same seed would diverge again, so a resume does not redo it.
+            trial.set_user_attr(schema.PRUNE_REASON, str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr(schema.FAIL_REASON, "interrupted (Ctrl-C)")
+            raise
+        labels = fold.val.labels.cpu().numpy().astype(int)
+        auc = binary_metrics(labels, probs).auc
+        trial.set_user_attr("auc", auc)
+        trial.set_user_attr("labels", labels.tolist())
+        trial.set_user_attr("probs", [round(float(p), 6) for p in probs])
+        trial.set_user_attr(schema.TRAIN_SECONDS, round(trained.fitted.train_seconds, 2))
+        trial.set_user_attr(schema.TRAIN_LOSS, [round(e.train_loss, 5) for e in trained.fitted.history])
+        return auc
+
+
+class _RunFailed(Exception):
+    """A confirmation run failed for a known reason (out of memory); recorded on its trial."""
+
+
+def _run_line(trial: FrozenTrial, candidate: Candidate, fold: ConfirmFold) -> str:
+    where = f"{candidate.key} repeat {fold.repeat} fold {fold.fold}"
+    if trial.state == TrialState.COMPLETE:
+        return f"{where}: AUC {trial.values[0]:.3f}, {trial.user_attrs.get(schema.TRAIN_SECONDS, 0):.0f} s"
+    reason = trial.user_attrs.get(schema.PRUNE_REASON) or trial.user_attrs.get(schema.FAIL_REASON) or "see dashboard"
+    return f"{where}: {trial.state.name.lower()} ({reason})"
+
+
+def _paired_bootstrap(runs_a: Sequence[RunResult], runs_b: Sequence[RunResult], n_resamples: int,
+                      seed: int) -> np.ndarray:
+    """Bootstrap replicates of mean-over-folds (AUC a - AUC b), resampling each fold's scans, paired."""
+    total = np.zeros(n_resamples)
+    for f, (a, b) in enumerate(zip(runs_a, runs_b, strict=True)):
+        labels = np.asarray(a.labels, dtype=int)
+        rows = stratified_resamples(labels, n_resamples, seed + f)
+        pa, pb = np.asarray(a.probs)[rows], np.asarray(b.probs)[rows]
+        total += auc_rows(labels[rows], pa) - auc_rows(labels[rows], pb)
+    return total / max(len(runs_a), 1)
+
+
+def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], RunResult],
+           folds: Sequence[tuple[int, int]], settings: ConfirmSettings) -> dict:
+    """Apply the rule (module docstring) to finished runs; return the JSON-ready decision.
+
+    Args:
+        candidates: The baseline first, then the search's candidates.
+        runs: Finished runs keyed by (candidate, repeat, fold).
+        folds: The (repeat, fold) pairs that every candidate should have run.
+        settings: The rule's alpha and resamples.
+    """
+    k = max(len(candidates) - 1, 1)
+    level = settings.alpha / k
+    rows = []
+    base_runs = [runs.get((BASELINE_KEY, r, f)) for r, f in folds]
+    base_ok = all(run is not None and math.isfinite(run.auc) for run in base_runs)
+    for c in candidates:
+        mine = [runs.get((c.key, r, f)) for r, f in folds]
+        ok = all(run is not None and math.isfinite(run.auc) for run in mine)
+        row = {"key": c.key, "trial": c.trial, "baseline": c.key == BASELINE_KEY, "spec": c.spec.to_dict(),
+               "train_spec": c.train.to_dict(), "search_score": c.search_score, "search_se": c.search_se,
+               "fold_aucs": [None if run is None else _finite(run.auc) for run in mine],
+               "confirmed": float(np.mean([run.auc for run in mine])) if ok else None,
+               "difference": None, "difference_low": None, "beats_baseline": False,
+               "reason": None if ok else next((run.reason for run in mine if run is not None and run.reason),
+                                              "runs missing or diverged")}
+        if ok and base_ok and c.key != BASELINE_KEY:
+            replicates = _paired_bootstrap(mine, base_runs, settings.resamples, settings.seed)
+            replicates = replicates[np.isfinite(replicates)]
+            row["difference"] = row["confirmed"] - float(np.mean([run.auc for run in base_runs]))
+            row["difference_low"] = float(np.quantile(replicates, level)) if replicates.size else None
+            row["beats_baseline"] = row["difference_low"] is not None and row["difference_low"] > 0.0
+        rows.append(row)
+    winners = [r for r in rows if r["beats_baseline"]]
+    if winners:
+        chosen = max(winners, key=lambda r: r["confirmed"])
+        why = (f"{chosen['key']} beats the seed baseline by {chosen['difference']:+.3f} AUC; its one-sided "
+               f"{100 * (1 - level):.1f}% lower bound ({chosen['difference_low']:+.3f}) is above 0")
+    elif base_ok:
+        chosen = rows[0]
+        why = ("no candidate beats the seed baseline by more than the paired noise (one-sided "
+               f"{100 * (1 - level):.1f}% lower bound of the difference above 0), so the baseline stays")
+    else:
+        scored = [r for r in rows if r["confirmed"] is not None]
+        if not scored:
+            raise ValueError("confirmation: no candidate finished its runs; nothing can be recommended")
+        chosen = max(scored, key=lambda r: r["confirmed"])
+        why = "the seed baseline's runs diverged or are missing; the best confirmed candidate is recommended"
+    return {"rule": (f"recommend the best-confirmed candidate whose paired AUC difference to the seed baseline has "
+                     f"a one-sided {100 * (1 - level):.1f}% lower bound above 0 (alpha {settings.alpha} over {k} "
+                     "candidates, Bonferroni); else the seed baseline"),
+            "settings": settings.to_dict(), "folds": [list(f) for f in folds], "candidates": rows,
+            "recommended": {"key": chosen["key"], "trial": chosen["trial"], "baseline": chosen["baseline"],
+                            "confirmed": chosen["confirmed"], "spec": chosen["spec"],
+                            "train_spec": chosen["train_spec"], "why": why}}
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Sequence[ConfirmFold],
+            settings: ConfirmSettings, size: tuple[int, int, int], device, amp: bool = False,
+            train_fn: TrainFn = train_spec, progress: bool | None = None) -> dict:
+    """Run (or resume) the confirmation of ``study`` and store the decision on it.
+
+    Returns:
+        The decision (see :func:`decide`), also stored as the study's ``confirmation`` user attr.
+    """
+    candidates = select_candidates(study, size, settings.top_k)
+    companion = optuna.create_study(study_name=settings.study_name(study.study_name), storage=storage,
+                                    load_if_exists=True, direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler(seed=settings.seed))
+    runner = ConfirmRunner(folds, settings, device, amp, train_fn, progress)
+    runs = runner.run(companion, candidates)
+    decision = decide(candidates, runs, [(f.repeat, f.fold) for f in folds], settings)
+    decision["companion_study"] = companion.study_name
+    study.set_user_attr(schema.STUDY_CONFIRMATION, decision)
+    return decision
+
+
+def format_decision(decision: dict) -> str:
+    """The confirmation in a few lines, for the console."""
+    lines = [f"confirmation ({decision['settings']['folds']}-fold x {decision['settings']['repeats']} on fresh folds, "
+             f"{decision['settings']['epochs']} epochs, new seeds):"]
+    lines.append(f"  {'candidate':<12} {'search':>7} {'confirmed':>9} {'vs baseline':>11} {'lower bound':>11}")
+    for r in decision["candidates"]:
+        search = f"{r['search_score']:.3f}" if r["search_score"] is not None else "-"
+        confirmed = f"{r['confirmed']:.3f}" if r["confirmed"] is not None else "failed"
+        diff = f"{r['difference']:+.3f}" if r["difference"] is not None else "-"
+        low = f"{r['difference_low']:+.3f}" if r["difference_low"] is not None else "-"
+        lines.append(f"  {r['key']:<12} {search:>7} {confirmed:>9} {diff:>11} {low:>11}")
+    rec = decision["recommended"]
+    lines.append(f"recommended: {rec['key']} ({rec['why']})")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""What a trial records: the user-attribute names shared by the search, confirmation, export and report.
+
+Every command that writes or reads a trial's attributes names them from here, so a rename happens in one
+place and a reader cannot drift from its writer. Values are JSON primitives (Optuna stores user attrs
+as JSON). The study-level attributes are at the end.
+"""
+
+from __future__ import annotations
+
+# -- what was trained -------------------------------------------------------------------------------
+BASELINE = "baseline"  # True on the seed baseline's trial
+SPEC = "spec"  # ArchSpec.to_dict() of what was trained (after the size fit)
+TRAIN_SPEC = "train_spec"  # TrainSpec.to_dict()
+PADDING_FALLBACK = "padding_fallback"  # why 'same' padding replaced the sampled 'valid', if it did
+PARAMS = "params"
+KERAS_PARAMS = "keras_params"
+GFLOPS = "gflops"
+DEVICE = "device"
+AMP_BF16 = "amp_bf16"  # bf16 autocast allowed by the fidelity (the probe may still train in float32)
+PRECISION = "precision"  # what training actually used, per fold: "bf16" or "float32"
+
+# -- the score ----------------------------------------------------------------------------------------
+FOLD_AUCS = "fold_aucs"  # final-epoch validation AUC of each fold trained, in fold order
+FOLD_SES = "fold_ses"  # bootstrap standard error of each of those AUCs
+SCORE = "score"  # mean of FOLD_AUCS over all folds: the trial's value
+SCORE_SE = "score_se"  # standard error of SCORE (scan sampling, folds independent)
+N_VAL = "n_val"  # validation scans per fold
+FOLDS_FILE = "folds_file"
+
+# -- how it went --------------------------------------------------------------------------------------
+EPOCHS_RUN = "epochs_run"  # epochs trained, all folds together
+WALL_SECONDS = "wall_seconds"
+TRAIN_SECONDS = "train_seconds"
+EPOCH_SECONDS = "epoch_seconds"
+SAMPLES_PER_S = "samples_per_s"
+TRAIN_LOSS = "train_loss"  # per fold: list of per-epoch mean training losses
+VAL_AUC = "val_auc"  # per fold: list of per-epoch validation AUCs (learning curves)
+PRUNE_REASON = "prune_reason"
+FAIL_REASON = "fail_reason"
+
+# -- study-level attributes -----------------------------------------------------------------------------
+STUDY_SETTINGS = "settings"
+STUDY_OBJECTIVES = "objectives"
+STUDY_DATA_SUMMARY = "data_summary"
+STUDY_BOUNDS = "space_bounds"  # SpaceBounds.to_dict() the study samples from
+STUDY_CONFIRMATION = "confirmation"  # the confirmation stage's result (see search.confirm)
+STUDY_BASELINE_NOTE = "baseline_note"  # why the seed baseline is not a trial (an input too small for it)

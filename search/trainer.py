@@ -1,0 +1,133 @@
+"""One training unit: build a spec, train it with its `TrainSpec`, map known failures one way.
+
+The search's objective, the confirmation stage, the ablation and export all train through
+:func:`train_spec`, so they seed, clean up and report failures alike:
+
+- a non-finite training loss raises :class:`TrainingFailed` with ``kind == "non_finite"``;
+- running out of memory (GPU or CPU) raises it with ``kind == "out_of_memory"``;
+
+each caller decides what that means for it (a pruned trial, a failed run, a one-line export error).
+The model's GPU memory is released whatever happens.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from search.intervals import auc_rows, stratified_resamples
+from search.train import EpochResult, FitResult, NonFiniteLossError, Tensors, TrainingOutOfMemory, fit, predict_probs
+from space import ArchSpec, TrainSpec, build
+
+SE_RESAMPLES = 500  # bootstrap resamples for a fold AUC's standard error; ample for a standard error
+
+
+class TrainingFailed(RuntimeError):
+    """Training could not finish for a known reason.
+
+    Attributes:
+        kind: ``"non_finite"`` (the loss became NaN or infinite) or ``"out_of_memory"``.
+    """
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Trained:
+    """A trained model and what training produced."""
+
+    model: torch.nn.Module
+    fitted: FitResult
+
+
+def train_spec(
+    arch: ArchSpec,
+    train_settings: TrainSpec,
+    train: Tensors,
+    val: Tensors | None,
+    *,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+    amp: bool | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> Trained:
+    """Build ``arch`` from ``seed`` and train it on ``train`` for ``epochs`` epochs.
+
+    Args:
+        arch: What to build.
+        train_settings: Optimiser, learning rate, weight decay, batch size.
+        train: Training set (augmented).
+        val: Scored after every epoch when given.
+        epochs: Epochs to train (``on_epoch`` may stop earlier by raising, e.g. ``optuna.TrialPruned``).
+        device: Where to train.
+        seed: Seeds the initial weights, shuffling and augmentation.
+        amp: bf16 autocast requested (see ``search.train.fit``).
+        on_epoch: Called after every epoch; what it raises propagates after the model is released.
+
+    Returns:
+        The model (on the CPU, in eval mode) and the fit result.
+
+    Raises:
+        TrainingFailed: Non-finite loss or out of memory.
+    """
+    torch.manual_seed(seed)
+    model = build(arch)
+    ok = False
+    try:
+        fitted = fit(model, train, val, optimizer=train_settings.optimizer, lr=train_settings.lr,
+                     weight_decay=train_settings.weight_decay, batch_size=train_settings.batch_size, epochs=epochs,
+                     device=device, seed=seed, amp=amp, on_epoch=on_epoch)
+        ok = True
+    except NonFiniteLossError as e:
+        raise TrainingFailed("non_finite", str(e)) from None
+    except TrainingOutOfMemory as e:
+        raise TrainingFailed("out_of_memory", str(e)) from None
+    finally:
+        model.to("cpu")  # release the GPU copy even while a caller still holds the module
+        if not ok:
+            gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return Trained(model.eval(), fitted)
+
+
+def predict_finite(trained: Trained, volumes: torch.Tensor, device: torch.device, amp: bool = False) -> np.ndarray:
+    """Probabilities of a trained model, in the precision it trained in.
+
+    Raises:
+        TrainingFailed: ``kind == "non_finite"`` when a probability is NaN: weights that went non-finite
+            in the last steps give no loss to catch, only predictions that no score can be computed on.
+    """
+    bf16 = amp and trained.fitted.precision == "bf16"
+    # train_spec hands the model back on the CPU; score it where it trained, then release the device copy.
+    try:
+        probs = predict_probs(trained.model.to(device), volumes, device, amp=bf16)
+    finally:
+        trained.model.to("cpu")
+    if not np.all(np.isfinite(probs)):
+        raise TrainingFailed("non_finite", f"non-finite predictions ({int(np.sum(~np.isfinite(probs)))} of "
+                                           f"{probs.size} validation scans) after training")
+    return probs
+
+
+def auc_standard_error(labels: np.ndarray, probs: np.ndarray, seed: int = 0,
+                       n_resamples: int = SE_RESAMPLES) -> float:
+    """Standard error of a ROC AUC over the scans it was measured on (stratified bootstrap).
+
+    It measures how much the AUC would move with another draw of scans of the same kind: the noise
+    that decides whether two trials' scores differ at all.
+    """
+    labels = np.asarray(labels).astype(int)
+    if min(np.sum(labels == 0), np.sum(labels == 1)) < 1:
+        return float("nan")
+    rows = stratified_resamples(labels, n_resamples, seed)
+    values = auc_rows(labels[rows], np.asarray(probs, dtype=np.float64)[rows])
+    values = values[np.isfinite(values)]
+    return float(np.std(values, ddof=1)) if values.size > 1 else float("nan")

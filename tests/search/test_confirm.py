@@ -1,0 +1,181 @@
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from search.confirm import (
+    BASELINE_KEY,
+    Candidate,
+    ConfirmFold,
+    ConfirmSettings,
+    RunResult,
+    confirm,
+    decide,
+    select_candidates,
+)
+from search.train import FitResult, Tensors
+from search.trainer import Trained, TrainingFailed
+from space import ArchSpec, LevelSpec, TrainSpec, baseline, baseline_train, fit_to_size
+
+SIZE = (16, 16, 32)
+FOLDS = [(0, 0), (0, 1)]
+
+
+def _spec(width: int) -> ArchSpec:
+    return ArchSpec(levels=(LevelSpec(width), LevelSpec(width)), padding="same", head_units=())
+
+
+def _candidates(n: int) -> list[Candidate]:
+    base, _ = fit_to_size(baseline(), SIZE)
+    return [Candidate(BASELINE_KEY, 0, base, baseline_train()),
+            *[Candidate(f"trial{i}", i, _spec(4 * i), TrainSpec()) for i in range(1, n + 1)]]
+
+
+def _runs(rng: np.random.Generator, separation: dict[str, float], n_val: int = 60) -> dict:
+    """Each model's probabilities = label x separation + its own noise, per fold (same labels for all)."""
+    runs = {}
+    for repeat, fold in FOLDS:
+        labels = np.repeat([0, 1], n_val // 2)
+        for key, sep in separation.items():
+            probs = 1 / (1 + np.exp(-(sep * labels + rng.normal(size=labels.size))))
+            auc = float(np.mean(probs[labels == 1][:, None] > probs[labels == 0][None, :]))
+            runs[(key, repeat, fold)] = RunResult(key, repeat, fold, auc, tuple(labels.tolist()), tuple(probs.tolist()))
+    return runs
+
+
+def test_confirm_keeps_the_baseline_when_candidates_are_only_noise():
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=500)
+    candidates = _candidates(3)
+    switched = 0
+    for seed in range(40):
+        runs = _runs(np.random.default_rng(seed), {c.key: 1.5 for c in candidates})
+        decision = decide(candidates, runs, FOLDS, settings)
+        switched += not decision["recommended"]["baseline"]
+    # Bonferroni over 3 candidates keeps the family-wise rate at 5%: about 2 of 40 by chance, never many.
+    assert switched <= 4
+
+
+def test_confirm_recommends_a_candidate_that_is_clearly_better():
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=500)
+    candidates = _candidates(3)
+    chosen = []
+    for seed in range(10):
+        runs = _runs(np.random.default_rng(seed), {BASELINE_KEY: 0.5, "trial1": 0.5, "trial2": 3.0, "trial3": 0.5})
+        chosen.append(decide(candidates, runs, FOLDS, settings)["recommended"]["key"])
+    assert chosen.count("trial2") >= 9
+
+
+def test_confirm_decision_states_the_rule_and_each_candidates_numbers():
+    candidates = _candidates(2)
+    runs = _runs(np.random.default_rng(0), {c.key: 1.0 for c in candidates})
+    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
+    assert "Bonferroni" in decision["rule"] and decision["recommended"]["why"]
+    rows = decision["candidates"]
+    assert [r["key"] for r in rows] == [BASELINE_KEY, "trial1", "trial2"]
+    for r in rows[1:]:
+        assert r["difference_low"] <= r["difference"]
+        assert r["confirmed"] == pytest.approx(np.mean(r["fold_aucs"]))
+
+
+def test_confirm_a_diverged_candidate_is_never_recommended():
+    candidates = _candidates(1)
+    runs = _runs(np.random.default_rng(0), {BASELINE_KEY: 0.5, "trial1": 4.0})
+    runs[("trial1", 0, 1)] = RunResult("trial1", 0, 1, float("nan"), (), (), "non-finite training loss")
+    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
+    assert decision["recommended"]["baseline"]
+    assert decision["candidates"][1]["reason"] == "non-finite training loss"
+
+
+def _search_study(specs: list[tuple[float, ArchSpec]]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    base, _ = fit_to_size(baseline(), SIZE)
+    study.add_trial(optuna.trial.create_trial(value=0.6, user_attrs={"baseline": True, "spec": base.to_dict(),
+                                                                      "train_spec": baseline_train().to_dict()}))
+    for value, spec in specs:
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={
+            "spec": spec.to_dict(), "train_spec": TrainSpec().to_dict(), "score_se": 0.05}))
+    return study
+
+
+def test_confirm_candidates_are_the_baseline_then_the_best_distinct_specs():
+    study = _search_study([(0.9, _spec(8)), (0.95, _spec(8)), (0.7, _spec(16)), (0.8, _spec(4))])
+    candidates = select_candidates(study, SIZE, top_k=2)
+    assert [c.key for c in candidates] == [BASELINE_KEY, "trial2", "trial4"]  # trial1 repeats trial2's spec
+    assert candidates[1].search_score == 0.95 and candidates[1].search_se == 0.05
+
+
+class _Scaled(torch.nn.Module):
+    """A 'trained' model: logit = scale x mean voxel value."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return self.scale * x.mean(dim=(1, 2, 3, 4))
+
+
+def _folds() -> list[ConfirmFold]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0.0, 1.0] * 6)
+    volumes = (torch.rand(12, 1, 4, 4, 4, generator=g) + labels.view(-1, 1, 1, 1, 1)).half()
+    data = Tensors(volumes, labels)
+    return [ConfirmFold(0, f, data, data) for f in range(2)]
+
+
+def test_confirm_stores_its_decision_and_resumes_without_retraining():
+    study = _search_study([(0.9, _spec(8)), (0.8, _spec(4))])
+    storage = study._storage
+    calls = []
+
+    def fake_train(spec, train, data, val, **kwargs):
+        calls.append(spec.levels[0].filters)
+        return Trained(_Scaled(1.0), FitResult())
+
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=2, resamples=200)
+    decision = confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=fake_train,
+                       progress=False)
+    assert len(calls) == 6  # 3 candidates x 2 folds
+    assert study.user_attrs["confirmation"]["recommended"] == decision["recommended"]
+    assert decision["recommended"]["baseline"]  # identical models: nothing beats the baseline
+    again = confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=fake_train,
+                    progress=False)
+    assert len(calls) == 6 and again["recommended"] == decision["recommended"]
+
+
+def test_confirm_ctrl_c_fails_the_running_run_and_a_rerun_finishes_it():
+    study = _search_study([(0.9, _spec(8))])
+    storage = study._storage
+    calls = []
+
+    def interrupted_once(spec, train, data, val, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return Trained(_Scaled(1.0), FitResult())
+
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    with pytest.raises(KeyboardInterrupt):
+        confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=interrupted_once,
+                progress=False)
+    companion = optuna.load_study(study_name=settings.study_name(study.study_name), storage=storage)
+    assert not [t for t in companion.trials if t.state == TrialState.RUNNING]
+    assert "confirmation" not in study.user_attrs
+    confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=interrupted_once, progress=False)
+    assert len(calls) == 2 + 3  # the interrupted run and the two never started
+
+
+def test_confirm_a_diverging_run_is_recorded_not_retried():
+    study = _search_study([(0.9, _spec(8))])
+
+    def diverging(spec, train, data, val, **kwargs):
+        if spec.levels[0].filters == 8:
+            raise TrainingFailed("non_finite", "non-finite training loss (nan) at epoch 1, step 1")
+        return Trained(_Scaled(1.0), FitResult())
+
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    decision = confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=diverging,
+                       progress=False)
+    assert decision["recommended"]["baseline"]
+    assert decision["candidates"][1]["reason"].startswith("non-finite training loss")
