@@ -13,7 +13,6 @@ confirmed score, the test AUC and their difference (the optimism). The folder it
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import shutil
@@ -137,22 +136,6 @@ class Trained:
     metrics: BinaryMetrics
     train_seconds: float
     note: str | None = None
-    attempts: tuple[dict, ...] = ()
-
-
-# A training run whose last epoch's mean loss stays above this share of chance level (ln 2, binary
-# cross-entropy of a constant 0.5) did not learn: seen here when a spec without normalisation, which
-# confirmed at AUC 0.81, stalled at loss 0.69 for all 12 epochs of its export and tested 0.08 below the
-# baseline on fresh phantoms. Export then retrains from the next seed, judging by training loss only
-# (the test part stays unread), at most EXPORT_ATTEMPTS times, the baseline under the same rule.
-LEARNED_LOSS_FRACTION = 0.95
-EXPORT_ATTEMPTS = 3
-ATTEMPT_SEED_STRIDE = 1000
-
-
-def learned(final_loss: float) -> bool:
-    """Whether a run's last-epoch mean training loss shows it learned anything (below 0.95 x ln 2)."""
-    return math.isfinite(final_loss) and final_loss < LEARNED_LOSS_FRACTION * math.log(2)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -252,35 +235,22 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
     print(f"training the {role} ({describe_spec(spec.to_dict())}) on train+val ({len(trainval)} scans) for "
           f"{epochs} epoch{plural} ({epochs_rule}), seed {seed}, {s.device.type}{', bf16 autocast' if amp else ''}",
           flush=True)
-    attempts: list[dict] = []
-    best = None
-    for attempt in range(EXPORT_ATTEMPTS):
-        run_seed = seed + ATTEMPT_SEED_STRIDE * attempt
-        on_epoch, close = _epoch_printer(role if not attempt else f"{role}, attempt {attempt + 1}", epochs)
-        try:
-            trained = train_spec_unit(spec, train_spec, trainval, None, epochs=epochs, device=s.device, seed=run_seed,
-                                      amp=amp, on_epoch=on_epoch)
-        except TrainingFailed as e:
-            hint = "try --epochs or another --trial" if e.kind == "non_finite" else "try --device cpu"
-            raise ExportError(f"training the {role}: {e}; {hint}") from None
-        finally:
-            close()
-        final_loss = trained.fitted.history[-1].train_loss
-        attempts.append({"seed": run_seed, "final_train_loss": round(final_loss, 5), "learned": learned(final_loss)})
-        if best is None or final_loss < best.fitted.history[-1].train_loss:
-            best = trained
-        if attempts[-1]["learned"]:
-            break
-        print(f"  the {role} did not learn from seed {run_seed} (last-epoch training loss {final_loss:.3f}, chance "
-              f"level {math.log(2):.3f})" + ("; retraining from the next seed" if attempt + 1 < EXPORT_ATTEMPTS
-                                              else "; keeping the run with the lowest training loss"), flush=True)
-    model, fitted = best.model, best.fitted
+    on_epoch, close = _epoch_printer(role, epochs)
+    try:
+        trained = train_spec_unit(spec, train_spec, trainval, None, epochs=epochs, device=s.device, seed=seed, amp=amp,
+                                  on_epoch=on_epoch)
+    except TrainingFailed as e:
+        hint = "try --epochs or another --trial" if e.kind == "non_finite" else "try --device cpu"
+        raise ExportError(f"training the {role}: {e}; {hint}") from None
+    finally:
+        close()
+    model, fitted = trained.model, trained.fitted
     model = model.to("cpu").eval()
     # Test in float32 on the CPU: the numbers then describe the exported weights as predict runs them.
     probs = predict_probs(model, test.volumes, torch.device("cpu"), amp=False)
     metrics = binary_metrics(test.labels.numpy(), probs)
     return Trained(role, trial, spec, train_spec, epochs, epochs_rule, model, probs, metrics,
-                   round(fitted.train_seconds, 2), note, tuple(attempts))
+                   round(fitted.train_seconds, 2), note)
 
 
 def _epochs_for(s: ExportSettings, stored: dict) -> tuple[int, str]:
@@ -359,7 +329,7 @@ def _model_entry(t: Trained, trial: FrozenTrial | None, size: tuple[int, int, in
         "trial": t.trial, "spec": t.spec.to_dict(), "architecture": describe_spec(t.spec.to_dict()),
         "train_spec": t.train_spec.to_dict(), "params": c.params, "keras_params": c.keras_params,
         "gflops": round(c.gflops, 4), "epochs": t.epochs, "epochs_rule": t.epochs_rule,
-        "train_seconds": t.train_seconds, "note": t.note, "training_attempts": list(t.attempts),
+        "train_seconds": t.train_seconds, "note": t.note,
     }
     if trial is not None and trial.state == TrialState.COMPLETE:
         entry["search_cv_auc"] = trial.values[0]

@@ -59,7 +59,6 @@ def render_model_card(m: dict) -> str:
         f"{model['train_spec']['lr']:.3g}, weight decay {model['train_spec']['weight_decay']:g}, batch size "
         f"{model['train_spec']['batch_size']}, seed {m['training']['seed']}, on {m['training']['device']}, "
         f"with {m['training']['augmentation']}.",
-        *_attempt_lines(model),
         "",
         "## Data and split",
         "",
@@ -159,14 +158,3 @@ def _selection_lines(selection: dict | None) -> list[str]:
     if selection.get("baseline_confirmed_score") is not None and not selection.get("is_baseline"):
         lines.append(f"- The seed baseline's confirmed score: {selection['baseline_confirmed_score']:.3f}.")
     return [*lines, ""]
-
-
-def _attempt_lines(model: dict) -> list[str]:
-    """Training runs export discarded because their training loss stayed at chance level, if any."""
-    attempts = model.get("training_attempts") or []
-    if len(attempts) < 2:
-        return []
-    runs = "; ".join(f"seed {a['seed']}: last-epoch training loss {a['final_train_loss']:.3f}" for a in attempts)
-    kept = "the first run that learned" if attempts[-1]["learned"] else "the run with the lowest training loss"
-    return [f"- Trained {len(attempts)} times, keeping {kept} (a run whose training loss stays near chance level, "
-            f"ln 2, learned nothing; judged on training loss only): {runs}."]

@@ -229,33 +229,3 @@ def test_export_model_folder_round_trips_batch_norm_statistics(tmp_path):
     assert reloaded.features.level1.norm.running_mean.abs().sum() > 0
     assert np.max(np.abs(logits(reloaded, x) - expected)) <= 1e-4
     assert np.max(np.abs(onnx_logits(tmp_path / ONNX, x) - expected)) <= 1e-4
-
-
-def test_export_learned_compares_the_last_training_loss_with_chance_level():
-    assert search.export.learned(0.49) and not search.export.learned(0.6915)
-    assert not search.export.learned(float("nan"))
-
-
-def test_export_retrains_a_run_that_did_not_learn_from_the_next_seed(tiny_data, tmp_path, monkeypatch, capsys):
-    import math
-
-    from search.train import EpochResult, FitResult
-    from search.trainer import Trained
-
-    assert run.main(["--size", *map(str, SIZE), "--epochs", "1", "--trials", "1", "--workers", "1",
-                     "--studies-dir", str(tmp_path), "--data", str(tiny_data), "--confirm-top", "1"]) == 0
-    seeds = []
-
-    def stalls_once(spec, train_spec, data, val, *, epochs, device, seed, amp, on_epoch):
-        seeds.append(seed)
-        loss = math.log(2) if len(seeds) == 1 else 0.3  # the first run stays at chance level
-        return Trained(build(spec).eval(), FitResult(history=[EpochResult(1, loss, None, 0.1)]))
-
-    monkeypatch.setattr(search.export, "train_spec_unit", stalls_once)
-    assert main(["--studies-dir", str(tmp_path), "--workers", "1", "--epochs", "1"]) == 0
-    assert "did not learn from seed" in capsys.readouterr().out
-    metrics = json.loads((tmp_path / "lungct" / "model" / "metrics.json").read_text())
-    attempts = metrics["model"]["training_attempts"]
-    assert [a["learned"] for a in attempts] == [False, True]
-    assert attempts[1]["seed"] == attempts[0]["seed"] + search.export.ATTEMPT_SEED_STRIDE
-    assert "Trained 2 times" in (tmp_path / "lungct" / "model" / "MODEL_CARD.md").read_text()
