@@ -253,7 +253,7 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
                    round(fitted.train_seconds, 2), note)
 
 
-def _epochs_for(s: ExportSettings, stored: dict) -> tuple[int, str]:
+def _epochs_for(s: ExportSettings, stored: dict, decision: dict | None) -> tuple[int, str]:
     """``--epochs``, else the confirmation's epochs per run, and the rule in words.
 
     The confirmation measured every candidate and the baseline at that budget; training longer or
@@ -261,8 +261,9 @@ def _epochs_for(s: ExportSettings, stored: dict) -> tuple[int, str]:
     """
     if s.epochs is not None:
         return s.epochs, "as given by --epochs"
-    settings = RunSettings.from_dict(stored)
-    return settings.confirm_epochs, "the confirmation's epochs per run"
+    if decision:
+        return int(decision["settings"]["epochs"]), "the confirmation's epochs per run"
+    return RunSettings.from_dict(stored).confirm_epochs, "the study's confirmation epochs per run"
 
 
 def _rates(m: BinaryMetrics) -> dict:
@@ -443,7 +444,7 @@ def run_export(args: argparse.Namespace) -> Path:
     print(f"data: {root}, task {s.task}, {'x'.join(map(str, s.size))} voxels; train+val {len(trainval)} scans, "
           f"locked test part {len(test)} scans (split {prepared.split_path.name})")
 
-    epochs, rule = _epochs_for(s, stored)
+    epochs, rule = _epochs_for(s, stored, choice.confirmation)
     model = retrain("exported model", chosen.number if chosen else 0, spec, train_spec, epochs, rule, trainval,
                     test, s)
     base_trial = baseline_trial(study)

@@ -48,6 +48,7 @@ from search.train import Tensors, resolve_device
 from space import SpaceBounds, SpecInputError, bounds_for_size
 
 SETTINGS_ATTR = schema.STUDY_SETTINGS
+CONFIRM_SETTINGS = ("confirm_epochs", "confirm_top", "confirm_folds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "space, see python -m space)")
     p.add_argument("--confirm-top", type=int, default=None, metavar="K",
                    help=f"confirm the K best distinct specs against the seed baseline (default: {DEFAULT_TOP_K})")
+    p.add_argument("--confirm-folds", type=int, default=None, metavar="K",
+                   help="folds of the confirmation's fresh cross-validation; more folds train each run on more of "
+                   "the non-test scans, closer to what export trains on, at (K-1)/(folds-1) times the cost "
+                   "(default: --folds)")
     p.add_argument("--confirm-epochs", type=int, default=None, metavar="E",
                    help="epochs per confirmation run, also what export trains for (default: 2x --epochs)")
     stage = p.add_mutually_exclusive_group()
@@ -125,6 +130,7 @@ class RunSettings:
     folds: int = 2
     confirm_epochs: int = 0
     confirm_top: int = DEFAULT_TOP_K
+    confirm_folds: int = 2
     bounds: dict = field(default_factory=lambda: SpaceBounds().to_dict())
 
     def to_dict(self) -> dict:
@@ -132,7 +138,7 @@ class RunSettings:
         return {"data": self.data, "task": self.task, "size": list(self.size), "epochs": self.epochs,
                 "seed": self.seed, "split_seed": self.split_seed, "n_phantoms": self.n_phantoms,
                 "max_gflops": self.max_gflops, "folds": self.folds, "confirm_epochs": self.confirm_epochs,
-                "confirm_top": self.confirm_top, "bounds": self.bounds}
+                "confirm_top": self.confirm_top, "confirm_folds": self.confirm_folds, "bounds": self.bounds}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSettings:
@@ -143,6 +149,7 @@ class RunSettings:
                    n_phantoms=int(d.get("n_phantoms", 200)), max_gflops=float(d.get("max_gflops", 0.0)),
                    folds=int(d.get("folds", 2)), confirm_epochs=int(d.get("confirm_epochs") or 2 * epochs),
                    confirm_top=int(d.get("confirm_top", DEFAULT_TOP_K)),
+                   confirm_folds=int(d.get("confirm_folds") or d.get("folds", 2)),
                    # Studies made before the space was stored sampled the full space.
                    bounds=d.get("bounds") or SpaceBounds.full().to_dict())
 
@@ -179,10 +186,14 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
     given = {"data": args.data, "task": args.task, "size": list(args.size) if args.size else None,
              "epochs": args.epochs, "seed": args.seed, "split_seed": args.split_seed, "n_phantoms": args.phantoms,
              "max_gflops": args.max_gflops, "folds": args.folds, "confirm_epochs": args.confirm_epochs,
-             "confirm_top": args.confirm_top, "bounds": load_space_file(args.space) if args.space else None}
+             "confirm_top": args.confirm_top, "confirm_folds": args.confirm_folds,
+             "bounds": load_space_file(args.space) if args.space else None}
     if stored:
         stored = RunSettings.from_dict(stored).to_dict() | {k: v for k, v in stored.items() if k == "data"}
+        # The confirmation's settings may change on a resumed study (e.g. --confirm-only --confirm-folds 5):
+        # each setting confirms in its own companion study, and the decision records what it used.
         clash = [k for k, v in given.items() if v is not None and k in stored and v != stored[k]
+                 and k not in CONFIRM_SETTINGS
                  and not (k == "data" and Path(v).resolve() == Path(stored[k] or "").resolve())]
         if clash:
             was = ", ".join(f"{k}={stored[k]}" for k in clash if k != "bounds")
@@ -206,6 +217,7 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         folds=merged["folds"] or 2,
         confirm_epochs=merged["confirm_epochs"] or 2 * fidelity.epochs,
         confirm_top=merged["confirm_top"] if merged["confirm_top"] is not None else DEFAULT_TOP_K,
+        confirm_folds=merged["confirm_folds"] or merged["folds"] or 2,
         bounds=merged["bounds"] or SpaceBounds().to_dict(),
     )
     try:
@@ -218,10 +230,9 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
     return settings, line
 
 
-def search_folds(prepared: PreparedData, settings: RunSettings, studies_dir: str, fold_seed: int) -> list:
+def search_folds(prepared: PreparedData, k: int, studies_dir: str, fold_seed: int) -> list:
     """Stratified k-fold over the loaded non-test scans (saved beside the split), as tensors per fold."""
-    folds, _ = load_or_make_folds(cv_records(prepared), Path(studies_dir) / "splits", k=settings.folds, repeats=1,
-                                  seed=fold_seed)
+    folds, _ = load_or_make_folds(cv_records(prepared), Path(studies_dir) / "splits", k=k, repeats=1, seed=fold_seed)
     return [(f, Tensors(*prepared.loaded.select(f.train)), Tensors(*prepared.loaded.select(f.val))) for f in folds]
 
 
@@ -238,6 +249,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
     if args.folds is not None and not 2 <= args.folds <= 10:
         raise ValueError(f"--folds: expected 2 to 10 folds, got {args.folds}")
+    if args.confirm_folds is not None and not 2 <= args.confirm_folds <= 10:
+        raise ValueError(f"--confirm-folds: expected 2 to 10 folds, got {args.confirm_folds}")
     if args.confirm_top is not None and args.confirm_top < 1:
         raise ValueError(f"--confirm-top: expected a positive count, got {args.confirm_top}")
     if args.confirm_epochs is not None and args.confirm_epochs < 1:
@@ -269,14 +282,15 @@ def main(argv: list[str] | None = None) -> int:
         study, created = create_or_load_study(args.study, storage, seed=settings.seed, pruner=args.pruner,
                                               max_folds=settings.folds, objectives=objectives,
                                               bounds=settings.space(), sampler=args.sampler)
-        folds = search_folds(prepared, settings, args.studies_dir, settings.split_seed)
+        folds = search_folds(prepared, settings.folds, args.studies_dir, settings.split_seed)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if created and study.user_attrs.get(schema.STUDY_BASELINE_NOTE):
         print(f"note: {study.user_attrs[schema.STUDY_BASELINE_NOTE]}")
-    if created:
+    if created or (stored is not None and any(stored.get(k) != settings.to_dict()[k] for k in CONFIRM_SETTINGS)):
         study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
+    if created:
         study.set_user_attr(schema.STUDY_DATA_SUMMARY, prepared.summary())
         study.set_user_attr(schema.STUDY_BOUNDS, settings.space().to_dict())
 
@@ -331,11 +345,12 @@ def _confirm(args: argparse.Namespace, study: optuna.Study, storage, prepared: P
         print("\nconfirmation skipped: no complete trial yet")
         return False
     # Fresh folds: another assignment than the search's (seed + 1), new training seeds.
-    fresh = search_folds(prepared, settings, args.studies_dir, settings.split_seed + 1)
-    confirm_settings = ConfirmSettings(epochs=settings.confirm_epochs, seed=settings.seed, folds=settings.folds,
-                                       fold_seed=settings.split_seed + 1, top_k=settings.confirm_top)
+    fresh = search_folds(prepared, settings.confirm_folds, args.studies_dir, settings.split_seed + 1)
+    confirm_settings = ConfirmSettings(epochs=settings.confirm_epochs, seed=settings.seed,
+                                       folds=settings.confirm_folds, fold_seed=settings.split_seed + 1,
+                                       top_k=settings.confirm_top)
     print(f"\nconfirming the top {settings.confirm_top} distinct specs and the seed baseline on fresh "
-          f"{settings.folds}-fold splits at {settings.confirm_epochs} epochs")
+          f"{settings.confirm_folds}-fold splits at {settings.confirm_epochs} epochs")
     try:
         decision = confirm(study, storage, [ConfirmFold(0, f.fold, train, val) for f, train, val in fresh],
                            confirm_settings, settings.size, device, amp)

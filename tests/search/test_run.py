@@ -305,3 +305,14 @@ def test_run_bad_space_file_is_a_one_line_error(tmp_path, capsys, text, message)
     assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--space", str(space)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --space:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_confirm_only_can_reconfirm_with_more_folds(tiny_data, tmp_path, capsys):
+    assert main(_args(tiny_data, tmp_path, "--trials", "2", "--epochs", "1", "--confirm-top", "1")) == 0
+    assert main(["--studies-dir", str(tmp_path), "--confirm-only", "--confirm-folds", "3"]) == 0
+    assert "on fresh 3-fold splits" in capsys.readouterr().out
+    study = _study(tmp_path)
+    decision = study.user_attrs["confirmation"]
+    assert decision["settings"]["folds"] == 3 and len(decision["folds"]) == 3
+    assert study.user_attrs["settings"]["confirm_folds"] == 3 and study.user_attrs["settings"]["folds"] == 2
+    assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--folds", "3"]) == 2  # the search's stay fixed
