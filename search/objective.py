@@ -210,7 +210,7 @@ class Objective:
         train_s = sum(e.seconds for h in histories for e in h)
         n_train = sum(len(f.train) * len(h) for f, h in zip(self.folds, histories, strict=False))
         trial.set_user_attr(schema.TRAIN_LOSS, [[round(e.train_loss, 5) for e in h] for h in histories])
-        trial.set_user_attr(schema.PRECISION, [getattr(f, "precision", None) for f in fits])
+        trial.set_user_attr(schema.PRECISION, [f.precision for f in fits])
         trial.set_user_attr(schema.EPOCH_SECONDS, round(train_s / epochs, 3))
         trial.set_user_attr(schema.TRAIN_SECONDS, round(train_s, 2))
         trial.set_user_attr(schema.SAMPLES_PER_S, round(n_train / max(train_s, 1e-9), 2))
