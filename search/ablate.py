@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, metavar="K", help="stratified folds per repeat (default: 5)")
     p.add_argument("--repeats", type=int, default=2, metavar="R",
                    help="repeats of the K-fold split, each reshuffled (default: 2)")
-    p.add_argument("--epochs", type=int, metavar="E", help=f"epochs per run (default: {cpu['epochs']} on the "
-                   f"CPU, {gpu['epochs']} on a GPU)")
+    p.add_argument("--epochs", type=int, metavar="E", help=f"epochs per run (default: {cpu['ablate_epochs']} on "
+                   f"the CPU, {gpu['ablate_epochs']} on a GPU)")
     p.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"), help=f"input size in voxels "
                    f"(default: {cpu_size} on the CPU, the seed's {gpu_size} on a GPU)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -768,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         names, added = parse_variants(args.variants)
         device = resolve_device(args.device)
-        fidelity = choose_fidelity(device, tuple(args.size) if args.size else None, args.epochs, args.phantoms)
+        epochs = args.epochs or (GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)["ablate_epochs"]
+        fidelity = choose_fidelity(device, tuple(args.size) if args.size else None, epochs, args.phantoms)
         settings = AblationSettings(data=str(Path(args.data).resolve()) if args.data else None, task=args.task,
                                     size=fidelity.size, epochs=fidelity.epochs, folds=args.folds,
                                     repeats=args.repeats, seed=args.seed, split_seed=args.split_seed,

@@ -17,14 +17,19 @@ from search.precision import cpu_has_fast_bf16 as cpu_has_fast_bf16
 from search.precision import device_precision
 from space import baseline, cost, fit_to_size
 
-GPU_DEFAULT = {"size": (64, 128, 128), "epochs": 30, "n_phantoms": 200}
-# 6 epochs per fold: a trial trains every fold (2 by default), so a trial costs 2 x 6 epochs of half the
-# non-test scans, and 50 trials plus the confirmation (at 2x the epochs) fit half an hour on 2 cores.
-CPU_DEFAULT = {"size": (32, 64, 64), "epochs": 6, "n_phantoms": 200}
+# "epochs" is per fold of a search trial; "confirm_epochs" is per confirmation run, and what export trains
+# for; "ablate_epochs" is per ablation run.
+GPU_DEFAULT = {"size": (64, 128, 128), "epochs": 30, "confirm_epochs": 60, "ablate_epochs": 30, "n_phantoms": 200}
+# 4 epochs per fold: a trial trains every fold (2 by default), so a trial costs 2 x 4 epochs of half the
+# non-test scans; the search only has to rank specs well enough to put good ones in the top 2, and the
+# confirmation (3 folds of two thirds of the non-test scans, 12 epochs) decides at a budget close to what
+# export trains at. 50 trials plus that confirmation fit half an hour on 2 cores (benchmarks/RESULTS.md).
+CPU_DEFAULT = {"size": (32, 64, 64), "epochs": 4, "confirm_epochs": 12, "ablate_epochs": 6, "n_phantoms": 200}
 # On the CPU a trial may cost at most this many times the seed baseline's forward GFLOPs at the same
 # input: the space holds models 10-20x the baseline's cost (64 filters, three convolutions per level at
-# full resolution); one at the baseline's cost already takes about 1/15 of a CPU study's half hour.
-CPU_COST_CAP = 1.0
+# full resolution), and a batch-norm trial at the baseline's cost took about 1/30 of a CPU study's half
+# hour; 0.6x keeps 3 levels of 64-64-128 filters (3.1 GFLOPs at 32x64x64, the GPU seed-1 winner).
+CPU_COST_CAP = 0.6
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Fidelity:
     amp: bool
     reason: str
     max_gflops: float | None = None
+    confirm_epochs: int = 12
 
 
 def baseline_gflops(size: tuple[int, int, int]) -> float:
@@ -78,4 +84,6 @@ def choose_fidelity(device: torch.device, size: tuple[int, int, int] | None = No
         cap, cap_text = None, ""
     text = (f"fidelity: {'x'.join(map(str, chosen_size))} voxels, {chosen_epochs} epochs per fold, "
             f"{precision}, channels-last{cap_text} ({why})")
-    return Fidelity(chosen_size, chosen_epochs, chosen_n, amp, text, cap)
+    # An explicit --epochs keeps the confirmation at twice the search's epochs, as before defaults existed.
+    confirm = 2 * epochs if epochs else base["confirm_epochs"]
+    return Fidelity(chosen_size, chosen_epochs, chosen_n, amp, text, cap, confirm)

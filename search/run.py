@@ -29,7 +29,7 @@ from lungct.records import TASKS, PreprocessConfig
 from lungct.splits import load_or_make_folds
 from search import schema
 from search.artifacts import TrialArtifacts, artifact_dir
-from search.confirm import DEFAULT_TOP_K, ConfirmFold, ConfirmSettings, confirm, format_decision
+from search.confirm import DEFAULT_CONFIRM_FOLDS, DEFAULT_TOP_K, ConfirmFold, ConfirmSettings, confirm, format_decision
 from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
 from search.fidelity import choose_fidelity
 from search.objective import FoldData, Objective, SearchSettings, TrialFailed
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="URL", help="any SQLAlchemy URL, PostgreSQL included (default: "
                    "sqlite:///studies/<study>.db)")
     p.add_argument("--epochs", type=int, metavar="E", help="epochs per fold of a trial, scored at the last one "
-                   "(default: 6 on the CPU, 30 on a GPU; a resumed study keeps its own)")
+                   "(default: 4 on the CPU, 30 on a GPU; a resumed study keeps its own)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-validation folds over the non-test scans that score each trial (default: 2; "
                    "a resumed study keeps its own)")
@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm-folds", type=int, default=None, metavar="K",
                    help="folds of the confirmation's fresh cross-validation; more folds train each run on more of "
                    "the non-test scans, closer to what export trains on, at (K-1)/(folds-1) times the cost "
-                   "(default: --folds)")
+                   f"(default: {DEFAULT_CONFIRM_FOLDS})")
     p.add_argument("--confirm-epochs", type=int, default=None, metavar="E",
-                   help="epochs per confirmation run, also what export trains for (default: 2x --epochs)")
+                   help="epochs per confirmation run, also what export trains for (default: 12 on the CPU, 60 on a "
+                   "GPU; 2x --epochs when --epochs is given)")
     stage = p.add_mutually_exclusive_group()
     stage.add_argument("--no-confirm", action="store_true", help="search only; skip the confirmation stage")
     stage.add_argument("--confirm-only", action="store_true",
@@ -130,7 +131,7 @@ class RunSettings:
     folds: int = 2
     confirm_epochs: int = 0
     confirm_top: int = DEFAULT_TOP_K
-    confirm_folds: int = 2
+    confirm_folds: int = DEFAULT_CONFIRM_FOLDS
     bounds: dict = field(default_factory=lambda: SpaceBounds().to_dict())
 
     def to_dict(self) -> dict:
@@ -215,9 +216,9 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         n_phantoms=fidelity.n_phantoms,
         max_gflops=fidelity.max_gflops or 0.0,  # stored 0 = no cap, so a resumed run does not add one
         folds=merged["folds"] or 2,
-        confirm_epochs=merged["confirm_epochs"] or 2 * fidelity.epochs,
+        confirm_epochs=merged["confirm_epochs"] or fidelity.confirm_epochs,
         confirm_top=merged["confirm_top"] if merged["confirm_top"] is not None else DEFAULT_TOP_K,
-        confirm_folds=merged["confirm_folds"] or merged["folds"] or 2,
+        confirm_folds=merged["confirm_folds"] or DEFAULT_CONFIRM_FOLDS,
         bounds=merged["bounds"] or SpaceBounds().to_dict(),
     )
     try:

@@ -257,15 +257,15 @@ def test_run_confirms_by_default_and_confirm_only_resumes_without_retraining(tin
             if a != "--no-confirm"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "confirmation (2-fold x 1 on fresh folds, 2 epochs, new seeds)" in out and "recommended:" in out
+    assert "confirmation (3-fold x 1 on fresh folds, 2 epochs, new seeds)" in out and "recommended:" in out
     study = _study(tmp_path)
     decision = study.user_attrs["confirmation"]
     assert decision["candidates"][0]["key"] == "baseline" and len(decision["candidates"]) == 2
     companion = optuna.load_study(study_name=decision["companion_study"], storage=f"sqlite:///{tmp_path}/lungct.db")
-    assert len(companion.trials) == 4 and all(t.state == TrialState.COMPLETE for t in companion.trials)
-    # Fresh folds: another assignment than the search's, saved beside it.
+    assert len(companion.trials) == 6 and all(t.state == TrialState.COMPLETE for t in companion.trials)
+    # Fresh folds, 3 by default (each run trains on two thirds of the non-test scans), saved beside the search's.
     assert len(list((tmp_path / "splits").glob("folds-*-k2-r1-seed0.json"))) == 1
-    assert len(list((tmp_path / "splits").glob("folds-*-k2-r1-seed1.json"))) == 1
+    assert len(list((tmp_path / "splits").glob("folds-*-k3-r1-seed1.json"))) == 1
     fits = []
     real_fit = search.trainer.fit
     monkeypatch.setattr(search.trainer, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))

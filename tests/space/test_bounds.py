@@ -19,7 +19,8 @@ def test_spacebounds_defaults_span_the_architecture_space():
     assert set(bounds.block) == {"plain", "residual", "residual_inception"}
     assert set(bounds.activation) == {"relu", "leaky_relu", "elu", "gelu", "silu"}
     assert set(bounds.pooling) == {"max", "avg"}
-    assert set(bounds.norm) == {"batch", "instance", "none"}
+    assert set(bounds.norm) == {"batch"}  # per-scan and no normalisation only in full(): see SpaceBounds
+    assert set(SpaceBounds.full().norm) == {"batch", "instance", "none"}
     assert set(bounds.padding) == {"valid", "same"}
     assert bounds.head_layers == (0, 2)
     assert {100, 512} <= set(bounds.head_units)
