@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import time
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from search import schema
 from space import SpaceBounds, baseline_params
@@ -18,20 +20,76 @@ SAMPLERS = ("tpe", "random")
 OBJECTIVES = {"auc": "maximize", "params": "minimize", "flops": "minimize"}
 BASELINE_ATTR = schema.BASELINE
 BASELINE_NOTE_ATTR = schema.STUDY_BASELINE_NOTE
+# A query parameter whose name holds one of these (any case) carries a credential: ?password=, ?sslpassword=,
+# ?auth_token=, ?client_secret= ...
+SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token")
+MASK = "***"
+# How long a run that finds a study being created by another run waits for that run to store its settings.
+CREATION_WAIT_S = 60.0
+OPEN_ATTEMPTS = 3  # opening a new database retries when another run is creating its tables at that moment
+_SECRET_QUERY = re.compile(r"([?&;][^=&;#]*(?:" + "|".join(SECRET_WORDS) + r")[^=&;#]*=)[^&;#]*", re.IGNORECASE)
+_USERINFO = re.compile(r":[^:/@]*@")  # the ":password@" of "user:password@host"
 
 
 def default_storage(study: str, studies_dir: str | Path = "studies") -> str:
-    """``sqlite:///studies/<study>.db``, creating the folder."""
-    Path(studies_dir).mkdir(parents=True, exist_ok=True)
+    """``sqlite:///studies/<study>.db``, creating the folder.
+
+    Raises:
+        ValueError: The folder cannot be created.
+    """
+    try:
+        Path(studies_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--studies-dir: cannot create {studies_dir}: {e.strerror or e}") from None
     return f"sqlite:///{Path(studies_dir) / study}.db"
 
 
-def redact(url: str) -> str:
-    """The storage URL with any password masked, for printing."""
+def _is_secret(key: str) -> bool:
+    return any(word in key.lower() for word in SECRET_WORDS)
+
+
+def _parse(url: str) -> URL | None:
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return url.split("@")[-1] if "@" in url else url
+        return make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return None
+
+
+def _render(url: URL) -> str:
+    """``url`` as text; render_as_string quotes a masked query value, shown unquoted it reads as masked."""
+    return url.render_as_string(hide_password=False).replace("%2A%2A%2A", MASK)
+
+
+def redact(url: str) -> str:
+    """The storage URL with its password and every credential in its query masked: what is printed or written.
+
+    ``postgresql://alice:s3cret@db/optuna?sslpassword=x`` becomes ``postgresql://alice:***@db/optuna?sslpassword=***``.
+    """
+    parsed = _parse(url)
+    if parsed is None:  # not a URL SQLAlchemy reads; mask what looks like a password anyway
+        return _SECRET_QUERY.sub(rf"\1{MASK}", _USERINFO.sub(f":{MASK}@", url))
+    query = {k: (MASK if _is_secret(k) else v) for k, v in parsed.query.items()}
+    return _render(parsed.set(password=MASK if parsed.password is not None else None, query=query))
+
+
+def shareable_storage(url: str) -> str:
+    """:func:`redact`, with a SQLite database named by its file name alone: no local path in a shared file."""
+    parsed = _parse(redact(url))
+    if parsed is not None and parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        return _render(parsed.set(database=Path(parsed.database).name))
+    return redact(url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an error message about ``url``) with every password of the URL masked."""
+    parsed = _parse(url)
+    if parsed is None:
+        return text.replace(url, redact(url))
+    secrets = [parsed.password, *(v for k, v in parsed.query.items() if _is_secret(k))]
+    for value in (v for secret in secrets for v in (secret if isinstance(secret, tuple) else (secret,))):
+        if value:
+            text = text.replace(str(value), MASK)
+    return text
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -39,15 +97,35 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
     A trial whose process died (kill -9, power cut) stops beating; the next run marks it failed
     instead of leaving it RUNNING forever.
+
+    Raises:
+        ValueError: The URL cannot be read, its driver is missing, or the database cannot be opened or
+            created (e.g. a SQLite file in a folder that does not exist); one line, the password masked.
     """
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30,
-                                              grace_period=120)
-    except (ArgumentError, ValueError, ImportError) as e:
-        raise ValueError(f"storage: cannot open {redact(url)}: {e}") from None
+    attempt = 1
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30,
+                                                  grace_period=120)
+        except SQLAlchemyError as e:
+            # Two runs opening a new database at once both create its tables; the loser's "table studies
+            # already exists" (or its duplicate version row) means the tables are there now.
+            if attempt < OPEN_ATTEMPTS and (isinstance(e, IntegrityError) or "already exists" in str(e)):
+                attempt += 1
+                time.sleep(0.5)
+                continue
+            raise _open_error(url, e) from None
+        except (ArgumentError, ValueError, ImportError) as e:
+            raise _open_error(url, e) from None
+
+
+def _open_error(url: str, error: Exception) -> ValueError:
+    # SQLAlchemy's messages run over several lines ("(Background on this error at: ...)").
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return ValueError(_scrub(f"storage: cannot open {redact(url)}: {reason}", url))
 
 
 def make_pruner(name: str, max_folds: int) -> optuna.pruners.BasePruner:
@@ -74,17 +152,35 @@ def parse_objectives(text: str) -> tuple[str, ...]:
     return names
 
 
+def _study_names(storage: optuna.storages.BaseStorage) -> set[str]:
+    return {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+
+
 def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, seed: int, pruner: str,
                          max_folds: int, objectives: tuple[str, ...] = ("auc",),
-                         bounds: SpaceBounds | None = None, sampler: str = "tpe") -> tuple[optuna.Study, bool]:
-    """Open the study ``name`` or create it; a new study gets the seed baseline enqueued as trial 0.
+                         bounds: SpaceBounds | None = None, sampler: str = "tpe", attrs: dict | None = None,
+                         wait_s: float = CREATION_WAIT_S) -> tuple[optuna.Study, bool]:
+    """Open the study ``name`` or create it with ``attrs``; a new study gets the seed baseline enqueued as trial 0.
+
+    Several runs may start one study at once (processes on one machine, machines on one database). The
+    storage keeps study names unique, so exactly one of them creates it, and that run stores ``attrs`` at
+    once, with the objectives last as the mark that the study is complete. Every other run waits for
+    that mark and then reads the stored attrs, never its own: no two runs of a study train under two
+    settings, and none dies of Optuna's DuplicatedStudyError.
+
+    Args:
+        attrs: Study user attrs that a new study is created with (the run's settings); an existing study
+            keeps its own, and one that another run is creating is waited for until it is complete.
+        wait_s: How long to wait for that.
 
     Returns:
         The study, and whether it was created now.
 
     Raises:
-        ValueError: An existing study has other objectives than those asked for.
+        ValueError: An existing study has other objectives than those asked for, or still lacks ``attrs``
+            still lacks its objectives after ``wait_s`` (the run that created it died while creating it).
     """
+    attrs = attrs or {}
     directions = [OBJECTIVES[o] for o in objectives]
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
@@ -96,17 +192,28 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, see
         sampler_obj = optuna.samplers.NSGAIISampler(seed=seed)
     # Optuna does not prune multi-objective studies.
     pruner_obj = make_pruner(pruner, max_folds) if len(objectives) == 1 else optuna.pruners.NopPruner()
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if name in existing:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler_obj, pruner=pruner_obj)
-        stored = tuple(study.user_attrs.get(schema.STUDY_OBJECTIVES, ("auc",)))
-        if stored != objectives:
-            raise ValueError(f"objectives: study {name!r} was created with --objectives {','.join(stored)}; "
-                             f"use that, or a new --study name")
-        return study, False
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler_obj, pruner=pruner_obj,
-                                directions=directions)
-    study.set_user_attr(schema.STUDY_OBJECTIVES, list(objectives))
+    if name not in _study_names(storage):
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler_obj, pruner=pruner_obj,
+                                        directions=directions)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another run created it since we looked: it is loaded below like any existing study
+        else:
+            _initialise(study, objectives, bounds, attrs)
+            return study, True
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler_obj, pruner=pruner_obj)
+    _wait_until_created(study, wait_s)
+    stored = tuple(study.user_attrs.get(schema.STUDY_OBJECTIVES, ("auc",)))
+    if stored != objectives:
+        raise ValueError(f"objectives: study {name!r} was created with --objectives {','.join(stored)}; "
+                         f"use that, or a new --study name")
+    return study, False
+
+
+def _initialise(study: optuna.Study, objectives: tuple[str, ...], bounds: SpaceBounds | None, attrs: dict) -> None:
+    """A new study's attrs and baseline trial; the objectives go last, marking the study complete."""
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
     try:
         params = baseline_params(bounds)
     except ValueError as e:
@@ -115,7 +222,21 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, see
         study.set_user_attr(BASELINE_NOTE_ATTR, f"the seed baseline is not a trial of this study ({e})")
     else:
         study.enqueue_trial(params, user_attrs={BASELINE_ATTR: True})
-    return study, True
+    study.set_user_attr(schema.STUDY_OBJECTIVES, list(objectives))
+
+
+def _wait_until_created(study: optuna.Study, wait_s: float) -> None:
+    """Return once the study holds its objectives, the mark :func:`_initialise` writes last.
+
+    Another run may be creating it right now; studies made before the mark came last hold it too.
+    """
+    deadline = time.monotonic() + wait_s
+    while schema.STUDY_OBJECTIVES not in study.user_attrs:
+        if time.monotonic() >= deadline:
+            raise ValueError(f"study: {study.study_name!r} exists but was never completed (no stored objectives "
+                             f"after {wait_s:g} s): the run that created it may have died while creating it; "
+                             "start a new --study NAME")
+        time.sleep(0.2)
 
 
 def load_existing_study(name: str, storage_url: str) -> optuna.Study:
@@ -124,7 +245,7 @@ def load_existing_study(name: str, storage_url: str) -> optuna.Study:
     Raises:
         ValueError: No study of that name in the storage; the message lists the studies there.
     """
-    url = make_url(storage_url) if "://" in storage_url else None
+    url = _parse(storage_url)
     if url is not None and url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:") \
             and not Path(url.database).is_file():
         # Opening a missing SQLite file would create an empty database under a mistyped name.
