@@ -1,12 +1,33 @@
-"""The two kinds of expected bad input: a whole data set we cannot use, and one scan we must skip."""
+"""The two kinds of expected bad input (a whole data set we cannot use, one scan we must skip), and how to show them.
+
+File names, folder names and CSV cells come from whoever made the data; a control character in one
+(an escape sequence, a newline, a right-to-left override) must not reach the terminal raw, and a
+name that is not valid UTF-8 (held by Python as a lone surrogate) cannot be printed at all.
+"""
 
 
-class DataError(Exception):
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped as ``repr`` escapes it (``\\x1b``, ``\\n``).
+
+    Printable text, non-ASCII letters included, is left as it is, and so are backslashes: a repr'd
+    part of a message (``'\\x1b'``) is already printable and passes unchanged.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class _OneLineError(Exception):
+    """An error whose message is shown to a user: ``str()`` of it is one printable line."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
+
+
+class DataError(_OneLineError):
     """A data set cannot be used (missing root, unknown layout, too few scans in a class).
 
     Command-line entry points print its message as one line and exit non-zero, without a traceback.
     """
 
 
-class ScanError(Exception):
+class ScanError(_OneLineError):
     """One scan cannot be used; its message is the reason, shown next to the path when it is skipped."""
