@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct.errors import DataError
 from lungct.nifti import ScanMeta
 from lungct.records import PreprocessConfig
 
 # Bump when reading or preprocessing changes meaning, so old entries are not reused.
-CACHE_VERSION = 1
+# 2: headers with a NaN or zero voxel size or a degenerate affine are refused (1 read some of them).
+CACHE_VERSION = 2
 
 
 def file_key(path: str | Path) -> str:
@@ -36,7 +38,8 @@ def file_key(path: str | Path) -> str:
     p = Path(path).resolve()
     st = p.stat()
     ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|v{CACHE_VERSION}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+    # surrogateescape: a file name that is not valid UTF-8 (held as lone surrogates) still hashes.
+    return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def preprocess_key(config: PreprocessConfig) -> str:
@@ -71,6 +74,15 @@ class ScanCache:
         self.config = config
         self.volume_dir = self.root / preprocess_key(config)
         self.meta_dir = self.root / "meta"
+
+    def check_writable(self) -> None:
+        """Create the cache folder; one that cannot be created or written is a :class:`DataError`."""
+        try:
+            self.meta_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.meta_dir, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as e:
+            raise DataError(f"cache folder {self.root}: cannot write there ({e.strerror or e})") from None
 
     def volume_path(self, key: str) -> Path:
         """Where the volume for a file key lives."""

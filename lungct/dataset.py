@@ -79,13 +79,21 @@ def _decode_and_cache(path: str, config: PreprocessConfig, cache_dir: str | None
     # Workers share the machine's cores; one thread each avoids oversubscription.
     torch.set_num_threads(1)
     volume, meta = _decode(path, config)
-    if cache_dir is not None:
+    key = _key(path) if cache_dir is not None else None
+    if key is not None:
         cache = ScanCache(cache_dir, config)
-        key = file_key(path)
         cache.save_meta(key, meta)
         if volume is not None:
             cache.save_volume(key, volume)
     return volume, meta if isinstance(meta, str) else ""
+
+
+def _key(path: str) -> str | None:
+    """The scan's cache key, or None where the file cannot be looked at (gone since it was found)."""
+    try:
+        return file_key(path)
+    except OSError:
+        return None
 
 
 def _run_each(fn, arg_tuples: list[tuple], workers: int | None, bar: tqdm) -> list:
@@ -114,8 +122,9 @@ def _read_meta(path: str, cache_dir: str | None) -> nifti.ScanMeta | str:
         meta: nifti.ScanMeta | str = nifti.read_scan(path)[1]
     except ScanError as e:
         meta = str(e)
-    if cache_dir is not None:
-        ScanCache(cache_dir, PreprocessConfig()).save_meta(file_key(path), meta)
+    key = _key(path) if cache_dir is not None else None
+    if key is not None:
+        ScanCache(cache_dir, PreprocessConfig()).save_meta(key, meta)
     return meta
 
 
@@ -124,12 +133,18 @@ def read_metas(records: list[ScanRecord], cache_dir: str | Path | None = "studie
     """Every scan's metadata, or the reason it cannot be used, keyed by path (the cache answers first).
 
     This reads and validates each image in full, since truncation or non-finite voxels only show there.
+
+    Raises:
+        DataError: The cache folder cannot be written.
     """
     cache = ScanCache(cache_dir, PreprocessConfig()) if cache_dir is not None else None
+    if cache is not None:
+        cache.check_writable()
     found: dict[str, nifti.ScanMeta | str] = {}
     todo = []
     for record in records:
-        known = cache.load_meta(file_key(record.path)) if cache is not None else None
+        key = _key(record.path) if cache is not None else None
+        known = cache.load_meta(key) if key is not None else None
         if known is None:
             todo.append(record.path)
         else:
@@ -162,9 +177,14 @@ def load_scans(
 
     Returns:
         The scans that loaded, and the ones skipped with their reasons.
+
+    Raises:
+        DataError: The cache folder cannot be written.
     """
     start = time.perf_counter()
     cache = ScanCache(cache_dir, config) if cache_dir is not None else None
+    if cache is not None:
+        cache.check_writable()
     volumes: dict[int, np.ndarray] = {}
     skipped: dict[int, Skipped] = {}
     misses: list[int] = []
@@ -174,8 +194,8 @@ def load_scans(
         if cache is None:
             misses.append(i)
             continue
-        key = file_key(record.path)
-        known = cache.load_meta(key)
+        key = _key(record.path)
+        known = cache.load_meta(key) if key is not None else None
         if isinstance(known, str):
             skipped[i] = Skipped(record.path, known)
         elif known is not None and (volume := cache.load_volume(key)) is not None:

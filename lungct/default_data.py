@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lungct.errors import printable
+
 DEFAULT_N = 200
 DEFAULT_SEED = 0
 
@@ -36,7 +38,7 @@ def default_phantom_root(studies_dir: str | Path = "studies", n: int = DEFAULT_N
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     print(f"No --data given: generating the default set of {n} synthetic phantoms (seed {seed}) "
-          f"into {root}, once.", file=sys.stderr)
+          f"into {printable(str(root))}, once.", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
         generate_phantoms(tmp, n=n, seed=seed, matrix=matrix, progress=progress)

@@ -2,7 +2,9 @@
 
 Prints counts per category, the labels under the task, a summary of shapes, spacings and
 orientations, and every skipped file with its reason. Reading validates every image in full (a
-truncated file only shows there); what it finds is cached, so a second look is instant.
+truncated file only shows there); what it finds is cached, so a second look is instant. The counts
+come from the same discovery and the same reader that training uses, so they are what it would use.
+Given one NIfTI file, prints its geometry, or why it cannot be used.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 from lungct.dataset import read_metas
-from lungct.discover import Discovery, discover
-from lungct.errors import DataError
-from lungct.nifti import ScanMeta
+from lungct.discover import Discovery, discover, is_nifti
+from lungct.errors import DataError, ScanError, printable
+from lungct.nifti import ScanMeta, read_scan
 from lungct.records import CATEGORIES, TASKS, Skipped, get_task
 
 LAYOUT_NAMES = {"mosmeddata": "MosMedData", "folders": "category folders", "manifest": "CSV manifest"}
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lungct.inspect", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("root", metavar="ROOT_OR_MANIFEST",
-                   help="data folder (MosMedData or category folders) or CSV manifest")
+                   help="data folder (MosMedData or category folders), CSV manifest, or one NIfTI scan")
     p.add_argument("--task", default="course", choices=sorted(TASKS), help="which categories are labels 0 and 1")
     p.add_argument("--cache-dir", default="studies/cache", help="where what was read is cached")
     p.add_argument("--workers", type=int, default=None, help="processes reading scans (default: all cores)")
@@ -44,7 +46,8 @@ def format_report(found: Discovery, metas: dict[str, ScanMeta | str] | None) -> 
     task = found.task
     bad = {p: m for p, m in (metas or {}).items() if isinstance(m, str)}
     all_records = found.records + found.excluded
-    lines = [f"{found.root}  (layout: {LAYOUT_NAMES[found.layout]}; task {task.name}: {task.description})", ""]
+    lines = [f"{printable(str(found.root))}  (layout: {LAYOUT_NAMES[found.layout]}; "
+             f"task {task.name}: {task.description})", ""]
     lines.append(f"{'category':<10}{'scans':>7}{'unreadable':>12}  under the task")
     by_cat = Counter(r.category or f"label {r.label}" for r in all_records)
     bad_by_cat = Counter(r.category or f"label {r.label}" for r in all_records if r.path in bad)
@@ -78,20 +81,44 @@ def format_report(found: Discovery, metas: dict[str, ScanMeta | str] | None) -> 
         ]
     skipped = found.skipped + [Skipped(p, r) for p, r in sorted(bad.items())]
     if skipped:
-        lines += ["", f"skipped ({len(skipped)}):"] + [f"  {s.path}: {s.reason}" for s in skipped]
+        lines += ["", f"skipped ({len(skipped)}):"] + [f"  {s}" for s in skipped]
     return "\n".join(lines)
 
 
+def format_scan(path: Path, meta: ScanMeta) -> str:
+    """What one readable scan holds, as text."""
+    return "\n".join([
+        printable(str(path)),
+        f"  shape: {'x'.join(map(str, meta.shape))} (file axis order i x j x k)",
+        f"  spacing (mm): {' x '.join(f'{s:.3g}' for s in meta.spacing)}",
+        f"  orientation: {meta.orientation}; stored dtype: {meta.dtype}",
+        f"  HU range: {meta.hu_min:g} .. {meta.hu_max:g}",
+    ])
+
+
+def _inspect_scan(path: Path) -> int:
+    """Inspect one scan given on its own: its geometry, or a one-line error naming it."""
+    try:
+        meta = read_scan(str(path))[1]
+    except ScanError as e:
+        print(f"error: {printable(str(path))}: {e}", file=sys.stderr)
+        return 2
+    print(format_scan(path, meta))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Inspect a data set; print the report. Returns the exit code."""
+    """Inspect a data set, or one scan; print the report. Returns the exit code."""
     args = build_parser().parse_args(argv)
+    if is_nifti(Path(args.root)) and Path(args.root).is_file():
+        return _inspect_scan(Path(args.root))
     try:
         found = discover(Path(args.root), get_task(args.task))
+        metas = None if args.no_read else read_metas(found.records + found.excluded, args.cache_dir,
+                                                       workers=args.workers, progress=sys.stderr.isatty())
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    metas = None if args.no_read else read_metas(found.records + found.excluded, args.cache_dir,
-                                                   workers=args.workers, progress=sys.stderr.isatty())
     print(format_report(found, metas))
     return 0
 

@@ -7,14 +7,20 @@ orientation: D runs inferior to superior, H posterior to anterior, W right to le
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
+import math
+import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nibabel.openers import ImageOpener
 
 from lungct.errors import ScanError
 from lungct.records import PreprocessConfig
@@ -23,6 +29,18 @@ from lungct.records import PreprocessConfig
 # any voxel below this, the image is an MR image, a mask, or CT stored without its rescale.
 AIR_HU = -500.0
 MIN_AIR_FRACTION = 0.005
+
+# The most voxels a scan may claim: 512x512x2048, twice a thin-slice chest CT (512x512x~1000 at
+# 0.5 mm), room for whole-body scans. One float32 copy of that is 2 GiB, and reading and resizing a
+# scan make several copies in each worker process, so much more would exhaust an ordinary machine.
+MAX_VOXELS = 512 * 512 * 2048
+# DEFLATE (gzip) cannot compress better than 1032:1, so a .nii.gz can never hold more data than this
+# many times its size; a header claiming more is refused before nibabel allocates the array.
+MAX_GZIP_RATIO = 1032
+# Suffixes of compressions with no such bound (nibabel reads them); only MAX_VOXELS bounds those.
+_OTHER_COMPRESSIONS = (".bz2", ".zst")
+# Voxel axes this close to lying in one plane (|det| over the product of their lengths) give no orientation.
+MIN_AXIS_INDEPENDENCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -55,35 +73,28 @@ def read_scan(path: str) -> tuple[np.ndarray, ScanMeta]:
     """Read a NIfTI CT scan as float32 HU, reoriented to canonical RAS, as a (D, H, W) array.
 
     nibabel applies the header's scale slope and intercept, so int16, int32 and float files all
-    come back in HU.
+    come back in HU. The header is validated before any image data is read, so a header that
+    claims more voxels than the file can hold is refused without allocating them.
 
     Raises:
-        ScanError: The file is not NIfTI, is truncated or corrupt, is not a single 3D volume, has
-            non-finite or constant voxels, or does not look like CT in HU. The message is the reason.
+        ScanError: The file is not NIfTI, has no usable voxel-to-world geometry, claims more data
+            than the file holds or than :data:`MAX_VOXELS`, is truncated or corrupt, is not a single
+            3D volume, has non-finite or constant voxels, or does not look like CT in HU. The
+            message is the reason.
     """
+    image = _load_header(path)
+    shape = _volume_shape(image.header.get_data_shape())
+    _check_dtype(image.header)
+    _check_geometry(_raw_header(path, type(image.header)), image.header)
+    _check_claimed_size(path, image, shape)
     try:
-        image = nib.load(path)
-    except (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as e:
-        raise ScanError(f"not a readable NIfTI file ({_short(e)})") from None
-    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise ScanError(f"not a NIfTI image (nibabel reads it as {type(image).__name__})")
-    shape = tuple(int(s) for s in image.shape)
-    # Trailing singleton axes (a 4D file holding one volume) are harmless; anything else is not one 3D CT.
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) > 3:
-        raise ScanError(f"{len(shape)}D image of shape {shape}: expected one 3D CT volume")
-    if len(shape) < 3 or min(shape) < 2:
-        raise ScanError(f"2D image of shape {tuple(image.shape)}: expected a 3D CT volume")
-    if len(image.shape) > 3:
-        image = nib.Nifti1Image(np.asanyarray(image.dataobj).reshape(shape), image.affine, image.header)
-    stored = "".join(nib.aff2axcodes(image.affine))
-    zooms = image.header.get_zooms()[:3]
-    try:
-        image = nib.as_closest_canonical(image)
-        volume = image.get_fdata(dtype=np.float32)
+        # Overflow in a huge scale slope shows as non-finite voxels, refused below with that reason.
+        with np.errstate(all="ignore"):
+            volume, stored, zooms = _read_canonical(image, shape)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as e:
         raise ScanError(f"truncated or corrupt image data ({_short(e)})") from None
+    except MemoryError:
+        raise ScanError(f"not enough memory to read {math.prod(shape):,} voxels") from None
     n_bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
     if n_bad:
         raise ScanError(f"{n_bad} non-finite voxels (NaN or inf)")
@@ -98,12 +109,121 @@ def read_scan(path: str) -> tuple[np.ndarray, ScanMeta]:
         shape=shape,
         spacing=tuple(round(float(z), 4) for z in zooms),
         orientation=stored,
-        dtype=str(image.get_data_dtype()),
+        dtype=str(image.header.get_data_dtype()),
         hu_min=lo,
         hu_max=hi,
     )
     # nibabel's canonical array is (x, y, z); the model wants slices first.
     return np.ascontiguousarray(volume.transpose(2, 1, 0)), meta
+
+
+def _read_canonical(image: nib.Nifti1Image | nib.Nifti2Image,
+                    shape: tuple[int, int, int]) -> tuple[np.ndarray, str, tuple[float, ...]]:
+    """The image data as float32 in canonical RAS (x, y, z), the stored axis codes, and the voxel size."""
+    if len(image.shape) > 3:
+        image = nib.Nifti1Image(np.asanyarray(image.dataobj).reshape(shape), image.affine, image.header)
+    stored = "".join(nib.aff2axcodes(image.affine))
+    zooms = tuple(image.header.get_zooms()[:3])
+    return nib.as_closest_canonical(image).get_fdata(dtype=np.float32), stored, zooms
+
+
+# What nibabel raises on a file it cannot parse as an image header.
+_HEADER_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
+                  nib.spatialimages.HeaderTypeError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError)
+
+
+@contextlib.contextmanager
+def _nibabel_quiet() -> Iterator[None]:
+    """Keep nibabel's header messages ("setting 0 dims to 1") off the terminal; a scan's problem is its reason."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _load_header(path: str) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The image with its header parsed and its data not yet read (nibabel reads data lazily)."""
+    try:
+        with _nibabel_quiet():
+            image = nib.load(path)
+    except _HEADER_ERRORS as e:
+        raise ScanError(f"not a readable NIfTI file ({_short(e)})") from None
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise ScanError(f"not a NIfTI image (nibabel reads it as {type(image).__name__})")
+    return image
+
+
+def _raw_header(path: str, header_class: type[nib.Nifti1Header]) -> nib.Nifti1Header:
+    """The header exactly as stored: ``nib.load`` silently replaces a zero voxel size with 1."""
+    try:
+        with ImageOpener(path) as fh:
+            return header_class.from_fileobj(fh, check=False)
+    except _HEADER_ERRORS as e:
+        raise ScanError(f"not a readable NIfTI file ({_short(e)})") from None
+
+
+def _volume_shape(stored: tuple[int, ...]) -> tuple[int, int, int]:
+    """The 3D shape of one volume, from the header's shape; anything else is not one CT volume."""
+    shape = tuple(int(s) for s in stored)
+    # Trailing singleton axes (a 4D file holding one volume) are harmless; anything else is not one 3D CT.
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 3:
+        raise ScanError(f"{len(shape)}D image of shape {shape}: expected one 3D CT volume")
+    if len(shape) == 3 and min(shape) < 1:
+        raise ScanError(f"image of shape {shape} has an axis of no voxels: a corrupt header")
+    if len(shape) < 3 or min(shape) < 2:
+        raise ScanError(f"2D image of shape {tuple(stored)}: expected a 3D CT volume")
+    return shape
+
+
+def _check_dtype(header: nib.Nifti1Header) -> None:
+    """Refuse voxels that are not real numbers (complex, RGB): no CT scanner stores those."""
+    dtype = header.get_data_dtype()
+    if dtype.kind not in "iuf":
+        raise ScanError(f"voxels stored as {dtype} are not real numbers (complex or RGB): not a CT volume in HU")
+
+
+def _check_geometry(raw: nib.Nifti1Header, header: nib.Nifti1Header) -> None:
+    """Refuse a voxel size or voxel-to-world matrix that reorienting would choke on (NaN, zero, degenerate)."""
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if not (np.isfinite(pixdim).all() and (pixdim != 0).all()):
+        raise ScanError(f"voxel size pixdim[1:4] = ({', '.join(f'{p:g}' for p in pixdim)}) in the header "
+                        "is not finite and non-zero")
+    source = "sform" if header["sform_code"] else "qform" if header["qform_code"] else "pixdim"
+    try:
+        with _nibabel_quiet(), np.errstate(all="ignore"):
+            affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    except (nib.spatialimages.HeaderDataError, ValueError, np.linalg.LinAlgError) as e:
+        raise ScanError(f"unusable {source} voxel-to-world matrix ({_short(e)})") from None
+    if not np.isfinite(affine).all():
+        raise ScanError(f"the {source} voxel-to-world matrix holds NaN or inf")
+    axes = affine[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    # |det| over the product of the axis lengths is 1 for perpendicular axes and 0 for axes in one plane.
+    if lengths.min() == 0 or abs(np.linalg.det(axes)) / lengths.prod() < MIN_AXIS_INDEPENDENCE:
+        raise ScanError(f"degenerate {source} voxel-to-world matrix (an axis of zero length, or axes in one "
+                        "plane): the scan's orientation is unknown")
+
+
+def _check_claimed_size(path: str, image: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, int, int]) -> None:
+    """Refuse a header claiming more voxels than :data:`MAX_VOXELS`, or more bytes than the file can hold."""
+    n_voxels = math.prod(shape)
+    if n_voxels > MAX_VOXELS:
+        raise ScanError(f"header claims {'x'.join(map(str, shape))} = {n_voxels:,} voxels, more than the "
+                        f"{MAX_VOXELS:,} a CT volume may have")
+    # The proxy's offset is where nibabel will read from; the loaded header's copy may say 0.
+    claimed = int(image.dataobj.offset) + n_voxels * image.header.get_data_dtype().itemsize
+    size = os.path.getsize(path)
+    if path.lower().endswith(".gz"):
+        if claimed > size * MAX_GZIP_RATIO:
+            raise ScanError(f"header claims {claimed:,} bytes of image data, more than a {size:,}-byte gzip "
+                            f"file can hold (at most {MAX_GZIP_RATIO}:1): a corrupt or hostile header")
+    elif not path.lower().endswith(_OTHER_COMPRESSIONS) and claimed > size:
+        raise ScanError(f"truncated: header claims {claimed:,} bytes of image data, the file holds {size:,}")
 
 
 def _short(e: BaseException) -> str:

@@ -58,7 +58,7 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm import tqdm
 
 from lungct.discover import REGISTRY_NAME
-from lungct.errors import DataError
+from lungct.errors import DataError, printable
 from lungct.records import CATEGORIES
 
 # Bump when the generator's output changes, so a saved set is known to be stale.
@@ -1014,13 +1014,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"{parser.prog}: error: {e.strerror or e} ({e.filename or args.out})", file=sys.stderr)
+        print(f"{parser.prog}: error: {printable(str(e.strerror or e))} ({printable(str(e.filename or args.out))})",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; no registry was written", file=sys.stderr)
         return 130
     counts = ", ".join(f"{c} {k}" for c, k in class_counts(args.n).items() if k)
-    print(f"wrote {len(infos)} phantoms to {args.out} ({counts})")
+    print(f"wrote {len(infos)} phantoms to {printable(str(args.out))} ({counts})")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import asdict, dataclass
 
+from lungct.errors import printable
+
 CATEGORIES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 # The Keras tutorial's archives pool CT-2 and CT-3 into one folder.
 POOLED_CATEGORIES = {"CT-23": ("CT-2", "CT-3")}
@@ -34,6 +36,10 @@ class Skipped:
 
     path: str
     reason: str
+
+    def __str__(self) -> str:
+        """``path: reason`` as one printable line (control characters in a file name escaped)."""
+        return f"{printable(self.path)}: {printable(self.reason)}"
 
 
 @dataclass(frozen=True)
