@@ -40,8 +40,14 @@ class Split:
 
     @classmethod
     def from_dict(cls, d: dict) -> Split:
-        """Inverse of :meth:`to_dict`."""
-        return cls(tuple(d["train"]), tuple(d["val"]), tuple(d["test"]), int(d["seed"]), d["fingerprint"])
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            KeyError, TypeError, ValueError: A field is missing or invalid, a part lists an id twice, or two
+                parts share an id (a test scan in train would be trained on, then "held out").
+        """
+        parts = check_parts({"train": d["train"], "val": d["val"], "test": d["test"]})
+        return cls(parts["train"], parts["val"], parts["test"], int(d["seed"]), str(d["fingerprint"]))
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,33 @@ class Fold:
     fold: int
     train: tuple[str, ...]
     val: tuple[str, ...]
+
+
+def _few(ids: list[str], most: int = 3) -> str:
+    return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
+
+
+def check_parts(parts: dict[str, object]) -> dict[str, tuple[str, ...]]:
+    """The parts of a split or fold as tuples of study ids, each id in one part only, and once.
+
+    Raises:
+        ValueError: A part is not a list of ids, lists an id twice, or shares an id with another part; the
+            message names the part.
+    """
+    checked: dict[str, tuple[str, ...]] = {}
+    for name, ids in parts.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"{name}: expected a list of study ids, got {type(ids).__name__}")
+        twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if twice:
+            raise ValueError(f"the {name} part lists {_few(twice)} twice")
+        for other, other_ids in checked.items():
+            shared = sorted(set(ids) & set(other_ids))
+            if shared:
+                raise ValueError(f"the {name} part shares {len(shared)} id{'s' * (len(shared) > 1)} with {other} "
+                                 f"({_few(shared)}); the parts must be disjoint")
+        checked[name] = tuple(ids)
+    return checked
 
 
 def fingerprint(records: list[ScanRecord]) -> str:
@@ -107,7 +140,7 @@ def load_or_make_split(records: list[ScanRecord], split_dir: str | Path = "studi
         try:
             split = Split.from_dict(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path}: unreadable split file ({e}); delete it to make a new split") from None
+            raise DataError(f"{path}: invalid split file: {e}; delete it to make a new split") from None
         if split.fingerprint != fp or set(split.train + split.val + split.test) != {r.study_id for r in records}:
             raise DataError(f"{path}: the saved split does not match this data set; delete it to make a new one")
         return split, path
@@ -132,6 +165,15 @@ def kfold(records: list[ScanRecord], k: int = 5, repeats: int = 1, seed: int = 0
     return folds
 
 
+def _fold_from_dict(d: dict) -> Fold:
+    """One saved fold, its train and validation parts checked to be disjoint."""
+    try:
+        parts = check_parts({"train": d["train"], "val": d["val"]})
+    except ValueError as e:
+        raise ValueError(f"fold {int(d['fold']) + 1} of repeat {int(d['repeat']) + 1}: {e}") from None
+    return Fold(int(d["repeat"]), int(d["fold"]), parts["train"], parts["val"])
+
+
 def load_or_make_folds(records: list[ScanRecord], split_dir: str | Path = "studies/splits", k: int = 5,
                        repeats: int = 1, seed: int = 0) -> tuple[list[Fold], Path]:
     """The saved k-fold assignment for this data set, k, repeats and seed, made and saved first if absent."""
@@ -140,9 +182,9 @@ def load_or_make_folds(records: list[ScanRecord], split_dir: str | Path = "studi
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            folds = [Fold(f["repeat"], f["fold"], tuple(f["train"]), tuple(f["val"])) for f in saved["folds"]]
+            folds = [_fold_from_dict(f) for f in saved["folds"]]
         except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path}: unreadable folds file ({e}); delete it to make new folds") from None
+            raise DataError(f"{path}: invalid folds file: {e}; delete it to make new folds") from None
         if saved.get("fingerprint") != fp:
             raise DataError(f"{path}: the saved folds do not match this data set; delete it to make new ones")
         return folds, path

@@ -63,6 +63,52 @@ def test_load_or_make_split_rejects_a_tampered_file(tmp_path):
         load_or_make_split(records, tmp_path)
 
 
+def _tamper(path, change):
+    saved = json.loads(path.read_text())
+    change(saved)
+    path.write_text(json.dumps(saved))
+
+
+def _move_test_id_into_train(saved):
+    saved["train"].append(saved["test"][0])
+
+
+def _duplicate_a_train_id(saved):
+    saved["train"].append(saved["train"][0])
+
+
+def _duplicate_a_val_id_in_test(saved):
+    saved["test"].append(saved["val"][0])
+
+
+def _test_ids_as_a_string(saved):
+    saved["test"] = "study_0001"
+
+
+@pytest.mark.parametrize("change, message", [
+    (_move_test_id_into_train, r"test part shares 1 id with train \(study_\d+\)"),
+    (_duplicate_a_train_id, r"train part lists study_\d+ twice"),
+    (_duplicate_a_val_id_in_test, r"test part shares 1 id with val"),
+    (_test_ids_as_a_string, r"test: expected a list of study ids"),
+])
+def test_load_or_make_split_rejects_parts_that_overlap_or_repeat_an_id(tmp_path, change, message):
+    records = _records()
+    _, path = load_or_make_split(records, tmp_path)
+    _tamper(path, change)
+    with pytest.raises(DataError, match=message) as caught:
+        load_or_make_split(records, tmp_path)
+    assert str(caught.value).startswith(f"{path}: ") and len(str(caught.value).splitlines()) == 1
+
+
+def test_load_or_make_folds_rejects_a_fold_whose_parts_overlap(tmp_path):
+    records = _records()
+    _, path = load_or_make_folds(records, tmp_path, k=3)
+    _tamper(path, lambda saved: saved["folds"][1]["train"].append(saved["folds"][1]["val"][0]))
+    with pytest.raises(DataError, match=r"fold 2 of repeat 1: the val part shares 1 id with train") as caught:
+        load_or_make_folds(records, tmp_path, k=3)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
 def test_kfold_puts_each_study_in_validation_once_per_repeat():
     records = _records()
     folds = kfold(records, k=5, repeats=2, seed=0)
