@@ -273,27 +273,32 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--confirm-only: no study {args.study!r} in {redact(storage_url)} to confirm "
                              "(run python -m search.run first)")
         settings, fidelity_line = resolve_settings(args, stored, device)
-        print(f"study {args.study!r} in {redact(storage_url)} ({'resumed' if stored else 'new'})")
+        prepared = _prepare(args, settings)
+        # Creating the study and storing its settings is one step (search.study.create_or_load_study).
+        study, created = create_or_load_study(
+            args.study, storage, seed=settings.seed, pruner=args.pruner, max_folds=settings.folds,
+            objectives=objectives, bounds=settings.space(), sampler=args.sampler,
+            attrs={schema.STUDY_DATA_SUMMARY: prepared.summary(), schema.STUDY_BOUNDS: settings.space().to_dict(),
+                   SETTINGS_ATTR: settings.to_dict()})
+        if not created and not stored:
+            # Another run created the study while this one loaded its data: the study's settings hold, and a
+            # flag that contradicts them is the usual one-line error.
+            stored = study.user_attrs.get(SETTINGS_ATTR) or {}
+            joined, fidelity_line = resolve_settings(args, stored, device)
+            if _data_key(joined) != _data_key(settings):
+                prepared = _prepare(args, joined)
+            settings = joined
+        print(f"study {args.study!r} in {redact(storage_url)} ({'new' if created else 'resumed'})")
         print(fidelity_line)
-        root = resolve_data_root(settings.data, args.studies_dir, settings.n_phantoms, 0)
-        prepared = prepare_data(root, PreprocessConfig(size=settings.size), task=settings.task,
-                                seed=settings.split_seed, studies_dir=args.studies_dir, workers=args.workers,
-                                progress=sys.stderr.isatty())
         print(describe(prepared))
-        study, created = create_or_load_study(args.study, storage, seed=settings.seed, pruner=args.pruner,
-                                              max_folds=settings.folds, objectives=objectives,
-                                              bounds=settings.space(), sampler=args.sampler)
         folds = search_folds(prepared, settings.folds, args.studies_dir, settings.split_seed)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if created and study.user_attrs.get(schema.STUDY_BASELINE_NOTE):
         print(f"note: {study.user_attrs[schema.STUDY_BASELINE_NOTE]}")
-    if created or (stored is not None and any(stored.get(k) != settings.to_dict()[k] for k in CONFIRM_SETTINGS)):
+    if not created and (not stored or any(stored.get(k) != settings.to_dict()[k] for k in CONFIRM_SETTINGS)):
         study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
-    if created:
-        study.set_user_attr(schema.STUDY_DATA_SUMMARY, prepared.summary())
-        study.set_user_attr(schema.STUDY_BOUNDS, settings.space().to_dict())
 
     amp = choose_fidelity(device, settings.size, settings.epochs).amp
     interrupted = stage = None
@@ -362,6 +367,18 @@ def _confirm(args: argparse.Namespace, study: optuna.Study, storage, prepared: P
         return False
     print(format_decision(decision))
     return False
+
+
+def _prepare(args: argparse.Namespace, settings: RunSettings) -> PreparedData:
+    """The study's data: train and validation parts only, at its size, task and split."""
+    root = resolve_data_root(settings.data, args.studies_dir, settings.n_phantoms, 0)
+    return prepare_data(root, PreprocessConfig(size=settings.size), task=settings.task, seed=settings.split_seed,
+                        studies_dir=args.studies_dir, workers=args.workers, progress=sys.stderr.isatty())
+
+
+def _data_key(settings: RunSettings) -> tuple:
+    """The settings that decide which data is loaded, and how."""
+    return settings.data, settings.n_phantoms, settings.task, settings.size, settings.split_seed
 
 
 def _stored_settings(storage, name: str) -> dict | None:

@@ -1,7 +1,13 @@
-"""A tiny labelled data set for search tests, made once per session."""
+"""A tiny labelled data set for search tests, made once per session; precision pinning; a spy on scan loading."""
+
+import json
 
 import pytest
 
+import lungct.nifti
+import search.data
+from lungct.discover import discover
+from search.precision import PRECISION_ENV
 from tests.conftest import make_mosmed
 
 
@@ -9,3 +15,42 @@ from tests.conftest import make_mosmed
 def tiny_data(tmp_path_factory):
     """30 scans in the MosMedData layout: 12 CT-0, 12 CT-2/CT-3 (the task's), 2 CT-1 (excluded)."""
     return make_mosmed(tmp_path_factory.mktemp("tinydata"), {"CT-0": 12, "CT-1": 2, "CT-2": 8, "CT-3": 4})
+
+
+@pytest.fixture
+def float32(monkeypatch):
+    """Train in float32 whatever this CPU's bf16 does, so what a test asserts holds on every host."""
+    monkeypatch.setenv(PRECISION_ENV, "float32")
+
+
+class ScanSpy:
+    """Records the study ids of the scans lungct's loader is asked for, and the path of every scan it reads."""
+
+    def __init__(self, monkeypatch):
+        self.asked: set[str] = set()
+        self.read: set[str] = set()
+        real_load, real_read = search.data.load_scans, lungct.nifti.read_scan
+
+        def load(records, *args, **kwargs):
+            self.asked |= {r.study_id for r in records}
+            return real_load(records, *args, **kwargs)
+
+        def read(path, *args, **kwargs):  # decoding runs in this process with --workers 1
+            self.read.add(str(path))
+            return real_read(path, *args, **kwargs)
+
+        monkeypatch.setattr(search.data, "load_scans", load)
+        monkeypatch.setattr(lungct.nifti, "read_scan", read)
+
+
+def locked_test_part(studies_dir, data) -> tuple[set[str], set[str]]:
+    """The study ids of the split file's test part, and the paths of their scans."""
+    (split_file,) = (studies_dir / "splits").glob("split-*.json")
+    test = set(json.loads(split_file.read_text())["test"])
+    return test, {str(r.path) for r in discover(data, "course").records if r.study_id in test}
+
+
+@pytest.fixture
+def scan_spy(monkeypatch) -> ScanSpy:
+    """A :class:`ScanSpy` for one test."""
+    return ScanSpy(monkeypatch)

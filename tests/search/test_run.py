@@ -1,12 +1,20 @@
+import json
+import math
+
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
+import search.run
 import search.trainer
+from lungct.discover import discover
+from lungct.splits import load_or_make_split
 from search.run import main
 from search.study import redact
 from search.train import NonFiniteLossError
+from space import ArchSpec, cost
+from tests.search.conftest import locked_test_part
 
 # 16x16x32: the seed baseline's four levels fit ('same' padding); no confirmation unless a test asks for it.
 SMALL = ["--size", "16", "16", "32", "--epochs", "2", "--workers", "1", "--no-confirm"]
@@ -38,17 +46,83 @@ def test_run_three_trials_store_the_baseline_first_with_costs(tiny_data, tmp_pat
     assert "study 'lungct'" in out and "optuna-dashboard sqlite:///" in out and "(seed baseline)" in out
 
 
-def test_run_again_resumes_the_same_study_and_keeps_its_settings(tiny_data, tmp_path, capsys):
+def test_run_again_resumes_the_same_study_and_keeps_its_settings(tiny_data, tmp_path, capsys, float32):
     assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
-    assert main(["--studies-dir", str(tmp_path), "--data", str(tiny_data), "--trials", "2"]) == 0
+    # No --size or --epochs: the defaults (a larger input, more epochs) must not apply to this study.
+    assert main(["--studies-dir", str(tmp_path), "--data", str(tiny_data), "--trials", "2", "--workers", "1",
+                 "--no-confirm"]) == 0
     study = _study(tmp_path)
     assert len(study.trials) == 3
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
     assert study.user_attrs["settings"]["size"] == [16, 16, 32]
     assert "resumed" in capsys.readouterr().out
-    # What the resumed run did: the study's own 2 folds x 2 epochs per trial, at the stored size.
-    resumed = [t for t in study.trials[1:] if t.state == TrialState.COMPLETE]
-    assert all(t.user_attrs["epochs_run"] == 4 and len(t.user_attrs["fold_aucs"]) == 2 for t in resumed)
+    # What the resumed run did: the study's own 2 folds x 2 epochs per trial, at the stored size, in float32.
+    resumed = study.trials[1:]
+    assert all(t.state == TrialState.COMPLETE for t in resumed), [t.user_attrs.get("prune_reason") for t in resumed]
+    for t in resumed:
+        assert t.user_attrs["epochs_run"] == 4 and len(t.user_attrs["fold_aucs"]) == 2
+        curves = t.user_attrs["train_loss"]  # the learning curve: per fold, the mean loss of each epoch
+        assert [len(c) for c in curves] == [2, 2] and all(math.isfinite(x) for c in curves for x in c)
+        assert t.user_attrs["precision"] == ["float32", "float32"]
+        # The cost is of the spec at the stored 16x16x32 input, not at the default size.
+        spec = ArchSpec.from_dict(t.user_attrs["spec"])
+        assert t.user_attrs["gflops"] == pytest.approx(cost(spec, (16, 16, 32)).gflops)
+
+
+def test_run_started_while_another_creates_the_study_trains_under_the_study_settings(tiny_data, tmp_path,
+                                                                                     monkeypatch, capsys, float32):
+    """Two first runs of one study at once: the one that loses the race adopts the winner's settings."""
+    real_prepare = search.run.prepare_data
+    sizes = []
+
+    def racing_prepare(root, config, **kwargs):
+        sizes.append(config.size)
+        if len(sizes) == 1:  # the second run is loading its data when the first one creates the study
+            assert main(_args(tiny_data, tmp_path, "--trials", "1", "--epochs", "1")) == 0
+        return real_prepare(root, config, **kwargs)
+
+    monkeypatch.setattr(search.run, "prepare_data", racing_prepare)
+    # No --size or --epochs: alone, this run would make a study of the defaults.
+    assert main(["--studies-dir", str(tmp_path), "--data", str(tiny_data), "--trials", "1", "--workers", "1",
+                 "--no-confirm"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(new)") == 1 and out.count("(resumed)") == 1
+    study = _study(tmp_path)
+    assert study.user_attrs["settings"]["size"] == [16, 16, 32] and study.user_attrs["settings"]["epochs"] == 1
+    first, second = study.trials
+    assert first.user_attrs["epochs_run"] == second.user_attrs["epochs_run"] == 2  # 2 folds x the study's 1 epoch
+    assert sizes[-1] == (16, 16, 32)  # its data is loaded again at the study's size
+
+
+def test_run_started_while_another_creates_the_study_refuses_other_flags(tiny_data, tmp_path, monkeypatch, capsys,
+                                                                         float32):
+    real_prepare = search.run.prepare_data
+    calls = []
+
+    def racing_prepare(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            assert main(_args(tiny_data, tmp_path, "--trials", "1", "--epochs", "1")) == 0
+            capsys.readouterr()
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(search.run, "prepare_data", racing_prepare)
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--epochs", "3")) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: study settings: this study was run with epochs=1")
+    assert len(captured.err.strip().splitlines()) == 1 and "(new)" not in captured.out
+    assert len(_study(tmp_path).trials) == 1  # only the first run's trial
+
+
+def test_run_never_reads_a_scan_of_the_locked_test_part(tiny_data, tmp_path, scan_spy, float32):
+    args = [a for a in _args(tiny_data, tmp_path, "--trials", "2", "--epochs", "1", "--confirm-top", "1",
+                             "--confirm-epochs", "1") if a != "--no-confirm"]
+    assert main(args) == 0
+    assert "confirmation" in _study(tmp_path).user_attrs  # the confirmation stage ran too
+    test_ids, test_paths = locked_test_part(tmp_path, tiny_data)
+    assert test_ids and len(test_paths) == len(test_ids)
+    assert scan_spy.asked and not scan_spy.asked & test_ids
+    assert scan_spy.read and not scan_spy.read & test_paths  # decoded: train and val scans only
 
 
 def test_run_refuses_other_settings_for_an_existing_study(tiny_data, tmp_path, capsys):
@@ -85,6 +159,35 @@ def test_run_ctrl_c_leaves_no_running_trial(tiny_data, tmp_path, monkeypatch, ca
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert trials[-1].state == TrialState.FAIL and trials[-1].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
     assert "Resume with:" in capsys.readouterr().err
+
+
+def test_run_ctrl_c_resume_hint_masks_the_storage_password(tiny_data, tmp_path, monkeypatch, capsys):
+    def interrupting_fit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.trainer, "fit", interrupting_fit)
+    storage = f"sqlite:///{tmp_path}/lungct.db?password=s3cret"
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--storage", storage)) == 130
+    captured = capsys.readouterr()
+    assert "Resume with:" in captured.err and f"--storage sqlite:///{tmp_path}/lungct.db?password=***" in captured.err
+    assert "s3cret" not in captured.out + captured.err
+
+
+def test_run_refuses_a_split_file_whose_test_part_overlaps_train(tiny_data, tmp_path, capsys):
+    _, path = load_or_make_split(discover(tiny_data, "course").records, tmp_path / "splits")
+    saved = json.loads(path.read_text())
+    saved["train"].append(saved["test"][0])  # a test scan that the search would train on
+    path.write_text(json.dumps(saved))
+    assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {path}: invalid split file: the test part shares 1 id with train")
+    assert len(captured.err.strip().splitlines()) == 1 and "held out" not in captured.out
+
+
+def test_run_storage_that_cannot_be_opened_is_a_one_line_error(tmp_path, capsys):
+    assert main(["--studies-dir", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/missing/x.db"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: storage: cannot open") and len(err.strip().splitlines()) == 1
 
 
 def test_run_non_finite_loss_prunes_the_trial_with_its_reason(tiny_data, tmp_path, monkeypatch):
