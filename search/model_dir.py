@@ -18,18 +18,19 @@ import contextlib
 import io
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from lungct.records import PreprocessConfig, Task
 from search.routing import class_names
-from space import ArchSpec, SpecNet, TrainSpec, build
+from space import ArchSpec, SpecInputError, SpecNet, TrainSpec, build, check_input_size
 
 FORMAT_VERSION = 1
 SPEC = "spec.json"
@@ -46,6 +47,10 @@ ONNX_INPUT = "volume"
 ONNX_OUTPUT = "logit"
 # Exported and reloaded models must agree this closely on the same input (float32 logits).
 TOLERANCE = 1e-4
+# The largest input size a model folder may ask for: 16x the seed's 64x128x128 (256 MiB of float32 per
+# scan, about 4 GiB per 64-channel feature map). A larger size is a corrupt or hostile preprocess.json,
+# on which predict would try to allocate tens of GB.
+MAX_INPUT_VOXELS = 256**3
 
 
 class ModelDirError(ValueError):
@@ -104,14 +109,51 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelInfo:
-        """Inverse of :meth:`to_dict`.
+        """Inverse of :meth:`to_dict`, checking every field that predict relies on.
 
         Raises:
-            KeyError, TypeError, ValueError: A field is missing or invalid.
+            KeyError, TypeError, ValueError: A field is missing or invalid; a ValueError names the field.
         """
-        return cls(PreprocessConfig.from_dict(data["preprocess"]), str(data["task"]),
-                   str(data.get("task_description", "")), tuple(data["negative"]), tuple(data["positive"]),
-                   (str(data["classes"][0]), str(data["classes"][1])), float(data.get("threshold", 0.5)))
+        pre = data["preprocess"]
+        if not isinstance(pre, dict):
+            raise ValueError(f"preprocess: expected an object with size, hu_min and hu_max, got {pre!r}")
+        size = _input_size(pre["size"])
+        hu_min, hu_max = _number("preprocess.hu_min", pre["hu_min"]), _number("preprocess.hu_max", pre["hu_max"])
+        if not hu_min < hu_max:
+            raise ValueError(f"preprocess.hu_min: the HU window must run upwards, got [{hu_min:g}, {hu_max:g}]")
+        classes = data["classes"]
+        if not isinstance(classes, list) or len(classes) != 2 or not all(isinstance(c, str) for c in classes):
+            raise ValueError(f"classes: expected the names of label 0 and label 1, got {classes!r}")
+        return cls(PreprocessConfig(size, hu_min, hu_max), str(data["task"]),
+                   str(data.get("task_description", "")), _names("negative", data["negative"]),
+                   _names("positive", data["positive"]), (classes[0], classes[1]),
+                   _number("threshold", data.get("threshold", 0.5), 0.0, 1.0))
+
+
+def _number(field: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a float if it is a finite number in [low, high]; else a ValueError naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        where = f" in [{low:g}, {high:g}]" if math.isfinite(low) and math.isfinite(high) else ""
+        raise ValueError(f"{field}: expected a finite number{where}, got {value!r}")
+    return float(value)
+
+
+def _input_size(value: object) -> tuple[int, int, int]:
+    """A model's input (D, H, W): three positive integers, at most :data:`MAX_INPUT_VOXELS` voxels."""
+    if not isinstance(value, list) or len(value) != 3 \
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise ValueError(f"preprocess.size: expected three positive integers (D, H, W), got {value!r}")
+    if math.prod(value) > MAX_INPUT_VOXELS:
+        raise ValueError(f"preprocess.size: {'x'.join(map(str, value))} is {math.prod(value):,} voxels, above the "
+                         f"cap of {MAX_INPUT_VOXELS:,} (search.model_dir.MAX_INPUT_VOXELS)")
+    return value[0], value[1], value[2]
+
+
+def _names(field: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{field}: expected a list of category names, got {value!r}")
+    return tuple(value)
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -147,12 +189,36 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _reason(error: Exception) -> str:
+    """A field error as one line: a ValueError already names its field; a missing key is named here."""
+    if isinstance(error, KeyError):
+        return f"missing field {error}"
+    return str(error) if isinstance(error, ValueError) else f"invalid ({type(error).__name__}: {error})"
+
+
+def _mismatch(expected: dict[str, tuple], stored: dict[str, tuple]) -> str | None:
+    """How a state dict's names and shapes differ from the spec's, in a few words, or None."""
+    missing, unexpected = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+    if missing or unexpected:
+        parts = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        return "; ".join(parts)
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            return f"{key} has shape {list(stored[key])}, the spec's is {list(shape)}"
+    return None
+
+
 def load_model(directory: str | Path) -> tuple[SpecNet, PreprocessConfig, ModelInfo]:
     """The exported model (CPU, eval mode, float32), its preprocessing, and what it predicts.
 
+    Everything is checked before a tensor is allocated: each field of ``preprocess.json`` (the HU
+    window, an input size of at most :data:`MAX_INPUT_VOXELS`, a threshold in [0, 1]), the spec, that
+    the spec runs at that size, and that the weights' names and shapes are the spec's.
+
     Raises:
         ModelDirError: The folder or one of its files is missing or invalid, or the weights do not fit
-            the spec; the message names the file.
+            the spec; the message names the file and the field.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -163,16 +229,28 @@ def load_model(directory: str | Path) -> tuple[SpecNet, PreprocessConfig, ModelI
                             f"python -m search.export)")
     try:
         spec = ArchSpec.from_dict(_read_json(directory / SPEC))
-    except ValueError as e:
-        raise ModelDirError(f"{directory / SPEC}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelDirError(f"{directory / SPEC}: {_reason(e)}") from None
     try:
         info = ModelInfo.from_dict(_read_json(directory / PREPROCESS))
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise ModelDirError(f"{directory / PREPROCESS}: invalid ({type(e).__name__}: {e})") from None
+        raise ModelDirError(f"{directory / PREPROCESS}: {_reason(e)}") from None
     try:
-        state = load_file(str(directory / WEIGHTS))
+        check_input_size(spec, info.preprocess.size)
+    except SpecInputError as e:
+        raise ModelDirError(f"{directory / SPEC}: cannot run at its input size "
+                            f"{'x'.join(map(str, info.preprocess.size))} ({PREPROCESS}): {e}") from None
+    with torch.device("meta"):  # the spec's tensors, without allocating them
+        expected = {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
+    try:
+        with safe_open(str(directory / WEIGHTS), framework="pt") as f:
+            names = f.keys()  # a safetensors file, not a dict
+            mismatch = _mismatch(expected, {k: tuple(f.get_slice(k).get_shape()) for k in names})
+            state = {} if mismatch else {k: f.get_tensor(k) for k in names}
     except (SafetensorError, OSError) as e:
         raise ModelDirError(f"{directory / WEIGHTS}: unreadable ({e})") from None
+    if mismatch:
+        raise ModelDirError(f"{directory / WEIGHTS}: does not match {SPEC} ({mismatch})")
     model = build(spec)
     try:
         model.load_state_dict(state, strict=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lungct.records import PreprocessConfig, get_task
-from search.model_dir import ModelInfo, save_model
+from search.model_dir import MAX_INPUT_VOXELS, ModelInfo, save_model
 from search.predict import main
 from search.routing import ROUTING
 from space import ArchSpec, LevelSpec, TrainSpec, build
@@ -113,3 +113,71 @@ def test_predict_warns_when_the_model_was_trained_on_phantoms(tmp_path, capsys):
     assert "trained on synthetic phantoms: its probabilities on real scans mean nothing" in capsys.readouterr().out
     assert main([str(directory), scan, "--json"]) == 0
     assert _json(capsys)["trained_on_phantoms"] is True
+
+
+def _broken_copy(model_dir, tmp_path, name, change):
+    """A copy of the model folder with one JSON file changed by ``change(data)``."""
+    directory = tmp_path / "broken"
+    directory.mkdir()
+    for path in model_dir.iterdir():
+        (directory / path.name).write_bytes(path.read_bytes())
+    data = json.loads((directory / name).read_text())
+    change(data)
+    (directory / name).write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
+    return directory
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def change(data):
+        for key in keys[:-1]:
+            data = data[key]
+        data[keys[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("name, change, field", [
+    ("preprocess.json", _set("threshold", float("nan")), "threshold"),
+    ("preprocess.json", _set("threshold", float("inf")), "threshold"),
+    ("preprocess.json", _set("threshold", 7), "threshold"),
+    ("preprocess.json", _set("threshold", -0.1), "threshold"),
+    ("preprocess.json", _set("threshold", "high"), "threshold"),
+    ("preprocess.json", _set("preprocess", "hu_min", float("nan")), "preprocess.hu_min"),
+    ("preprocess.json", _set("preprocess", "hu_max", float("inf")), "preprocess.hu_max"),
+    ("preprocess.json", _set("preprocess", "hu_min", 400.0), "preprocess.hu_min"),
+    ("preprocess.json", _set("preprocess", "size", [16, 24]), "preprocess.size"),
+    ("preprocess.json", _set("preprocess", "size", [16, 24, 0]), "preprocess.size"),
+    ("preprocess.json", _set("preprocess", "size", [16.5, 24, 20]), "preprocess.size"),
+    ("preprocess.json", _set("preprocess", "size", [4000, 4000, 4000]), "preprocess.size"),
+    ("preprocess.json", _set("preprocess", "size", [1, 24, 20]), "cannot run at its input size"),
+    ("preprocess.json", _set("classes", ["CT-0"]), "classes"),
+    ("spec.json", _set("levels", "many"), "ArchSpec.levels"),
+    ("spec.json", _set("activation", "relu6"), "ArchSpec.activation"),
+    ("spec.json", _set("head_units", [8, 8]), "weights.safetensors: does not match spec.json"),
+])
+def test_predict_invalid_model_folder_is_a_one_line_error_naming_the_file_and_field(model_dir, tmp_path, capsys,
+                                                                                      name, change, field):
+    directory = _broken_copy(model_dir, tmp_path, name, change)
+    scan = write_nifti(tmp_path / "s.nii.gz", synthetic_ct())
+    assert main([str(directory), str(scan)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {directory}/") and field in lines[0], lines
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_predict_weights_of_another_spec_are_a_one_line_error(model_dir, tmp_path, capsys):
+    other = _model_dir(tmp_path / "other")
+    spec = ArchSpec(levels=(LevelSpec(4), LevelSpec(16)), padding="same", head_units=(8,))
+    save_model(other, build(spec), spec, TrainSpec(), ModelInfo.for_task(get_task("course"), PreprocessConfig(SIZE)))
+    (other / "spec.json").write_bytes((model_dir / "spec.json").read_bytes())
+    scan = write_nifti(tmp_path / "s.nii.gz", synthetic_ct())
+    assert main([str(other), str(scan)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {other / 'weights.safetensors'}: does not match spec.json")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_predict_size_cap_is_far_above_what_the_search_trains_at():
+    assert MAX_INPUT_VOXELS >= 8 * 64 * 128 * 128  # 8x the seed's input
