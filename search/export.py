@@ -54,7 +54,7 @@ from search.model_dir import (
 )
 from search.progress import describe_spec
 from search.run import RunSettings
-from search.study import default_storage, load_existing_study, redact
+from search.study import default_storage, load_existing_study, redact, shareable_storage
 from search.train import EpochResult, Tensors, predict_probs, resolve_device
 from search.trainer import TrainingFailed
 from search.trainer import train_spec as train_spec_unit
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto = CUDA when available, else CPU (default: auto)")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
                    help=f"stratified bootstrap resamples for the 95%% CIs of AUC (default: {DEFAULT_RESAMPLES})")
+    p.add_argument("--include-scan-ids", action="store_true",
+                   help="also write the locked test part's study ids, with each scan's label and both models' "
+                   "probabilities, into metrics.json (default: off: study ids can identify patients, and the "
+                   "folder is meant to be shared; it holds counts and metrics only, and no local path)")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier export in --out (default: refuse; a folder that is not an "
                    "export is never replaced)")
@@ -119,6 +123,7 @@ class ExportSettings:
     bootstrap: int
     device: torch.device
     force: bool
+    include_scan_ids: bool = False
 
 
 @dataclass(frozen=True)
@@ -338,11 +343,20 @@ def _model_entry(t: Trained, trial: FrozenTrial | None, size: tuple[int, int, in
     return entry
 
 
-def _data_entry(prepared: PreparedData, root: Path, settings: dict) -> dict:
+def _data_entry(prepared: PreparedData, root: Path, settings: dict, test_ids: list[str] | None) -> dict:
+    """The data summary with folder names in place of local paths, and the test ids only if asked for."""
     summary = prepared.summary()
+    summary["root"] = Path(summary["root"]).name
+    summary["split_file"] = Path(summary["split_file"]).name  # it names the data set's fingerprint and seed
     summary["phantoms"] = settings.get("data") is None or (root / PHANTOM_MARKER).is_file()
-    summary["test_ids"] = [sid for sid in prepared.split.test if sid in set(prepared.loaded.study_ids)]
+    if test_ids is not None:
+        summary["test_ids"] = test_ids
     return summary
+
+
+def _shareable_settings(settings: dict) -> dict:
+    """The study's settings with the data folder named, not located."""
+    return settings | ({"data": Path(settings["data"]).name} if settings.get("data") else {})
 
 
 def _test_predictions(ids: list[str], test: Tensors, model: Trained, base: Trained | None) -> list[dict]:
@@ -425,6 +439,7 @@ def run_export(args: argparse.Namespace) -> Path:
         size=tuple(stored["size"]), seed=int(stored.get("seed", 0)),
         split_seed=int(stored.get("split_seed", stored.get("seed", 0))), n_phantoms=int(stored.get("n_phantoms", 200)),
         epochs=args.epochs, bootstrap=args.bootstrap, device=resolve_device(args.device), force=args.force,
+        include_scan_ids=args.include_scan_ids,
     )
     check_out_dir(s.out, s.force)
     choice = choose(study, args.trial, s.size)
@@ -467,7 +482,8 @@ def run_export(args: argparse.Namespace) -> Path:
 
     s.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=s.out.parent, prefix=f".{s.out.name}.tmp."))
-    data = _data_entry(prepared, Path(root), stored)
+    test_ids = [sid for sid in prepared.split.test if sid in set(prepared.loaded.study_ids)]
+    data = _data_entry(prepared, Path(root), stored, test_ids if s.include_scan_ids else None)
     try:
         save_model(tmp, model.model, spec, train_spec, info)
         if base is not None and base is not model:
@@ -480,9 +496,9 @@ def run_export(args: argparse.Namespace) -> Path:
         metrics = {
             "format_version": 1,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "study": {"name": s.study, "storage": redact(s.storage),
+            "study": {"name": s.study, "storage": shareable_storage(s.storage),
                       "objectives": study.user_attrs.get(schema.STUDY_OBJECTIVES, ["auc"]),
-                      "n_trials": len(study.trials), "settings": stored},
+                      "n_trials": len(study.trials), "settings": _shareable_settings(stored)},
             "task": {"name": info.task, "description": info.task_description, "classes": list(info.classes),
                      "threshold": info.threshold},
             "test": result,
@@ -494,7 +510,7 @@ def run_export(args: argparse.Namespace) -> Path:
             "training": {"data": "train + validation parts", "device": s.device.type, "seed": s.seed,
                          "augmentation": "the search's augmentation (search.train.DEFAULT_AUGMENT)",
                          "test_inference": "float32 on the CPU, threshold 0.5"},
-            "test_predictions": _test_predictions(data["test_ids"], test, model, base),
+            **({"test_predictions": _test_predictions(test_ids, test, model, base)} if s.include_scan_ids else {}),
             "export_check": check,
             "versions": _versions(),
         }

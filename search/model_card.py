@@ -125,7 +125,10 @@ def render_model_card(m: dict) -> str:
         "`load_state_dict(safetensors.torch.load_file(...), strict=True)` (`search.model_dir.load_model`).",
         "- `model.onnx`: the same network for other runtimes; input `volume` (batch, 1, D, H, W) float32 "
         "preprocessed as `preprocess.json` describes, output `logit` (batch).",
-        "- `preprocess.json`, `train_spec.json`, `metrics.json` (with per-scan test probabilities), this card.",
+        "- `preprocess.json`, `train_spec.json`, `metrics.json` ("
+        + ("with each test scan's study id, label and probabilities, as asked for by --include-scan-ids"
+           if m.get("test_predictions") else "counts and metrics only: no study id, no local path")
+        + "), this card.",
         "",
         "Predict: `python -m search.predict MODEL_DIR SCAN.nii.gz [...] [--json]`.",
         "",

@@ -45,6 +45,7 @@ REQUIRED = (SPEC, WEIGHTS, PREPROCESS)
 # The ONNX graph's names; the batch axis is dynamic, the volume size is fixed by preprocess.json.
 ONNX_INPUT = "volume"
 ONNX_OUTPUT = "logit"
+ONNX_STACK_TRACE = "pkg.torch.onnx.stack_trace"  # node metadata that torch's exporter writes
 # Exported and reloaded models must agree this closely on the same input (float32 logits).
 TOLERANCE = 1e-4
 # The largest input size a model folder may ask for: 16x the seed's 64x128x128 (256 MiB of float32 per
@@ -304,6 +305,19 @@ def export_onnx(model: torch.nn.Module, size: tuple[int, int, int], path: str | 
         raise RuntimeError(f"ONNX export failed: {type(e).__name__}: {str(e)[:300]} {tail}".strip()) from e
     finally:
         quiet.setLevel(level)
+    _strip_stack_traces(path)
+
+
+def _strip_stack_traces(path: str | Path) -> None:
+    """Drop the Python stack trace the exporter stores on every node: it holds this machine's absolute paths."""
+    import onnx  # installed with onnxscript, which the export needs
+
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        kept = [prop for prop in node.metadata_props if prop.key != ONNX_STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(proto, str(path))
 
 
 def onnx_logits(path: str | Path, volumes: torch.Tensor) -> np.ndarray | None:

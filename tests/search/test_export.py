@@ -1,4 +1,7 @@
+import copy
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -7,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
+import search
 import search.export
 from lungct.records import PreprocessConfig, get_task
 from search import run
@@ -23,31 +27,38 @@ from search.model_dir import (
     onnx_logits,
     save_model,
 )
+from search.precision import PRECISION_ENV
 from search.trials import best_trial
 from space import ArchSpec, LevelSpec, TrainSpec, build
 from tests.conftest import make_mosmed
 
 SIZE = (16, 16, 32)  # the seed baseline's four levels fit ('same' padding)
+SECRET = "s3cret"
 FILES = {"spec.json", "train_spec.json", "weights.safetensors", "model.onnx", "preprocess.json", "metrics.json",
          "MODEL_CARD.md"}
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_data, tmp_path_factory):
-    """A 3-trial study, exported once; also the in-memory model that export wrote to disk."""
+    """A 3-trial study, exported once; also the in-memory model that export wrote to disk.
+
+    The study's storage URL carries a password in its query, which nothing written may show.
+    """
     root = tmp_path_factory.mktemp("export-study")
-    assert run.main(["--size", *map(str, SIZE), "--epochs", "1", "--trials", "3", "--workers", "1",
-                     "--studies-dir", str(root), "--data", str(tiny_data)]) == 0
-    saved = []
-    real_save = search.export.save_model
-
-    def keep_model(directory, model, *args):
-        saved.append(model)
-        real_save(directory, model, *args)
-
+    storage = f"sqlite:///{root}/lungct.db?password={SECRET}"
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PRECISION_ENV, "float32")
+        assert run.main(["--size", *map(str, SIZE), "--epochs", "1", "--trials", "3", "--workers", "1",
+                         "--studies-dir", str(root), "--data", str(tiny_data), "--storage", storage]) == 0
+        saved = []
+        real_save = search.export.save_model
+
+        def keep_model(directory, model, *args):
+            saved.append(model)
+            real_save(directory, model, *args)
+
         mp.setattr(search.export, "save_model", keep_model)
-        assert main(["--studies-dir", str(root), "--workers", "1"]) == 0
+        assert main(["--studies-dir", str(root), "--workers", "1", "--storage", storage]) == 0
     return root, root / "lungct" / "model", saved[0]
 
 
@@ -113,14 +124,65 @@ def test_export_metrics_hold_the_test_auc_inside_its_confidence_interval(exporte
     assert sum(cm.values()) == metrics["test"]["n"]
 
 
-def test_export_tests_the_baseline_on_the_held_out_part_only(exported):
+def test_export_model_folder_holds_no_local_path_scan_id_or_password(exported, tiny_data):
     root, out, _ = exported
+    split = json.loads(next((root / "splits").glob("split-*.json")).read_text())
+    ids = split["train"] + split["val"] + split["test"]
+    local = [str(root), str(tiny_data), str(Path(search.__file__).resolve().parents[1]), sys.prefix]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= FILES
+    for path in files:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        assert SECRET not in text, path
+        assert not [p for p in local if p in text], path
+        assert not [i for i in ids if i in text], path
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "test_predictions" not in metrics and "test_ids" not in metrics["data"]
+    assert metrics["data"]["root"] == tiny_data.name and metrics["study"]["settings"]["data"] == tiny_data.name
+    assert metrics["study"]["storage"] == "sqlite:///lungct.db?password=***"
+    assert metrics["test"]["n"] == len(split["test"])  # counts and metrics stay
+
+
+def test_export_include_scan_ids_adds_the_held_out_scans_with_both_models_probabilities(exported, tmp_path,
+                                                                                      monkeypatch):
+    root, _, _ = exported
+    monkeypatch.setenv(PRECISION_ENV, "float32")
+    out = tmp_path / "with-ids"
+    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(out), "--include-scan-ids"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     split = json.loads(next((root / "splits").glob("split-*.json")).read_text())
     ids = [row["study_id"] for row in metrics["test_predictions"]]
-    assert sorted(ids) == sorted(split["test"]) and not set(ids) & set(split["train"] + split["val"])
+    assert sorted(ids) == sorted(split["test"]) == sorted(metrics["data"]["test_ids"])
+    assert not set(ids) & set(split["train"] + split["val"])
     assert metrics["test"]["baseline"] is not None and metrics["test"]["auc_difference"] is not None
     assert all(row["p_baseline"] is not None for row in metrics["test_predictions"])
+    assert "as asked for by --include-scan-ids" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_export_help_states_the_include_scan_ids_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--include-scan-ids" in capsys.readouterr().out
+
+
+def test_export_refuses_an_onnx_file_that_disagrees_with_the_weights(exported, tmp_path, monkeypatch, capsys):
+    root, _, _ = exported
+    monkeypatch.setenv(PRECISION_ENV, "float32")
+    real_export_onnx = search.export.export_onnx
+
+    def export_another_model(model, size, path):  # an ONNX file of other weights than weights.safetensors
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.head.out.bias.add_(1.0)
+        real_export_onnx(other, size, path)
+
+    monkeypatch.setattr(search.export, "export_onnx", export_another_model)
+    out = tmp_path / "m"
+    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(out), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.onnx: reloaded output differs from the trained model by 1.00e+00")
+    assert "not trustworthy" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".m.tmp.*"))  # nothing written, nothing left behind
 
 
 def test_export_model_card_states_limits_and_provenance(exported):
