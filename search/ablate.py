@@ -833,8 +833,10 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         fail_running(study, runner.running)
     if interrupted:
+        # Every URL on the command line is shown with its passwords masked (--storage, --study-storage).
+        shown = [redact(arg) if "://" in arg else arg for arg in argv]
         print(f"\nInterrupted: the running run is marked failed; finished runs are kept. Resume with:\n"
-              f"  python -m search.ablate {shlex.join(argv)}".rstrip(), file=sys.stderr)
+              f"  python -m search.ablate {shlex.join(shown)}".rstrip(), file=sys.stderr)
         return 130
 
     done = finished_runs(study)

@@ -13,6 +13,7 @@ import search.trainer
 from search.ablate import main
 from search.train import NonFiniteLossError
 from space import baseline, baseline_train, same_padding, variants
+from tests.search.conftest import locked_test_part
 
 SMALL = ["--folds", "2", "--repeats", "1", "--epochs", "1", "--size", "16", "16", "16", "--workers", "1"]
 SEVEN = list(variants())
@@ -161,6 +162,32 @@ def test_ablate_resume_does_not_redo_finished_runs(tiny_data, tmp_path, monkeypa
     complete = [t for t in _ablation_study(tmp_path).trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4
     assert "4 runs, 2 done, 2 to do" in capsys.readouterr().out
+
+
+def test_ablate_ctrl_c_resume_hint_masks_storage_passwords(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(search.trainer, "fit", CountingFit(fail_on=1))
+    storage = f"sqlite:///{tmp_path}/ablation.db?password=s3cret"
+    assert main(_args(tiny_data, tmp_path, "--variants", "baseline", "--storage", storage)) == 130
+    captured = capsys.readouterr()
+    assert f"--storage 'sqlite:///{tmp_path}/ablation.db?password=***'" in captured.err
+    assert "s3cret" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("with_study", [False, True])
+def test_ablate_never_reads_a_scan_of_the_locked_test_part(tiny_data, tmp_path, scan_spy, float32, with_study):
+    extra = []
+    if with_study:  # the search study's split seed picks the test part that stays locked
+        search_study = optuna.create_study(study_name="mine", storage=f"sqlite:///{tmp_path}/mine.db",
+                                           direction="maximize")
+        search_study.set_user_attr("settings", {"seed": 5})
+        search_study.add_trial(optuna.trial.create_trial(value=0.8, user_attrs={
+            "spec": same_padding(baseline()).to_dict(), "train_spec": baseline_train().to_dict()}))
+        extra = ["--study", "mine"]
+    assert main(_args(tiny_data, tmp_path, "--variants", "baseline", *extra)) == 0
+    test_ids, test_paths = locked_test_part(tmp_path, tiny_data)
+    assert test_ids and len(test_paths) == len(test_ids)
+    assert scan_spy.asked and not scan_spy.asked & test_ids
+    assert scan_spy.read and not scan_spy.read & test_paths
 
 
 def test_ablate_variants_list_runs_only_those(tiny_data, tmp_path):

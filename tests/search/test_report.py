@@ -83,6 +83,14 @@ def test_report_shows_the_confirmation_and_its_recommendation(page):
     assert "baseline" in table and table.count("<tr>") >= 3  # header, the baseline, at least one candidate
 
 
+def test_report_never_shows_the_storage_password(study_dir, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    storage = f"sqlite:///{study_dir}/lungct.db?sslmode=x&password=s3cret"
+    assert main(["--studies-dir", str(study_dir), "--storage", storage, "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "s3cret" not in page + capsys.readouterr().out and "password=***" in page
+
+
 def test_report_missing_study_is_a_one_line_error(tmp_path, capsys):
     assert main(["--studies-dir", str(tmp_path), "--study", "nope"]) == 2
     err = capsys.readouterr().err

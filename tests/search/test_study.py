@@ -128,7 +128,7 @@ def test_create_or_load_study_racing_creators_make_one_study_with_one_setting(tm
             study, created = create_or_load_study("race", open_storage(url), seed=0, pruner="none", max_folds=2,
                                                    attrs={"settings": {"epochs": epochs}})
             results[epochs] = (created, study.user_attrs["settings"])
-        except Exception as e:  # noqa: BLE001 - the test reports whatever a racing run raised
+        except Exception as e:  # the test reports whatever a racing run raised
             errors.append(e)
 
     threads = [threading.Thread(target=start, args=(epochs,)) for epochs in (1, 4)]
@@ -147,5 +147,5 @@ def test_create_or_load_study_racing_creators_make_one_study_with_one_setting(tm
 def test_create_or_load_study_waits_for_a_study_being_created_then_gives_a_one_line_error(tmp_path):
     url = f"sqlite:///{tmp_path}/half.db"
     optuna.create_study(study_name="half", storage=url)  # a creator that died before marking it complete
-    with pytest.raises(ValueError, match="'half' exists but was never completed .* start a new --study NAME"):
+    with pytest.raises(ValueError, match=r"'half' exists but was never completed .* start a new --study NAME"):
         create_or_load_study("half", open_storage(url), seed=0, pruner="none", max_folds=2, wait_s=0.5)
