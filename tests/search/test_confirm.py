@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import optuna
 import pytest
@@ -103,6 +105,14 @@ def test_confirm_candidates_are_the_baseline_then_the_best_distinct_specs():
     candidates = select_candidates(study, SIZE, top_k=2)
     assert [c.key for c in candidates] == [BASELINE_KEY, "trial2", "trial4"]  # trial1 repeats trial2's spec
     assert candidates[1].search_score == 0.95 and candidates[1].search_se == 0.05
+
+
+def test_confirm_candidates_differ_in_their_trunk_not_only_in_head_or_dropout():
+    near_copy = dataclasses.replace(_spec(8), head_units=(64,), dropout=0.1)
+    study = _search_study([(0.9, _spec(8)), (0.88, near_copy), (0.7, _spec(16))])
+    candidates = select_candidates(study, SIZE, top_k=2)
+    # trial2 only changes trial1's head and dropout: the second slot goes to the next trunk, trial3.
+    assert [c.key for c in candidates] == [BASELINE_KEY, "trial1", "trial3"]
 
 
 class _Scaled(torch.nn.Module):
