@@ -17,9 +17,10 @@ def tiny_data(tmp_path_factory):
     return make_mosmed(tmp_path_factory.mktemp("tinydata"), {"CT-0": 12, "CT-1": 2, "CT-2": 8, "CT-3": 4})
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def float32(monkeypatch):
-    """Train in float32 whatever this CPU's bf16 does, so what a test asserts holds on every host."""
+    """Every search test trains in float32 whatever this CPU's bf16 does, so what it asserts holds on every
+    host (Intel with AMX, AMD without); tests of bf16 itself (test_precision.py) reset the policy."""
     monkeypatch.setenv(PRECISION_ENV, "float32")
 
 
