@@ -56,11 +56,13 @@ def baseline_gflops(size: tuple[int, int, int]) -> float:
 
 
 def choose_fidelity(device: torch.device, size: tuple[int, int, int] | None = None, epochs: int | None = None,
-                    n_phantoms: int | None = None, max_gflops: float | None = None) -> Fidelity:
+                    n_phantoms: int | None = None, max_gflops: float | None = None,
+                    given_by: str = "on the command line") -> Fidelity:
     """The fidelity for ``device``, with explicit values taking precedence, and a sentence saying why.
 
     ``max_gflops`` None means the device's default (on the CPU, :data:`CPU_COST_CAP` times the baseline's
-    cost at the chosen size; on a GPU, no cap); 0 means no cap.
+    cost at the chosen size; on a GPU, no cap); 0 means no cap. ``given_by`` says where explicit values came
+    from, for the fidelity line (a resumed study passes its stored ones).
     """
     base = GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT
     chosen_size = tuple(size) if size else base["size"]
@@ -74,7 +76,7 @@ def choose_fidelity(device: torch.device, size: tuple[int, int, int] | None = No
         why = ("CPU: sized so --trials 50 with its confirmation ends within 30 min on 2 cores; a GPU run uses "
                "64x128x128")
     if size or epochs:
-        why = "as given on the command line" + ("" if size and epochs else f"; the rest is the {why}")
+        why = f"as given {given_by}" + ("" if size and epochs else f"; the rest is the {why}")
     if max_gflops is None and device.type != "cuda":
         cap: float | None = round(CPU_COST_CAP * baseline_gflops(chosen_size), 2)
         cap_text = f", trials above {cap:g} GFLOPs/sample ({CPU_COST_CAP:g}x the baseline) pruned untrained"

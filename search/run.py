@@ -205,7 +205,8 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         merged = {k: (v if v is not None else stored.get(k)) for k, v in given.items()}
     else:
         merged = given
-    fidelity = choose_fidelity(device, merged["size"], merged["epochs"], merged["n_phantoms"], merged["max_gflops"])
+    fidelity = choose_fidelity(device, merged["size"], merged["epochs"], merged["n_phantoms"], merged["max_gflops"],
+                               given_by="by the study" if stored else "on the command line")
     settings = RunSettings(
         data=str(Path(merged["data"]).resolve()) if merged["data"] else None,
         task=merged["task"] or "course",

@@ -55,7 +55,10 @@ def test_run_again_resumes_the_same_study_and_keeps_its_settings(tiny_data, tmp_
     assert len(study.trials) == 3
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
     assert study.user_attrs["settings"]["size"] == [16, 16, 32]
-    assert "resumed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resumed" in out
+    resumed_fidelity = next(line for line in out.splitlines()[::-1] if line.startswith("fidelity:"))
+    assert "as given by the study" in resumed_fidelity and "command line" not in resumed_fidelity
     # What the resumed run did: the study's own 2 folds x 2 epochs per trial, at the stored size, in float32.
     resumed = study.trials[1:]
     assert all(t.state == TrialState.COMPLETE for t in resumed), [t.user_attrs.get("prune_reason") for t in resumed]
