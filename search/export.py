@@ -55,7 +55,7 @@ from search.model_dir import (
 from search.progress import describe_spec
 from search.run import RunSettings
 from search.study import default_storage, load_existing_study, redact, shareable_storage
-from search.train import EpochResult, Tensors, predict_probs, resolve_device
+from search.train import EpochResult, Tensors, predict_probs, recalibrate_batchnorm, resolve_device
 from search.trainer import TrainingFailed
 from search.trainer import train_spec as train_spec_unit
 from search.trials import baseline_trial
@@ -250,6 +250,8 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
     finally:
         close()
     model, fitted = trained.model, trained.fitted
+    if recalibrate_batchnorm(model, trainval, s.device, train_spec.batch_size):
+        print(f"  {role}: batch-norm statistics recomputed over the {len(trainval)} training scans", flush=True)
     model = model.to("cpu").eval()
     # Test in float32 on the CPU: the numbers then describe the exported weights as predict runs them.
     probs = predict_probs(model, test.volumes, torch.device("cpu"), amp=False)
@@ -509,6 +511,8 @@ def run_export(args: argparse.Namespace) -> Path:
             "data": data,
             "training": {"data": "train + validation parts", "device": s.device.type, "seed": s.seed,
                          "augmentation": "the search's augmentation (search.train.DEFAULT_AUGMENT)",
+                         "batchnorm_statistics": "recomputed over the training scans after training "
+                                                 "(search.train.recalibrate_batchnorm), model and baseline alike",
                          "test_inference": "float32 on the CPU, threshold 0.5"},
             **({"test_predictions": _test_predictions(test_ids, test, model, base)} if s.include_scan_ids else {}),
             "export_check": check,

@@ -161,6 +161,30 @@ def predict_probs(model: nn.Module, volumes: torch.Tensor, device: torch.device,
     return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Tensors, device: torch.device, batch_size: int = 2) -> bool:
+    """Recompute every batch-norm layer's running statistics over ``data`` (unaugmented, float32).
+
+    During training the running mean and variance are exponential averages (Keras's momentum 0.99, so
+    about the last 100 steps), taken while the weights were still moving; in eval mode they can lag the
+    final weights enough to shift every probability. Measured on an exported 64-64-128 net: accuracy at
+    threshold 0.5 rose from 0.50 (sensitivity 0.00) to 0.875 on its 24 test scans once the statistics
+    were recomputed over its training scans; the seed baseline's barely moved. Uses
+    ``torch.optim.swa_utils.update_bn`` (a cumulative average over one pass). Returns whether the model
+    has batch norm at all; the model is left in eval mode on ``device``.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    model.to(device)
+    # At the training batch size, whose batch statistics training normalised with; a last batch of one is left
+    # out, as in training (batch norm cannot normalise one sample where a feature map is down to one voxel).
+    n = len(data) - (1 if len(data) % batch_size == 1 and len(data) > 1 else 0)
+    batches = (_to_input(data.volumes[i:i + batch_size], device) for i in range(0, n, batch_size))
+    torch.optim.swa_utils.update_bn(batches, model, device=None)
+    model.eval()
+    return True
+
+
 def fit(
     model: nn.Module,
     train: Tensors,

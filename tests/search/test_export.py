@@ -14,6 +14,7 @@ import search
 import search.export
 from lungct.records import PreprocessConfig, get_task
 from search import run
+from search.data import prepare_data
 from search.export import BASELINE_DIR, choose, main
 from search.intervals import auc_rows, bootstrap_auc, stratified_resamples, wilson
 from search.model_dir import (
@@ -28,6 +29,7 @@ from search.model_dir import (
     save_model,
 )
 from search.precision import PRECISION_ENV
+from search.train import recalibrate_batchnorm
 from search.trials import best_trial
 from space import ArchSpec, LevelSpec, TrainSpec, build
 from tests.conftest import make_mosmed
@@ -84,6 +86,21 @@ def test_export_trains_the_confirmations_recommendation_for_its_epochs(exported)
     assert selection["confirmed_score"] == decision["recommended"]["confirmed"]
     assert selection["optimism"] == pytest.approx(selection["confirmed_score"] - selection["test_auc"])
     assert "## How this model was chosen" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_export_recomputes_batch_norm_statistics_over_the_training_scans(exported, tiny_data):
+    root, out, model = exported
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "recomputed over the training scans" in metrics["training"]["batchnorm_statistics"]
+    trainval = prepare_data(tiny_data, PreprocessConfig(size=SIZE), studies_dir=root, workers=1,
+                            progress=False).tensors("train", "val")
+    again = copy.deepcopy(model)
+    batch = json.loads((out / "train_spec.json").read_text())["batch_size"]
+    assert recalibrate_batchnorm(again, trainval, torch.device("cpu"), batch)
+    # Recomputing over the same scans changes nothing: what was written already holds those statistics.
+    for (name, value), (_, redone) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        if name.endswith(("running_mean", "running_var")):
+            assert torch.allclose(value, redone, rtol=1e-4, atol=1e-6), name
 
 
 def test_export_without_a_confirmation_is_a_one_line_error(tiny_data, tmp_path, capsys):

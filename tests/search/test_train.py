@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import search.train
-from search.train import NonFiniteLossError, Tensors, TrainingOutOfMemory, fit
+from search.train import NonFiniteLossError, Tensors, TrainingOutOfMemory, fit, recalibrate_batchnorm
 from space import ArchSpec, LevelSpec, build
 
 SPEC = ArchSpec(levels=(LevelSpec(4), LevelSpec(8)), padding="same", head_units=(8,))
@@ -68,3 +68,24 @@ def test_fit_other_runtime_errors_propagate_unchanged(monkeypatch):
     with pytest.raises(RuntimeError, match="shape mismatch") as err:
         _fit(build(SPEC))
     assert type(err.value) is RuntimeError
+
+
+def test_recalibrate_batchnorm_sets_the_running_statistics_to_the_data_s():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm3d(1, momentum=0.01), torch.nn.Flatten(), torch.nn.LazyLinear(1))
+    volumes = (torch.rand(7, 1, 4, 6, 5) * 3 + 2).half()  # mean about 3.5; momentum 0.01 would need ~500 steps
+    model(volumes[:2].float())
+    data = Tensors(volumes, torch.zeros(7))
+    assert recalibrate_batchnorm(model, data, torch.device("cpu"), batch_size=2)
+    bn = model[0]
+    used = volumes[:6].float()  # the last batch of one is left out, as in training
+    assert bn.running_mean.item() == pytest.approx(used.mean().item(), rel=1e-4)
+    assert bn.momentum == 0.01 and not model.training
+
+
+def test_recalibrate_batchnorm_leaves_a_model_without_batch_norm_alone():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not recalibrate_batchnorm(model, Tensors(torch.rand(3, 1, 2, 2, 2).half(), torch.zeros(3)),
+                                     torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
