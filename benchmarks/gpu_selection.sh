@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of model selection (run by hand on a CUDA machine, from the repo root; not a test).
 #
-# For each split seed (arguments; default "1 2"), in parallel: search.run (50 trials, 32x64x64, 6 epochs,
+# For each split seed (arguments; default "1 2"), in parallel: search.run (50 trials, 32x64x64, 4 epochs,
 # confirmation at 12) and search.export on the default phantom set; then, one seed after the other,
 # benchmarks/bench_selection.py scores the exported model (and its trained seed baseline, when export
 # wrote one) on 300 fresh phantoms (seed 777). The missing pure-Python/cp312 dependencies come from the
@@ -13,7 +13,7 @@
 # Files under $OUT (default /tmp/gsel/out), two per seed: run_s<S>.log, sel_s<S>.json; with RANDOM_SEEDS,
 # one more per seed: run_r<S>.log, a plain random search without pruning on the same split (search
 # efficiency: best confirmed score and training epochs spent, against the default sampler and pruner).
-# Environment overrides (defaults in brackets): TRIALS [50], EPOCHS [6], CONFIRM_EPOCHS [12], N_FRESH [300],
+# Environment overrides (defaults in brackets): TRIALS [50], EPOCHS [4], CONFIRM_EPOCHS [12], N_FRESH [300],
 # DEVICE [cuda] (cpu only for a smoke test of the script itself), RANDOM_SEEDS [none], SEARCH_TIMEOUT [none:
 # seconds after which search.run starts no new trial, so a lease-bounded run still confirms and exports].
 set -uo pipefail
@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED=1
 W=/tmp/gsel
 OUT=${OUT:-$W/out}
 TRIALS=${TRIALS:-50}
-EPOCHS=${EPOCHS:-6}
+EPOCHS=${EPOCHS:-4}
 CONFIRM_EPOCHS=${CONFIRM_EPOCHS:-12}
 N_FRESH=${N_FRESH:-300}
 TIMEOUT_FLAGS=()
@@ -57,7 +57,7 @@ run_random() {
     local S=$1 log=$OUT/run_r$1.log t rc
     t=$(date +%s)
     python3 -m search.run --trials "$TRIALS" --studies-dir "$W/studies" --study "r$S" --split-seed "$S" --device "$DEVICE" \
-        --size 32 64 64 --epochs "$EPOCHS" --confirm-epochs "$CONFIRM_EPOCHS" --max-gflops 5.44 --workers 4 \
+        --size 32 64 64 --epochs "$EPOCHS" --confirm-epochs "$CONFIRM_EPOCHS" --max-gflops 3.26 --workers 4 \
         --sampler random --pruner none "${TIMEOUT_FLAGS[@]}" > "$log" 2>&1
     rc=$?
     { echo "WALL_SEARCH=$(( $(date +%s) - t ))"; echo "RC_SEARCH=$rc"; } >> "$log"
@@ -68,7 +68,7 @@ run_seed() {
     local S=$1 log=$OUT/run_s$1.log t rc
     t=$(date +%s)
     python3 -m search.run --trials "$TRIALS" --studies-dir "$W/studies" --study "s$S" --split-seed "$S" --device "$DEVICE" \
-        --size 32 64 64 --epochs "$EPOCHS" --confirm-epochs "$CONFIRM_EPOCHS" --max-gflops 5.44 --workers 4 \
+        --size 32 64 64 --epochs "$EPOCHS" --confirm-epochs "$CONFIRM_EPOCHS" --max-gflops 3.26 --workers 4 \
         "${TIMEOUT_FLAGS[@]}" > "$log" 2>&1
     rc=$?
     { echo "WALL_SEARCH=$(( $(date +%s) - t ))"; echo "RC_SEARCH=$rc"; } >> "$log"
