@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "batch_size = [2, 4, 8]); stored on the study and checked on resume (default: the built-in "
                    "space, see python -m space)")
     p.add_argument("--confirm-top", type=int, default=None, metavar="K",
-                   help=f"confirm the K best distinct specs against the seed baseline (default: {DEFAULT_TOP_K})")
+                   help="confirm the best trials of the K best distinct convolutional trunks (head, dropout and "
+                   f"optimiser variants count as one) against the seed baseline (default: {DEFAULT_TOP_K})")
     p.add_argument("--confirm-folds", type=int, default=None, metavar="K",
                    help="folds of the confirmation's fresh cross-validation; more folds train each run on more of "
-                   "the non-test scans, closer to what export trains on, at (K-1)/(folds-1) times the cost "
+                   "the non-test scans, closer to what export trains on, at about (K-1)/2 times the 3-fold cost "
                    f"(default: {DEFAULT_CONFIRM_FOLDS})")
     p.add_argument("--confirm-epochs", type=int, default=None, metavar="E",
                    help="epochs per confirmation run, also what export trains for (default: 12 on the CPU, 60 on a "
