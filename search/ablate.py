@@ -37,7 +37,7 @@ from lungct.records import TASKS, PreprocessConfig
 from lungct.splits import Fold, fingerprint, load_or_make_folds
 from search import schema
 from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
-from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity
+from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity, device_defaults
 from search.progress import describe_spec
 from search.stats import (
     MIN_WILCOXON_PAIRS,
@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         names, added = parse_variants(args.variants)
         device = resolve_device(args.device)
-        epochs = args.epochs or (GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)["ablate_epochs"]
+        epochs = args.epochs or device_defaults(device)["ablate_epochs"]
         fidelity = choose_fidelity(device, tuple(args.size) if args.size else None, epochs, args.phantoms)
         settings = AblationSettings(data=str(Path(args.data).resolve()) if args.data else None, task=args.task,
                                     size=fidelity.size, epochs=fidelity.epochs, folds=args.folds,

@@ -484,7 +484,8 @@ def run_export(args: argparse.Namespace) -> Path:
 
     s.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=s.out.parent, prefix=f".{s.out.name}.tmp."))
-    test_ids = [sid for sid in prepared.split.test if sid in set(prepared.loaded.study_ids)]
+    loaded_ids = set(prepared.loaded.study_ids)
+    test_ids = [sid for sid in prepared.split.test if sid in loaded_ids]
     data = _data_entry(prepared, Path(root), stored, test_ids if s.include_scan_ids else None)
     try:
         save_model(tmp, model.model, spec, train_spec, info)

@@ -49,6 +49,11 @@ class Fidelity:
     confirm_epochs: int = 12
 
 
+def device_defaults(device: torch.device) -> dict:
+    """The default fidelity table of ``device``'s kind: :data:`GPU_DEFAULT` or :data:`CPU_DEFAULT`."""
+    return GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT
+
+
 def baseline_gflops(size: tuple[int, int, int]) -> float:
     """Forward GFLOPs per sample of the seed baseline at ``size`` (with 'same' padding where 'valid' cannot run)."""
     spec, _ = fit_to_size(baseline(), size)
@@ -64,7 +69,7 @@ def choose_fidelity(device: torch.device, size: tuple[int, int, int] | None = No
     cost at the chosen size; on a GPU, no cap); 0 means no cap. ``given_by`` says where explicit values came
     from, for the fidelity line (a resumed study passes its stored ones).
     """
-    base = GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT
+    base = device_defaults(device)
     chosen_size = tuple(size) if size else base["size"]
     chosen_epochs = epochs or base["epochs"]
     chosen_n = n_phantoms or base["n_phantoms"]

@@ -177,8 +177,8 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, see
         The study, and whether it was created now.
 
     Raises:
-        ValueError: An existing study has other objectives than those asked for, or still lacks ``attrs``
-            still lacks its objectives after ``wait_s`` (the run that created it died while creating it).
+        ValueError: An existing study has other objectives than those asked for, or still lacks its
+            objectives after ``wait_s`` (the run that created it died while creating it).
     """
     attrs = attrs or {}
     directions = [OBJECTIVES[o] for o in objectives]
