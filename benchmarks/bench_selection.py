@@ -57,7 +57,7 @@ from lungct.phantom import (
 )
 from lungct.records import PreprocessConfig
 from search.intervals import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference
-from search.model_dir import METRICS, ModelDirError, ModelInfo, load_model
+from search.model_dir import METRICS, ModelDirError, ModelInfo, load_model, members_of
 from search.train import predict_probs
 from space import count_params
 
@@ -150,7 +150,7 @@ class LoadedModel:
         directory: The folder as given.
         model: The network (CPU, eval mode, float32).
         info: Its preprocessing and task.
-        params: Trainable parameters of its spec.
+        params: Trainable parameters of its spec, times its members for an ensemble.
         claims: What its metrics.json says (locked-test AUC, confirmed score), None where absent.
     """
 
@@ -224,7 +224,7 @@ def load_models(directories: list[str], phantom_seed: int) -> list[LoadedModel]:
         if trained_phantom_seed(metrics) == phantom_seed:
             raise ModelDirError(f"{directory}: trained on phantoms of seed {phantom_seed} "
                                 f"(metrics.json data.root); choose another --phantom-seed")
-        models.append(LoadedModel(directory, model, info, count_params(model.spec), claims))
+        models.append(LoadedModel(directory, model, info, count_params(model.spec) * members_of(model), claims))
     return models
 
 

@@ -1,11 +1,13 @@
-"""``python -m search.export``: train the recommended model, test it once on the locked test part, write a model folder.
+"""``python -m search.export``: ship the recommended model, test it once on the locked test part, write a model folder.
 
 The search saw only the train and validation parts. Export takes the confirmation stage's
 recommendation (``search.confirm``: the seed baseline unless a candidate beat it by more than the paired
-noise), trains it on train + validation for the confirmation's epoch count, and evaluates it once on the
-test part, which nothing else reads. The seed baseline is trained and tested the same way beside it, so
-what the search gained is measured on scans neither model has seen, and metrics.json records the
-confirmed score, the test AUC and their difference (the optimism). The folder it writes (see
+noise) and ships the fold models the confirmation trained and scored for it, as an ensemble that
+averages their probabilities: the model whose out-of-fold AUC chose it (``--refit`` trains the spec once
+more on all of train + validation instead). It evaluates the model once on the test part, which nothing
+else reads. The seed baseline is exported the same way beside it, so what the search gained is measured
+on scans neither model has seen, and metrics.json records the confirmed score, the test AUC and their
+difference (the optimism). The folder it writes (see
 ``search.model_dir``) is what ``python -m search.predict`` reads; the baseline's weights go to its
 ``baseline/`` subfolder, a model folder of its own, so both can be scored on new scans.
 """
@@ -26,12 +28,18 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lungct.errors import DataError
 from lungct.records import PreprocessConfig, get_task
 from search import schema
+from search.artifacts import artifact_dir
+from search.confirm import MEMBER_WEIGHTS
 from search.data import PreparedData, prepare_data, resolve_data_root
 from search.fidelity import choose_fidelity
 from search.intervals import DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference, wilson
@@ -42,6 +50,7 @@ from search.model_dir import (
     METRICS,
     ONNX,
     TOLERANCE,
+    Ensemble,
     ModelInfo,
     export_onnx,
     fixed_input,
@@ -59,7 +68,7 @@ from search.train import EpochResult, Tensors, predict_probs, recalibrate_batchn
 from search.trainer import TrainingFailed
 from search.trainer import train_spec as train_spec_unit
 from search.trials import baseline_trial
-from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, cost, fit_to_size
+from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, fit_to_size
 
 BASELINE_DIR = "baseline"  # the seed baseline trained beside the model, a model folder of its own
 PHANTOM_MARKER = "phantoms.json"  # lungct.phantom.MARKER_NAME: the file that marks a synthetic phantom set
@@ -86,9 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "is the one the search held out")
     p.add_argument("--out", metavar="DIR", help="model folder to write (default: studies/<study>/model)")
     p.add_argument("--trial", type=int, metavar="N", help="export this complete trial instead of the "
-                   "confirmation's recommendation (default: the recommendation; see python -m search.run)")
-    p.add_argument("--epochs", type=int, metavar="E", help="training epochs on train+val for the model and the "
-                   "baseline (default: the confirmation's epochs per run, which the study stores)")
+                   "confirmation's recommendation, trained as --refit does (default: the recommendation; see "
+                   "python -m search.run)")
+    p.add_argument("--refit", action="store_true",
+                   help="train the recommended spec and the seed baseline once more, each as one model on all of "
+                   "train+val, instead of shipping the confirmation's fold models as an ensemble (default: off: "
+                   "the ensemble is what the confirmation scored; a refit is a model nothing scored before the "
+                   "test part)")
+    p.add_argument("--epochs", type=int, metavar="E", help="with --refit or --trial: training epochs on train+val "
+                   "for the model and the baseline (default: the confirmation's epochs per run, which the study "
+                   "stores)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = CUDA when available, else CPU (default: auto)")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
@@ -124,6 +140,7 @@ class ExportSettings:
     device: torch.device
     force: bool
     include_scan_ids: bool = False
+    refit: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,11 +158,16 @@ class Trained:
     metrics: BinaryMetrics
     train_seconds: float
     note: str | None = None
+    members: int = 1
+    member_train_scans: tuple[int, ...] = ()
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs: expected a positive count, got {args.epochs}")
+    if args.epochs is not None and not (args.refit or args.trial is not None):
+        raise ValueError("--epochs: applies to a model trained here (--refit or --trial N); the default export "
+                         "ships the confirmation's fold models as they were trained")
     if args.bootstrap < 100:
         raise ValueError(f"--bootstrap: expected at least 100 resamples, got {args.bootstrap}")
 
@@ -178,6 +200,8 @@ class Choice:
     is_baseline: bool
     how: str
     confirmation: dict | None = None
+    members: list[str] | None = None  # artifact ids of the confirmation's fold models of this spec
+    baseline_members: list[str] | None = None  # and of the seed baseline's
 
 
 def choose(study: optuna.Study, number: int | None, size: tuple[int, int, int]) -> Choice:
@@ -203,12 +227,13 @@ def choose(study: optuna.Study, number: int | None, size: tuple[int, int, int]) 
                          f"python -m search.run --confirm-only --study {study.study_name} (or pass --trial N)")
     rec = decision["recommended"]
     trial = trials[rec["trial"]] if rec.get("trial") is not None and rec["trial"] < len(trials) else None
+    base_members = next((r.get("members") for r in decision.get("candidates", []) if r.get("baseline")), None)
     if rec["baseline"]:
         spec, _ = fit_to_size(baseline(), size)
         return Choice(spec, baseline_train(), trial, True, "the confirmation's recommendation: the seed baseline",
-                      decision)
+                      decision, rec.get("members"), base_members)
     return Choice(ArchSpec.from_dict(rec["spec"]), TrainSpec.from_dict(rec["train_spec"]), trial, False,
-                  f"the confirmation's recommendation: {rec['key']}", decision)
+                  f"the confirmation's recommendation: {rec['key']}", decision, rec.get("members"), base_members)
 
 
 def _epoch_printer(label: str, epochs: int):
@@ -258,6 +283,60 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
     metrics = binary_metrics(test.labels.numpy(), probs)
     return Trained(role, trial, spec, train_spec, epochs, epochs_rule, model, probs, metrics,
                    round(fitted.train_seconds, 2), note)
+
+
+def _member_runs(storage: str, decision: dict) -> dict[str, dict]:
+    """The confirmation runs that kept weights, keyed by artifact id: their user attrs."""
+    try:
+        companion = optuna.load_study(study_name=decision["companion_study"], storage=storage)
+    except KeyError:
+        return {}
+    return {t.user_attrs[MEMBER_WEIGHTS]: t.user_attrs for t in companion.get_trials(deepcopy=False)
+            if t.user_attrs.get(MEMBER_WEIGHTS)}
+
+
+def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec, ids: list[str], decision: dict,
+             test: Tensors, s: ExportSettings, note: str | None = None) -> Trained:
+    """The confirmation's fold models of ``spec`` as one :class:`Ensemble`, scored on the test part once.
+
+    Raises:
+        ValueError: A fold model's weights are missing or unreadable in the artifact store.
+        ExportError: They do not fit the spec.
+    """
+    store_dir = artifact_dir(s.studies_dir, s.study)
+    store = FileSystemArtifactStore(str(store_dir))
+    runs = _member_runs(s.storage, decision)
+    epochs = int(decision["settings"]["epochs"])
+    folds = int(decision["settings"]["folds"])
+    n_train = tuple(int(runs.get(i, {}).get("n_train", 0)) for i in ids)
+    print(f"assembling the {role} ({describe_spec(spec.to_dict())}): the {len(ids)} fold models the confirmation "
+          f"trained ({folds}-fold, {epochs} epochs, {'/'.join(map(str, n_train))} training scans) and scored",
+          flush=True)
+    members = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, artifact in enumerate(ids):
+            path = Path(tmp) / f"member{i}.safetensors"
+            try:
+                download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
+                state = load_file(str(path))
+            except (OSError, SafetensorError, ArtifactNotFound) as e:
+                raise ValueError(f"artifacts: fold model {i} of the {role} ({artifact}) is missing or unreadable in "
+                                 f"{store_dir} ({type(e).__name__}); rerun python -m search.run --confirm-only, or "
+                                 "pass --refit") from None
+            net = build(spec)
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ExportError(f"artifacts: fold model {i} of the {role} does not fit its spec "
+                                  f"({str(e).splitlines()[0]})") from None
+            members.append(net)
+    model = Ensemble(members).eval()
+    probs = predict_probs(model, test.volumes, torch.device("cpu"), amp=False)
+    metrics = binary_metrics(test.labels.numpy(), probs)
+    seconds = sum(float(runs.get(i, {}).get(schema.TRAIN_SECONDS, 0.0)) for i in ids)
+    rule = f"the confirmation's fold models, {epochs} epochs each"
+    return Trained(role, trial, spec, train_spec, epochs, rule, model, probs, metrics, round(seconds, 2), note,
+                   members=len(ids), member_train_scans=n_train)
 
 
 def _epochs_for(s: ExportSettings, stored: dict, decision: dict | None) -> tuple[int, str]:
@@ -321,6 +400,21 @@ def _selection_entry(choice: Choice, result: dict) -> dict:
     return entry
 
 
+def _training_entry(s: ExportSettings, model: Trained) -> dict:
+    """How the shipped weights were trained, in words and numbers."""
+    if model.members > 1:
+        data = (f"an ensemble of {model.members} fold models from the confirmation stage, each trained on its "
+                f"fold's training scans ({'/'.join(map(str, model.member_train_scans))} of train + validation) and "
+                "scored on the rest; probabilities averaged")
+    else:
+        data = "train + validation parts"
+    return {"data": data, "mode": "refit" if s.refit else "confirmation fold models", "device": s.device.type,
+            "seed": s.seed, "augmentation": "the search's augmentation (search.train.DEFAULT_AUGMENT)",
+            "batchnorm_statistics": "recomputed over the training scans after training "
+                                    "(search.train.recalibrate_batchnorm), model and baseline alike",
+            "test_inference": "float32 on the CPU, threshold 0.5"}
+
+
 def _versions() -> dict:
     found = {"python": platform.python_version()}
     for name in VERSIONED:
@@ -336,8 +430,8 @@ def _model_entry(t: Trained, trial: FrozenTrial | None, size: tuple[int, int, in
     entry = {
         "trial": t.trial, "spec": t.spec.to_dict(), "architecture": describe_spec(t.spec.to_dict()),
         "train_spec": t.train_spec.to_dict(), "params": c.params, "keras_params": c.keras_params,
-        "gflops": round(c.gflops, 4), "epochs": t.epochs, "epochs_rule": t.epochs_rule,
-        "train_seconds": t.train_seconds, "note": t.note,
+        "gflops": round(c.gflops, 4), "members": t.members, "member_train_scans": list(t.member_train_scans),
+        "epochs": t.epochs, "epochs_rule": t.epochs_rule, "train_seconds": t.train_seconds, "note": t.note,
     }
     if trial is not None and trial.state == TrialState.COMPLETE:
         entry["search_cv_auc"] = trial.values[0]
@@ -441,11 +535,15 @@ def run_export(args: argparse.Namespace) -> Path:
         size=tuple(stored["size"]), seed=int(stored.get("seed", 0)),
         split_seed=int(stored.get("split_seed", stored.get("seed", 0))), n_phantoms=int(stored.get("n_phantoms", 200)),
         epochs=args.epochs, bootstrap=args.bootstrap, device=resolve_device(args.device), force=args.force,
-        include_scan_ids=args.include_scan_ids,
+        include_scan_ids=args.include_scan_ids, refit=args.refit or args.trial is not None,
     )
     check_out_dir(s.out, s.force)
     choice = choose(study, args.trial, s.size)
     chosen, spec, train_spec = choice.trial, choice.spec, choice.train_spec
+    if not s.refit and not choice.members:
+        raise ValueError(f"study: the confirmation of {s.study!r} kept no fold models of its recommendation (it "
+                         "was confirmed by an older lungct-nas, or its runs diverged); rerun python -m search.run "
+                         "--confirm-only, or pass --refit to train the spec once more")
     print(f"study {s.study!r} in {redact(s.storage)}: exporting {choice.how}")
 
     root = resolve_data_root(s.data, s.studies_dir, s.n_phantoms, 0)
@@ -461,10 +559,14 @@ def run_export(args: argparse.Namespace) -> Path:
     print(f"data: {root}, task {s.task}, {'x'.join(map(str, s.size))} voxels; train+val {len(trainval)} scans, "
           f"locked test part {len(test)} scans (split {prepared.split_path.name})")
 
-    epochs, rule = _epochs_for(s, stored, choice.confirmation)
-    model = retrain("exported model", chosen.number if chosen else 0, spec, train_spec, epochs, rule, trainval,
-                    test, s)
     base_trial = baseline_trial(study)
+    if not s.refit:
+        model = assemble("exported model", chosen.number if chosen else 0, spec, train_spec, choice.members,
+                         choice.confirmation, test, s)
+    else:
+        epochs, rule = _epochs_for(s, stored, choice.confirmation)
+        model = retrain("exported model", chosen.number if chosen else 0, spec, train_spec, epochs, rule, trainval,
+                        test, s)
     if choice.is_baseline:
         base = model
         base_note = "the exported model is the seed baseline itself"
@@ -474,9 +576,16 @@ def run_export(args: argparse.Namespace) -> Path:
         except SpecInputError as e:
             base, base_note = None, f"the seed baseline cannot run at {'x'.join(map(str, s.size))}: {e}"
         else:
-            base = retrain("seed baseline", base_trial.number if base_trial else 0, base_spec, baseline_train(),
-                           epochs, rule, trainval, test, s, note=padding_note)
-            base_note = padding_note
+            base, base_note = None, padding_note
+            base_number = base_trial.number if base_trial else 0
+            if s.refit:
+                base = retrain("seed baseline", base_number, base_spec, baseline_train(), epochs, rule, trainval,
+                               test, s, note=padding_note)
+            elif choice.baseline_members:
+                base = assemble("seed baseline", base_number, base_spec, baseline_train(), choice.baseline_members,
+                                choice.confirmation, test, s, note=padding_note)
+            else:
+                base_note = "the seed baseline's confirmation runs diverged, so there are no fold models of it"
 
     info = ModelInfo.for_task(get_task(s.task), prepared.loaded.config)
     result = evaluate(model, base, test, s.bootstrap, seed=s.seed)
@@ -510,11 +619,7 @@ def run_export(args: argparse.Namespace) -> Path:
             "baseline": (_model_entry(base, base_trial, s.size) | {"note": base_note}) if base is not None
             else {"note": base_note},
             "data": data,
-            "training": {"data": "train + validation parts", "device": s.device.type, "seed": s.seed,
-                         "augmentation": "the search's augmentation (search.train.DEFAULT_AUGMENT)",
-                         "batchnorm_statistics": "recomputed over the training scans after training "
-                                                 "(search.train.recalibrate_batchnorm), model and baseline alike",
-                         "test_inference": "float32 on the CPU, threshold 0.5"},
+            "training": _training_entry(s, model),
             **({"test_predictions": _test_predictions(test_ids, test, model, base)} if s.include_scan_ids else {}),
             "export_check": check,
             "versions": _versions(),

@@ -52,13 +52,12 @@ def render_model_card(m: dict) -> str:
         "## Model",
         "",
         f"- Architecture ({size} input): {model['architecture']}.",
-        f"- {model['params']:,} trainable parameters ({model['keras_params']:,} as Keras counts them), "
-        f"{model['gflops']:.3f} GFLOPs per scan.",
-        f"- Trained on the train + validation parts ({data['n_train'] + data['n_val']} scans) for {model['epochs']} "
+        *_size_lines(model),
+        f"- {_trained_on(model, data)} for {model['epochs']} "
         f"epochs ({model['epochs_rule']}), optimiser {model['train_spec']['optimizer']}, learning rate "
         f"{model['train_spec']['lr']:.3g}, weight decay {model['train_spec']['weight_decay']:g}, batch size "
-        f"{model['train_spec']['batch_size']}, seed {m['training']['seed']}, on {m['training']['device']}, "
-        f"with {m['training']['augmentation']}.",
+        f"{model['train_spec']['batch_size']}, on {m['training']['device']}, with {m['training']['augmentation']}; "
+        "batch-norm statistics recomputed over the training scans after training.",
         "",
         "## Data and split",
         "",
@@ -95,8 +94,10 @@ def render_model_card(m: dict) -> str:
     if base_test is None:
         lines += [f"Seed baseline: not trained ({note}).", ""]
     else:
-        lines += [f"The seed baseline ({base['architecture']}) was trained the same way: same train + validation "
-                  f"scans, {base['epochs']} epochs ({base['epochs_rule']})" + (f"; {note}" if note else "") + ".", ""]
+        same = ("the same folds' fold models, as an ensemble" if base.get("members", 1) > 1
+                else "same train + validation scans")
+        lines += [f"The seed baseline ({base['architecture']}) was trained the same way: {same}, "
+                  f"{base['epochs']} epochs ({base['epochs_rule']})" + (f"; {note}" if note else "") + ".", ""]
     auc_method = test["model"]["auc"]["method"]
     lines += [
         f"Intervals are 95%: ROC AUC by {auc_method}; accuracy, sensitivity and specificity by Wilson score "
@@ -123,6 +124,9 @@ def render_model_card(m: dict) -> str:
         "",
         "- `spec.json`, `weights.safetensors`: rebuild with `space.build(ArchSpec.from_json(...))` and "
         "`load_state_dict(safetensors.torch.load_file(...), strict=True)` (`search.model_dir.load_model`).",
+        *(["- `ensemble.json`: the member count; `weights.safetensors` names each member's tensors "
+            "`members.<i>.<layer>`, and `load_model` builds the `Ensemble` from the two."]
+          if model.get("members", 1) > 1 else []),
         "- `model.onnx`: the same network for other runtimes; input `volume` (batch, 1, D, H, W) float32 "
         "preprocessed as `preprocess.json` describes, output `logit` (batch).",
         "- `preprocess.json`, `train_spec.json`, `metrics.json` ("
@@ -143,6 +147,28 @@ def render_model_card(m: dict) -> str:
     if phantoms:
         lines.append("- Trained on synthetic phantoms: its outputs on real scans are meaningless.")
     return "\n".join(lines) + "\n"
+
+
+def _size_lines(model: dict) -> list[str]:
+    """Parameters and cost, per member and in all for an ensemble."""
+    members = model.get("members", 1)
+    one = (f"{model['params']:,} trainable parameters ({model['keras_params']:,} as Keras counts them), "
+           f"{model['gflops']:.3f} GFLOPs per scan")
+    if members == 1:
+        return [f"- {one}."]
+    return [f"- An ensemble of {members} copies of this architecture, trained on different folds; it outputs the "
+            "logit of their mean probability (`search.model_dir.Ensemble`).",
+            f"- Each member: {one}; in all {members * model['params']:,} parameters and "
+            f"{members * model['gflops']:.3f} GFLOPs per scan."]
+
+
+def _trained_on(model: dict, data: dict) -> str:
+    n = data["n_train"] + data["n_val"]
+    if model.get("members", 1) == 1:
+        return f"Trained on the train + validation parts ({n} scans)"
+    scans = "/".join(map(str, model.get("member_train_scans") or [])) or "most"
+    return (f"Each member trained by the confirmation stage on one cross-validation fold's training scans ({scans} of "
+            f"the {n} train + validation scans) and scored on the rest")
 
 
 def _selection_lines(selection: dict | None) -> list[str]:

@@ -5,11 +5,14 @@ A model folder holds plain data only, so loading it never unpickles anything:
 - ``spec.json``: the ArchSpec; ``space.build`` turns it back into the network.
 - ``train_spec.json``: the optimiser settings it was trained with (provenance only).
 - ``weights.safetensors``: the state dict, BatchNorm running statistics included.
+- ``ensemble.json`` (only for an ensemble): how many members of the spec the weights hold (names
+  ``members.<i>.<layer>``) and how their outputs combine (:class:`Ensemble`).
 - ``preprocess.json``: the HU window and input size, the task, the class names and the threshold.
 - ``model.onnx``: the same network for deployment without this package (see :func:`export_onnx`).
 - ``metrics.json`` and ``MODEL_CARD.md``: the locked-test evaluation and the model card.
 
-Loading is ``build(spec)`` then ``load_state_dict(strict=True)`` from safetensors, never ``torch.load``.
+Loading is ``build(spec)`` (or an :class:`Ensemble` of it) then ``load_state_dict(strict=True)`` from
+safetensors, never ``torch.load``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -40,6 +44,8 @@ PREPROCESS = "preprocess.json"
 ONNX = "model.onnx"
 METRICS = "metrics.json"
 CARD = "MODEL_CARD.md"
+ENSEMBLE = "ensemble.json"
+MAX_MEMBERS = 50  # more is a corrupt or hostile ensemble.json (confirmation keeps at most 10 folds x repeats)
 REQUIRED = (SPEC, WEIGHTS, PREPROCESS)
 
 # The ONNX graph's names; the batch axis is dynamic, the volume size is fixed by preprocess.json.
@@ -52,6 +58,34 @@ TOLERANCE = 1e-4
 # scan, about 4 GiB per 64-channel feature map). A larger size is a corrupt or hostile preprocess.json,
 # on which predict would try to allocate tens of GB.
 MAX_INPUT_VOXELS = 256**3
+
+
+class Ensemble(torch.nn.Module):
+    """Several trained copies of one spec whose P(label 1) is averaged; it outputs the logit of that mean.
+
+    The cross-validation fold models of the confirmation stage, shipped together (as nnU-Net ships its
+    five fold models), so the exported model is the one whose out-of-fold score the confirmation
+    measured. The logit of the mean probability is computed in log space,
+    ``logsumexp(logsigmoid(z)) - logsumexp(logsigmoid(-z))``, exact where some probabilities round to 0
+    or 1 in float32; one output per scan, so predict, the ONNX file and every metric treat it like a
+    single model.
+    """
+
+    def __init__(self, members: list[torch.nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("ensemble: needs at least one member")
+        self.members = torch.nn.ModuleList(members)
+        self.spec = getattr(members[0], "spec", None)  # every member is built from it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.stack([m(x) for m in self.members]).float()
+        return torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
+
+
+def members_of(model: torch.nn.Module) -> int:
+    """How many trained copies a model is: an :class:`Ensemble`'s members, else 1."""
+    return len(model.members) if isinstance(model, Ensemble) else 1
 
 
 class ModelDirError(ValueError):
@@ -178,6 +212,9 @@ def save_model(directory: str | Path, model: torch.nn.Module, spec: ArchSpec, tr
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS), metadata={"format": "lungct-nas", "spec": spec.to_json(None)})
     write_json(directory / PREPROCESS, info.to_dict())
+    if isinstance(model, Ensemble):
+        write_json(directory / ENSEMBLE, {"members": members_of(model), "combine": "mean of sigmoid probabilities; "
+                                          "the model outputs its logit"})
 
 
 def _read_json(path: Path) -> dict:
@@ -210,12 +247,29 @@ def _mismatch(expected: dict[str, tuple], stored: dict[str, tuple]) -> str | Non
     return None
 
 
-def load_model(directory: str | Path) -> tuple[SpecNet, PreprocessConfig, ModelInfo]:
+def _read_members(directory: Path) -> int:
+    """Members in ``ensemble.json`` (1 without the file)."""
+    if not (directory / ENSEMBLE).is_file():
+        return 1
+    value = _read_json(directory / ENSEMBLE).get("members")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MEMBERS:
+        raise ModelDirError(f"{directory / ENSEMBLE}: members: expected an integer from 1 to {MAX_MEMBERS}, "
+                            f"got {value!r}")
+    return value
+
+
+def build_model(spec: ArchSpec, members: int = 1) -> SpecNet | Ensemble:
+    """The spec's network, or an :class:`Ensemble` of ``members`` copies of it (untrained)."""
+    return build(spec) if members == 1 else Ensemble([build(spec) for _ in range(members)])
+
+
+def load_model(directory: str | Path) -> tuple[SpecNet | Ensemble, PreprocessConfig, ModelInfo]:
     """The exported model (CPU, eval mode, float32), its preprocessing, and what it predicts.
 
     Everything is checked before a tensor is allocated: each field of ``preprocess.json`` (the HU
     window, an input size of at most :data:`MAX_INPUT_VOXELS`, a threshold in [0, 1]), the spec, that
-    the spec runs at that size, and that the weights' names and shapes are the spec's.
+    the spec runs at that size, the member count of ``ensemble.json`` if there is one, and that the
+    weights' names and shapes are the spec's (each member's).
 
     Raises:
         ModelDirError: The folder or one of its files is missing or invalid, or the weights do not fit
@@ -241,8 +295,9 @@ def load_model(directory: str | Path) -> tuple[SpecNet, PreprocessConfig, ModelI
     except SpecInputError as e:
         raise ModelDirError(f"{directory / SPEC}: cannot run at its input size "
                             f"{'x'.join(map(str, info.preprocess.size))} ({PREPROCESS}): {e}") from None
+    members = _read_members(directory)
     with torch.device("meta"):  # the spec's tensors, without allocating them
-        expected = {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in build_model(spec, members).state_dict().items()}
     try:
         with safe_open(str(directory / WEIGHTS), framework="pt") as f:
             names = f.keys()  # a safetensors file, not a dict
@@ -252,7 +307,7 @@ def load_model(directory: str | Path) -> tuple[SpecNet, PreprocessConfig, ModelI
         raise ModelDirError(f"{directory / WEIGHTS}: unreadable ({e})") from None
     if mismatch:
         raise ModelDirError(f"{directory / WEIGHTS}: does not match {SPEC} ({mismatch})")
-    model = build(spec)
+    model = build_model(spec, members)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -361,7 +361,8 @@ def _confirm(args: argparse.Namespace, study: optuna.Study, storage, prepared: P
           f"{settings.confirm_folds}-fold splits at {settings.confirm_epochs} epochs")
     try:
         decision = confirm(study, storage, [ConfirmFold(0, f.fold, train, val) for f, train, val in fresh],
-                           confirm_settings, settings.size, device, amp)
+                           confirm_settings, settings.size, device, amp,
+                           artifacts=artifact_dir(args.studies_dir, args.study))
     except KeyboardInterrupt:
         return True
     except ValueError as e:

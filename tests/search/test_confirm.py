@@ -4,7 +4,9 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import TrialState
+from safetensors.torch import load_file
 
 from search.confirm import (
     BASELINE_KEY,
@@ -189,3 +191,46 @@ def test_confirm_a_diverging_run_is_recorded_not_retried():
                        progress=False)
     assert decision["recommended"]["baseline"]
     assert decision["candidates"][1]["reason"].startswith("non-finite training loss")
+
+
+class _LaggingNorm(torch.nn.Module):
+    """A 'trained' model with batch norm whose running statistics are far from its data's."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm3d(1)
+        with torch.no_grad():
+            self.norm.running_mean.fill_(100.0)
+
+    def forward(self, x):
+        return self.norm(x).mean(dim=(1, 2, 3, 4))
+
+
+def test_confirm_recomputes_batch_norm_before_scoring_and_keeps_each_runs_weights(tmp_path):
+    study = _search_study([(0.9, _spec(8))])
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    folds = _folds()
+    decision = confirm(study, study._storage, folds, settings, SIZE, torch.device("cpu"),
+                       train_fn=lambda *a, **k: Trained(_LaggingNorm(), FitResult()), progress=False,
+                       artifacts=tmp_path)
+    store = FileSystemArtifactStore(str(tmp_path))
+    companion = optuna.load_study(study_name=settings.study_name(study.study_name), storage=study._storage)
+    for row in decision["candidates"]:
+        assert len(row["members"]) == len(folds)
+        for artifact in row["members"]:
+            path = tmp_path / f"{artifact}.safetensors"
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
+            kept = load_file(str(path))
+            data = folds[0].train.volumes.float()
+            # The stored statistics are the training scans' (mean about 0.75 here), not the stale 100.
+            assert kept["norm.running_mean"].item() == pytest.approx(float(data.mean()), abs=1e-3)
+    assert all(t.user_attrs["batchnorm_recomputed"] for t in companion.trials)
+    assert decision["recommended"]["members"] == decision["candidates"][0]["members"]  # the baseline stays
+
+
+def test_confirm_without_an_artifact_folder_keeps_no_weights():
+    study = _search_study([(0.9, _spec(8))])
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    decision = confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"),
+                       train_fn=lambda *a, **k: Trained(_Scaled(1.0), FitResult()), progress=False)
+    assert decision["recommended"]["members"] is None

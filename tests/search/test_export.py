@@ -7,6 +7,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
@@ -19,8 +20,10 @@ from search.export import BASELINE_DIR, choose, main
 from search.intervals import auc_rows, bootstrap_auc, stratified_resamples, wilson
 from search.model_dir import (
     ONNX,
+    Ensemble,
     ModelDirError,
     ModelInfo,
+    build_model,
     export_onnx,
     fixed_input,
     load_model,
@@ -38,6 +41,7 @@ SIZE = (16, 16, 32)  # the seed baseline's four levels fit ('same' padding)
 SECRET = "s3cret"
 FILES = {"spec.json", "train_spec.json", "weights.safetensors", "model.onnx", "preprocess.json", "metrics.json",
          "MODEL_CARD.md"}
+FOLDS = 3  # the confirmation's default folds: the default export ships that many fold models
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +68,31 @@ def exported(tiny_data, tmp_path_factory):
     return root, root / "lungct" / "model", saved[0]
 
 
+@pytest.fixture(scope="module")
+def refitted(exported):
+    """The same study exported with --refit: one model trained on train+val, and that in-memory model."""
+    root, _, _ = exported
+    out = root / "refit"
+    saved = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PRECISION_ENV, "float32")
+        real_save = search.export.save_model
+
+        def keep_model(directory, model, *args):
+            saved.append(model)
+            real_save(directory, model, *args)
+
+        mp.setattr(search.export, "save_model", keep_model)
+        assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{root}/lungct.db",
+                     "--refit", "--out", str(out)]) == 0
+    return out, saved[0]
+
+
 def test_export_writes_every_file_of_the_model_folder(exported):
     _, out, _ = exported
     metrics = json.loads((out / "metrics.json").read_text())
     names = {p.name for p in out.iterdir()}
-    assert names - {BASELINE_DIR} == FILES
+    assert names - {BASELINE_DIR} == FILES | {"ensemble.json"}
     # The baseline trained beside a searched model is a model folder of its own, for scoring on new scans.
     assert (BASELINE_DIR in names) == (not metrics["selection"]["is_baseline"])
 
@@ -88,8 +112,65 @@ def test_export_trains_the_confirmations_recommendation_for_its_epochs(exported)
     assert "## How this model was chosen" in (out / "MODEL_CARD.md").read_text()
 
 
-def test_export_recomputes_batch_norm_statistics_over_the_training_scans(exported, tiny_data):
+def test_export_ships_the_confirmations_fold_models_of_the_recommendation(exported):
     root, out, model = exported
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{root}/lungct.db")
+    decision = study.user_attrs["confirmation"]
+    ids = decision["recommended"]["members"]
+    assert isinstance(model, Ensemble) and len(model.members) == len(ids) == FOLDS
+    assert json.loads((out / "ensemble.json").read_text())["members"] == FOLDS
+    store = FileSystemArtifactStore(str(root / "lungct-artifacts"))
+    for i, (member, artifact) in enumerate(zip(model.members, ids, strict=True)):
+        path = root / f"member{i}.safetensors"
+        download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
+        kept = load_file(str(path))
+        # Bit for bit the weights the confirmation trained and scored for this fold.
+        for name, value in member.state_dict().items():
+            assert torch.equal(value, kept[name]), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["members"] == FOLDS and metrics["training"]["mode"] == "confirmation fold models"
+    assert "ensemble of 3 fold models" in metrics["training"]["data"]
+    assert "An ensemble of 3 copies" in (out / "MODEL_CARD.md").read_text()
+    if not metrics["selection"]["is_baseline"]:  # the baseline beside it is its own fold models, too
+        assert json.loads((out / BASELINE_DIR / "ensemble.json").read_text())["members"] == FOLDS
+
+
+def test_export_refit_trains_one_model_on_train_and_validation(exported, refitted):
+    root, _, _ = exported
+    out, model = refitted
+    assert not isinstance(model, Ensemble) and not (out / "ensemble.json").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{root}/lungct.db")
+    assert metrics["model"]["members"] == 1 and metrics["training"]["mode"] == "refit"
+    assert metrics["model"]["epochs"] == study.user_attrs["confirmation"]["settings"]["epochs"]
+    assert json.loads((out / "spec.json").read_text()) == study.user_attrs["confirmation"]["recommended"]["spec"]
+
+
+def test_export_epochs_without_refit_is_a_one_line_error(exported, tmp_path, capsys):
+    root, _, _ = exported
+    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(tmp_path / "m"), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs" in err and "--refit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_of_a_confirmation_without_fold_models_asks_for_a_rerun_or_refit(exported, tmp_path, capsys):
+    root, _, _ = exported
+    db = tmp_path / "old.db"
+    db.write_bytes((root / "lungct.db").read_bytes())
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{db}")
+    decision = copy.deepcopy(study.user_attrs["confirmation"])
+    decision["recommended"].pop("members")  # what a confirmation of an older lungct-nas stored
+    study.set_user_attr("confirmation", decision)
+    assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{db}",
+                 "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "kept no fold models" in err and "--confirm-only" in err and "--refit" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
+def test_export_recomputes_batch_norm_statistics_over_the_training_scans(refitted, exported, tiny_data):
+    root, _, _ = exported
+    out, model = refitted
     metrics = json.loads((out / "metrics.json").read_text())
     assert "recomputed over the training scans" in metrics["training"]["batchnorm_statistics"]
     trainval = prepare_data(tiny_data, PreprocessConfig(size=SIZE), studies_dir=root, workers=1,
@@ -112,11 +193,17 @@ def test_export_without_a_confirmation_is_a_one_line_error(tiny_data, tmp_path, 
     assert "has no confirmation yet" in err and "--confirm-only" in err and len(err.strip().splitlines()) == 1
 
 
-def test_export_weights_load_strictly_into_the_rebuilt_spec(exported):
-    _, out, _ = exported
-    spec = ArchSpec.from_json((out / "spec.json").read_text())
+def test_export_weights_load_strictly_into_the_rebuilt_spec(exported, refitted):
+    _, ensemble, _ = exported
+    spec = ArchSpec.from_json((refitted[0] / "spec.json").read_text())
     model = build(spec)
-    state = load_file(str(out / "weights.safetensors"))
+    state = load_file(str(refitted[0] / "weights.safetensors"))
+    assert not any(k.startswith("members.") for k in state)
+    # Batch-norm running statistics are buffers, not parameters; they must travel with the weights.
+    assert any(k.endswith("running_mean") for k in state) == (spec.norm == "batch")
+    model.load_state_dict(state, strict=True)
+    model = build_model(spec, FOLDS)
+    state = load_file(str(ensemble / "weights.safetensors"))
     # Batch-norm running statistics are buffers, not parameters; they must travel with the weights.
     assert any(k.endswith("running_mean") for k in state) == (spec.norm == "batch")
     model.load_state_dict(state, strict=True)
@@ -190,14 +277,14 @@ def test_export_refuses_an_onnx_file_that_disagrees_with_the_weights(exported, t
     def export_another_model(model, size, path):  # an ONNX file of other weights than weights.safetensors
         other = copy.deepcopy(model)
         with torch.no_grad():
-            other.head.out.bias.add_(1.0)
+            other.members[0].head.out.bias.add_(3.0)  # a third of the ensemble's mean probability moves
         real_export_onnx(other, size, path)
 
     monkeypatch.setattr(search.export, "export_onnx", export_another_model)
     out = tmp_path / "m"
-    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(out), "--epochs", "1"]) == 1
+    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: model.onnx: reloaded output differs from the trained model by 1.00e+00")
+    assert err.startswith("error: model.onnx: reloaded output differs from the trained model by")
     assert "not trustworthy" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".m.tmp.*"))  # nothing written, nothing left behind
 

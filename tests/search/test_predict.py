@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lungct.records import PreprocessConfig, get_task
-from search.model_dir import MAX_INPUT_VOXELS, ModelInfo, save_model
+from search.model_dir import MAX_INPUT_VOXELS, Ensemble, ModelInfo, load_model, save_model
 from search.predict import main
 from search.routing import ROUTING
 from space import ArchSpec, LevelSpec, TrainSpec, build
@@ -181,3 +181,58 @@ def test_predict_weights_of_another_spec_are_a_one_line_error(model_dir, tmp_pat
 
 def test_predict_size_cap_is_far_above_what_the_search_trains_at():
     assert MAX_INPUT_VOXELS >= 8 * 64 * 128 * 128  # 8x the seed's input
+
+
+def _ensemble_dir(path, members=3):
+    spec = ArchSpec(levels=(LevelSpec(4), LevelSpec(8)), padding="same", head_units=(8,))
+    torch.manual_seed(1)
+    model = Ensemble([build(spec) for _ in range(members)]).eval()
+    save_model(path, model, spec, TrainSpec(), ModelInfo.for_task(get_task("course"), PreprocessConfig(size=SIZE)))
+    return path, model
+
+
+def test_ensemble_outputs_the_logit_of_its_members_mean_probability():
+    z = torch.tensor([[0.0, 2.0, -1.0], [1.0, -3.0, 4.0]])
+    assert torch.allclose(Ensemble([torch.nn.Identity(), torch.nn.Identity()])(z), z, atol=1e-6)  # same members
+
+    class Shift(torch.nn.Module):
+        def __init__(self, shift):
+            super().__init__()
+            self.shift = shift
+
+        def forward(self, x):
+            return x + self.shift
+
+    mixed = Ensemble([Shift(-2.0), Shift(3.0)])(z)
+    assert torch.allclose(mixed, torch.logit((torch.sigmoid(z - 2) + torch.sigmoid(z + 3)) / 2), atol=1e-5)
+    # Probabilities that round to 0 or 1 in float32 still give a finite logit of their mean.
+    extreme = Ensemble([Shift(0.0), Shift(0.0)])(torch.tensor([300.0, -300.0]))
+    assert torch.all(torch.isfinite(extreme)) and torch.allclose(extreme, torch.tensor([300.0, -300.0]))
+
+
+def test_predict_reads_an_ensemble_folder_and_matches_the_in_memory_ensemble(tmp_path, capsys):
+    directory, model = _ensemble_dir(tmp_path / "ens")
+    loaded, _, _ = load_model(directory)
+    assert isinstance(loaded, Ensemble) and len(loaded.members) == 3
+    x = torch.rand(2, 1, *SIZE)
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    scan = write_nifti(tmp_path / "s.nii.gz", synthetic_ct())
+    assert main([str(directory), str(scan), "--json"]) == 0
+    assert 0.0 <= _json(capsys)["results"][0]["probability"] <= 1.0
+
+
+@pytest.mark.parametrize("value", [0, -1, "3", 2.0, True, 10_000, None])
+def test_predict_invalid_ensemble_member_count_is_a_one_line_error(tmp_path, capsys, value):
+    directory, _ = _ensemble_dir(tmp_path / "ens")
+    (directory / "ensemble.json").write_text(json.dumps({"members": value}))
+    assert main([str(directory), str(write_nifti(tmp_path / "s.nii.gz", synthetic_ct()))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ensemble.json: members" in err[0]
+
+
+def test_predict_ensemble_folder_with_one_member_too_few_weights_is_a_one_line_error(tmp_path, capsys):
+    directory, _ = _ensemble_dir(tmp_path / "ens")
+    (directory / "ensemble.json").write_text(json.dumps({"members": 2}))
+    assert main([str(directory), str(write_nifti(tmp_path / "s.nii.gz", synthetic_ct()))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match spec.json" in err[0] and "unexpected members.2" in err[0]
