@@ -145,7 +145,7 @@ class ExportSettings:
 
 @dataclass(frozen=True)
 class Trained:
-    """A model retrained on train+val and scored on the test part."""
+    """A model to ship (the confirmation's fold models as an ensemble, or a refit) and its test-part scores."""
 
     role: str
     trial: int | None
@@ -517,7 +517,7 @@ def _print_test(result: dict, classes: tuple[str, str]) -> None:
 
 
 def run_export(args: argparse.Namespace) -> Path:
-    """Everything after parsing: choose, retrain, test, write. Returns the folder written.
+    """Everything after parsing: choose, assemble (or refit), test, write. Returns the folder written.
 
     Raises:
         ValueError, DataError: Bad flags, a missing study, unusable data.

@@ -73,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="confirm the best trials of the K best distinct convolutional trunks (head, dropout and "
                    f"optimiser variants count as one) against the seed baseline (default: {DEFAULT_TOP_K})")
     p.add_argument("--confirm-folds", type=int, default=None, metavar="K",
-                   help="folds of the confirmation's fresh cross-validation; more folds train each run on more of "
-                   "the non-test scans, closer to what export trains on, at about (K-1)/2 times the 3-fold cost "
-                   f"(default: {DEFAULT_CONFIRM_FOLDS})")
+                   help="folds of the confirmation's fresh cross-validation, and so the members of the ensemble "
+                   "export ships; more folds train each run on more of the non-test scans, at about (K-1)/2 times "
+                   f"the 3-fold cost and K/3 times the inference (default: {DEFAULT_CONFIRM_FOLDS})")
     p.add_argument("--confirm-epochs", type=int, default=None, metavar="E",
-                   help="epochs per confirmation run, also what export trains for (default: 12 on the CPU, 60 on a "
-                   "GPU; 2x --epochs when --epochs is given)")
+                   help="epochs per confirmation run, and so of the fold models export ships (default: 12 on the "
+                   "CPU, 60 on a GPU; 2x --epochs when --epochs is given)")
     stage = p.add_mutually_exclusive_group()
     stage.add_argument("--no-confirm", action="store_true", help="search only; skip the confirmation stage")
     stage.add_argument("--confirm-only", action="store_true",
@@ -402,7 +402,7 @@ def _print_next_steps(args: argparse.Namespace, storage_url: str) -> None:
     print("\nnext:")
     print(f"  optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}   # live view, learning curves")
     print(f"  python -m search.report{study_flags}   # offline HTML report: importance, Pareto front")
-    print(f"  python -m search.export{study_flags}   # train the recommended model, test it once, write it")
+    print(f"  python -m search.export{study_flags}   # ship the recommended model, test it once, write it")
 
 
 if __name__ == "__main__":

@@ -395,3 +395,22 @@ def test_export_model_folder_round_trips_batch_norm_statistics(tmp_path):
     assert reloaded.features.level1.norm.running_mean.abs().sum() > 0
     assert np.max(np.abs(logits(reloaded, x) - expected)) <= 1e-4
     assert np.max(np.abs(onnx_logits(tmp_path / ONNX, x) - expected)) <= 1e-4
+
+
+def test_export_onnx_of_an_ensemble_of_confident_members_matches_torch(tmp_path):
+    # Members sure of label 1 (logits 24, 22.5, 16): the ensemble's logit hangs on probabilities near
+    # 1e-10, which onnxruntime's fast sigmoid cannot resolve; an exported Log(Sigmoid) was 0.48 off.
+    spec = ArchSpec(levels=(LevelSpec(4), LevelSpec(4)), padding="same", head_units=())
+    members = []
+    for bias in (24.0, 22.5, 16.0):
+        member = build(spec).eval()
+        with torch.no_grad():
+            member.head.out.weight.mul_(0.1)
+            member.head.out.bias.fill_(bias)
+        members.append(member)
+    ensemble = Ensemble(members).eval()
+    size = (8, 8, 8)
+    export_onnx(ensemble, size, tmp_path / "e.onnx")
+    x = fixed_input(size, n=3, seed=1)
+    expected = logits(ensemble, x)
+    assert np.all(expected > 15) and np.max(np.abs(onnx_logits(tmp_path / "e.onnx", x) - expected)) <= 1e-4
