@@ -94,10 +94,12 @@ def render_model_card(m: dict) -> str:
     if base_test is None:
         lines += [f"Seed baseline: not trained ({note}).", ""]
     else:
-        same = ("the same folds' fold models, as an ensemble" if base.get("members", 1) > 1
-                else "same train + validation scans")
-        lines += [f"The seed baseline ({base['architecture']}) was trained the same way: {same}, "
-                  f"{base['epochs']} epochs ({base['epochs_rule']})" + (f"; {note}" if note else "") + ".", ""]
+        how = ("was trained the same way: same train + validation scans" if model.get("members", 1) == 1 else
+               f"was trained as the course trains it, on all {data['n_train'] + data['n_val']} train + validation "
+               "scans (the model you have without the search; the confirmation compared the two specs' fold "
+               "models)")
+        lines += [f"The seed baseline ({base['architecture']}) {how}, {base['epochs']} epochs ({base['epochs_rule']})"
+                  + (f"; {note}" if note else "") + ".", ""]
     auc_method = test["model"]["auc"]["method"]
     lines += [
         f"Intervals are 95%: ROC AUC by {auc_method}; accuracy, sensitivity and specificity by Wilson score "

@@ -131,8 +131,32 @@ def test_export_ships_the_confirmations_fold_models_of_the_recommendation(export
     assert metrics["model"]["members"] == FOLDS and metrics["training"]["mode"] == "confirmation fold models"
     assert "ensemble of 3 fold models" in metrics["training"]["data"]
     assert "An ensemble of 3 copies" in (out / "MODEL_CARD.md").read_text()
-    if not metrics["selection"]["is_baseline"]:  # the baseline beside it is its own fold models, too
-        assert json.loads((out / BASELINE_DIR / "ensemble.json").read_text())["members"] == FOLDS
+    assert not metrics["selection"]["is_baseline"]  # the tiny study recommends a searched spec
+    # Beside it, the seed model as the course trains it: one model on all train+val scans.
+    assert not (out / BASELINE_DIR / "ensemble.json").exists() and metrics["baseline"]["members"] == 1
+    assert metrics["baseline"]["epochs"] == decision["settings"]["epochs"]
+
+
+def test_export_of_a_kept_seed_baseline_trains_it_on_all_train_and_validation_scans(exported, tmp_path):
+    root, _, _ = exported
+    db = tmp_path / "kept.db"
+    db.write_bytes((root / "lungct.db").read_bytes())
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{db}")
+    decision = copy.deepcopy(study.user_attrs["confirmation"])
+    base_row = next(r for r in decision["candidates"] if r["baseline"])
+    decision["recommended"] = {"key": "baseline", "trial": base_row["trial"], "baseline": True,
+                               "confirmed": base_row["confirmed"], "spec": base_row["spec"],
+                               "train_spec": base_row["train_spec"], "members": base_row["members"], "why": "kept"}
+    study.set_user_attr("confirmation", decision)
+    out = tmp_path / "m"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PRECISION_ENV, "float32")
+        assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{db}",
+                     "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selection"]["is_baseline"] and metrics["test"]["baseline_is_model"]
+    assert not (out / "ensemble.json").exists() and not (out / BASELINE_DIR).exists()
+    assert metrics["model"]["members"] == 1 and metrics["training"]["data"] == "train + validation parts"
 
 
 def test_export_refit_trains_one_model_on_train_and_validation(exported, refitted):
