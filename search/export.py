@@ -1,16 +1,16 @@
-"""``python -m search.export``: ship the recommended model, test it once on the locked test part, write a model folder.
+"""``python -m search.export``: train the recommended model, test it once on the locked test part, write a model folder.
 
 The search saw only the train and validation parts. Export takes the confirmation stage's
 recommendation (``search.confirm``: the seed baseline unless a candidate beat it by more than the paired
-noise) and ships the fold models the confirmation trained and scored for it, as an ensemble that
-averages their probabilities: the model whose out-of-fold AUC chose it (``--refit`` trains the spec once
-more on all of train + validation instead). A recommended seed baseline, which no search chose, ships as
-the course trains it: once, on all of train + validation. It evaluates the model once on the test part,
-which nothing else reads, beside the seed baseline trained that way (the model a user has without the
-search), so what the search gained is measured on scans neither model has seen, and metrics.json
-records the confirmed score, the test AUC and their difference (the optimism). The folder it writes (see
-``search.model_dir``) is what ``python -m search.predict`` reads; the baseline's weights go to its
-``baseline/`` subfolder, a model folder of its own, so both can be scored on new scans.
+noise), trains it on train + validation for the confirmation's epoch count, and evaluates it once on the
+test part, which nothing else reads. The seed baseline is trained and tested the same way beside it, so
+what the search gained is measured on scans neither model has seen, and metrics.json records the
+confirmed score, the test AUC and their difference (the optimism). ``--ensemble`` ships instead the
+fold models the confirmation trained and scored for a searched spec, as an ensemble that averages their
+probabilities: the model whose out-of-fold score chose it (measured: 0.011-0.012 AUC below the refit on
+fresh phantoms, at three times the inference, with an optimism near 0; benchmarks/RESULTS.md). The folder
+it writes (see ``search.model_dir``) is what ``python -m search.predict`` reads; the baseline's weights go
+to its ``baseline/`` subfolder, a model folder of its own, so both can be scored on new scans.
 """
 
 from __future__ import annotations
@@ -96,16 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "is the one the search held out")
     p.add_argument("--out", metavar="DIR", help="model folder to write (default: studies/<study>/model)")
     p.add_argument("--trial", type=int, metavar="N", help="export this complete trial instead of the "
-                   "confirmation's recommendation, trained as --refit does (default: the recommendation; see "
-                   "python -m search.run)")
-    p.add_argument("--refit", action="store_true",
-                   help="train a recommended searched spec once more, as one model on all of train+val, instead of "
-                   "shipping the confirmation's fold models of it as an ensemble (default: off: the ensemble is "
-                   "what the confirmation scored; a refit is a model nothing scored before the test part). The "
-                   "seed baseline is always trained that way")
-    p.add_argument("--epochs", type=int, metavar="E", help="with --refit or --trial: training epochs on train+val "
-                   "for the model and the baseline (default: the confirmation's epochs per run, which the study "
-                   "stores)")
+                   "confirmation's recommendation (default: the recommendation; see python -m search.run)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="ship the confirmation's fold models of a recommended searched spec as one ensemble "
+                   "(mean probability) instead of training it once more on all of train+val: the exact models the "
+                   "confirmation scored, at K times the inference (default: off, one model; a recommended seed "
+                   "baseline and the baseline beside the model are always trained once on train+val)")
+    p.add_argument("--epochs", type=int, metavar="E", help="training epochs on train+val for the model and the "
+                   "baseline (default: the confirmation's epochs per run, which the study stores)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = CUDA when available, else CPU (default: auto)")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
@@ -141,12 +139,12 @@ class ExportSettings:
     device: torch.device
     force: bool
     include_scan_ids: bool = False
-    refit: bool = False
+    ensemble: bool = False
 
 
 @dataclass(frozen=True)
 class Trained:
-    """A model to ship (the confirmation's fold models as an ensemble, or a refit) and its test-part scores."""
+    """A model to ship (trained on train+val, or the confirmation's fold models as an ensemble) and its test scores."""
 
     role: str
     trial: int | None
@@ -166,9 +164,9 @@ class Trained:
 def _check_args(args: argparse.Namespace) -> None:
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs: expected a positive count, got {args.epochs}")
-    if args.epochs is not None and not (args.refit or args.trial is not None):
-        raise ValueError("--epochs: applies to a model trained here (--refit or --trial N); the default export "
-                         "ships the confirmation's fold models as they were trained")
+    if args.ensemble and args.trial is not None:
+        raise ValueError("--ensemble: ships the confirmation's fold models of its recommendation; a --trial is "
+                         "trained on train+val instead, so pass one or the other")
     if args.bootstrap < 100:
         raise ValueError(f"--bootstrap: expected at least 100 resamples, got {args.bootstrap}")
 
@@ -321,7 +319,7 @@ def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec
             except (OSError, SafetensorError, ArtifactNotFound) as e:
                 raise ValueError(f"artifacts: fold model {i} of the {role} ({artifact}) is missing or unreadable in "
                                  f"{store_dir} ({type(e).__name__}); rerun python -m search.run --confirm-only, or "
-                                 "pass --refit") from None
+                                 "export without --ensemble") from None
             net = build(spec)
             try:
                 net.load_state_dict(state, strict=True)
@@ -407,7 +405,7 @@ def _training_entry(s: ExportSettings, model: Trained) -> dict:
                 "scored on the rest; probabilities averaged")
     else:
         data = "train + validation parts"
-    return {"data": data, "mode": "confirmation fold models" if model.members > 1 else "refit",
+    return {"data": data, "mode": "confirmation fold models" if model.members > 1 else "trained on train + validation",
             "device": s.device.type,
             "seed": s.seed, "augmentation": "the search's augmentation (search.train.DEFAULT_AUGMENT)",
             "batchnorm_statistics": "recomputed over the training scans after training "
@@ -517,7 +515,7 @@ def _print_test(result: dict, classes: tuple[str, str]) -> None:
 
 
 def run_export(args: argparse.Namespace) -> Path:
-    """Everything after parsing: choose, assemble (or refit), test, write. Returns the folder written.
+    """Everything after parsing: choose, train (or assemble), test, write. Returns the folder written.
 
     Raises:
         ValueError, DataError: Bad flags, a missing study, unusable data.
@@ -535,7 +533,7 @@ def run_export(args: argparse.Namespace) -> Path:
         size=tuple(stored["size"]), seed=int(stored.get("seed", 0)),
         split_seed=int(stored.get("split_seed", stored.get("seed", 0))), n_phantoms=int(stored.get("n_phantoms", 200)),
         epochs=args.epochs, bootstrap=args.bootstrap, device=resolve_device(args.device), force=args.force,
-        include_scan_ids=args.include_scan_ids, refit=args.refit or args.trial is not None,
+        include_scan_ids=args.include_scan_ids, ensemble=args.ensemble,
     )
     check_out_dir(s.out, s.force)
     choice = choose(study, args.trial, s.size)
@@ -543,11 +541,11 @@ def run_export(args: argparse.Namespace) -> Path:
     # A kept seed baseline is not a search result: no maximum over noisy scores chose it, so nothing asks for
     # the fold models the confirmation scored, and the course trains it on all its scans. Measured on fresh
     # phantoms: its refit beat its own fold ensemble by +0.036 AUC (CI +0.008 to +0.067).
-    ensemble = not s.refit and not choice.is_baseline
+    ensemble = s.ensemble and not choice.is_baseline
     if ensemble and not choice.members:
-        raise ValueError(f"study: the confirmation of {s.study!r} kept no fold models of its recommendation (it "
-                         "was confirmed by an older lungct-nas, or its runs diverged); rerun python -m search.run "
-                         "--confirm-only, or pass --refit to train the spec once more")
+        raise ValueError(f"--ensemble: the confirmation of {s.study!r} kept no fold models of its recommendation "
+                         "(it was confirmed by an older lungct-nas); rerun python -m search.run --confirm-only, or "
+                         "export without --ensemble")
     print(f"study {s.study!r} in {redact(s.storage)}: exporting {choice.how}")
 
     root = resolve_data_root(s.data, s.studies_dir, s.n_phantoms, 0)

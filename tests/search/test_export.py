@@ -41,7 +41,7 @@ SIZE = (16, 16, 32)  # the seed baseline's four levels fit ('same' padding)
 SECRET = "s3cret"
 FILES = {"spec.json", "train_spec.json", "weights.safetensors", "model.onnx", "preprocess.json", "metrics.json",
          "MODEL_CARD.md"}
-FOLDS = 3  # the confirmation's default folds: the default export ships that many fold models
+FOLDS = 3  # the confirmation's default folds: export --ensemble ships that many fold models
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +69,10 @@ def exported(tiny_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def refitted(exported):
-    """The same study exported with --refit: one model trained on train+val, and that in-memory model."""
+def ensembled(exported):
+    """The same study exported with --ensemble: the confirmation's fold models, and that in-memory ensemble."""
     root, _, _ = exported
-    out = root / "refit"
+    out = root / "ensemble"
     saved = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PRECISION_ENV, "float32")
@@ -84,7 +84,7 @@ def refitted(exported):
 
         mp.setattr(search.export, "save_model", keep_model)
         assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{root}/lungct.db",
-                     "--refit", "--out", str(out)]) == 0
+                     "--ensemble", "--out", str(out)]) == 0
     return out, saved[0]
 
 
@@ -92,7 +92,7 @@ def test_export_writes_every_file_of_the_model_folder(exported):
     _, out, _ = exported
     metrics = json.loads((out / "metrics.json").read_text())
     names = {p.name for p in out.iterdir()}
-    assert names - {BASELINE_DIR} == FILES | {"ensemble.json"}
+    assert names - {BASELINE_DIR} == FILES
     # The baseline trained beside a searched model is a model folder of its own, for scoring on new scans.
     assert (BASELINE_DIR in names) == (not metrics["selection"]["is_baseline"])
 
@@ -112,8 +112,9 @@ def test_export_trains_the_confirmations_recommendation_for_its_epochs(exported)
     assert "## How this model was chosen" in (out / "MODEL_CARD.md").read_text()
 
 
-def test_export_ships_the_confirmations_fold_models_of_the_recommendation(exported):
-    root, out, model = exported
+def test_export_ensemble_ships_the_confirmations_fold_models_of_the_recommendation(exported, ensembled):
+    root, _, _ = exported
+    out, model = ensembled
     study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{root}/lungct.db")
     decision = study.user_attrs["confirmation"]
     ids = decision["recommended"]["members"]
@@ -137,7 +138,7 @@ def test_export_ships_the_confirmations_fold_models_of_the_recommendation(export
     assert metrics["baseline"]["epochs"] == decision["settings"]["epochs"]
 
 
-def test_export_of_a_kept_seed_baseline_trains_it_on_all_train_and_validation_scans(exported, tmp_path):
+def test_export_ensemble_of_a_kept_seed_baseline_trains_it_on_all_train_and_validation_scans(exported, tmp_path):
     root, _, _ = exported
     db = tmp_path / "kept.db"
     db.write_bytes((root / "lungct.db").read_bytes())
@@ -151,7 +152,7 @@ def test_export_of_a_kept_seed_baseline_trains_it_on_all_train_and_validation_sc
     out = tmp_path / "m"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PRECISION_ENV, "float32")
-        assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{db}",
+        assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{db}", "--ensemble",
                      "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selection"]["is_baseline"] and metrics["test"]["baseline_is_model"]
@@ -159,22 +160,22 @@ def test_export_of_a_kept_seed_baseline_trains_it_on_all_train_and_validation_sc
     assert metrics["model"]["members"] == 1 and metrics["training"]["data"] == "train + validation parts"
 
 
-def test_export_refit_trains_one_model_on_train_and_validation(exported, refitted):
-    root, _, _ = exported
-    out, model = refitted
+def test_export_trains_one_model_on_train_and_validation_by_default(exported):
+    root, out, model = exported
     assert not isinstance(model, Ensemble) and not (out / "ensemble.json").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{root}/lungct.db")
-    assert metrics["model"]["members"] == 1 and metrics["training"]["mode"] == "refit"
+    assert metrics["model"]["members"] == 1 and metrics["training"]["mode"] == "trained on train + validation"
     assert metrics["model"]["epochs"] == study.user_attrs["confirmation"]["settings"]["epochs"]
     assert json.loads((out / "spec.json").read_text()) == study.user_attrs["confirmation"]["recommended"]["spec"]
 
 
-def test_export_epochs_without_refit_is_a_one_line_error(exported, tmp_path, capsys):
+def test_export_ensemble_of_a_trial_is_a_one_line_error(exported, tmp_path, capsys):
     root, _, _ = exported
-    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(tmp_path / "m"), "--epochs", "3"]) == 2
+    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(tmp_path / "m"), "--ensemble",
+                 "--trial", "1"]) == 2
     err = capsys.readouterr().err
-    assert "--epochs" in err and "--refit" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --ensemble") and "--trial" in err and len(err.strip().splitlines()) == 1
 
 
 def test_export_of_a_confirmation_without_fold_models_asks_for_a_rerun_or_refit(exported, tmp_path, capsys):
@@ -185,16 +186,15 @@ def test_export_of_a_confirmation_without_fold_models_asks_for_a_rerun_or_refit(
     decision = copy.deepcopy(study.user_attrs["confirmation"])
     decision["recommended"].pop("members")  # what a confirmation of an older lungct-nas stored
     study.set_user_attr("confirmation", decision)
-    assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{db}",
+    assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{db}", "--ensemble",
                  "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
-    assert "kept no fold models" in err and "--confirm-only" in err and "--refit" in err
+    assert "kept no fold models" in err and "--confirm-only" in err and "without --ensemble" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
 
 
-def test_export_recomputes_batch_norm_statistics_over_the_training_scans(refitted, exported, tiny_data):
-    root, _, _ = exported
-    out, model = refitted
+def test_export_recomputes_batch_norm_statistics_over_the_training_scans(exported, tiny_data):
+    root, out, model = exported
     metrics = json.loads((out / "metrics.json").read_text())
     assert "recomputed over the training scans" in metrics["training"]["batchnorm_statistics"]
     trainval = prepare_data(tiny_data, PreprocessConfig(size=SIZE), studies_dir=root, workers=1,
@@ -217,11 +217,12 @@ def test_export_without_a_confirmation_is_a_one_line_error(tiny_data, tmp_path, 
     assert "has no confirmation yet" in err and "--confirm-only" in err and len(err.strip().splitlines()) == 1
 
 
-def test_export_weights_load_strictly_into_the_rebuilt_spec(exported, refitted):
-    _, ensemble, _ = exported
-    spec = ArchSpec.from_json((refitted[0] / "spec.json").read_text())
+def test_export_weights_load_strictly_into_the_rebuilt_spec(exported, ensembled):
+    _, single, _ = exported
+    ensemble, _ = ensembled
+    spec = ArchSpec.from_json((single / "spec.json").read_text())
     model = build(spec)
-    state = load_file(str(refitted[0] / "weights.safetensors"))
+    state = load_file(str(single / "weights.safetensors"))
     assert not any(k.startswith("members.") for k in state)
     # Batch-norm running statistics are buffers, not parameters; they must travel with the weights.
     assert any(k.endswith("running_mean") for k in state) == (spec.norm == "batch")
@@ -301,14 +302,14 @@ def test_export_refuses_an_onnx_file_that_disagrees_with_the_weights(exported, t
     def export_another_model(model, size, path):  # an ONNX file of other weights than weights.safetensors
         other = copy.deepcopy(model)
         with torch.no_grad():
-            other.members[0].head.out.bias.add_(3.0)  # a third of the ensemble's mean probability moves
+            other.head.out.bias.add_(1.0)
         real_export_onnx(other, size, path)
 
     monkeypatch.setattr(search.export, "export_onnx", export_another_model)
     out = tmp_path / "m"
-    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(out)]) == 1
+    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(out), "--epochs", "1"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: model.onnx: reloaded output differs from the trained model by")
+    assert err.startswith("error: model.onnx: reloaded output differs from the trained model by 1.00e+00")
     assert "not trustworthy" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".m.tmp.*"))  # nothing written, nothing left behind
 
