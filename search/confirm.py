@@ -15,11 +15,10 @@ The rule that picks the recommended model (stated in the README too):
   score; if none does, the seed baseline stays recommended.
 
 Each run's model gets its batch-norm statistics recomputed over its training scans before it is scored
-(``search.train.recalibrate_batchnorm``), and its weights are kept as an artifact of its run, so
-``search.export`` can ship the recommended spec's fold models as an ensemble: the model whose out-of-fold
-score the confirmation measured, not a refit that nothing scored (measured: a refit on all scans moves the
-seed baseline's AUC by +0.07 to +0.16 and the small candidates' by +0.01 to +0.03, so the confirmed
-difference misjudged what a refit ships).
+(``search.train.recalibrate_batchnorm``): with the running averages as training left them, the seed
+baseline confirmed 0.07-0.16 AUC below what its refit scored on fresh phantoms and candidates replaced it that
+were no better (benchmarks/RESULTS.md). Its weights are kept as an artifact of its run, so
+``search.export --ensemble`` can ship the recommended spec's fold models, the exact models scored here.
 
 So a candidate that is only as good as the baseline, give or take the noise of a few dozen scans, does
 not replace it. Each (candidate, fold) run is one trial of a companion study in the same storage, so the
@@ -67,7 +66,6 @@ DEFAULT_RESAMPLES = 2000
 # Bumped when what a run means changes, so a resumed study never mixes runs of two designs in one decision
 # (2: batch-norm statistics recomputed before scoring, weights kept for export).
 CONFIRM_VERSION = 2
-MEMBER_WEIGHTS = "weights_artifact"  # a run's artifact id: its trained weights (safetensors)
 
 
 @dataclass(frozen=True)
@@ -207,7 +205,7 @@ class RunResult:
         a = t.user_attrs
         auc = float(a["auc"]) if a.get("auc") is not None else math.nan
         return cls(a["candidate"], int(a["repeat"]), int(a["fold"]), auc, tuple(a.get("labels", ())),
-                   tuple(a.get("probs", ())), a.get(schema.PRUNE_REASON), a.get(MEMBER_WEIGHTS))
+                   tuple(a.get("probs", ())), a.get(schema.PRUNE_REASON), a.get(schema.WEIGHTS_ARTIFACT))
 
 
 def finished_runs(study: optuna.Study) -> dict[tuple[str, int, int], RunResult]:
@@ -291,7 +289,6 @@ class ConfirmRunner:
             trained = self.train_fn(candidate.spec, candidate.train, fold.train, None, epochs=self.settings.epochs,
                                     device=self.device, seed=seed, amp=self.amp, on_epoch=on_epoch)
             recomputed = recalibrate_batchnorm(trained.model, fold.train, self.device, candidate.train.batch_size)
-            trained.model.to("cpu")
             probs = predict_finite(trained, fold.val.volumes, self.device, amp=self.amp)
         except TrainingFailed as e:
             if e.kind == "out_of_memory":
@@ -310,9 +307,9 @@ class ConfirmRunner:
         trial.set_user_attr("probs", [round(float(p), 6) for p in probs])
         trial.set_user_attr(schema.TRAIN_SECONDS, round(trained.fitted.train_seconds, 2))
         trial.set_user_attr(schema.TRAIN_LOSS, [round(e.train_loss, 5) for e in trained.fitted.history])
-        trial.set_user_attr("batchnorm_recomputed", recomputed)
+        trial.set_user_attr(schema.BN_RECOMPUTED, recomputed)
         if self.store is not None:
-            trial.set_user_attr(MEMBER_WEIGHTS, self._keep_weights(trial, trained.model))
+            trial.set_user_attr(schema.WEIGHTS_ARTIFACT, self._keep_weights(trial, trained.model))
         return auc
 
     def _keep_weights(self, trial: optuna.Trial, model: torch.nn.Module) -> str:

@@ -40,7 +40,6 @@ from lungct.errors import DataError
 from lungct.records import PreprocessConfig, get_task
 from search import schema
 from search.artifacts import artifact_dir
-from search.confirm import MEMBER_WEIGHTS
 from search.data import PreparedData, prepare_data, resolve_data_root
 from search.fidelity import choose_fidelity
 from search.intervals import DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference, wilson
@@ -58,6 +57,7 @@ from search.model_dir import (
     is_model_dir,
     load_model,
     logits,
+    members_of,
     onnx_logits,
     save_model,
     write_json,
@@ -157,8 +157,12 @@ class Trained:
     metrics: BinaryMetrics
     train_seconds: float
     note: str | None = None
-    members: int = 1
-    member_train_scans: tuple[int, ...] = ()
+    member_train_scans: tuple[int, ...] = ()  # per fold model of an ensemble; empty for one model
+
+    @property
+    def members(self) -> int:
+        """Trained copies in the model: an ensemble's fold models, else 1."""
+        return members_of(self.model)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -167,6 +171,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.ensemble and args.trial is not None:
         raise ValueError("--ensemble: ships the confirmation's fold models of its recommendation; a --trial is "
                          "trained on train+val instead, so pass one or the other")
+    if args.ensemble and args.epochs is not None:
+        raise ValueError("--epochs: the fold models --ensemble ships trained for the confirmation's epochs, and the "
+                         "baseline beside them trains for as many; pass one or the other")
     if args.bootstrap < 100:
         raise ValueError(f"--bootstrap: expected at least 100 resamples, got {args.bootstrap}")
 
@@ -288,8 +295,8 @@ def _member_runs(storage: str, decision: dict) -> dict[str, dict]:
         companion = optuna.load_study(study_name=decision["companion_study"], storage=storage)
     except KeyError:
         return {}
-    return {t.user_attrs[MEMBER_WEIGHTS]: t.user_attrs for t in companion.get_trials(deepcopy=False)
-            if t.user_attrs.get(MEMBER_WEIGHTS)}
+    return {t.user_attrs[schema.WEIGHTS_ARTIFACT]: t.user_attrs for t in companion.get_trials(deepcopy=False)
+            if t.user_attrs.get(schema.WEIGHTS_ARTIFACT)}
 
 
 def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec, ids: list[str], decision: dict,
@@ -333,7 +340,7 @@ def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec
     seconds = sum(float(runs.get(i, {}).get(schema.TRAIN_SECONDS, 0.0)) for i in ids)
     rule = f"the confirmation's fold models, {epochs} epochs each"
     return Trained(role, trial, spec, train_spec, epochs, rule, model, probs, metrics, round(seconds, 2), note,
-                   members=len(ids), member_train_scans=n_train)
+                   member_train_scans=n_train)
 
 
 def _epochs_for(s: ExportSettings, stored: dict, decision: dict | None) -> tuple[int, str]:
@@ -403,11 +410,11 @@ def _training_entry(s: ExportSettings, model: Trained) -> dict:
         data = (f"an ensemble of {model.members} fold models from the confirmation stage, each trained on its "
                 f"fold's training scans ({'/'.join(map(str, model.member_train_scans))} of train + validation) and "
                 "scored on the rest; probabilities averaged")
+        mode = "confirmation fold models"
     else:
-        data = "train + validation parts"
-    return {"data": data, "mode": "confirmation fold models" if model.members > 1 else "trained on train + validation",
-            "device": s.device.type,
-            "seed": s.seed, "augmentation": "the search's augmentation (search.train.DEFAULT_AUGMENT)",
+        data, mode = "train + validation parts", "trained on train + validation"
+    return {"data": data, "mode": mode, "device": s.device.type, "seed": s.seed,
+            "augmentation": "the search's augmentation (search.train.DEFAULT_AUGMENT)",
             "batchnorm_statistics": "recomputed over the training scans after training "
                                     "(search.train.recalibrate_batchnorm), model and baseline alike",
             "test_inference": "float32 on the CPU, threshold 0.5"}

@@ -38,6 +38,10 @@ VAL_AUC = "val_auc"  # per fold: list of per-epoch validation AUCs (learning cur
 PRUNE_REASON = "prune_reason"
 FAIL_REASON = "fail_reason"
 
+# -- a confirmation run ---------------------------------------------------------------------------------
+BN_RECOMPUTED = "batchnorm_recomputed"  # its batch-norm statistics were recomputed before it was scored
+WEIGHTS_ARTIFACT = "weights_artifact"  # artifact id of its trained weights (safetensors), for export --ensemble
+
 # -- study-level attributes -----------------------------------------------------------------------------
 STUDY_SETTINGS = "settings"
 STUDY_OBJECTIVES = "objectives"

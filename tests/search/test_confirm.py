@@ -8,6 +8,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
+from search import schema
 from search.confirm import (
     BASELINE_KEY,
     Candidate,
@@ -224,7 +225,7 @@ def test_confirm_recomputes_batch_norm_before_scoring_and_keeps_each_runs_weight
             data = folds[0].train.volumes.float()
             # The stored statistics are the training scans' (mean about 0.75 here), not the stale 100.
             assert kept["norm.running_mean"].item() == pytest.approx(float(data.mean()), abs=1e-3)
-    assert all(t.user_attrs["batchnorm_recomputed"] for t in companion.trials)
+    assert all(t.user_attrs[schema.BN_RECOMPUTED] for t in companion.trials)
     assert decision["recommended"]["members"] == decision["candidates"][0]["members"]  # the baseline stays
 
 
