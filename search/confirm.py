@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from search import schema
 from search.intervals import auc_rows, stratified_resamples
 from search.metrics import binary_metrics
+from search.recovery import INTERRUPTED, record_worker, recover_trials
 from search.study import fail_running
 from search.train import EpochResult, Tensors, device_name, recalibrate_batchnorm
 from search.trainer import Trained, TrainingFailed, predict_finite, train_spec
@@ -275,6 +276,7 @@ class ConfirmRunner:
 
     def _objective(self, trial: optuna.Trial, candidate: Candidate, fold: ConfirmFold, bar) -> float:
         self.running = trial.number
+        record_worker(trial)
         seed = run_seed(self.settings, fold.repeat, fold.fold)
         for key, value in (("candidate", candidate.key), ("search_trial", candidate.trial), ("repeat", fold.repeat),
                            ("fold", fold.fold), ("seed", seed), (schema.SPEC, candidate.spec.to_dict()),
@@ -298,7 +300,7 @@ class ConfirmRunner:
             trial.set_user_attr(schema.PRUNE_REASON, str(e))
             raise optuna.TrialPruned(str(e)) from None
         except KeyboardInterrupt:
-            trial.set_user_attr(schema.FAIL_REASON, "interrupted (Ctrl-C)")
+            trial.set_user_attr(schema.FAIL_REASON, INTERRUPTED)
             raise
         labels = fold.val.labels.cpu().numpy().astype(int)
         auc = binary_metrics(labels, probs).auc
@@ -421,6 +423,8 @@ def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Se
     companion = optuna.create_study(study_name=settings.study_name(study.study_name), storage=storage,
                                     load_if_exists=True, direction="maximize",
                                     sampler=optuna.samplers.RandomSampler(seed=settings.seed))
+    for line in recover_trials(companion):  # a run whose process died: the runner trains that pair again
+        print(f"confirmation: {line}", file=sys.stderr)
     runner = ConfirmRunner(folds, settings, device, amp, train_fn, progress, artifacts)
     runs = runner.run(companion, candidates)
     decision = decide(candidates, runs, [(f.repeat, f.fold) for f in folds], settings)

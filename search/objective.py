@@ -31,6 +31,7 @@ import torch
 
 from search import schema
 from search.metrics import binary_metrics
+from search.recovery import INTERRUPTED, record_worker
 from search.train import EpochResult, FitResult, Tensors, device_name, place
 from search.trainer import TrainingFailed, auc_standard_error, predict_finite, train_spec
 from space import SpaceBounds, cost, fit_sampled, sample
@@ -115,10 +116,14 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.running = trial.number
+        record_worker(trial)
         try:
             value = self._run(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr(schema.FAIL_REASON, "interrupted (Ctrl-C)")
+        except KeyboardInterrupt:  # ``running`` stays: the caller fails the trial, and may queue it again
+            trial.set_user_attr(schema.FAIL_REASON, INTERRUPTED)
+            raise
+        except Exception:  # pruned or failed: finished by Optuna
+            self.running = None
             raise
         self.running = None
         return value

@@ -37,6 +37,9 @@ TRAIN_LOSS = "train_loss"  # per fold: list of per-epoch mean training losses
 VAL_AUC = "val_auc"  # per fold: list of per-epoch validation AUCs (learning curves)
 PRUNE_REASON = "prune_reason"
 FAIL_REASON = "fail_reason"
+WORKER = "worker"  # who runs it: {"host", "boot_id", "pid"}, so a run on the same machine can tell it died
+RETRY_OF = "retry_of"  # the trial this one runs again (its worker died, or Ctrl-C stopped the seed baseline)
+RETRY_REASON = "retry_reason"  # why that trial was run again
 
 # -- a confirmation run ---------------------------------------------------------------------------------
 BN_RECOMPUTED = "batchnorm_recomputed"  # its batch-norm statistics were recomputed before it was scored

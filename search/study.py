@@ -8,11 +8,13 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from search import schema
+from search.recovery import requeue_stale_trial as _requeue_stale
 from space import SpaceBounds, baseline_params
 
 PRUNERS = ("hyperband", "median", "none")
@@ -27,6 +29,9 @@ MASK = "***"
 # How long a run that finds a study being created by another run waits for that run to store its settings.
 CREATION_WAIT_S = 60.0
 OPEN_ATTEMPTS = 3  # opening a new database retries when another run is creating its tables at that moment
+# A running trial's worker writes a heartbeat every 30 s; one silent for 120 s has died (or lost the database).
+HEARTBEAT_INTERVAL_S = 30
+HEARTBEAT_GRACE_S = 120
 _SECRET_QUERY = re.compile(r"([?&;][^=&;#]*(?:" + "|".join(SECRET_WORDS) + r")[^=&;#]*=)[^&;#]*", re.IGNORECASE)
 _USERINFO = re.compile(r":[^:/@]*@")  # the ":password@" of "user:password@host"
 
@@ -93,10 +98,11 @@ def _scrub(text: str, url: str) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage for any SQLAlchemy URL, with heartbeats so a killed run's trial is failed later.
+    """An RDB storage for any SQLAlchemy URL, with heartbeats so a dead worker's trial is recovered.
 
-    A trial whose process died (kill -9, power cut) stops beating; the next run marks it failed
-    instead of leaving it RUNNING forever.
+    A trial whose process died (kill -9, power cut, a lost machine) stops beating; after
+    :data:`HEARTBEAT_GRACE_S` any worker of the study marks it failed and queues its parameters again
+    (search.recovery; a dead process on this machine is noticed at once, without the grace period).
 
     Raises:
         ValueError: The URL cannot be read, its driver is missing, or the database cannot be opened or
@@ -108,8 +114,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30,
-                                                  grace_period=120)
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=HEARTBEAT_GRACE_S, heartbeat_stale_trial_callback=_requeue_stale)
+                if url.startswith("sqlite"):
+                    _serialize_transactions(storage.engine)
+                return storage
         except SQLAlchemyError as e:
             # Two runs opening a new database at once both create its tables; the loser's "table studies
             # already exists" (or its duplicate version row) means the tables are there now.
@@ -120,6 +130,28 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             raise _open_error(url, e) from None
         except (ArgumentError, ValueError, ImportError) as e:
             raise _open_error(url, e) from None
+
+
+def _serialize_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Python's sqlite3 driver starts a transaction only at the first write, so Optuna's read-check-write
+    steps (take a WAITING trial, fail a RUNNING one) are not atomic on SQLite: two workers could both
+    take the enqueued baseline, and two runs recovering one dead worker's trial both queued a retry (a
+    test caught it). PostgreSQL locks the row (SELECT ... FOR UPDATE) and needs none of this. The recipe
+    is SQLAlchemy's own (its SQLite dialect's notes on transaction control); waiting for the lock is
+    bounded by the 60 s busy timeout.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _driver_leaves_transactions_to_us(dbapi_connection, connection_record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections Optuna opened before the listeners existed
 
 
 def _open_error(url: str, error: Exception) -> ValueError:
@@ -152,6 +184,22 @@ def parse_objectives(text: str) -> tuple[str, ...]:
     return names
 
 
+def make_sampler(name: str, seed: int, objectives: tuple[str, ...] = ("auc",)) -> optuna.samplers.BaseSampler:
+    """TPE (NSGA-II for two objectives), or random search: the reference a sampler must beat (benchmarks).
+
+    TPE runs with the constant liar: with several workers on one study, a trial still running counts as a
+    poor result, so two workers do not propose the same region at once. Alone, a worker sees no other
+    running trial and samples exactly as without it. Each worker of a parallel run passes its own seed.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler: unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if len(objectives) == 1:
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
 def _study_names(storage: optuna.storages.BaseStorage) -> set[str]:
     return {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
 
@@ -182,14 +230,7 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, see
     """
     attrs = attrs or {}
     directions = [OBJECTIVES[o] for o in objectives]
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler: unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
-    if sampler == "random":  # the reference a sampler must beat (benchmarks), and a plain random search
-        sampler_obj = optuna.samplers.RandomSampler(seed=seed)
-    elif len(objectives) == 1:
-        sampler_obj = optuna.samplers.TPESampler(seed=seed)
-    else:
-        sampler_obj = optuna.samplers.NSGAIISampler(seed=seed)
+    sampler_obj = make_sampler(sampler, seed, objectives)
     # Optuna does not prune multi-objective studies.
     pruner_obj = make_pruner(pruner, max_folds) if len(objectives) == 1 else optuna.pruners.NopPruner()
     if name not in _study_names(storage):

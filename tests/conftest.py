@@ -77,3 +77,40 @@ def real_ct_dir() -> Path:
     if not (REAL_CT_DIR / "example_ct.nii.gz").is_file():
         pytest.skip(f"real CT scans not found in {REAL_CT_DIR}")
     return REAL_CT_DIR
+
+
+POSTGRES_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a real PostgreSQL server: $LUNGCT_TEST_POSTGRES (CI starts one with .ci/postgres), else a
+    throwaway one started here from the machine's PostgreSQL binaries. Without either the test is skipped,
+    unless $LUNGCT_REQUIRE_POSTGRES is set (as in CI): then it fails."""
+    url = os.environ.get("LUNGCT_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        message = "no PostgreSQL server: set LUNGCT_TEST_POSTGRES or install Debian's postgresql package"
+        if os.environ.get("LUNGCT_REQUIRE_POSTGRES"):
+            pytest.fail(message)
+        pytest.skip(message)
+    import subprocess
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="lungct-pg-"))
+    folder.chmod(0o755)  # the server runs as the postgres user when the tests run as root
+    env = {**os.environ, "LUNGCT_PG_PORT": "55433"}
+    started = subprocess.run([str(POSTGRES_SCRIPT), "start", str(folder / "pg")], capture_output=True, text=True,
+                             env=env)
+    if started.returncode != 0:
+        pytest.fail(f"could not start PostgreSQL: {started.stderr.strip()}")
+    yield started.stdout.strip()
+    subprocess.run([str(POSTGRES_SCRIPT), "stop", str(folder / "pg")], capture_output=True, env=env)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_kind(request) -> str:
+    """Run a test against the local default storage (SQLite) and against a real PostgreSQL server."""
+    return request.param
