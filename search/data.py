@@ -16,7 +16,7 @@ from lungct.default_data import DEFAULT_N, DEFAULT_SEED, default_phantom_root
 from lungct.discover import Discovery, discover
 from lungct.errors import DataError
 from lungct.records import PreprocessConfig
-from lungct.splits import Split, load_or_make_split
+from lungct.splits import Split, load_or_make_folds, load_or_make_split
 from search.train import Tensors
 
 
@@ -73,6 +73,12 @@ def cv_records(prepared: PreparedData) -> list:
     """The loaded scans of the train and validation parts: what cross-validation may use (never test)."""
     allowed = set(prepared.split.train) | set(prepared.split.val)
     return [r for r in prepared.loaded.records if r.study_id in allowed]
+
+
+def search_folds(prepared: PreparedData, k: int, studies_dir: str | Path, fold_seed: int) -> list:
+    """Stratified k-fold over the loaded non-test scans (saved beside the split): (fold, train, val) per fold."""
+    folds, _ = load_or_make_folds(cv_records(prepared), Path(studies_dir) / "splits", k=k, repeats=1, seed=fold_seed)
+    return [(f, Tensors(*prepared.loaded.select(f.train)), Tensors(*prepared.loaded.select(f.val))) for f in folds]
 
 
 def resolve_data_root(data: str | None, studies_dir: str | Path = "studies", n_phantoms: int = DEFAULT_N,

@@ -54,7 +54,10 @@ def trial_line(trial: FrozenTrial, total: int | None = None) -> str:
 
 
 class SearchProgress:
-    """Bars (or lines) for a run of ``n_trials`` trials of at most ``epochs`` epochs each."""
+    """Bars (or lines) for a run of ``n_trials`` trials of at most ``epochs`` epochs each.
+
+    Several trials may run at once (``search.run --jobs N``): each running trial has its own epoch bar.
+    """
 
     def __init__(self, n_trials: int, epochs: int, enabled: bool | None = None):
         self.interactive = sys.stderr.isatty() if enabled is None else enabled
@@ -63,25 +66,28 @@ class SearchProgress:
         self.done = 0
         self.trials_bar = tqdm(total=n_trials, desc="trials", unit="trial", position=0,
                                disable=not self.interactive, dynamic_ncols=True)
-        self.epoch_bar: tqdm | None = None
-        self.current: int | None = None
+        self.epoch_bars: dict[int, tqdm] = {}
 
     def on_epoch(self, trial: optuna.Trial, result: EpochResult) -> None:
-        """Advance the epoch bar of the running trial."""
+        """Advance the epoch bar of ``trial``."""
+        self.epoch_done(trial.number, result.train_loss)
+
+    def epoch_done(self, number: int, train_loss: float) -> None:
+        """Advance the epoch bar of trial ``number``, opening it on the trial's first epoch."""
         if not self.interactive:
             return
-        if self.current != trial.number:
-            self._close_epoch_bar()
-            self.current = trial.number
-            self.epoch_bar = tqdm(total=self.epochs, desc=f"  trial {trial.number}", unit="epoch", position=1,
-                                  leave=False, dynamic_ncols=True)
-        assert self.epoch_bar is not None
-        self.epoch_bar.set_postfix(loss=f"{result.train_loss:.3f}")
-        self.epoch_bar.update()
+        bar = self.epoch_bars.get(number)
+        if bar is None:
+            taken = {abs(b.pos) for b in self.epoch_bars.values()}  # tqdm keeps a given position negated
+            position = next(p for p in range(1, len(taken) + 2) if p not in taken)
+            bar = self.epoch_bars[number] = tqdm(total=self.epochs, desc=f"  trial {number}", unit="epoch",
+                                                 position=position, leave=False, dynamic_ncols=True)
+        bar.set_postfix(loss=f"{train_loss:.3f}")
+        bar.update()
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna callback: print the trial's line, advance the bar, show the best AUC so far."""
-        self._close_epoch_bar()
+        self._close_epoch_bar(trial.number)
         self.done += 1
         line = trial_line(trial, None)
         if self.interactive:
@@ -93,16 +99,23 @@ class SearchProgress:
         else:
             print(f"[{self.done}/{self.n_trials}] {line}", flush=True)
 
+    def note(self, line: str) -> None:
+        """A line that is not a trial's (a recovered worker), above the bars."""
+        if self.interactive:
+            self.trials_bar.write(line)
+        else:
+            print(line, flush=True)
+
     def close(self) -> None:
         """Close the bars."""
-        self._close_epoch_bar()
+        for number in list(self.epoch_bars):
+            self._close_epoch_bar(number)
         self.trials_bar.close()
 
-    def _close_epoch_bar(self) -> None:
-        if self.epoch_bar is not None:
-            self.epoch_bar.close()
-            self.epoch_bar = None
-            self.current = None
+    def _close_epoch_bar(self, number: int) -> None:
+        bar = self.epoch_bars.pop(number, None)
+        if bar is not None:
+            bar.close()
 
 
 def best_auc(study: optuna.Study) -> float | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +27,15 @@ from optuna.trial import TrialState
 
 from lungct.errors import DataError
 from lungct.records import TASKS, PreprocessConfig
-from lungct.splits import load_or_make_folds
 from search import schema
 from search.artifacts import TrialArtifacts, artifact_dir
 from search.confirm import DEFAULT_CONFIRM_FOLDS, DEFAULT_TOP_K, ConfirmFold, ConfirmSettings, confirm, format_decision
-from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
+from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
 from search.fidelity import choose_fidelity
 from search.objective import FoldData, Objective, SearchSettings, TrialFailed
+from search.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
 from search.progress import SearchProgress, summary_table
+from search.recovery import recover_trials, requeue_interrupted_baseline, requeue_lost_baseline
 from search.study import (
     PRUNERS,
     SAMPLERS,
@@ -44,7 +46,7 @@ from search.study import (
     parse_objectives,
     redact,
 )
-from search.train import Tensors, resolve_device
+from search.train import resolve_device
 from space import SpaceBounds, SpecInputError, bounds_for_size
 
 SETTINGS_ATTR = schema.STUDY_SETTINGS
@@ -114,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where studies, caches, splits and artifacts are written (default: studies)")
     p.add_argument("--workers", type=int, default=None, help="processes decoding scans on a cold cache "
                    "(default: all cores)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes training trials of this study at once, the CPU cores divided among "
+                   "them (one GPU each on a multi-GPU machine); run the same command on other machines with "
+                   "one --storage postgresql://... to share a study between them; the confirmation stage runs "
+                   "in this process (default: 1)")
     return p
 
 
@@ -233,12 +240,6 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
     return settings, line
 
 
-def search_folds(prepared: PreparedData, k: int, studies_dir: str, fold_seed: int) -> list:
-    """Stratified k-fold over the loaded non-test scans (saved beside the split), as tensors per fold."""
-    folds, _ = load_or_make_folds(cv_records(prepared), Path(studies_dir) / "splits", k=k, repeats=1, seed=fold_seed)
-    return [(f, Tensors(*prepared.loaded.select(f.train)), Tensors(*prepared.loaded.select(f.val))) for f in folds]
-
-
 def _check_args(args: argparse.Namespace) -> None:
     if args.trials < 1:
         raise ValueError(f"--trials: expected a positive count, got {args.trials}")
@@ -258,6 +259,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--confirm-top: expected a positive count, got {args.confirm_top}")
     if args.confirm_epochs is not None and args.confirm_epochs < 1:
         raise ValueError(f"--confirm-epochs: expected a positive count, got {args.confirm_epochs}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs: expected a positive count of worker processes, got {args.jobs}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,11 +304,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {study.user_attrs[schema.STUDY_BASELINE_NOTE]}")
     if not created and (not stored or any(stored.get(k) != settings.to_dict()[k] for k in CONFIRM_SETTINGS)):
         study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
+    # What a dead worker (kill -9, a crash) or Ctrl-C left behind: failed with its reason, queued again.
+    for line in [*recover_trials(study), requeue_lost_baseline(study)]:
+        if line:
+            print(line)
 
     amp = choose_fidelity(device, settings.size, settings.epochs).amp
     interrupted = stage = None
     if not args.confirm_only:
-        interrupted = _search(args, study, settings, folds, device, amp, objectives)
+        run_trials = _search_parallel if args.jobs > 1 else _search
+        interrupted = run_trials(args, study, settings, folds, device, amp, objectives)
+        if interrupted is None:
+            return 2
         stage = "search"
         print()
         print(summary_table(study))
@@ -318,18 +328,23 @@ def main(argv: list[str] | None = None) -> int:
                                                    ("studies-dir", args.studies_dir if args.studies_dir != "studies"
                                                     else "")) if v)
         again = "--trials N" if stage == "search" else "--confirm-only"
-        what = "trial" if stage == "search" else "confirmation run"
-        print(f"\nInterrupted: the running {what} is marked failed, finished ones are kept. Resume with:\n"
+        what = ("trials are" if args.jobs > 1 else "trial is") if stage == "search" else "confirmation run is"
+        print(f"\nInterrupted: the running {what} marked failed, finished ones are kept. Resume with:\n"
               f"  python -m search.run {again} {flags}".rstrip(), file=sys.stderr)
         return 130
     return 0
 
 
+def _trial_settings(settings: RunSettings, device, amp: bool, objectives: tuple[str, ...]) -> SearchSettings:
+    """What every trial of this run shares."""
+    return SearchSettings(size=settings.size, epochs=settings.epochs, device=device, seed=settings.seed, amp=amp,
+                          objectives=objectives, bounds=settings.space(), max_gflops=settings.max_gflops or None)
+
+
 def _search(args: argparse.Namespace, study: optuna.Study, settings: RunSettings, folds: list, device, amp: bool,
             objectives: tuple[str, ...]) -> bool:
     """The trials. Returns whether Ctrl-C stopped them."""
-    run = SearchSettings(size=settings.size, epochs=settings.epochs, device=device, seed=settings.seed, amp=amp,
-                         objectives=objectives, bounds=settings.space(), max_gflops=settings.max_gflops or None)
+    run = _trial_settings(settings, device, amp, objectives)
     progress = SearchProgress(args.trials, settings.epochs * settings.folds)
     artifacts = TrialArtifacts(artifact_dir(args.studies_dir, args.study))
     objective = Objective([FoldData(f.fold, train, val) for f, train, val in folds], run,
@@ -343,7 +358,40 @@ def _search(args: argparse.Namespace, study: optuna.Study, settings: RunSettings
     finally:
         progress.close()
         fail_running(study, objective.running)
+    if interrupted:
+        line = requeue_interrupted_baseline(study, objective.running)
+        if line:
+            print(line, file=sys.stderr)
     return interrupted
+
+
+def _search_parallel(args: argparse.Namespace, study: optuna.Study, settings: RunSettings, folds: list, device,
+                     amp: bool, objectives: tuple[str, ...]) -> bool | None:
+    """The trials on ``--jobs`` worker processes. Returns whether Ctrl-C stopped them; None when every worker
+    failed with an error (printed)."""
+    jobs = min(args.jobs, args.trials)
+    storage_url = args.storage or default_storage(args.study, args.studies_dir)
+    run = _trial_settings(settings, device, amp, objectives)
+    threads = threads_per_worker(jobs)
+    plan = WorkerPlan(study=args.study, storage_url=storage_url, studies_dir=args.studies_dir,
+                      data_root=str(resolve_data_root(settings.data, args.studies_dir, settings.n_phantoms, 0)),
+                      task=settings.task, split_seed=settings.split_seed, folds=settings.folds, sampler=args.sampler,
+                      pruner=args.pruner, search=run, threads=threads,
+                      deadline=time.time() + args.timeout if args.timeout else None)
+    devices = worker_devices(device, jobs)
+    where = ", ".join(sorted({str(d) for d in devices}))
+    per_worker = f", {threads} CPU thread{'s' if threads > 1 else ''} each" if device.type == "cpu" else ""
+    print(f"{jobs} workers on {where}{per_worker}")
+    progress = SearchProgress(args.trials, settings.epochs * settings.folds)
+    try:
+        result = run_parallel(plan, devices, study, args.trials, progress)
+    finally:
+        progress.close()
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    if result.errors and not result.trials_done and not result.interrupted:
+        return None
+    return result.interrupted
 
 
 def _confirm(args: argparse.Namespace, study: optuna.Study, storage, prepared: PreparedData, settings: RunSettings,

@@ -255,6 +255,7 @@ def test_run_scores_a_trial_by_the_mean_of_its_final_epoch_fold_aucs(tiny_data, 
     (["--trials", "0"], "--trials: expected a positive count"),
     (["--size", "2", "2", "2"], "--size: expected three voxel counts of at least 4"),
     (["--objectives", "params"], "objectives: expected auc, auc,params or auc,flops"),
+    (["--jobs", "0"], "--jobs: expected a positive count of worker processes"),
 ])
 def test_run_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
     assert main(["--studies-dir", str(tmp_path), *flags]) == 2
