@@ -3,7 +3,7 @@
 Every level is `block -> pool -> norm` (the seed's order: its Conv3D carries the ReLU, then
 MaxPool3D, then BatchNormalization). The block type decides only what happens between the level's
 input and its pooling; every block has one constructor shape,
-`Block(in_channels, out_channels, n_convs, activation, padding)`, and `n_convs` is always the block's
+`Block(in_channels, out_channels, n_convs, activation, padding, final_act=True)`, and `n_convs` is always the block's
 depth in 3x3x3 convolutions along its deepest path. So under 'valid' padding every block type trims the
 same `n_convs` voxels from each face, and swapping the block changes the wiring, not the feature-map
 sizes that `space.build.check_input_size` predicts.
@@ -35,6 +35,10 @@ per level for every block type. That keeps the course's modifications to what th
 and with at most three convolutions between norms the unnormalised stretch is as short as the seed's
 double-convolution variant. The one activation of the spec is used everywhere, so the `sigmoid`
 modification reaches inside these blocks too.
+
+Every block ends in the activation. `final_act=False` leaves that last one out, for a level that
+applies it after max pooling instead (`space.build.Level`): the same function on an eight times
+smaller tensor.
 
 Layers come from MONAI: `monai.networks.blocks.Convolution` for conv (+ activation), the `Act`,
 `Norm` and `Pool` factories for the rest, each looked up in the one table for its choice in
@@ -68,8 +72,27 @@ def make_act(activation: str) -> nn.Module:
     return Act[factory](**kwargs)
 
 
+class MaxPool3dOwnDtype(nn.MaxPool3d):
+    """`nn.MaxPool3d` that pools in its input's dtype under autocast.
+
+    CPU autocast runs max pooling in float32: a bf16 convolution's output was cast up (a copy of the
+    largest tensor of the step), pooled, and its gradient cast back, about a fifth of a bf16 training
+    step at the seed's 64x128x128 (benchmarks/RESULTS.md). Taking a maximum rounds nothing, so pooling
+    the bf16 tensor itself gives the same values.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kind = x.device.type
+        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+            with torch.autocast(kind, enabled=False):
+                return super().forward(x)
+        return super().forward(x)
+
+
 def make_pool(pooling: str) -> nn.Module:
     """Return the level's pooling layer (window 2, stride 2, rounding down) for a spec pooling name."""
+    if POOLINGS[pooling] == "max":
+        return MaxPool3dOwnDtype(kernel_size=2)
     return Pool[POOLINGS[pooling], SPATIAL_DIMS](kernel_size=2)
 
 
@@ -125,20 +148,24 @@ def make_shortcut(in_channels: int, out_channels: int) -> nn.Module:
 
 
 class PlainBlock(nn.Sequential):
-    """The seed's block: `[conv 3x3x3 -> act] x n_convs`."""
+    """The seed's block: `[conv 3x3x3 -> act] x n_convs` (the last `act` left to the level if `final_act` is False)."""
 
-    def __init__(self, in_channels: int, out_channels: int, n_convs: int, activation: str, padding: str):
+    def __init__(self, in_channels: int, out_channels: int, n_convs: int, activation: str, padding: str,
+                 final_act: bool = True):
         layers = OrderedDict()
         for i in range(n_convs):
             width = in_channels if i == 0 else out_channels
-            layers[f"conv{i + 1}"] = make_conv(width, out_channels, KERNEL_SIZE, padding, activation)
+            last = i == n_convs - 1
+            layers[f"conv{i + 1}"] = make_conv(width, out_channels, KERNEL_SIZE, padding,
+                                               activation if final_act or not last else None)
         super().__init__(layers)
 
 
 class ResidualBlock(nn.Module):
     """`act(convs(x) + shortcut(x))`; see the module docstring for cropping under 'valid' padding."""
 
-    def __init__(self, in_channels: int, out_channels: int, n_convs: int, activation: str, padding: str):
+    def __init__(self, in_channels: int, out_channels: int, n_convs: int, activation: str, padding: str,
+                 final_act: bool = True):
         super().__init__()
         layers = OrderedDict()
         for i in range(n_convs):
@@ -149,7 +176,7 @@ class ResidualBlock(nn.Module):
             )
         self.main = nn.Sequential(layers)
         self.shortcut = make_shortcut(in_channels, out_channels)
-        self.act = make_act(activation)
+        self.act = make_act(activation) if final_act else nn.Identity()
         self.margin = n_convs * (KERNEL_SIZE // 2) if padding == "valid" else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +187,8 @@ class ResidualBlock(nn.Module):
 class ResidualInceptionBlock(nn.Module):
     """Parallel 1x1x1 / 3x3x3 / stacked-3x3x3 branches, concatenated, projected, added to the shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, n_convs: int, activation: str, padding: str):
+    def __init__(self, in_channels: int, out_channels: int, n_convs: int, activation: str, padding: str,
+                 final_act: bool = True):
         super().__init__()
         # A quarter of the output width, as Inception-ResNet keeps its branches narrow (32 of 256);
         # wider branches would make the full-resolution first level cost twice the seed's FLOPs.
@@ -177,7 +205,7 @@ class ResidualInceptionBlock(nn.Module):
         self.branches = nn.ModuleDict(branches)
         self.project = make_conv(width * (n_convs + 1), out_channels, 1, "valid", None)
         self.shortcut = make_shortcut(in_channels, out_channels)
-        self.act = make_act(activation)
+        self.act = make_act(activation) if final_act else nn.Identity()
         self.margin = n_convs * step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,15 +37,37 @@ class SpecInputError(ValueError):
     """A spec cannot run at an input size: a feature map would vanish (or be too small to normalise)."""
 
 
-class Level(nn.Sequential):
-    """One level: `block -> pool -> norm` (norm omitted for 'none')."""
+# Non-decreasing activations: for these, max pooling commutes with the activation (see `Level`).
+MONOTONE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "sigmoid"})
 
-    def __init__(self, in_channels: int, level: LevelSpec, spec: ArchSpec):
+
+def pools_before_act(spec: ArchSpec) -> bool:
+    """Whether `spec`'s levels run `block -> max pool -> act`, the exact and cheaper order of the seed's."""
+    return spec.pooling == "max" and spec.activation in MONOTONE_ACTIVATIONS
+
+
+class Level(nn.Sequential):
+    """One level: `block -> pool -> norm` (norm omitted for 'none').
+
+    For max pooling and a non-decreasing activation, max(act(x)) = act(max(x)) for every window, so the
+    block's last activation moves after the pooling (`block -> pool -> act -> norm`): the same outputs
+    and gradients (tests/space/test_build.py compares them), with the activation's forward and backward
+    on an eight times smaller tensor. At the seed's 64x128x128 the first level's ReLU was about a quarter
+    of a float32 training step on the CPU (benchmarks/RESULTS.md). GELU and SiLU dip below zero, so they
+    keep the literal order, as does average pooling. `pool_first=False` forces the literal order.
+    Activations hold no weights: both orders have the same state dict.
+    """
+
+    def __init__(self, in_channels: int, level: LevelSpec, spec: ArchSpec, pool_first: bool = True):
         block_type = BLOCK_TYPES[level.block]
+        moved = pool_first and pools_before_act(spec)
         layers = OrderedDict(
-            block=block_type(in_channels, level.filters, level.n_convs, spec.activation, spec.padding),
+            block=block_type(in_channels, level.filters, level.n_convs, spec.activation, spec.padding,
+                             final_act=not moved),
             pool=make_pool(spec.pooling),
         )
+        if moved:
+            layers["act"] = make_act(spec.activation)
         norm = make_norm(spec.norm, level.filters)
         if norm is not None:
             layers["norm"] = norm
@@ -61,13 +83,13 @@ class SpecNet(nn.Module):
         head: Global average pooling, hidden dense layers, dropout and the output logit.
     """
 
-    def __init__(self, spec: ArchSpec, in_channels: int = 1):
+    def __init__(self, spec: ArchSpec, in_channels: int = 1, pool_first: bool = True):
         super().__init__()
         self.spec = spec
         levels = OrderedDict()
         channels = in_channels
         for i, level in enumerate(spec.levels, start=1):
-            levels[f"level{i}"] = Level(channels, level, spec)
+            levels[f"level{i}"] = Level(channels, level, spec, pool_first)
             channels = level.filters
         self.features = nn.Sequential(levels)
 
@@ -97,7 +119,7 @@ def init_keras(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def build(spec: ArchSpec, in_channels: int = 1) -> SpecNet:
+def build(spec: ArchSpec, in_channels: int = 1, pool_first: bool = True) -> SpecNet:
     """Build the model for a spec.
 
     Works under `with torch.device("meta"):` (for costing without allocating), and the model runs in
@@ -106,6 +128,8 @@ def build(spec: ArchSpec, in_channels: int = 1) -> SpecNet:
     Args:
         spec: The architecture.
         in_channels: Channels of the input volumes (1 for CT).
+        pool_first: Run max pooling before the activation where that is exact (see `Level`); False
+            builds the literal `block -> pool -> norm` order, the reference the tests compare with.
 
     Returns:
         The model, mapping (B, in_channels, D, H, W) to (B,) logits, in training mode.
@@ -117,7 +141,7 @@ def build(spec: ArchSpec, in_channels: int = 1) -> SpecNet:
         raise ValueError(f"build: spec must be an ArchSpec, got {type(spec).__name__}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
         raise ValueError(f"build: in_channels must be a positive integer, got {in_channels!r}")
-    model = SpecNet(spec, int(in_channels))
+    model = SpecNet(spec, int(in_channels), pool_first)
     init_keras(model)
     return model
 

@@ -206,3 +206,66 @@ def test_check_input_size_rejects_bad_size(size):
 def test_archspec_and_model_agree_on_levels():
     spec = ArchSpec(levels=(LevelSpec(4), LevelSpec(8), LevelSpec(16)), padding="same")
     assert list(dict(build(spec).features.named_children())) == ["level1", "level2", "level3"]
+
+
+def _fast_and_plain(spec: ArchSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The model as built (the fast order where it is exact) and the literal order, with the same weights."""
+    torch.manual_seed(0)
+    fast = build(spec)
+    plain = build(spec, pool_first=False)
+    plain.load_state_dict(fast.state_dict())  # activations hold no weights: one state dict fits both
+    return fast.to(memory_format=torch.channels_last_3d), plain.to(memory_format=torch.channels_last_3d)
+
+
+def _outputs_and_grads(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, dict]:
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+    (logits.float() * torch.tensor([1.0, -2.0])).sum().backward()
+    return logits.float().detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("pooling", list(POOLINGS))
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("block", BLOCKS)
+def test_build_fast_path_matches_the_literal_order(block, activation, pooling):
+    """Pooling before the activation (and max pooling in the input's dtype) changes no output and no gradient."""
+    spec = tiny_spec(levels=(LevelSpec(4, 2, block), LevelSpec(8, 1, block)), activation=activation, pooling=pooling,
+                     padding="valid" if block == "plain" else "same", dropout=0.0)  # training mode, as trained
+    fast, plain = _fast_and_plain(spec)
+    size = LARGER_SIZE if spec.padding == "valid" else TINY_SIZE
+    x = torch.randn(2, 1, *size, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last_3d)
+    fast_out, fast_grads = _outputs_and_grads(fast, x, amp=False)
+    plain_out, plain_grads = _outputs_and_grads(plain, x, amp=False)
+    torch.testing.assert_close(fast_out, plain_out, rtol=1e-5, atol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    # In bf16 both orders round, at different places (an activation computed before or after the pooling):
+    # the fast order must stay about as close to float32 as the literal one, logits and gradients alike.
+    exact = [plain_out, torch.cat([g.flatten() for g in plain_grads.values()])]
+    errors = {}
+    for order, model in (("fast", fast), ("plain", plain)):
+        out, grads = _outputs_and_grads(model, x, amp=True)
+        got = [out, torch.cat([grads[n].flatten() for n in plain_grads])]
+        errors[order] = [((g - e).norm() / e.norm()).item() for g, e in zip(got, exact, strict=True)]
+    for what, fast_error, plain_error in zip(("logits", "gradients"), errors["fast"], errors["plain"], strict=True):
+        assert fast_error <= 2 * plain_error + 1e-3, (what, fast_error, plain_error)
+
+
+def test_build_moves_the_activation_after_max_pooling_only_where_exact():
+    moved = build(tiny_spec(activation="relu", pooling="max")).features.level1
+    assert list(moved._modules) == ["block", "pool", "act", "norm"]
+    for activation, pooling in (("gelu", "max"), ("silu", "max"), ("relu", "avg")):
+        level = build(tiny_spec(activation=activation, pooling=pooling)).features.level1
+        assert list(level._modules) == ["block", "pool", "norm"], (activation, pooling)
+    assert list(build(tiny_spec(), pool_first=False).features.level1._modules) == ["block", "pool", "norm"]
+
+
+def test_build_max_pool_keeps_bf16_under_autocast():
+    pool = build(tiny_spec(pooling="max")).features.level1.pool
+    x = torch.randn(2, 4, 8, 8, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = pool(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, torch.nn.functional.max_pool3d(x.float(), 2).bfloat16(), rtol=0, atol=0)
