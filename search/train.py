@@ -10,7 +10,11 @@ flows from the ``seed`` argument.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +87,8 @@ class FitResult:
         best_auc: That AUC (NaN without validation).
         best_state: The model's state dict at ``best_epoch``, on the CPU.
         train_seconds: Wall time of the training steps (validation excluded).
+        data_seconds: The part of it spent making batches (gathering, casting, augmenting): on the CPU
+            the time a step waits for its data; on a GPU only the host's share (kernels run async).
         samples_per_s: Training samples per second.
         precision: What training and its validation ran in: ``bf16`` (autocast) or ``float32``.
         precision_reason: Why, e.g. "float32: bf16 gradients not repeatable on this CPU at this model's
@@ -94,6 +100,7 @@ class FitResult:
     best_auc: float = math.nan
     best_state: dict[str, torch.Tensor] | None = None
     train_seconds: float = 0.0
+    data_seconds: float = 0.0
     samples_per_s: float = 0.0
     precision: str = "float32"
     precision_reason: str = ""
@@ -135,6 +142,32 @@ def place(data: Tensors, device: torch.device) -> Tensors:
     if need > free // 3:
         return data
     return Tensors(data.volumes.to(device, non_blocking=True), data.labels.to(device, non_blocking=True))
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse rather than give it back to the kernel; whether it agreed.
+
+    A CPU training step allocates and frees the same large activations every step. glibc serves every
+    block over 32 MB with its own mmap and unmaps it on free, so each step paid the kernel to fault in
+    and zero those pages again: at the seed's 64x128x128, 272 against 158 ms per sample, and 42 against
+    28 at 32x64x64 (benchmarks/RESULTS.md; PyTorch's CPU tuning guides reach the same end by preloading
+    jemalloc or tcmalloc). With mmap off and no trimming, freed blocks are reused from the heap; the
+    process keeps its peak memory until it exits, which a training process reaches anyway. A no-op (False)
+    off Linux or without glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # another C library (musl has no mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def _to_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -251,6 +284,8 @@ def _train(model: nn.Module, train: Tensors, val: Tensors | None, optimizer: str
            precision: Precision, on_epoch: Callable[[EpochResult], None] | None) -> FitResult:
     """The epoch loop of :func:`fit`, in the resolved ``precision``."""
     amp = precision.amp
+    if device.type == "cpu":
+        keep_freed_memory()
     model = model.to(device).to(memory_format=torch.channels_last_3d)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
     train = place(train, device)
@@ -267,11 +302,13 @@ def _train(model: nn.Module, train: Tensors, val: Tensors | None, optimizer: str
             order = order[:-1]
         total, seen = 0.0, 0
         for step, begin in enumerate(range(0, len(order), batch_size), start=1):
+            fetch = time.perf_counter()
             rows = order[begin:begin + batch_size].to(train.volumes.device)
             x = _to_input(train.volumes[rows], device)
             y = train.labels[rows].to(device).float()
             if augment is not None:
                 x = augment_batch(x, generator, augment).contiguous(memory_format=torch.channels_last_3d)
+            result.data_seconds += time.perf_counter() - fetch
             with _autocast(device, amp):
                 logits = model(x).reshape(-1)
             loss = F.binary_cross_entropy_with_logits(logits.float(), y)

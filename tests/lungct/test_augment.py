@@ -1,5 +1,8 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lungct.augment import AugmentConfig, augment_batch
 
@@ -56,3 +59,34 @@ def test_augment_batch_fills_rotated_corners_with_air():
 def test_augment_config_rejects_a_bad_probability():
     with pytest.raises(ValueError, match="flip_prob"):
         AugmentConfig(flip_prob=1.5)
+
+
+def _rotate_3d(x: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """The reference: a 3D grid that rotates in the axial plane and keeps z (what augment_batch did before)."""
+    b, _, _, h, w = x.shape
+    theta = angles_deg * (math.pi / 180.0)
+    affine = torch.zeros(b, 3, 4)
+    affine[:, 0, 0] = theta.cos()
+    affine[:, 0, 1] = -theta.sin() * (h / w)
+    affine[:, 1, 0] = theta.sin() * (w / h)
+    affine[:, 1, 1] = theta.cos()
+    affine[:, 2, 2] = 1.0
+    grid = F.affine_grid(affine, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def test_augment_batch_slice_rotation_matches_a_3d_rotation_that_keeps_z():
+    x = torch.rand(3, 1, 16, 24, 20, generator=torch.Generator().manual_seed(0))
+    config = AugmentConfig(flip_prob=0.0, intensity_scale=0.0, intensity_shift=0.0)
+    fast = augment_batch(x, torch.Generator().manual_seed(5), config)
+    choice = torch.randint(len(config.angles_deg), (3,), generator=torch.Generator().manual_seed(5))
+    reference = _rotate_3d(x, torch.tensor(config.angles_deg)[choice]).clamp(0, 1)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+
+
+def test_augment_batch_leaves_its_input_alone():
+    x = torch.rand(2, 1, 16, 24, 20, generator=torch.Generator().manual_seed(0))
+    before = x.clone()
+    for config in (AugmentConfig(), AugmentConfig(angles_deg=(), flip_prob=1.0)):
+        augment_batch(x, torch.Generator().manual_seed(1), config)
+        assert torch.equal(x, before)

@@ -89,3 +89,13 @@ def test_recalibrate_batchnorm_leaves_a_model_without_batch_norm_alone():
     assert not recalibrate_batchnorm(model, Tensors(torch.rand(3, 1, 2, 2, 2).half(), torch.zeros(3)),
                                      torch.device("cpu"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_keep_freed_memory_is_taken_by_glibc_on_linux():
+    import platform
+    import sys
+
+    from search.train import keep_freed_memory
+
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected
