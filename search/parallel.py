@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 
 import optuna
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 
 from lungct.errors import DataError
 from lungct.records import PreprocessConfig
@@ -153,6 +154,10 @@ def _worker(plan: WorkerPlan, index: int, device: torch.device, budget, events, 
         code = 130
     except (DataError, ValueError) as e:
         events.put(("error", f"worker {index}: {e}"))
+        code = 2
+    except SQLAlchemyError as e:  # the database went away mid-run (a lost server, a lock held too long)
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        events.put(("error", f"worker {index}: storage: {reason}"))
         code = 2
     finally:
         if study is not None and objective is not None:

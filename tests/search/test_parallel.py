@@ -184,3 +184,20 @@ def test_worker_devices_give_each_worker_its_own_gpu_in_turn(monkeypatch):
 def test_threads_per_worker_divides_the_cores_and_keeps_one_each(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert threads_per_worker(4) == 4 and threads_per_worker(3) == 5 and threads_per_worker(32) == 1
+
+
+def test_run_parallel_a_worker_that_cannot_start_is_a_one_line_error(tmp_path, capfd):
+    from search.objective import SearchSettings
+    from search.parallel import WorkerPlan, run_parallel
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/ok.db")
+    plan = WorkerPlan(study=study.study_name, storage_url=f"sqlite:///{tmp_path}/missing/folder/x.db",
+                      studies_dir=str(tmp_path), data_root=str(tmp_path), task="course", split_seed=0, folds=2,
+                      sampler="tpe", pruner="median", search=SearchSettings(size=(16, 16, 32), epochs=1,
+                                                                            device=torch.device("cpu")), threads=1)
+    progress = SearchProgress(2, 2, enabled=False)
+    result = run_parallel(plan, [torch.device("cpu")], study, 2, progress)
+    assert not result.interrupted and result.trials_done == 0
+    (error,) = result.errors
+    assert error.startswith("worker 0: storage: cannot open sqlite:///") and len(error.splitlines()) == 1
+    assert "Traceback" not in capfd.readouterr().err  # the worker's own stderr included
