@@ -154,6 +154,15 @@ def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
                           "lost the database")
 
 
+def _requeue_baseline(study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """Queue the failed seed baseline ``trial`` again; a line for the console, or None past the retries."""
+    reason = trial.user_attrs.get(schema.FAIL_REASON) or "it failed"
+    retry = requeue(study, trial, f"the seed baseline (trial {trial.number}) never finished: {reason}")
+    if retry is None:
+        return None
+    return f"the seed baseline (trial {trial.number}) never finished ({reason}): queued again as trial {retry}"
+
+
 def requeue_interrupted_baseline(study: optuna.Study, number: int | None) -> str | None:
     """After Ctrl-C: queue trial ``number`` again if it is the seed baseline (this process ran and failed it).
 
@@ -167,10 +176,7 @@ def requeue_interrupted_baseline(study: optuna.Study, number: int | None) -> str
     trial = study.get_trials(deepcopy=False)[number]
     if trial.state != TrialState.FAIL or not trial.user_attrs.get(schema.BASELINE):
         return None
-    reason = trial.user_attrs.get(schema.FAIL_REASON) or "it failed"
-    retry = requeue(study, trial, f"the seed baseline (trial {number}) never finished: {reason}")
-    return None if retry is None else (f"the seed baseline (trial {number}) was {reason}: queued again as trial "
-                                       f"{retry}, to run first on resume")
+    return _requeue_baseline(study, trial)
 
 
 def requeue_lost_baseline(study: optuna.Study) -> str | None:
@@ -183,9 +189,4 @@ def requeue_lost_baseline(study: optuna.Study) -> str | None:
     baselines = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(schema.BASELINE)]
     if not baselines or any(t.state != TrialState.FAIL for t in baselines):
         return None
-    last = baselines[-1]
-    reason = last.user_attrs.get(schema.FAIL_REASON) or "it failed"
-    retry = requeue(study, last, f"the seed baseline (trial {last.number}) never finished: {reason}")
-    if retry is None:
-        return None
-    return f"the seed baseline (trial {last.number}) never finished ({reason}): queued again as trial {retry}"
+    return _requeue_baseline(study, baselines[-1])

@@ -170,21 +170,16 @@ def test_export_trains_one_model_on_train_and_validation_by_default(exported):
     assert json.loads((out / "spec.json").read_text()) == study.user_attrs["confirmation"]["recommended"]["spec"]
 
 
-def test_export_ensemble_with_epochs_is_a_one_line_error(exported, tmp_path, capsys):
+@pytest.mark.parametrize("flags, first, other", [(["--epochs", "3"], "--epochs", "--ensemble"),
+                                                  (["--trial", "1"], "--ensemble", "--trial")])
+def test_export_ensemble_with_a_conflicting_flag_is_a_one_line_error(exported, tmp_path, capsys, flags, first,
+                                                                       other):
     root, _, _ = exported
     assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(tmp_path / "m"), "--ensemble",
-                 "--epochs", "3"]) == 2
+                 *flags]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --epochs") and "--ensemble" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {first}") and other in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
-
-
-def test_export_ensemble_of_a_trial_is_a_one_line_error(exported, tmp_path, capsys):
-    root, _, _ = exported
-    assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(tmp_path / "m"), "--ensemble",
-                 "--trial", "1"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --ensemble") and "--trial" in err and len(err.strip().splitlines()) == 1
 
 
 def test_export_of_a_confirmation_without_fold_models_asks_for_a_rerun_or_refit(exported, tmp_path, capsys):
