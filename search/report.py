@@ -1,18 +1,23 @@
 """``python -m search.report``: one self-contained HTML page about a finished (or running) search.
 
-Writes one HTML page about a study: a summary of the study, its data, task and split; the top
-trials with their architecture in words; the optimisation history; the learning curves (pruned trials
-visible); the parameter importances by PED-ANOVA and fANOVA side by side; the Pareto front of
-validation AUC against parameters and against GFLOPs, computed from the trials (so a pruned
-single-objective study gets one too), plus Optuna's own Pareto plot for a multi-objective study; and
-parallel coordinates. plotly.js is embedded once, so the file opens offline and can be mailed or
-handed in as it is.
+Writes one HTML page about a study: a summary of the study, its data, task and split; the
+confirmation stage's table and a figure of each candidate's search score against its confirmed fold
+AUCs; the exported model's and the seed baseline's AUC from search to confirmation to the locked test
+part, side by side, so the optimism of validation shows at a glance (read from the metrics.json of the
+model folder, ``--model``); the top trials with their architecture in words; the optimisation history;
+the learning curves (pruned trials visible); the parameter importances by PED-ANOVA and fANOVA side by
+side; the Pareto front of validation AUC against parameters and against GFLOPs, computed from the
+trials (so a pruned single-objective study gets one too), plus Optuna's own Pareto plot for a
+multi-objective study; and parallel coordinates. plotly.js is embedded once, so the file opens offline
+and can be mailed or handed in as it is. Every figure takes its panel's width and grows its margins
+around its labels, so nothing is cut in a 1400-pixel-wide window.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import json
 import math
 import os
 import sys
@@ -31,6 +36,8 @@ from plotly.offline import get_plotlyjs
 
 from search import schema
 from search.artifacts import artifact_dir
+from search.intervals import Interval
+from search.model_dir import METRICS
 from search.progress import describe_spec
 from search.study import default_storage, load_existing_study, redact
 from search.trials import COSTS, TrialPoint, non_dominated, ranked_trials, trial_points
@@ -39,6 +46,10 @@ TOP_N = 10
 MAX_PARALLEL_PARAMS = 8
 AUC_NAME = "CV AUC"  # mean final-epoch validation AUC over the folds of the non-test scans
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+MIN_MARGIN = {"l": 60, "r": 30, "t": 60, "b": 50}  # px; automargin widens them around long labels
+BAR_LABEL_HEADROOM = 0.25  # of the longest bar, added to the value axis for the label past the bar's end
+MODEL_DIR = "model"  # python -m search.export's default folder, under <studies-dir>/<study>/
+MODEL_COLOUR, BASELINE_COLOUR = "#e45756", "#f2b701"  # as the Pareto front and the seed baseline's star
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="HTML file to write (default: studies/<study>/report.html)")
     p.add_argument("--top", type=int, default=TOP_N, metavar="N",
                    help=f"trials in the top-trials table (default: {TOP_N})")
+    p.add_argument("--model", metavar="DIR", help="model folder written by python -m search.export whose "
+                   f"metrics.json gives the locked-test figures (default: <studies-dir>/<study>/{MODEL_DIR} when "
+                   "it exists; otherwise the page says how to export one)")
     return p
 
 
@@ -92,8 +106,34 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
+def fit_to_panel(fig: go.Figure) -> go.Figure:
+    """Let a figure take its panel's width and widen its margins around long tick labels.
+
+    A fixed margin cuts labels such as ``convs_per_level`` or ``residual_inception`` at the panel's
+    edge; with automargin on every axis plotly widens the margins to fit them, whatever width the panel
+    (half or all of a 1400-pixel page, less in a narrower window) gives the figure.
+    """
+    fig.update_layout(template="plotly_white", autosize=True, width=None, margin=MIN_MARGIN)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def fit_bar_labels(fig: go.Figure) -> go.Figure:
+    """Room on the value axis for the labels that Optuna's importance plot writes past each bar's end.
+
+    Drawn outside the bars, the longest bar's label would otherwise end in the right margin or beyond
+    the panel's edge; with the headroom it ends inside the plot, and ``cliponaxis=False`` keeps it whole.
+    """
+    lengths = [float(v) for t in fig.data if t.type == "bar" for v in (t.x or ()) if v is not None]
+    fig.update_traces(cliponaxis=False, textposition="outside", selector={"type": "bar"})
+    if lengths and max(lengths) > 0:
+        fig.update_xaxes(range=[0, max(lengths) * (1 + BAR_LABEL_HEADROOM)])
+    return fig
+
+
 def _figure(fig: go.Figure, div_id: str, height: int = 460) -> str:
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 60, "r": 30, "t": 60, "b": 50})
+    fit_to_panel(fig).update_layout(height=height)
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
 
 
@@ -160,7 +200,7 @@ def plot_importance(s: _Study, name: str, evaluator) -> tuple[str, list[str]]:
                 "every parameter would get the same importance. Run more trials.")
         return _note(note), []
     ranking = list(reversed(fig.data[0].y)) if fig.data else []
-    fig.update_layout(title=f"Hyperparameter Importances ({name})")
+    fit_bar_labels(fig).update_layout(title=f"Hyperparameter Importances ({name})")
     body = _figure(fig, f"fig-importance-{name.lower().replace('-', '')}", height=max(360, 28 * len(ranking) + 120))
     return body + "".join(_note(m) for m in messages), ranking
 
@@ -214,7 +254,7 @@ def plot_optuna_pareto(s: _Study) -> str:
 
 
 def plot_parallel(s: _Study, ranking: list[str]) -> str:
-    """Optuna's parallel coordinates over the parameters that vary, the most important first."""
+    """Optuna's parallel coordinates over the most important parameters that vary (it orders them by name)."""
     varying = _varying_params(s)
     if not varying:
         return _note("Needs complete trials whose parameters differ: nothing to plot yet.")
@@ -325,15 +365,64 @@ def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
     kinds = Counter(_reason_kind(t) for t in s.trials if t.state != TrialState.COMPLETE)
     outcome = _table(["what happened", "trials"], [[html.escape(k), str(n)] for k, n in kinds.most_common()]) \
         if kinds else ""
-    flags = f" --study {s.study.study_name}" + (f" --studies-dir {studies_dir}" if studies_dir != "studies" else "")
     artifacts = artifact_dir(studies_dir, s.study.study_name)
-    commands = [f"python -m search.export{flags}", f"optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}"]
+    commands = [export_command(s.study.study_name, studies_dir),
+                f"optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}"]
     nxt = "<p>Next:</p><pre>" + html.escape("\n".join(commands)) + "</pre>"
     return facts + outcome + nxt
 
 
+def _number(value) -> float | None:
+    """A finite number as a float, else None (a gap in a figure, '-' in a table)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def confirmation_figure(decision: dict) -> go.Figure:
+    """Each candidate's search score (+- SE) beside its confirmed fold AUCs and their mean.
+
+    A candidate's search score was the best of many noisy trials, so it tends to sit above what fresh
+    folds confirm. The seed baseline's column is shaded and its confirmed mean drawn across for reference
+    (the rule asks more of a candidate than to clear it: a paired lower bound above 0), and the
+    recommended candidate's name is marked.
+    """
+    rows = decision["candidates"]
+    recommended = decision["recommended"]["key"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[i - 0.18 for i in range(len(rows))], y=[_number(r["search_score"]) for r in rows],
+        error_y={"type": "data", "array": [_number(r["search_se"]) for r in rows], "width": 6},
+        mode="markers", name=f"{AUC_NAME} in the search, +- SE", marker={"symbol": "diamond-open", "size": 11,
+                                                                          "color": "#52606d"}))
+    folds_x, folds_y = [], []
+    for i, r in enumerate(rows):
+        aucs = [v for v in map(_number, r["fold_aucs"]) if v is not None]
+        folds_x += [i + 0.12 + 0.1 * (j / max(len(aucs) - 1, 1) - 0.5) for j in range(len(aucs))]
+        folds_y += aucs
+    fig.add_trace(go.Scatter(x=folds_x, y=folds_y, mode="markers", name="confirmed: one fresh fold each",
+                             marker={"color": "#4c78a8", "size": 7, "opacity": 0.7}))
+    fig.add_trace(go.Scatter(
+        x=[i + 0.12 for i in range(len(rows))], y=[_number(r["confirmed"]) for r in rows], mode="markers",
+        name="confirmed: mean", marker={"symbol": "line-ew", "size": 30, "color": "#1f4e79",
+                                        "line": {"width": 3, "color": "#1f4e79"}}))
+    for i, r in enumerate(rows):
+        if r.get("baseline"):
+            fig.add_vrect(x0=i - 0.45, x1=i + 0.45, fillcolor=BASELINE_COLOUR, opacity=0.15, line_width=0,
+                          layer="below")
+            if _number(r["confirmed"]) is not None:
+                fig.add_hline(y=r["confirmed"], line={"dash": "dash", "color": BASELINE_COLOUR, "width": 1})
+    names = [("seed baseline" if r.get("baseline") else r["key"])
+             + ("<br><b>recommended</b>" if r["key"] == recommended else "") for r in rows]
+    fig.update_layout(title="Confirmation on fresh folds", yaxis_title="ROC AUC",
+                      legend={"orientation": "h", "y": -0.2},
+                      xaxis={"tickmode": "array", "tickvals": list(range(len(rows))), "ticktext": names,
+                             "range": [-0.5, len(rows) - 0.5]})
+    return fig
+
+
 def confirmation_section(study: optuna.Study) -> str:
-    """The confirmation stage's table and its decision, or why there is none."""
+    """The confirmation stage's figure, decision and table, or why there is none."""
     decision = study.user_attrs.get(schema.STUDY_CONFIRMATION)
     if not decision:
         return _note("No confirmation yet: run python -m search.run --confirm-only (export needs it).")
@@ -346,15 +435,178 @@ def confirmation_section(study: optuna.Study) -> str:
     table = _table(["candidate", AUC_NAME + " (search)", "+- SE", "fold AUCs (fresh folds)", "confirmed",
                     "minus baseline", "lower bound", "beats baseline", "architecture"], rows, "confirmation-table")
     rec = decision["recommended"]
-    return (table + f"<p><b>Recommended: {html.escape(rec['key'])}</b>: {html.escape(rec['why'])}.</p>"
-            + _note(f"Rule: {decision['rule']}. Settings: {decision['settings']}. Runs are trials of the study "
-                    f"{decision.get('companion_study', '-')!r} in the same storage (see optuna-dashboard)."))
+    words = (f"<p><b>Recommended: {html.escape(rec['key'])}</b>: {html.escape(rec['why'])}.</p>"
+             + _note(f"Rule: {decision['rule']}. Settings: {decision['settings']}. Runs are trials of the study "
+                     f"{decision.get('companion_study', '-')!r} in the same storage (see optuna-dashboard)."))
+    figure = _figure(confirmation_figure(decision), "fig-confirmation")
+    return f'<div class="row"><div class="col">{figure}</div><div class="col">{words}</div></div>{table}'
+
+
+class NoExport(Exception):
+    """No metrics.json of this study to show; the message says why, and what to run."""
+
+
+def export_command(study_name: str, studies_dir: str) -> str:
+    """The export command line for this study, flags as the report was given them."""
+    return f"python -m search.export --study {study_name}" + (
+        f" --studies-dir {studies_dir}" if studies_dir != "studies" else "")
+
+
+def load_export_metrics(model_dir: Path, study_name: str, command: str) -> dict:
+    """The metrics.json of an export of this study from ``model_dir``.
+
+    Raises:
+        NoExport: No folder, no file, a file that is not JSON, or an export of another study.
+    """
+    path = model_dir / METRICS
+    if not model_dir.is_dir():
+        raise NoExport(f"No exported model in {model_dir} yet, so no locked-test figures: run {command}, "
+                       "then this report again (or pass --model DIR).")
+    if not path.is_file():
+        raise NoExport(f"{model_dir} holds no {METRICS}, so it is not a folder written by python -m search.export; "
+                       f"run {command} (or pass --model DIR).")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NoExport(f"Cannot read {path} ({type(e).__name__}: {e}); export again: {command}") from None
+    study = metrics.get("study") if isinstance(metrics, dict) else None
+    name = study.get("name") if isinstance(study, dict) else None
+    if name != study_name:
+        raise NoExport(f"{path} is the export of study {name!r}, not of {study_name!r}, so it is not shown; "
+                       f"pass --model with this study's folder, or run {command}.")
+    return metrics
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's AUC at each stage, from the search to the locked test part."""
+
+    label: str
+    is_baseline: bool
+    search: float | None
+    search_se: float | None
+    confirmed: float | None
+    test: float | None
+    test_low: float | None
+    test_high: float | None
+
+    @property
+    def optimism(self) -> float | None:
+        """How far the confirmed score overstated the test AUC: positive when validation was optimistic."""
+        if self.confirmed is None or self.test is None:
+            return None
+        return self.confirmed - self.test
+
+
+def _scores(label: str, is_baseline: bool, entry: dict, confirmed, tested: dict | None) -> Scores:
+    auc = tested["auc"] if tested is not None else {}
+    return Scores(label, is_baseline, _number(entry.get("search_cv_auc")), _number(entry.get("search_cv_se")),
+                  _number(confirmed), _number(auc.get("estimate")), _number(auc.get("low")), _number(auc.get("high")))
+
+
+def export_scores(metrics: dict) -> list[Scores]:
+    """The exported model's scores, then the seed baseline's unless the model is the baseline.
+
+    Raises:
+        KeyError, TypeError, AttributeError: The file lacks a field that search.export writes.
+    """
+    test, selection = metrics["test"], metrics["selection"]
+    if test["baseline_is_model"]:
+        return [_scores("exported model (the seed baseline)", True, metrics["model"], selection["confirmed_score"],
+                        test["model"])]
+    return [_scores("exported model", False, metrics["model"], selection["confirmed_score"], test["model"]),
+            _scores("seed baseline", True, metrics.get("baseline") or {}, selection["baseline_confirmed_score"],
+                    test["baseline"])]
+
+
+STAGES = ("search<br>CV AUC +- SE", "confirmation<br>fresh folds", "locked test part<br>AUC, 95% CI")
+
+
+def _below(value: float | None, bound: float | None) -> float | None:
+    return None if value is None or bound is None else value - bound
+
+
+def validation_figure(rows: list[Scores]) -> go.Figure:
+    """Each model's AUC at the three stages, joined by a dotted line: its fall to the test AUC is the optimism."""
+    fig = go.Figure()
+    for i, r in enumerate(rows):
+        shift = 0.1 * (2 * i - len(rows) + 1)  # model left of the stage, baseline right: their bars stay apart
+        colour = BASELINE_COLOUR if r.is_baseline else MODEL_COLOUR
+        y = [r.search, r.confirmed, r.test]
+        fig.add_trace(go.Scatter(
+            x=[stage + shift for stage in range(len(STAGES))], y=y, name=r.label, mode="lines+markers+text",
+            line={"color": colour, "dash": "dot"}, cliponaxis=False,
+            marker={"color": colour, "size": 14 if r.is_baseline else 10, "line": {"width": 1, "color": "#222"},
+                    "symbol": "star" if r.is_baseline else "circle"},
+            error_y={"type": "data", "symmetric": False, "width": 6, "color": colour,
+                     "array": [r.search_se, None, _below(r.test_high, r.test)],
+                     "arrayminus": [r.search_se, None, _below(r.test, r.test_low)]},
+            text=[_fmt(v) if v is not None else "" for v in y],
+            textposition="middle left" if i == 0 else "middle right",
+            hovertemplate=f"{html.escape(r.label)}: %{{y:.3f}}<extra></extra>"))
+    fig.add_hline(y=0.5, line={"dash": "dash", "color": "#9aa5b1", "width": 1}, annotation_text="chance",
+                  annotation_position="bottom right")
+    fig.update_layout(title="ROC AUC from search to locked test", yaxis_title="ROC AUC", showlegend=True,
+                      legend={"orientation": "h", "y": -0.2},
+                      xaxis={"tickmode": "array", "tickvals": list(range(len(STAGES))), "ticktext": list(STAGES),
+                             "range": [-0.5, len(STAGES) - 0.5]})
+    return fig
+
+
+def _validation_table(rows: list[Scores]) -> str:
+    cells = [[html.escape(r.label), f"{_fmt(r.search)} +- {_fmt(r.search_se)}", _fmt(r.confirmed),
+              f"<b>{_fmt(r.test)}</b> ({_fmt(r.test_low)} to {_fmt(r.test_high)})", _fmt(r.optimism, "+.3f")]
+             for r in rows]
+    return _table(["", f"{AUC_NAME} (search) +- SE", "confirmed", "test AUC (95% CI)", "optimism (confirmed - test)"],
+                  cells, "validation-table")
+
+
+def _test_part_lines(metrics: dict, n_trials: int) -> str:
+    """The test part's size, the model-minus-baseline AUC difference, and whether the export is stale."""
+    test = metrics["test"]
+    classes = (metrics.get("task") or {}).get("classes") or ["negative", "positive"]
+    lines = [f"Locked test part: {test['n']} scans ({test['n_negative']} {classes[0]}, {test['n_positive']} "
+             f"{classes[1]}), scored once by python -m search.export ({metrics.get('created', 'date not recorded')})."]
+    diff = test.get("auc_difference")
+    if test["baseline_is_model"]:
+        lines.append("The exported model is the seed baseline itself: there is no difference in AUC to show.")
+    elif diff:
+        interval = Interval(**diff)
+        spans = interval.low <= 0 <= interval.high
+        lines.append(f"Difference in test AUC, model minus seed baseline: {interval.text()}"
+                     + ("; the interval holds 0, so this test part cannot tell the two apart." if spans else "."))
+    else:
+        note = (metrics.get("baseline") or {}).get("note") or "the seed baseline was not tested"
+        lines.append(f"No difference in AUC: {note}.")
+    exported_with = (metrics.get("study") or {}).get("n_trials")
+    if exported_with is not None and exported_with != n_trials:
+        lines.append(f"Exported when the study had {exported_with} trials; it has {n_trials} now, so the "
+                     "recommendation may have changed: export again.")
+    return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+
+
+def validation_section(study: optuna.Study, model_dir: Path, studies_dir: str) -> str:
+    """The export's scores as a figure and a table, with the test part's size; or a note saying why not."""
+    command = export_command(study.study_name, studies_dir)
+    try:
+        metrics = load_export_metrics(model_dir, study.study_name, command)
+        rows = export_scores(metrics)
+        lines = _test_part_lines(metrics, len(study.trials))
+    except NoExport as e:
+        return _note(str(e))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        return _note(f"{model_dir / METRICS} lacks what this section needs ({type(e).__name__}: {e}); export "
+                     f"again: {command}")
+    figure = _figure(validation_figure(rows), "fig-validation")
+    return (f'<div class="row"><div class="col">{figure}</div><div class="col">{_validation_table(rows)}{lines}'
+            f"{_note(f'From {model_dir / METRICS}.')}</div></div>")
 
 
 def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "studies",
-                   top: int = TOP_N) -> list[Section]:
-    """Every section of the report, in page order."""
+                   top: int = TOP_N, model_dir: Path | None = None) -> list[Section]:
+    """Every section of the report, in page order; ``model_dir`` defaults to export's folder for the study."""
     s = _Study(study)
+    model_dir = Path(model_dir) if model_dir is not None else Path(studies_dir) / study.study_name / MODEL_DIR
     ped, _ = plot_importance(s, "PED-ANOVA", PedAnovaImportanceEvaluator())
     fanova, ranking = plot_importance(s, "fANOVA", FanovaImportanceEvaluator(seed=0))
     pareto = '<div class="row">' + "".join(f'<div class="col">{plot_pareto(s, c)}</div>' for c in COSTS) + "</div>"
@@ -366,6 +618,12 @@ def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "st
         Section("confirmation", "Confirmation and recommendation", "The search's best distinct specs and the "
                 "seed baseline, trained again on fresh folds with new seeds at the confirmation's epochs. The "
                 "recommended model is what python -m search.export ships.", confirmation_section(s.study)),
+        Section("validation", "Validation against the locked test part", "The exported model and the seed "
+                "baseline at each stage: the search's cross-validated AUC of their trial (with its standard "
+                "error), the confirmation's score on fresh folds, and the AUC that python -m search.export "
+                "measured once on the test part, which nothing else reads (with its 95% bootstrap CI). How far "
+                "the confirmed score falls to the test AUC is the optimism of validation.",
+                validation_section(s.study, model_dir, studies_dir)),
         Section("top", "Top trials", f"Complete trials by {AUC_NAME}: the mean over the folds of the validation "
                 "AUC at each fold's final epoch, with its standard error (the fewer parameters first on ties); "
                 "trial 0 is the course's seed model. The best of many noisy scores is optimistic: the "
@@ -387,8 +645,8 @@ def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "st
                 "validation AUC they reported (they never finished, so they cannot be on the front); the star "
                 "is the seed baseline. Costs are at the study's input size.", pareto),
         Section("parallel", "Parallel coordinates", f"Complete trials across the (at most "
-                f"{MAX_PARALLEL_PARAMS}) parameters that vary, the most important by fANOVA first; colour is "
-                f"{AUC_NAME}.", plot_parallel(s, ranking)),
+                f"{MAX_PARALLEL_PARAMS}) parameters that vary and matter most by fANOVA, in alphabetical order; "
+                f"colour is {AUC_NAME}.", plot_parallel(s, ranking)),
     ]
 
 
@@ -415,9 +673,10 @@ def offline_plotlyjs() -> str:
     return get_plotlyjs().replace('"https://cdn.plot.ly/un/"', '""')
 
 
-def render_report(study: optuna.Study, storage_url: str, studies_dir: str = "studies", top: int = TOP_N) -> str:
+def render_report(study: optuna.Study, storage_url: str, studies_dir: str = "studies", top: int = TOP_N,
+                  model_dir: Path | None = None) -> str:
     """The whole page as one HTML string, plotly.js embedded once in the head."""
-    sections = build_sections(study, storage_url, studies_dir, top)
+    sections = build_sections(study, storage_url, studies_dir, top, model_dir)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"lungct-nas search report: {study.study_name}"
     nav = "".join(f'<a href="#{x.id}">{html.escape(x.title)}</a>' for x in sections)
@@ -464,13 +723,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.top < 1:
             raise ValueError(f"--top: expected a positive count, got {args.top}")
+        if args.model is not None and not Path(args.model).is_dir():
+            raise ValueError(f"--model: {args.model} is not a folder; pass the folder python -m search.export wrote")
         storage = args.storage or default_storage(args.study, args.studies_dir)
         study = load_existing_study(args.study, storage)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.studies_dir) / args.study / "report.html"
-    text = render_report(study, storage, args.studies_dir, args.top)
+    text = render_report(study, storage, args.studies_dir, args.top, args.model and Path(args.model))
     try:
         write_report(text, out)
     except OSError as e:

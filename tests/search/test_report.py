@@ -1,3 +1,5 @@
+import html
+import json
 import re
 
 import optuna
@@ -7,12 +9,13 @@ from optuna.trial import TrialState, create_trial
 from plotly.offline import get_plotlyjs
 
 from search import run
-from search.report import main, render_report
+from search.intervals import Interval
+from search.report import BAR_LABEL_HEADROOM, main, render_report, validation_section
 from search.trials import TrialPoint, non_dominated, trial_points
 from space import baseline, same_padding
 
 FIGURES = ("fig-history", "fig-intermediate", "fig-importance-fanova", "fig-pareto-params", "fig-pareto-gflops",
-           "fig-parallel")
+           "fig-parallel", "fig-confirmation")
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,55 @@ def study_dir(tiny_data, tmp_path_factory):
 def page(study_dir):
     assert main(["--studies-dir", str(study_dir)]) == 0
     return (study_dir / "lungct" / "report.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def study(study_dir):
+    return optuna.load_study(study_name="lungct", storage=f"sqlite:///{study_dir}/lungct.db")
+
+
+def _auc(estimate, low, high, method="stratified bootstrap, percentile interval, 2000 resamples, seed 0") -> dict:
+    return {"estimate": estimate, "low": low, "high": high, "confidence": 0.95, "method": method}
+
+
+def _metrics(name="lungct", baseline_is_model=False, n_trials=3) -> dict:
+    """The fields of search.export's metrics.json that the report reads, in their real layout and nesting."""
+    model = {"trial": 2, "architecture": "2 levels 32-32", "params": 58117, "gflops": 0.0686, "members": 1,
+             "search_cv_auc": 0.798, "search_cv_se": 0.0978}
+    baseline = {"trial": 0, "architecture": "4 levels 64-64-128-256", "params": 1351873, "gflops": 0.6797,
+                "members": 1, "search_cv_auc": 0.631, "search_cv_se": 0.1188, "note": None}
+    tested = {"auc": _auc(0.5, 0.1, 0.9), "threshold": 0.5, "confusion_matrix": {"tn": 3, "fp": 0, "fn": 1, "tp": 1}}
+    tested_base = {"auc": _auc(0.833, 0.333, 1.0), "threshold": 0.5}
+    confirmed, base_confirmed = (0.696, 0.696) if baseline_is_model else (0.846, 0.696)
+    return {
+        "format_version": 1, "created": "2025-01-01T00:00:00+00:00",
+        "study": {"name": name, "storage": "sqlite:///lungct.db", "objectives": ["auc"], "n_trials": n_trials},
+        "task": {"name": "course", "classes": ["CT-0", "CT-2 or CT-3"], "threshold": 0.5},
+        "test": {"n": 5, "n_negative": 3, "n_positive": 2, "model": tested_base if baseline_is_model else tested,
+                 "baseline": tested_base, "baseline_is_model": baseline_is_model,
+                 "auc_difference": _auc(0.0, 0.0, 0.0) if baseline_is_model else _auc(-0.333, -0.9, 0.2, "paired")},
+        "selection": {"how": "trial 2, as given by --trial", "is_baseline": baseline_is_model,
+                      "confirmed_score": confirmed, "baseline_confirmed_score": base_confirmed,
+                      "test_auc": 0.833 if baseline_is_model else 0.5, "optimism": None},
+        "model": baseline if baseline_is_model else model,
+        "baseline": baseline,
+    }
+
+
+def _model_dir(tmp_path, metrics) -> str:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+    return folder
+
+
+def _plotted(html: str, div_id: str) -> tuple[list[dict], dict]:
+    """The traces and layout that the page hands to plotly.js for one figure."""
+    start = re.search(rf'Plotly\.newPlot\(\s*"{div_id}",\s*', html).end()
+    decoder = json.JSONDecoder()
+    data, end = decoder.raw_decode(html, start)
+    layout, _ = decoder.raw_decode(html, html.index("{", end))
+    return data, layout
 
 
 def _spec(filters: int) -> dict:
@@ -81,6 +133,96 @@ def test_report_shows_the_confirmation_and_its_recommendation(page):
     assert "<b>Recommended:" in section and "Bonferroni" in section
     table = section[:section.index("</table>")]
     assert "baseline" in table and table.count("<tr>") >= 3  # header, the baseline, at least one candidate
+
+
+def test_report_confirmation_figure_plots_each_candidates_search_score_and_fold_aucs(page, study):
+    candidates = study.user_attrs["confirmation"]["candidates"]
+    data, layout = _plotted(page, "fig-confirmation")
+    search, folds, mean = data
+    assert search["y"] == pytest.approx([r["search_score"] for r in candidates])
+    assert search["error_y"]["array"] == pytest.approx([r["search_se"] for r in candidates])
+    assert sorted(folds["y"]) == pytest.approx(sorted(v for r in candidates for v in r["fold_aucs"]))
+    assert mean["y"] == pytest.approx([r["confirmed"] for r in candidates])
+    assert "seed baseline" in layout["xaxis"]["ticktext"][0]
+    assert sum("recommended" in name for name in layout["xaxis"]["ticktext"]) == 1
+
+
+def test_report_figures_grow_their_margins_around_their_labels(page):
+    for div in FIGURES:
+        _, layout = _plotted(page, div)
+        assert layout["xaxis"]["automargin"] and layout["yaxis"]["automargin"], div
+        assert "width" not in layout, div  # takes its panel's width
+
+
+def test_report_importance_bar_labels_have_room_past_the_longest_bar(page):
+    (bars,), layout = _plotted(page, "fig-importance-fanova")
+    assert bars["cliponaxis"] is False and bars["textposition"] == "outside"
+    assert layout["xaxis"]["range"] == pytest.approx([0, max(bars["x"]) * (1 + BAR_LABEL_HEADROOM)])
+
+
+def test_report_without_an_export_gives_the_export_command(page, study_dir):
+    section = page[page.index('id="validation"'):page.index('id="top"')]
+    assert f"No exported model in {study_dir / 'lungct' / 'model'}" in section
+    assert f"python -m search.export --study lungct --studies-dir {study_dir}" in section
+    assert 'id="fig-validation"' not in section
+
+
+def test_report_validation_figure_plots_the_metrics_json_numbers(study, study_dir, tmp_path):
+    metrics = _metrics()
+    text = render_report(study, "sqlite:///memory", str(study_dir), model_dir=_model_dir(tmp_path, metrics))
+    (model, base), _ = _plotted(text, "fig-validation")
+    for trace, key, confirmed in ((model, "model", "confirmed_score"), (base, "baseline", "baseline_confirmed_score")):
+        auc = metrics["test"][key]["auc"]
+        assert trace["y"] == pytest.approx([metrics[key]["search_cv_auc"], metrics["selection"][confirmed],
+                                            auc["estimate"]])
+        assert trace["error_y"]["array"][0] == trace["error_y"]["arrayminus"][0] == metrics[key]["search_cv_se"]
+        assert trace["error_y"]["array"][2] == pytest.approx(auc["high"] - auc["estimate"])
+        assert trace["error_y"]["arrayminus"][2] == pytest.approx(auc["estimate"] - auc["low"])
+    assert model["name"] == "exported model" and base["name"] == "seed baseline"
+
+
+def test_report_validation_states_the_test_part_and_the_auc_difference(study, study_dir, tmp_path):
+    metrics = _metrics()
+    section = validation_section(study, _model_dir(tmp_path, metrics), str(study_dir))
+    assert "Locked test part: 5 scans (3 CT-0, 2 CT-2 or CT-3)" in section
+    assert Interval(**metrics["test"]["auc_difference"]).text() in section and "cannot tell the two apart" in section
+    assert "+0.346" in section  # the optimism: confirmed 0.846 - test 0.500
+
+
+def test_report_validation_of_a_baseline_export_draws_one_model(study, study_dir, tmp_path):
+    section = validation_section(study, _model_dir(tmp_path, _metrics(baseline_is_model=True)), str(study_dir))
+    (trace,), _ = _plotted(section, "fig-validation")
+    assert trace["name"] == "exported model (the seed baseline)" and trace["y"] == pytest.approx([0.631, 0.696, 0.833])
+    assert "is the seed baseline itself" in section
+
+
+def test_report_validation_says_when_the_study_has_grown_since_the_export(study, study_dir, tmp_path):
+    section = validation_section(study, _model_dir(tmp_path, _metrics(n_trials=1)), str(study_dir))
+    assert f"had 1 trials; it has {len(study.trials)} now" in section
+
+
+def test_report_model_folder_of_another_study_is_a_note_without_figure(study, study_dir, tmp_path):
+    section = validation_section(study, _model_dir(tmp_path, _metrics(name="other")), str(study_dir))
+    assert "export of study 'other', not of 'lungct'" in html.unescape(section) and "fig-validation" not in section
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"study": {"name": "lungct"}})],
+                         ids=["not-json", "lacks-test"])
+def test_report_broken_metrics_json_is_a_note(study, study_dir, tmp_path, content):
+    section = validation_section(study, _model_dir(tmp_path, content), str(study_dir))
+    assert 'class="note"' in section and "python -m search.export" in section and "fig-validation" not in section
+
+
+def test_report_help_states_the_model_flag_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert re.search(r"--model DIR .*default: <studies-dir>/<study>/model", " ".join(capsys.readouterr().out.split()))
+
+
+def test_report_model_flag_naming_no_folder_is_a_one_line_error(study_dir, tmp_path, capsys):
+    assert main(["--studies-dir", str(study_dir), "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model:") and len(err.strip().splitlines()) == 1
 
 
 def test_report_never_shows_the_storage_password(study_dir, tmp_path, capsys):
