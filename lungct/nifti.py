@@ -241,10 +241,19 @@ def preprocess(volume_hu: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """
     x = np.clip(volume_hu, config.hu_min, config.hu_max)
     x = (x - config.hu_min) / (config.hu_max - config.hu_min)
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]  # (1, 1, D, H, W)
-    shrunk = tuple(min(s, o) for s, o in zip(t.shape[2:], config.size, strict=True))
+    return np.clip(resize_volume(x, config.size), 0.0, 1.0).astype(np.float16)
+
+
+def resize_volume(volume: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """Resize a (D, H, W) volume as :func:`preprocess` does; float32 out.
+
+    Also maps a 0/1 mask (a phantom's lungs or lesions) onto the model's voxels: each output voxel
+    gets the fraction of its footprint inside the mask.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]  # (1, 1, D, H, W)
+    shrunk = tuple(min(s, o) for s, o in zip(t.shape[2:], size, strict=True))
     if shrunk != tuple(t.shape[2:]):
         t = F.interpolate(t, size=shrunk, mode="area")
-    if shrunk != config.size:
-        t = F.interpolate(t, size=config.size, mode="trilinear", align_corners=False)
-    return t[0, 0].clamp_(0.0, 1.0).numpy().astype(np.float16)
+    if shrunk != tuple(size):
+        t = F.interpolate(t, size=tuple(size), mode="trilinear", align_corners=False)
+    return t[0, 0].numpy()

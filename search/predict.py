@@ -4,7 +4,9 @@ Each NIfTI scan goes through the exported preprocessing (HU window, resize) and 
 the result is the probability of the positive class (CT-2 or CT-3 for the course task), the predicted
 class at the model's threshold, and the decision that the course's severity table gives for that class.
 A binary model cannot tell CT-2 from CT-3, so a positive scan gets both decisions. A scan that cannot
-be read is reported on one line and skipped; the others are still predicted.
+be read is reported on one line and skipped; the others are still predicted. ``--saliency OUT_DIR``
+also writes, per scan, a PNG montage of axial slices with a Grad-CAM++ map of where the evidence for
+the positive class sits (``search.saliency``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from lungct.nifti import preprocess, read_scan
 from lungct.records import PreprocessConfig
 from search.model_dir import ModelDirError, ModelInfo, load_model
 from search.routing import DISCLAIMER, ROUTING, decision_text, decisions
+from search.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure
 from search.train import predict_probs
 
 CPU = torch.device("cpu")
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. studies/lungct/model)")
     p.add_argument("scans", metavar="SCAN", nargs="+", help="NIfTI chest CT scans in HU (.nii or .nii.gz)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table (default: table)")
+    p.add_argument("--saliency", metavar="OUT_DIR", help="also write per scan OUT_DIR/<scan>.saliency.png: axial "
+                   "slices of what the model saw with a Grad-CAM++ map of where the evidence for the positive "
+                   "class sits, the probability and decision in the title (created if missing; default: off)")
     return p
 
 
@@ -56,6 +62,7 @@ class Prediction:
         shape: The scan's shape as stored (i, j, k).
         spacing_mm: Its voxel spacing as stored.
         orientation: Its stored axis codes (the model sees it reoriented to RAS).
+        saliency: The saliency montage written for it (``--saliency``), else None.
     """
 
     path: str
@@ -67,17 +74,19 @@ class Prediction:
     shape: tuple[int, int, int]
     spacing_mm: tuple[float, float, float]
     orientation: str
+    saliency: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {"path": self.path, "probability": self.probability, "predicted_class": self.predicted_class,
                 "label": self.label, "decision": self.decision, "decisions": self.decisions,
                 "scan": {"shape": list(self.shape), "spacing_mm": list(self.spacing_mm),
-                         "orientation": self.orientation}}
+                         "orientation": self.orientation}, "saliency": self.saliency}
 
 
-def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelInfo, path: str) -> Prediction:
-    """Read, preprocess and classify one scan.
+def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelInfo, path: str,
+                 saliency: Saliency | None = None) -> Prediction:
+    """Read, preprocess and classify one scan; with ``saliency``, also write its saliency montage.
 
     Raises:
         ScanError: The file is not a usable 3D CT volume in HU; the message is the reason.
@@ -89,8 +98,31 @@ def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelIn
         raise ScanError(f"the model's output is not a finite number ({probability}) for this scan")
     label = int(probability >= info.threshold)
     categories = info.positive if label else info.negative
-    return Prediction(path, probability, label, info.classes[label], decision_text(categories),
-                      decisions(categories), meta.shape, meta.spacing, meta.orientation)
+    prediction = Prediction(path, probability, label, info.classes[label], decision_text(categories),
+                            decisions(categories), meta.shape, meta.spacing, meta.orientation)
+    if saliency is None:
+        return prediction
+    return replace(prediction, saliency=str(saliency.write(path, volume, prediction, info)))
+
+
+class Saliency:
+    """Writes saliency montages of one model into one folder, each scan under its own name."""
+
+    def __init__(self, model: torch.nn.Module, out_dir: Path):
+        self.mapper = SaliencyMapper(model)
+        self.out_dir = out_dir
+        self.taken: set[str] = set()
+
+    def write(self, path: str, volume: torch.Tensor, prediction: Prediction, info: ModelInfo) -> Path:
+        """Compute the map of ``volume`` (1, 1, D, H, W), draw the montage, write it; the file written."""
+        saliency = self.mapper(volume)
+        subtitle = (f"P({info.classes[1]}) = {prediction.probability:.3f}: predicted {prediction.predicted_class} "
+                    f"(threshold {info.threshold:g}) -> {prediction.decision}. {METHOD} of the "
+                    f"{info.classes[1]} logit at {self.mapper.layer}.")
+        fig = plot_montage(volume[0, 0].float().numpy(), saliency, Path(path).name, subtitle)
+        out = self.out_dir / montage_name(path, self.taken)
+        save_figure(fig, out)
+        return out
 
 
 def format_table(predictions: list[Prediction], info: ModelInfo) -> str:
@@ -133,11 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     except ModelDirError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    saliency = None
+    if args.saliency:
+        try:
+            Path(args.saliency).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"error: --saliency: cannot create {args.saliency}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        saliency = Saliency(model, Path(args.saliency))
     predictions: list[Prediction] = []
     errors: list[dict] = []
     for path in args.scans:
         try:
-            predictions.append(predict_scan(model, config, info, path))
+            predictions.append(predict_scan(model, config, info, path, saliency))
         except ScanError as e:
             errors.append({"path": path, "error": str(e)})
             print(f"error: {path}: {e}", file=sys.stderr, flush=True)
@@ -152,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         if predictions:
             print()
             print(format_table(predictions, info))
+        if saliency is not None and predictions:
+            print(f"\nsaliency montages ({METHOD}) in {args.saliency}: "
+                  + ", ".join(Path(p.saliency).name for p in predictions))
     return 1 if errors else 0
 
 

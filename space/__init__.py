@@ -10,7 +10,7 @@ from space.baseline import (
     variants,
 )
 from space.bounds import SpaceBounds
-from space.build import SpecInputError, SpecNet, build, check_input_size, feature_shapes
+from space.build import SpecInputError, SpecNet, build, check_input_size, feature_shapes, last_block_name
 from space.cost import Cost, cost, count_flops, count_keras_params, count_params
 from space.fit import bounds_for_size, fit_sampled, max_levels
 from space.sample import baseline_params, param_names, params_for, sample
@@ -39,6 +39,7 @@ __all__ = [
     "feature_shapes",
     "fit_sampled",
     "fit_to_size",
+    "last_block_name",
     "max_levels",
     "param_names",
     "params_for",

@@ -46,6 +46,16 @@ def pools_before_act(spec: ArchSpec) -> bool:
     return spec.pooling == "max" and spec.activation in MONOTONE_ACTIVATIONS
 
 
+def last_block_name(spec: ArchSpec) -> str:
+    """The qualified name of the last level's block in `build(spec)`: the layer saliency maps read.
+
+    Every level's convolutions sit in `features.level<i>.block`, whatever the block design, so this is
+    the one name to hand a Grad-CAM for any spec. Build with `pool_first=False` to read it after its
+    activation (with the fast order, a monotone activation follows the pooling instead).
+    """
+    return f"features.level{len(spec.levels)}.block"
+
+
 class Level(nn.Sequential):
     """One level: `block -> pool -> norm` (norm omitted for 'none').
 

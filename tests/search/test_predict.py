@@ -1,9 +1,11 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import search.predict
 from lungct.records import PreprocessConfig, get_task
 from search.model_dir import MAX_INPUT_VOXELS, Ensemble, ModelInfo, load_model, save_model
 from search.predict import main
@@ -236,3 +238,66 @@ def test_predict_ensemble_folder_with_one_member_too_few_weights_is_a_one_line_e
     assert main([str(directory), str(write_nifti(tmp_path / "s.nii.gz", synthetic_ct()))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not match spec.json" in err[0] and "unexpected members.2" in err[0]
+
+
+def test_predict_saliency_writes_one_montage_per_scan_and_json_lists_them(model_dir, real_ct_dir, tmp_path, capsys):
+    scans = [str(real_ct_dir / "example_ct.nii.gz"), str(real_ct_dir / "example_ct_sm.nii.gz")]
+    out = tmp_path / "saliency"  # created by predict
+    assert main([str(model_dir), *scans, "--saliency", str(out), "--json"]) == 0
+    results = _json(capsys)["results"]
+    paths = [r["saliency"] for r in results]
+    assert paths == [str(out / "example_ct.saliency.png"), str(out / "example_ct_sm.saliency.png")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(p).name for p in paths)  # no temporary file left
+    for path in paths:
+        data = Path(path).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(data) < 2_000_000
+
+
+def test_predict_saliency_title_states_the_probability_and_decision(model_dir, tmp_path, capsys, monkeypatch):
+    titles = []
+    real_plot = search.predict.plot_montage
+
+    def spy(volume, saliency, title, subtitle):
+        titles.append((title, subtitle, volume.shape, saliency.shape))
+        return real_plot(volume, saliency, title, subtitle)
+
+    monkeypatch.setattr(search.predict, "plot_montage", spy)
+    scan = write_nifti(tmp_path / "case.nii.gz", synthetic_ct())
+    assert main([str(model_dir), str(scan), "--saliency", str(tmp_path / "out"), "--json"]) == 0
+    result = _json(capsys)["results"][0]
+    (title, subtitle, volume_shape, saliency_shape), = titles
+    assert title == "case.nii.gz" and volume_shape == saliency_shape == SIZE
+    assert f"P(CT-2 or CT-3) = {result['probability']:.3f}" in subtitle
+    assert result["predicted_class"] in subtitle and result["decision"] in subtitle and "Grad-CAM++" in subtitle
+
+
+def test_predict_saliency_table_names_the_montages(model_dir, tmp_path, capsys):
+    scan = write_nifti(tmp_path / "case.nii.gz", synthetic_ct())
+    assert main([str(model_dir), str(scan), "--saliency", str(tmp_path / "out")]) == 0
+    assert "saliency montages" in capsys.readouterr().out and (tmp_path / "out" / "case.saliency.png").is_file()
+
+
+def test_predict_saliency_into_a_file_is_a_one_line_error(model_dir, tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    scan = write_nifti(tmp_path / "case.nii.gz", synthetic_ct())
+    assert main([str(model_dir), str(scan), "--saliency", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --saliency:") and len(err.strip().splitlines()) == 1
+
+
+def test_predict_saliency_of_an_ensemble_folder_writes_its_montage(tmp_path, capsys):
+    spec = ArchSpec(levels=(LevelSpec(4), LevelSpec(8)), padding="same", head_units=(8,))
+    torch.manual_seed(0)
+    model = Ensemble([build(spec), build(spec)]).eval()
+    save_model(tmp_path / "m", model, spec, TrainSpec(), ModelInfo.for_task(get_task("course"),
+                                                                             PreprocessConfig(size=SIZE)))
+    scan = write_nifti(tmp_path / "case.nii.gz", synthetic_ct())
+    assert main([str(tmp_path / "m"), str(scan), "--saliency", str(tmp_path / "out"), "--json"]) == 0
+    assert Path(_json(capsys)["results"][0]["saliency"]).is_file()
+
+
+def test_predict_without_saliency_lists_none(model_dir, tmp_path, capsys):
+    scan = write_nifti(tmp_path / "case.nii.gz", synthetic_ct())
+    assert main([str(model_dir), str(scan), "--json"]) == 0
+    assert _json(capsys)["results"][0]["saliency"] is None
