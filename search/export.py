@@ -10,7 +10,9 @@ fold models the confirmation trained and scored for a searched spec, as an ensem
 probabilities: the model whose out-of-fold score chose it (measured: 0.011-0.012 AUC below the refit on
 fresh phantoms, at three times the inference, with an optimism near 0; benchmarks/RESULTS.md). The folder
 it writes (see ``search.model_dir``) is what ``python -m search.predict`` reads; the baseline's weights go
-to its ``baseline/`` subfolder, a model folder of its own, so both can be scored on new scans.
+to its ``baseline/`` subfolder, a model folder of its own, so both can be scored on new scans. Pictures of
+the test evaluation (ROC with its bootstrap band, calibration, confusion counts; ``search.figures``) are
+drawn from metrics.json into the folder beside the model card that embeds them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from search import schema
 from search.artifacts import artifact_dir
 from search.data import PreparedData, prepare_data, resolve_data_root
 from search.fidelity import choose_fidelity
+from search.figures import curve_metrics, write_model_figures
 from search.intervals import DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference, wilson
 from search.metrics import BinaryMetrics, binary_metrics
 from search.model_card import render_model_card
@@ -74,7 +77,7 @@ from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train,
 BASELINE_DIR = "baseline"  # the seed baseline trained beside the model, a model folder of its own
 PHANTOM_MARKER = "phantoms.json"  # lungct.phantom.MARKER_NAME: the file that marks a synthetic phantom set
 VERSIONED = ("lungct-nas", "torch", "monai", "optuna", "numpy", "nibabel", "scikit-learn", "safetensors", "onnx",
-             "onnxscript", "onnxruntime")
+             "onnxscript", "onnxruntime", "matplotlib")
 
 
 class ExportError(Exception):
@@ -368,14 +371,20 @@ def _rates(m: BinaryMetrics) -> dict:
 
 
 def evaluate(model: Trained, base: Trained | None, test: Tensors, n_resamples: int, seed: int) -> dict:
-    """Test metrics of the model (and the baseline) with 95% CIs, and the paired difference in AUC."""
+    """Test metrics of the model (and the baseline) with 95% CIs, and the paired difference in AUC.
+
+    Each model's entry also holds the numbers its pictures are drawn from (``search.figures.curve_metrics``:
+    ROC curve and bootstrap band, from the AUC interval's resamples, calibration bins, Brier score), which
+    name no scan.
+    """
     labels = test.labels.numpy().astype(int)
     out = {"n": int(labels.size), "n_negative": int(np.sum(labels == 0)), "n_positive": int(np.sum(labels == 1))}
     for key, t in (("model", model), ("baseline", base)):
         if t is None:
             out[key] = None
             continue
-        out[key] = {"auc": bootstrap_auc(labels, t.probs, n_resamples, seed=seed).to_dict(), **_rates(t.metrics)}
+        out[key] = {"auc": bootstrap_auc(labels, t.probs, n_resamples, seed=seed).to_dict(), **_rates(t.metrics),
+                    **curve_metrics(labels, t.probs, n_resamples, seed=seed)}
     out["baseline_is_model"] = base is model
     out["auc_difference"] = (bootstrap_auc_difference(labels, model.probs, base.probs, n_resamples, seed=seed)
                              .to_dict() if base is not None else None)
@@ -630,6 +639,7 @@ def run_export(args: argparse.Namespace) -> Path:
             "versions": _versions(),
         }
         write_json(tmp / METRICS, metrics)
+        write_model_figures(metrics, tmp)
         (tmp / CARD).write_text(render_model_card(metrics))
         check_out_dir(s.out, s.force)  # again: another process may have written there while we trained
         _replace_dir(tmp, s.out)

@@ -6,6 +6,7 @@ never says more than the export measured.
 
 from __future__ import annotations
 
+from search.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ROC_PNG
 from search.intervals import Interval
 from search.routing import DISCLAIMER, ROUTING
 
@@ -110,6 +111,7 @@ def render_model_card(m: dict) -> str:
         lines += ["An AUC of exactly 0 or 1 ranks every test scan correctly (or wrongly), so every bootstrap "
                   "resample gives the same AUC and the interval collapses to a point: there it understates the "
                   "uncertainty, which only a larger test part can measure.", ""]
+    lines += _figure_lines(test, task)
     lines += [
         "## Provenance",
         "",
@@ -133,8 +135,11 @@ def render_model_card(m: dict) -> str:
         "preprocessed as `preprocess.json` describes, output `logit` (batch).",
         "- `preprocess.json`, `train_spec.json`, `metrics.json` ("
         + ("with each test scan's study id, label and probabilities, as asked for by --include-scan-ids"
-           if m.get("test_predictions") else "counts and metrics only: no study id, no local path")
+           if m.get("test_predictions") else "counts, metrics and the curves behind the pictures only: no study id, "
+           "no local path")
         + "), this card.",
+        *([f"- {', '.join(f'`{name}`' for name in FIGURES)}: the pictures above, drawn from `metrics.json` alone; "
+           "`search.figures.write_model_figures(metrics, folder)` redraws them."] if _has_figures(test) else []),
         "",
         "Predict: `python -m search.predict MODEL_DIR SCAN.nii.gz [...] [--json]`.",
         "",
@@ -149,6 +154,43 @@ def render_model_card(m: dict) -> str:
     if phantoms:
         lines.append("- Trained on synthetic phantoms: its outputs on real scans are meaningless.")
     return "\n".join(lines) + "\n"
+
+
+def _has_figures(test: dict) -> bool:
+    """Whether the export drew the pictures: a metrics.json of an older lungct-nas holds no curves."""
+    return "roc" in test["model"]
+
+
+def _figure_lines(test: dict, task: dict) -> list[str]:
+    """The three pictures, each with one sentence on how to read it, and a warning on a small test part."""
+    if not _has_figures(test):
+        return []
+    classes, threshold = task["classes"], task["threshold"]
+    return [
+        f"![ROC curves on the locked test part, with 95% bootstrap bands]({ROC_PNG})",
+        "",
+        f"`{ROC_PNG}`: each curve shows the share of {classes[1]} scans caught (sensitivity) against the share of "
+        f"{classes[0]} scans flagged (1 - specificity) as the threshold is lowered; the shaded band spans, at each "
+        "false positive rate, the middle 95% of the curves of bootstrap resamples of the test scans, the dot marks "
+        f"the threshold {threshold:g} and the dashed diagonal is chance.",
+        "",
+        f"![Reliability diagrams and predicted probabilities per class]({CALIBRATION_PNG})",
+        "",
+        f"`{CALIBRATION_PNG}`: each dot is the observed fraction of {classes[1]} among test scans of similar "
+        "predicted probability, with its 95% Wilson interval, so dots near the diagonal mean the probabilities can "
+        "be read as frequencies; beneath, how each class's probabilities spread, and the Brier score (lower is "
+        "better) in the title.",
+        "",
+        f"![Confusion counts at threshold {threshold:g}]({CONFUSION_PNG})",
+        "",
+        f"`{CONFUSION_PNG}`: the confusion counts of the table above as 2x2 tables, rows the true class and columns "
+        f"the class predicted at P >= {threshold:g}, shaded by the share of the row.",
+        "",
+        f"> On a small test part (this one has {test['n']} scans) the bands and intervals in these pictures are "
+        "wide: two models whose bands overlap are not shown to differ, and each step of a curve is one scan (or a "
+        "few tied ones).",
+        "",
+    ]
 
 
 def _size_lines(model: dict) -> list[str]:

@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from lungct.records import PreprocessConfig, get_task
 from search import run
 from search.data import prepare_data
 from search.export import BASELINE_DIR, choose, main
+from search.figures import CONFUSION_PNG, FIGURES
 from search.intervals import auc_rows, bootstrap_auc, stratified_resamples, wilson
 from search.model_dir import (
     ONNX,
@@ -40,7 +42,8 @@ from tests.conftest import make_mosmed
 SIZE = (16, 16, 32)  # the seed baseline's four levels fit ('same' padding)
 SECRET = "s3cret"
 FILES = {"spec.json", "train_spec.json", "weights.safetensors", "model.onnx", "preprocess.json", "metrics.json",
-         "MODEL_CARD.md"}
+         "MODEL_CARD.md", "roc.png", "calibration.png", "confusion.png"}
+IMAGE_LINK = r"!\[[^\]]+\]\(([^)]+)\)"  # a Markdown image: ![alt](target)
 FOLDS = 3  # the confirmation's default folds: export --ensemble ships that many fold models
 
 
@@ -274,6 +277,34 @@ def test_export_model_folder_holds_no_local_path_scan_id_or_password(exported, t
     assert metrics["data"]["root"] == tiny_data.name and metrics["study"]["settings"]["data"] == tiny_data.name
     assert metrics["study"]["storage"] == "sqlite:///lungct.db?password=***"
     assert metrics["test"]["n"] == len(split["test"])  # counts and metrics stay
+
+
+def test_export_model_card_links_every_picture_in_the_folder(exported, ensembled):
+    for out in (exported[1], ensembled[0]):
+        card = (out / "MODEL_CARD.md").read_text()
+        links = re.findall(IMAGE_LINK, card)
+        assert all((out / link).read_bytes().startswith(b"\x89PNG") for link in links), out.name
+        # All three sit in the section that reports the locked test part, followed by the small-test warning.
+        evaluation = card.split("## Locked test evaluation")[1].split("## Provenance")[0]
+        assert sorted(re.findall(IMAGE_LINK, evaluation)) == sorted(links) == sorted(FIGURES), out.name
+        assert "are wide" in evaluation.split(f"({CONFUSION_PNG})")[1]
+        assert all(f"`{name}`" in card.split("## Files")[1] for name in FIGURES), out.name
+
+
+def test_export_metrics_hold_the_curves_behind_the_pictures_and_no_study_id(exported, tiny_data):
+    root, out, _ = exported
+    metrics = json.loads((out / "metrics.json").read_text())
+    split = json.loads(next((root / "splits").glob("split-*.json")).read_text())
+    test = metrics["test"]
+    for key in ("model", "baseline"):
+        entry = test[key]
+        assert entry["roc"]["fpr"][0] == 0.0 and entry["roc"]["tpr"][-1] == 1.0
+        assert len(entry["roc"]["band"]["tpr_low"]) == len(entry["roc"]["band"]["fpr"])
+        assert "2000 stratified bootstrap resamples" in entry["roc"]["band"]["method"]
+        assert sum(b["n"] for b in entry["calibration"]["bins"]) == test["n"]
+        assert 0.0 <= entry["brier_score"] <= 1.0
+    text = json.dumps(test)
+    assert not [i for i in split["train"] + split["val"] + split["test"] if i in text]
 
 
 def test_export_include_scan_ids_adds_the_held_out_scans_with_both_models_probabilities(exported, tmp_path,
