@@ -502,8 +502,8 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)
-    for path in tmp.iterdir():
-        path.chmod(0o666 & ~umask)
+    for path in tmp.rglob("*"):  # the baseline/ subfolder too, which must stay enterable (x)
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))

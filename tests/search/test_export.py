@@ -1,6 +1,8 @@
 import copy
 import json
+import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -474,3 +476,13 @@ def test_export_onnx_of_an_ensemble_of_confident_members_matches_torch(tmp_path)
     x = fixed_input(size, n=3, seed=1)
     expected = logits(ensemble, x)
     assert np.all(expected > 15) and np.max(np.abs(onnx_logits(tmp_path / "e.onnx", x) - expected)) <= 1e-4
+
+
+def test_export_folder_and_its_baseline_subfolder_are_readable_by_everyone_the_umask_allows(exported, ensembled):
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder in (exported[1], ensembled[0]):
+        for path in [folder, *folder.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o777 if path.is_dir() else 0o666) & ~umask, path
+    assert any(p.is_dir() for f in (exported[1], ensembled[0]) for p in f.iterdir())  # a baseline/ was checked
