@@ -12,7 +12,10 @@ fresh phantoms, at three times the inference, with an optimism near 0; benchmark
 it writes (see ``search.model_dir``) is what ``python -m search.predict`` reads; the baseline's weights go
 to its ``baseline/`` subfolder, a model folder of its own, so both can be scored on new scans. Pictures of
 the test evaluation (ROC with its bootstrap band, calibration, confusion counts; ``search.figures``) are
-drawn from metrics.json into the folder beside the model card that embeds them.
+drawn from metrics.json into the folder beside the model card that embeds them; the ROC, the calibration
+and Grad-CAM++ saliency montages of the surest test scan of each outcome are also attached to the study
+for optuna-dashboard, named after the exported trial (its artifact store, not the shared folder: they
+show scans).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from safetensors import SafetensorError
@@ -44,7 +47,7 @@ from search import schema
 from search.artifacts import artifact_dir
 from search.data import PreparedData, prepare_data, resolve_data_root
 from search.fidelity import choose_fidelity
-from search.figures import curve_metrics, write_model_figures
+from search.figures import CALIBRATION_PNG, ROC_PNG, curve_metrics, write_model_figures
 from search.intervals import DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference, wilson
 from search.metrics import BinaryMetrics, binary_metrics
 from search.model_card import render_model_card
@@ -67,6 +70,7 @@ from search.model_dir import (
 )
 from search.progress import describe_spec
 from search.run import RunSettings
+from search.saliency import write_examples
 from search.study import default_storage, load_existing_study, redact, shareable_storage
 from search.train import EpochResult, Tensors, predict_probs, recalibrate_batchnorm, resolve_device
 from search.trainer import TrainingFailed
@@ -645,7 +649,54 @@ def run_export(args: argparse.Namespace) -> Path:
         _replace_dir(tmp, s.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        upload_pictures(s, study, chosen, model, test, info)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted while uploading pictures to optuna-dashboard; the model folder {s.out} is complete",
+              file=sys.stderr)
     return s.out
+
+
+DASHBOARD_PICTURES = (ROC_PNG, CALIBRATION_PNG)  # from the model folder
+
+
+def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial | None, model: Trained,
+                    test: Tensors, info: ModelInfo) -> list[str]:
+    """Attach the test ROC, the calibration and saliency examples to the study for optuna-dashboard.
+
+    Optuna keeps a finished trial immutable (``upload_artifact`` on it raises, and the dashboard refuses
+    uploads to finished trials too), so the pictures are study artifacts, their names starting with the
+    exported trial: ``export_trial<N>_roc.png``, ``export_trial<N>_saliency_<outcome>.png``. The saliency
+    examples are the surest test scan of each outcome (``search.saliency.write_examples``); they show
+    scans, so they stay in the study's own artifact store (``studies/<study>-artifacts``), never in the
+    model folder, which is meant to be shared. A failed upload is a warning: the folder is written.
+
+    Returns:
+        The names uploaded.
+    """
+    store_dir = artifact_dir(s.studies_dir, s.study)
+    prefix = f"export_trial{trial.number}_" if trial is not None else "export_"
+    names = []
+    try:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        store = FileSystemArtifactStore(str(store_dir))
+        with tempfile.TemporaryDirectory() as tmp:
+            pictures = [s.out / name for name in DASHBOARD_PICTURES if (s.out / name).is_file()]
+            pictures += write_examples(model.model, test.volumes, test.labels.numpy(), model.probs, info.classes,
+                                       info.threshold, Path(tmp))
+            for picture in pictures:
+                named = Path(tmp) / f"{prefix}{picture.name}"
+                shutil.copyfile(picture, named)
+                upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study,
+                                mimetype="image/png")
+                names.append(named.name)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"warning: dashboard pictures not uploaded ({type(e).__name__}: {e}); the model folder is complete",
+              file=sys.stderr)
+        return names
+    print(f"dashboard: {', '.join(names)} attached to study {s.study!r} (optuna-dashboard "
+          f"{redact(s.storage)} --artifact-dir {store_dir}, the study's artifacts)")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,3 +213,44 @@ def montage_name(scan: str, taken: set[str]) -> str:
         name, k = f"{stem}-{k}.saliency.png", k + 1
     taken.add(name)
     return name
+
+
+# (what happened, true label, predicted label); the first of each is the most confident such scan.
+OUTCOMES = (("true positive", 1, 1), ("false negative", 1, 0), ("false positive", 0, 1), ("true negative", 0, 0))
+
+
+def write_examples(model: nn.Module, volumes: torch.Tensor, labels: np.ndarray, probs: np.ndarray,
+                   classes: tuple[str, str], threshold: float, out_dir: Path) -> list[Path]:
+    """Montages of the most telling test scans: per outcome at ``threshold``, the one the model was surest of.
+
+    The surest true positive and true negative show what the model reads when it is right; the surest
+    false positive and the worst-missed positive, what misled it. Titles name the outcome and the
+    probability, never the scan.
+
+    Args:
+        model: The exported model.
+        volumes: (N, 1, D, H, W) preprocessed scans.
+        labels: (N,) true labels.
+        probs: (N,) the model's P(label 1).
+        classes: Names of label 0 and label 1.
+        threshold: P(label 1) at or above which label 1 is predicted.
+        out_dir: Where to write ``saliency_<outcome>.png``.
+
+    Returns:
+        The files written, in the order of :data:`OUTCOMES` (outcomes no scan had are skipped).
+    """
+    mapper = SaliencyMapper(model)
+    written = []
+    for outcome, label, called in OUTCOMES:
+        found = [i for i in range(len(labels)) if int(labels[i]) == label and int(probs[i] >= threshold) == called]
+        if not found:
+            continue
+        pick = max(found, key=lambda i: probs[i]) if called else min(found, key=lambda i: probs[i])
+        volume = volumes[pick:pick + 1].float()  # (1, 1, D, H, W)
+        subtitle = (f"The surest {outcome} of the {len(labels)} locked test scans ({len(found)} such): a "
+                    f"{classes[label]} scan, P({classes[1]}) = {float(probs[pick]):.3f}, called {classes[called]} "
+                    f"at threshold {threshold:g}. {METHOD} of the {classes[1]} logit at {mapper.layer}.")
+        out = out_dir / f"saliency_{outcome.replace(' ', '_')}.png"
+        save_figure(plot_montage(volume[0, 0].numpy(), mapper(volume), f"locked test part: {outcome}", subtitle), out)
+        written.append(out)
+    return written

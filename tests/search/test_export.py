@@ -486,3 +486,25 @@ def test_export_folder_and_its_baseline_subfolder_are_readable_by_everyone_the_u
             mode = stat.S_IMODE(path.stat().st_mode)
             assert mode == (0o777 if path.is_dir() else 0o666) & ~umask, path
     assert any(p.is_dir() for f in (exported[1], ensembled[0]) for p in f.iterdir())  # a baseline/ was checked
+
+
+def test_export_attaches_roc_calibration_and_saliency_examples_to_the_study_named_after_the_trial(exported,
+                                                                                                  tmp_path):
+    root, out, _ = exported
+    metrics = json.loads((out / "metrics.json").read_text())
+    storage = optuna.storages.RDBStorage(f"sqlite:///{root}/lungct.db")
+    study = optuna.load_study(study_name="lungct", storage=storage)
+    prefix = f"export_trial{metrics['model']['trial']}_"
+    metas = {m.filename: m for m in optuna.artifacts.get_all_artifact_meta(study)}
+    assert {f"{prefix}roc.png", f"{prefix}calibration.png"} <= set(metas)
+    examples = sorted(name.removeprefix(prefix) for name in metas if name.startswith(f"{prefix}saliency_"))
+    # One per outcome the test part had: TP or FN for the positives, FP or TN for the negatives.
+    assert 2 <= len(examples) <= 4 and set(examples) <= {f"saliency_{o}.png" for o in
+                                                         ("true_positive", "false_negative", "false_positive",
+                                                          "true_negative")}
+    store = FileSystemArtifactStore(str(root / "lungct-artifacts"))
+    for name in (f"{prefix}roc.png", f"{prefix}{examples[0]}"):
+        download_artifact(artifact_store=store, file_path=str(tmp_path / name), artifact_id=metas[name].artifact_id)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / f"{prefix}roc.png").read_bytes() == (out / "roc.png").read_bytes()
+    assert not any(p.name.startswith("saliency") for p in out.rglob("*"))  # scans stay out of the shared folder

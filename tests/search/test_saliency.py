@@ -7,6 +7,7 @@ import torch
 from monai.visualize import OcclusionSensitivity
 from torch import nn
 
+import search.saliency as saliency_module
 from search.model_dir import Ensemble
 from search.saliency import (
     SaliencyMapper,
@@ -17,6 +18,7 @@ from search.saliency import (
     plot_montage,
     region_shares,
     save_figure,
+    write_examples,
 )
 from space import ArchSpec, LevelSpec, build
 
@@ -170,3 +172,30 @@ def test_plot_montage_writes_a_png_of_a_sensible_size(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert 20_000 < len(data) < 2_000_000
     assert [p.name for p in tmp_path.iterdir()] == ["blob.saliency.png"]  # no temporary file left behind
+
+
+def test_write_examples_shows_the_surest_scan_of_each_outcome(tmp_path, monkeypatch):
+    shown = []
+    real_plot = saliency_module.plot_montage
+    monkeypatch.setattr(saliency_module, "plot_montage",
+                        lambda volume, sal, title, subtitle: shown.append((title, subtitle)) or real_plot(
+                            volume, sal, title, subtitle))
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.6, 0.2, 0.7, 0.55, 0.1, 0.3])
+    volumes = torch.rand(len(labels), 1, *SHAPE)
+    files = write_examples(_random_net(8), volumes, labels, probs, ("CT-0", "CT-2 or CT-3"), 0.5,
+                                           tmp_path)
+    assert [f.name for f in files] == ["saliency_true_positive.png", "saliency_false_negative.png",
+                                       "saliency_false_positive.png", "saliency_true_negative.png"]
+    expected = {"true positive": "0.900", "false negative": "0.200", "false positive": "0.700",
+                "true negative": "0.100"}
+    assert len(shown) == 4
+    for title, subtitle in shown:
+        outcome = title.removeprefix("locked test part: ")
+        assert f"= {expected[outcome]}" in subtitle
+
+
+def test_write_examples_skips_outcomes_no_scan_had(tmp_path):
+    written = write_examples(_random_net(9), torch.rand(2, 1, *SHAPE), np.array([1, 0]), np.array([0.8, 0.2]),
+                             ("a", "b"), 0.5, tmp_path)
+    assert [f.name for f in written] == ["saliency_true_positive.png", "saliency_true_negative.png"]
