@@ -141,7 +141,10 @@ def render_model_card(m: dict) -> str:
         *([f"- {', '.join(f'`{name}`' for name in FIGURES)}: the pictures above, drawn from `metrics.json` alone; "
            "`search.figures.write_model_figures(metrics, folder)` redraws them."] if _has_figures(test) else []),
         "",
-        "Predict: `python -m search.predict MODEL_DIR SCAN.nii.gz [...] [--json]`.",
+        "Predict: `python -m search.predict MODEL_DIR SCAN.nii.gz [...] [--json]`; add `--saliency OUT_DIR` for "
+        "a Grad-CAM++ montage per scan of where the evidence for label 1 sits (coarse: the last level's map; on "
+        "phantoms it tells which lung, not which lesion). Montages of the surest test scan of each outcome are "
+        "in optuna-dashboard, as study artifacts named after this trial.",
         "",
         "## Limits",
         "",
