@@ -16,8 +16,8 @@ from pathlib import Path
 
 from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
-from lungct.cache import atomic_write_bytes
 from lungct.errors import DataError
+from lungct.files import atomic_write_bytes
 from lungct.records import ScanRecord
 
 SPLIT_VERSION = 1

@@ -38,7 +38,6 @@ from lungct.splits import Fold, fingerprint, load_or_make_folds
 from search import schema
 from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
 from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity, device_defaults
-from search.progress import describe_spec
 from search.stats import (
     MIN_WILCOXON_PAIRS,
     PairedTest,
@@ -56,7 +55,17 @@ from search.train import (
 )
 from search.trainer import TrainingFailed, train_spec
 from search.trials import ranked_trials
-from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, cost, fit_to_size, variants
+from space import (
+    ArchSpec,
+    SpecInputError,
+    TrainSpec,
+    baseline,
+    baseline_train,
+    cost,
+    describe_spec,
+    fit_to_size,
+    variants,
+)
 
 ALPHA = 0.05
 BASELINE = "baseline"

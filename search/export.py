@@ -21,7 +21,6 @@ show scans).
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
 import sys
@@ -42,6 +41,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lungct.errors import DataError
+from lungct.files import make_shareable
 from lungct.records import PreprocessConfig, get_task
 from search import schema
 from search.artifacts import artifact_dir
@@ -68,7 +68,6 @@ from search.model_dir import (
     save_model,
     write_json,
 )
-from search.progress import describe_spec
 from search.run import RunSettings
 from search.saliency import write_examples
 from search.study import default_storage, load_existing_study, redact, shareable_storage
@@ -76,7 +75,7 @@ from search.train import EpochResult, Tensors, predict_probs, recalibrate_batchn
 from search.trainer import TrainingFailed
 from search.trainer import train_spec as train_spec_unit
 from search.trials import baseline_trial
-from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, fit_to_size
+from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, build, cost, describe_spec, fit_to_size
 
 BASELINE_DIR = "baseline"  # the seed baseline trained beside the model, a model folder of its own
 PHANTOM_MARKER = "phantoms.json"  # lungct.phantom.MARKER_NAME: the file that marks a synthetic phantom set
@@ -502,12 +501,7 @@ def _check_export(directory: Path, model: torch.nn.Module, size: tuple[int, int,
 
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; an earlier export is removed only once the new one is there."""
-    # mkdtemp (and safetensors) create owner-only modes; the folder is meant to be shared and copied.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    for path in tmp.rglob("*"):  # the baseline/ subfolder too, which must stay enterable (x)
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    make_shareable(tmp)  # mkdtemp (and safetensors) create owner-only modes; the folder is meant to be shared
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))

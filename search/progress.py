@@ -15,20 +15,7 @@ from tqdm.auto import tqdm
 
 from search import schema
 from search.train import EpochResult
-
-
-def describe_spec(spec: dict | None) -> str:
-    """An architecture in words: ``4 levels 64-64-128-256, 1x plain conv, relu, max pool, batch norm, head 512``."""
-    if not spec:
-        return "-"
-    levels = spec["levels"]
-    widths = "-".join(str(level["filters"]) for level in levels)
-    convs = {level["n_convs"] for level in levels}
-    blocks = {level["block"] for level in levels}
-    head = "-".join(map(str, spec.get("head_units", ()))) or "none"
-    conv_text = f"{'/'.join(map(str, sorted(convs)))}x {'/'.join(sorted(blocks)).replace('_', '-')}"
-    return (f"{len(levels)} levels {widths}, {conv_text}, {spec['activation']}, {spec['pooling']} pool, "
-            f"{spec['norm']} norm, {spec['padding']} pad, head {head}, dropout {spec['dropout']:.2f}")
+from space import describe_spec
 
 
 def trial_line(trial: FrozenTrial, total: int | None = None) -> str:

@@ -38,9 +38,9 @@ from search import schema
 from search.artifacts import artifact_dir
 from search.intervals import Interval
 from search.model_dir import METRICS
-from search.progress import describe_spec
 from search.study import default_storage, load_existing_study, redact
 from search.trials import COSTS, TrialPoint, non_dominated, ranked_trials, trial_points
+from space import describe_spec
 
 TOP_N = 10
 MAX_PARALLEL_PARAMS = 8

@@ -24,8 +24,6 @@ last block's feature map is 8-16 times smaller than the input along each axis.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from matplotlib.figure import Figure
 from monai.visualize import GradCAMpp
 from torch import nn
 
+from lungct.files import atomic_path
 from lungct.nifti import resize_volume
 from search.model_dir import Ensemble
 from space import SpecNet, build, last_block_name
@@ -186,19 +185,9 @@ def plot_montage(volume: np.ndarray, saliency: np.ndarray, title: str, subtitle:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Write a figure as PNG through a temporary name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write a figure as PNG atomically (``lungct.files.atomic_path``)."""
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a figure is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def montage_name(scan: str, taken: set[str]) -> str:

@@ -14,7 +14,7 @@ from space.build import SpecInputError, SpecNet, build, check_input_size, featur
 from space.cost import Cost, cost, count_flops, count_keras_params, count_params
 from space.fit import bounds_for_size, fit_sampled, max_levels
 from space.sample import baseline_params, param_names, params_for, sample
-from space.spec import ArchSpec, LevelSpec, TrainSpec
+from space.spec import ArchSpec, LevelSpec, TrainSpec, describe_spec
 
 __all__ = [
     "MODIFICATIONS",
@@ -36,6 +36,7 @@ __all__ = [
     "count_flops",
     "count_keras_params",
     "count_params",
+    "describe_spec",
     "feature_shapes",
     "fit_sampled",
     "fit_to_size",

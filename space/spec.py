@@ -252,6 +252,10 @@ class ArchSpec:
         """Return the fields as a JSON-ready dict (tuples become lists, levels become dicts)."""
         return _jsonable(dataclasses.asdict(self))
 
+    def describe(self) -> str:
+        """The architecture in words (:func:`describe_spec`)."""
+        return describe_spec(self.to_dict())
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ArchSpec:
         """Make a spec from `to_dict()` output (or parsed JSON).
@@ -337,3 +341,21 @@ class TrainSpec:
     def from_json(cls, text: str) -> TrainSpec:
         """Parse `to_json()` output back into an equal spec."""
         return cls.from_dict(json.loads(text))
+
+
+def describe_spec(spec: Mapping[str, Any] | None) -> str:
+    """A spec (as `ArchSpec.to_dict()` stores it on a trial) in words, `-` for none.
+
+    For example `4 levels 64-64-128-256, 1x plain, relu, max pool, batch norm, valid pad, head 512,
+    dropout 0.30`. It reads the stored dict, not an `ArchSpec`, so a trial's spec can be shown as stored.
+    """
+    if not spec:
+        return "-"
+    levels = spec["levels"]
+    widths = "-".join(str(level["filters"]) for level in levels)
+    convs = {level["n_convs"] for level in levels}
+    blocks = {level["block"] for level in levels}
+    head = "-".join(map(str, spec.get("head_units", ()))) or "none"
+    conv_text = f"{'/'.join(map(str, sorted(convs)))}x {'/'.join(sorted(blocks)).replace('_', '-')}"
+    return (f"{len(levels)} levels {widths}, {conv_text}, {spec['activation']}, {spec['pooling']} pool, "
+            f"{spec['norm']} norm, {spec['padding']} pad, head {head}, dropout {spec['dropout']:.2f}")
