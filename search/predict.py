@@ -24,7 +24,8 @@ import torch
 from lungct.errors import ScanError
 from lungct.nifti import preprocess, read_scan
 from lungct.records import PreprocessConfig
-from search.model_dir import ModelDirError, ModelInfo, load_model
+from search.cli import EXIT_FAILED, EXIT_OK, command_parser, exit_code
+from search.model_dir import ModelInfo, load_model
 from search.routing import DISCLAIMER, ROUTING, decision_text, decisions
 from search.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure
 from search.train import predict_probs
@@ -34,10 +35,8 @@ CPU = torch.device("cpu")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m search.predict``."""
-    p = argparse.ArgumentParser(prog="python -m search.predict", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f"{DISCLAIMER} Exit code: 0 all scans predicted, 1 some scan failed, "
-                                "2 bad arguments or model folder.")
+    p = command_parser("search.predict", __doc__, epilog=f"{DISCLAIMER} Exit code: 0 all scans predicted, 1 some "
+                       "scan failed, 2 bad arguments or model folder, 130 interrupted.")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by python -m search.export "
                    "(e.g. studies/lungct/model)")
     p.add_argument("scans", metavar="SCAN", nargs="+", help="NIfTI chest CT scans in HU (.nii or .nii.gz)")
@@ -157,45 +156,64 @@ def _header(model_dir: str, info: ModelInfo) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Predict each scan. Returns the exit code: 0 all predicted, 1 some scan failed, 2 bad arguments."""
-    args = build_parser().parse_args(argv)
-    try:
-        model, config, info = load_model(args.model_dir)
-    except ModelDirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = None
+                ) -> tuple[ModelInfo, list[Prediction], list[dict]]:
+    """Load the model once and predict every scan; a scan that cannot be read is an error entry, not an exception.
+
+    Returns:
+        What the model predicts (its info), the predictions, and ``{"path", "error"}`` per scan that failed.
+
+    Raises:
+        ModelDirError: The model folder is unusable.
+        ValueError: ``saliency_dir`` cannot be created.
+    """
+    model, config, info = load_model(model_dir)
     saliency = None
-    if args.saliency:
+    if saliency_dir:
         try:
-            Path(args.saliency).mkdir(parents=True, exist_ok=True)
+            Path(saliency_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            print(f"error: --saliency: cannot create {args.saliency}: {e.strerror or e}", file=sys.stderr)
-            return 2
-        saliency = Saliency(model, Path(args.saliency))
+            raise ValueError(f"--saliency: cannot create {saliency_dir}: {e.strerror or e}") from None
+        saliency = Saliency(model, Path(saliency_dir))
     predictions: list[Prediction] = []
     errors: list[dict] = []
-    for path in args.scans:
+    for path in scans:
         try:
             predictions.append(predict_scan(model, config, info, path, saliency))
         except ScanError as e:
             errors.append({"path": path, "error": str(e)})
             print(f"error: {path}: {e}", file=sys.stderr, flush=True)
+    return info, predictions, errors
+
+
+def print_results(args: argparse.Namespace, info: ModelInfo, predictions: list[Prediction], errors: list[dict]) -> None:
+    """The table (or with ``--json`` one JSON object) on stdout."""
     if args.json:
         print(json.dumps({
             "disclaimer": DISCLAIMER, "model_dir": args.model_dir, "task": info.task, "classes": list(info.classes),
             "threshold": info.threshold, "trained_on_phantoms": trained_on_phantoms(args.model_dir),
             "results": [p.to_dict() for p in predictions], "errors": errors,
         }, indent=2, allow_nan=False, default=_json_number))
-    else:
-        print(_header(args.model_dir, info))
-        if predictions:
-            print()
-            print(format_table(predictions, info))
-        if saliency is not None and predictions:
-            print(f"\nsaliency montages ({METHOD}) in {args.saliency}: "
-                  + ", ".join(Path(p.saliency).name for p in predictions))
-    return 1 if errors else 0
+        return
+    print(_header(args.model_dir, info))
+    if predictions:
+        print()
+        print(format_table(predictions, info))
+    if args.saliency and predictions:
+        print(f"\nsaliency montages ({METHOD}) in {args.saliency}: "
+              + ", ".join(Path(p.saliency).name for p in predictions))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Predict each scan. Returns the exit code: 0 all predicted, 1 some scan failed, 2 bad arguments."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        info, predictions, errors = predict_all(args.model_dir, args.scans, args.saliency)
+        print_results(args, info, predictions, errors)
+        return EXIT_FAILED if errors else EXIT_OK
+
+    return exit_code(body, interrupted="interrupted: the scans listed above were predicted")
 
 
 def _json_number(value):

@@ -23,17 +23,34 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from lungct.errors import DataError
-from lungct.records import TASKS, PreprocessConfig
+from lungct.records import PreprocessConfig
 from search import schema
 from search.artifacts import TrialArtifacts, artifact_dir
+from search.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_data_flag,
+    add_device_flag,
+    add_phantoms_flag,
+    add_size_flag,
+    add_split_seed_flag,
+    add_studies_dir_flag,
+    add_study_flags,
+    add_task_flag,
+    add_workers_flag,
+    command_parser,
+    exit_code,
+)
 from search.confirm import DEFAULT_CONFIRM_FOLDS, DEFAULT_TOP_K, ConfirmFold, ConfirmSettings, confirm, format_decision
 from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
 from search.fidelity import choose_fidelity
 from search.objective import FoldData, Objective, SearchSettings, TrialFailed
 from search.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
+from search.precision import device_precision
 from search.progress import SearchProgress, summary_table
 from search.recovery import recover_trials, requeue_interrupted_baseline, requeue_lost_baseline
 from search.study import (
@@ -55,14 +72,11 @@ CONFIRM_SETTINGS = ("confirm_epochs", "confirm_top", "confirm_folds")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m search.run``."""
-    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("search.run", __doc__, epilog="Exit code: 0 done, 2 bad input (flags, data, study), "
+                       "130 interrupted (finished trials kept; the command to resume is printed).")
     p.add_argument("--trials", type=int, default=50, metavar="N", help="trials to add to the study (default: 50)")
-    p.add_argument("--data", metavar="ROOT", help="data folder or CSV manifest (default: the synthetic phantom "
-                   "set, generated once under studies/)")
-    p.add_argument("--study", default="lungct", metavar="NAME", help="study name (default: lungct)")
-    p.add_argument("--storage", metavar="URL", help="any SQLAlchemy URL, PostgreSQL included (default: "
-                   "sqlite:///studies/<study>.db)")
+    add_data_flag(p)
+    add_study_flags(p, "any SQLAlchemy URL, PostgreSQL included")
     p.add_argument("--epochs", type=int, metavar="E", help="epochs per fold of a trial, scored at the last one "
                    "(default: 4 on the CPU, 30 on a GPU; a resumed study keeps its own)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
@@ -85,15 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--no-confirm", action="store_true", help="search only; skip the confirmation stage")
     stage.add_argument("--confirm-only", action="store_true",
                        help="run (or resume) only the confirmation stage of an existing study; --trials is ignored")
-    p.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"), help="input size in voxels (default: "
-                   "32 64 64 on the CPU, the seed's 64 128 128 on a GPU; a resumed study keeps its own)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto = CUDA when available, else CPU (default: auto)")
+    add_size_flag(p, "32 64 64 on the CPU, the seed's 64 128 128 on a GPU; a resumed study keeps its own")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=None, metavar="S",
                    help="seeds the sampler and training (default: 0; a resumed study keeps its own)")
-    p.add_argument("--split-seed", type=int, default=None, metavar="S",
-                   help="seed of the data set's train/val/test split; keep one per data set so every study, "
-                   "export and ablation holds out the same test scans (default: 0)")
+    add_split_seed_flag(p, None, "; keep one per data set so every study, export and ablation holds out the same "
+                        "test scans (default: 0)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this many "
                    "seconds (default: no limit)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS,
@@ -108,14 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gflops", type=float, default=None, metavar="G",
                    help="prune, before training, any trial whose forward GFLOPs per sample exceed G; 0 = no cap "
                    "(default: the seed baseline's cost at the input size on the CPU, no cap on a GPU)")
-    p.add_argument("--task", default=None, choices=sorted(TASKS),
-                   help="which categories are labels 0 and 1 (default: course = CT-0 vs CT-2/CT-3)")
-    p.add_argument("--phantoms", type=int, default=None, metavar="N",
-                   help="size of the default phantom set when no --data is given (default: 200)")
-    p.add_argument("--studies-dir", default="studies", metavar="DIR",
-                   help="where studies, caches, splits and artifacts are written (default: studies)")
-    p.add_argument("--workers", type=int, default=None, help="processes decoding scans on a cold cache "
-                   "(default: all cores)")
+    add_task_flag(p, default=None)
+    add_phantoms_flag(p)
+    add_studies_dir_flag(p, "where studies, caches, splits and artifacts are written")
+    add_workers_flag(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="worker processes training trials of this study at once, the CPU cores divided among "
                    "them (one GPU each on a multi-GPU machine); run the same command on other machines with "
@@ -263,66 +270,86 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--jobs: expected a positive count of worker processes, got {args.jobs}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run (or continue) a search and its confirmation. Returns the exit code: 0 done, 2 bad input, 130 interrupted."""
-    args = build_parser().parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines replace Optuna's per-trial logs
-    try:
-        _check_args(args)
-        objectives = parse_objectives(args.objectives)
-        device = resolve_device(args.device)
-        storage_url = args.storage or default_storage(args.study, args.studies_dir)
-        storage = open_storage(storage_url)
-        stored = _stored_settings(storage, args.study)
-        if args.confirm_only and stored is None:
-            raise ValueError(f"--confirm-only: no study {args.study!r} in {redact(storage_url)} to confirm "
-                             "(run python -m search.run first)")
-        settings, fidelity_line = resolve_settings(args, stored, device)
-        prepared = _prepare(args, settings)
-        # Creating the study and storing its settings is one step (search.study.create_or_load_study).
-        study, created = create_or_load_study(
-            args.study, storage, seed=settings.seed, pruner=args.pruner, max_folds=settings.folds,
-            objectives=objectives, bounds=settings.space(), sampler=args.sampler,
-            attrs={schema.STUDY_DATA_SUMMARY: prepared.summary(), schema.STUDY_BOUNDS: settings.space().to_dict(),
-                   SETTINGS_ATTR: settings.to_dict()})
-        if not created and not stored:
-            # Another run created the study while this one loaded its data: the study's settings hold, and a
-            # flag that contradicts them is the usual one-line error.
-            stored = study.user_attrs.get(SETTINGS_ATTR) or {}
-            joined, fidelity_line = resolve_settings(args, stored, device)
-            if _data_key(joined) != _data_key(settings):
-                prepared = _prepare(args, joined)
-            settings = joined
-        print(f"study {args.study!r} in {redact(storage_url)} ({'new' if created else 'resumed'})")
-        print(fidelity_line)
-        print(describe(prepared))
-        folds = search_folds(prepared, settings.folds, args.studies_dir, settings.split_seed)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if created and study.user_attrs.get(schema.STUDY_BASELINE_NOTE):
+@dataclass
+class Started:
+    """A run ready to search: its study, settings and data, as :func:`start` made them."""
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    storage_url: str
+    settings: RunSettings
+    prepared: PreparedData
+    folds: list
+    device: torch.device
+    objectives: tuple[str, ...]
+    created: bool
+    stored: dict | None
+
+
+def start(args: argparse.Namespace) -> Started:
+    """Open (or create) the study, settle its settings against the flags, load the data and make the folds.
+
+    Raises:
+        ValueError, DataError: Bad flags, a flag that contradicts the study, unusable data.
+    """
+    _check_args(args)
+    objectives = parse_objectives(args.objectives)
+    device = resolve_device(args.device)
+    storage_url = args.storage or default_storage(args.study, args.studies_dir)
+    storage = open_storage(storage_url)
+    stored = _stored_settings(storage, args.study)
+    if args.confirm_only and stored is None:
+        raise ValueError(f"--confirm-only: no study {args.study!r} in {redact(storage_url)} to confirm "
+                         "(run python -m search.run first)")
+    settings, fidelity_line = resolve_settings(args, stored, device)
+    prepared = _prepare(args, settings)
+    # Creating the study and storing its settings is one step (search.study.create_or_load_study).
+    study, created = create_or_load_study(
+        args.study, storage, seed=settings.seed, pruner=args.pruner, max_folds=settings.folds,
+        objectives=objectives, bounds=settings.space(), sampler=args.sampler,
+        attrs={schema.STUDY_DATA_SUMMARY: prepared.summary(), schema.STUDY_BOUNDS: settings.space().to_dict(),
+               SETTINGS_ATTR: settings.to_dict()})
+    if not created and not stored:
+        # Another run created the study while this one loaded its data: the study's settings hold, and a
+        # flag that contradicts them is the usual one-line error.
+        stored = study.user_attrs.get(SETTINGS_ATTR) or {}
+        joined, fidelity_line = resolve_settings(args, stored, device)
+        if _data_key(joined) != _data_key(settings):
+            prepared = _prepare(args, joined)
+        settings = joined
+    print(f"study {args.study!r} in {redact(storage_url)} ({'new' if created else 'resumed'})")
+    print(fidelity_line)
+    print(describe(prepared))
+    folds = search_folds(prepared, settings.folds, args.studies_dir, settings.split_seed)
+    return Started(study, storage, storage_url, settings, prepared, folds, device, objectives, created, stored)
+
+
+def run_search(args: argparse.Namespace, r: Started) -> int:
+    """The search, then the confirmation, on a started run. Returns the exit code (0, 2, or 130)."""
+    study, settings = r.study, r.settings
+    if r.created and study.user_attrs.get(schema.STUDY_BASELINE_NOTE):
         print(f"note: {study.user_attrs[schema.STUDY_BASELINE_NOTE]}")
-    if not created and (not stored or any(stored.get(k) != settings.to_dict()[k] for k in CONFIRM_SETTINGS)):
+    if not r.created and (not r.stored or any(r.stored.get(k) != settings.to_dict()[k] for k in CONFIRM_SETTINGS)):
         study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
     # What a dead worker (kill -9, a crash) or Ctrl-C left behind: failed with its reason, queued again.
     for line in [*recover_trials(study), requeue_lost_baseline(study)]:
         if line:
             print(line)
 
-    amp = choose_fidelity(device, settings.size, settings.epochs).amp
+    amp = device_precision(r.device).amp
     interrupted = stage = None
     if not args.confirm_only:
         run_trials = _search_parallel if args.jobs > 1 else _search
-        interrupted = run_trials(args, study, settings, folds, device, amp, objectives)
+        interrupted = run_trials(args, study, settings, r.folds, r.device, amp, r.objectives)
         if interrupted is None:
-            return 2
+            return EXIT_BAD_INPUT
         stage = "search"
         print()
         print(summary_table(study))
-    if not interrupted and not args.no_confirm and len(objectives) == 1:
-        interrupted = _confirm(args, study, storage, prepared, settings, device, amp)
+    if not interrupted and not args.no_confirm and len(r.objectives) == 1:
+        interrupted = _confirm(args, study, r.storage, r.prepared, settings, r.device, amp)
         stage = "confirmation"
-    _print_next_steps(args, storage_url)
+    _print_next_steps(args, r.storage_url)
     if interrupted:
         flags = " ".join(f"--{k} {v}" for k, v in (("study", args.study), ("storage", redact(args.storage or "")),
                                                    ("studies-dir", args.studies_dir if args.studies_dir != "studies"
@@ -331,8 +358,18 @@ def main(argv: list[str] | None = None) -> int:
         what = ("trials are" if args.jobs > 1 else "trial is") if stage == "search" else "confirmation run is"
         print(f"\nInterrupted: the running {what} marked failed, finished ones are kept. Resume with:\n"
               f"  python -m search.run {again} {flags}".rstrip(), file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or continue) a search and its confirmation. Returns the exit code: 0 done, 2 bad input, 130 interrupted."""
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines replace Optuna's per-trial logs
+    # Ctrl-C during a trial or a confirmation run is handled where it lands (the run is failed and can be
+    # resumed); one that reaches here came while the data loaded or between stages.
+    return exit_code(lambda: run_search(args, start(args)),
+                     interrupted="interrupted: finished trials are kept; run the same command again to continue")
 
 
 def _trial_settings(settings: RunSettings, device, amp: bool, objectives: tuple[str, ...]) -> SearchSettings:

@@ -1,0 +1,120 @@
+"""What the five commands share: their common flags, declared once, and how an error becomes an exit code.
+
+The commands (``search.run``, ``search.report``, ``search.export``, ``search.predict``,
+``search.ablate``) parse their flags, build their settings and call a typed library function; each
+declares the flags it shares with the others through the ``add_*`` functions here, and runs its body
+through :func:`exit_code`, so every command answers bad input, failure and Ctrl-C alike:
+
+- 0: done;
+- 1: the work failed (training diverged, the export check failed, a scan could not be read);
+- 2: bad input: flags, data, study, folders (``ValueError``, ``lungct.errors.DataError``), one line;
+- 130: interrupted by Ctrl-C, with what was kept and how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from lungct.errors import DataError
+from lungct.records import TASKS
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def command_parser(prog: str, doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A command's parser: its name, the second paragraph of its module docstring as the description."""
+    return argparse.ArgumentParser(prog=f"python -m {prog}", description=(doc or "").split("\n\n")[1],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+
+
+def add_study_flags(p: argparse.ArgumentParser, storage_help: str = "any SQLAlchemy URL") -> None:
+    """``--study NAME`` (default lungct) and ``--storage URL`` (default the study's SQLite file)."""
+    p.add_argument("--study", default="lungct", metavar="NAME", help="study name (default: lungct)")
+    p.add_argument("--storage", metavar="URL", help=f"{storage_help} (default: sqlite:///studies/<study>.db)")
+
+
+def add_studies_dir_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """``--studies-dir DIR`` (default studies): ``what`` says what the command keeps there."""
+    p.add_argument("--studies-dir", default="studies", metavar="DIR", help=f"{what} (default: studies)")
+
+
+def add_data_flag(p: argparse.ArgumentParser,
+                  default: str = "the synthetic phantom set, generated once under studies/", note: str = "") -> None:
+    """``--data ROOT``: a data folder or CSV manifest; ``note`` follows the default in the help."""
+    p.add_argument("--data", metavar="ROOT",
+                   help=f"data folder or CSV manifest (default: {default}){'; ' + note if note else ''}")
+
+
+def add_phantoms_flag(p: argparse.ArgumentParser, default: int | None = None, shown: int = 200) -> None:
+    """``--phantoms N``: the size of the default phantom set."""
+    p.add_argument("--phantoms", type=int, default=default, metavar="N",
+                   help=f"size of the default phantom set when no --data is given (default: {shown})")
+
+
+def add_workers_flag(p: argparse.ArgumentParser) -> None:
+    """``--workers N``: processes decoding scans on a cold cache."""
+    p.add_argument("--workers", type=int, default=None, help="processes decoding scans on a cold cache "
+                   "(default: all cores)")
+
+
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda``."""
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA when available, else CPU "
+                   "(default: auto)")
+
+
+def add_task_flag(p: argparse.ArgumentParser, default: str | None = "course") -> None:
+    """``--task``: which categories are labels 0 and 1."""
+    p.add_argument("--task", default=default, choices=sorted(TASKS),
+                   help="which categories are labels 0 and 1 (default: course = CT-0 vs CT-2/CT-3)")
+
+
+def add_size_flag(p: argparse.ArgumentParser, default_text: str) -> None:
+    """``--size D H W``: the input size in voxels."""
+    p.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"),
+                   help=f"input size in voxels (default: {default_text})")
+
+
+def add_split_seed_flag(p: argparse.ArgumentParser, default: int | None, text: str) -> None:
+    """``--split-seed S``: the seed of the data set's train/val/test split."""
+    p.add_argument("--split-seed", type=int, default=default, metavar="S",
+                   help=f"seed of the data set's train/val/test split{text}")
+
+
+def positive(flag: str, value: int | float | None, what: str = "a positive count") -> None:
+    """Refuse a flag's value that is given and not positive, naming the flag.
+
+    Raises:
+        ValueError: ``value`` is not None and not above 0.
+    """
+    if value is not None and value <= 0:
+        raise ValueError(f"{flag}: expected {what}, got {value}")
+
+
+def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseException], ...] = (),
+              interrupted: str = "interrupted") -> int:
+    """Run a command's body and map what it raises to the exit codes in this module's docstring.
+
+    Args:
+        body: The work; returns its own exit code (None for 0).
+        failures: Exception types that mean "the work failed" (exit 1); their message is the line shown.
+        interrupted: What Ctrl-C leaves behind, said on stderr before exit 130.
+    """
+    try:
+        code = body()
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except failures as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\n{interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if code is None else code
