@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_training import cpu_model  # benchmarks/ is the script's folder, so on sys.path
 from matplotlib.figure import Figure
 
 from lungct.errors import DataError
@@ -38,6 +37,7 @@ from lungct.phantom import MARKER_NAME, assign_categories
 from lungct.phantom_masks import load_phantom_masks
 from lungct.records import get_task
 from search.model_dir import ModelDirError, build_model, load_model, members_of
+from search.precision import cpu_model
 from search.saliency import METHOD, SaliencyMapper, plot_montage, region_shares, save_figure
 from search.train import predict_probs
 

@@ -33,7 +33,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from lungct.dataset import LoadedScans, load_scans
 from lungct.default_data import DEFAULT_SEED
 from lungct.discover import Discovery, discover
 from lungct.errors import DataError
+from lungct.files import atomic_write_text
 from lungct.phantom import (
     GENERATOR_VERSION,
     MARKER_NAME,
@@ -56,8 +56,10 @@ from lungct.phantom import (
     phantom_set_is_current,
 )
 from lungct.records import PreprocessConfig
+from search.cli import exit_code
 from search.intervals import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference
 from search.model_dir import METRICS, ModelDirError, ModelInfo, load_model, members_of
+from search.precision import cpu_model
 from search.train import predict_probs
 from space import count_params
 
@@ -73,8 +75,8 @@ PHANTOM_CPU_S = 0.38
 _DEFAULT_SET_NAME = re.compile(r"^phantoms-v\d+-n\d+-seed(\d+)$")
 
 
-class UsageError(Exception):
-    """A bad flag; printed as one line, exit code 2."""
+class UsageError(ValueError):
+    """A bad flag; printed as one line, exit code 2 (``search.cli.exit_code``)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,17 +126,6 @@ def check_args(args: argparse.Namespace) -> None:
 
 def _stage(message: str) -> None:
     print(f"[bench_selection] {message}", file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,11 +328,6 @@ def compare(model: Scored, reference: Scored, n_resamples: int) -> dict:
     return entry | {"n": len(rows), "difference": difference.to_dict(), "verdict": verdict(difference)}
 
 
-# --------------------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------------------
-
-
 def _fmt(value: float | None, signed: bool = False) -> str:
     return "-" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
@@ -399,20 +385,8 @@ def _finite(value):
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Through a temporary file and a rename, so an interrupted run leaves no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Entry point
-# --------------------------------------------------------------------------------------------------
+    """Atomically (``lungct.files``), so an interrupted run leaves no half-written file."""
+    atomic_write_text(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -503,25 +477,16 @@ def print_report(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Score the model folders on fresh phantoms. Exit code: 0 done, 2 bad input, 130 interrupted."""
-    try:
+    def body() -> None:
         args = build_parser().parse_args(argv)
         check_args(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         result = run(args)
-    except (ValueError, DataError) as e:  # ModelDirError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; the next run reuses the phantoms and scans already finished", file=sys.stderr)
-        return 130
-    print_report(result)
-    if args.json is not None:
-        write_json(args.json, result)
-        print(f"\nwrote {args.json}")
-    return 0
+        print_report(result)
+        if args.json is not None:
+            write_json(args.json, result)
+            print(f"\nwrote {args.json}")
+
+    return exit_code(body, interrupted="interrupted; the next run reuses the phantoms and scans already finished")
 
 
 if __name__ == "__main__":

@@ -34,9 +34,8 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_selection import cpu_model  # this folder is on the path of a script run from it
-
 from search import schema
+from search.precision import cpu_model
 from search.recovery import record_worker
 from search.study import make_pruner, make_sampler, open_storage
 from space import SpaceBounds, sample

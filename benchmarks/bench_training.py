@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from search.data import Tensors
 from search.fidelity import CPU_DEFAULT, choose_fidelity
-from search.train import Tensors, fit, resolve_device
+from search.precision import cpu_model
+from search.train import fit, resolve_device
 from space import ArchSpec, LevelSpec, baseline, baseline_train, build, fit_to_size
 
 KERAS_SEED = Path(__file__).resolve().parents[2] / "shared" / "peers" / "keras_seed.py"
@@ -39,20 +41,6 @@ SEARCHED = {
         levels=(LevelSpec(32, 2, "residual"), LevelSpec(64, 2, "residual"), LevelSpec(64, 2, "residual")),
         activation="elu", head_units=(100,), dropout=0.3),
 }
-
-
-def cpu_model() -> str:
-    """The CPU's model name and whether it has AMX (from /proc/cpuinfo)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    name = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
-    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
-    have = set(flags.group(1).split()) if flags else set()
-    extras = [f for f in ("amx_bf16", "avx512_bf16") if f in have]
-    return f"{name.group(1) if name else 'unknown CPU'} ({', '.join(extras) or 'no bf16 units'}; AMX: " \
-           f"{'yes' if 'amx_bf16' in have else 'no'})"
 
 
 def time_spec(spec: ArchSpec, size: tuple[int, int, int], scans: int, epochs: int, device: torch.device,

@@ -45,11 +45,12 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from search import schema
+from search.data import Tensors
 from search.intervals import auc_rows, stratified_resamples
 from search.metrics import binary_metrics
 from search.recovery import INTERRUPTED, record_worker, recover_trials
 from search.study import fail_running
-from search.train import EpochResult, Tensors, device_name, recalibrate_batchnorm
+from search.train import EpochResult, device_name, recalibrate_batchnorm
 from search.trainer import Trained, TrainingFailed, predict_finite, train_spec
 from search.trials import ranked_trials
 from space import ArchSpec, TrainSpec, baseline, baseline_train, fit_to_size

@@ -11,13 +11,25 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from lungct.dataset import LoadedScans, load_scans
 from lungct.default_data import DEFAULT_N, DEFAULT_SEED, default_phantom_root
 from lungct.discover import Discovery, discover
 from lungct.errors import DataError
 from lungct.records import PreprocessConfig
 from lungct.splits import Split, load_or_make_folds, load_or_make_split
-from search.train import Tensors
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """A labelled set held in memory: (N, 1, D, H, W) float16 volumes and (N,) float32 0/1 labels."""
+
+    volumes: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
 
 
 @dataclass

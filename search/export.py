@@ -47,7 +47,7 @@ from search.cli import (
     command_parser,
     exit_code,
 )
-from search.data import prepare_data, resolve_data_root
+from search.data import Tensors, prepare_data, resolve_data_root
 from search.export_metrics import (
     data_entry,
     evaluate,
@@ -81,7 +81,7 @@ from search.model_dir import (
 from search.run import RunSettings
 from search.saliency import write_examples
 from search.study import default_storage, load_existing_study, redact, shareable_storage
-from search.train import Tensors, resolve_device
+from search.train import resolve_device
 from search.trials import baseline_trial
 from space import SpecInputError, baseline, baseline_train, fit_to_size
 

@@ -16,12 +16,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lungct.phantom import MARKER_NAME
 from search import schema
-from search.data import PreparedData
+from search.data import PreparedData, Tensors
 from search.export_models import Choice, ExportSettings, Trained
 from search.figures import curve_metrics
 from search.intervals import Interval, bootstrap_auc, bootstrap_auc_difference, wilson
 from search.metrics import BinaryMetrics
-from search.train import Tensors
 from space import cost, describe_spec
 
 PHANTOM_MARKER = MARKER_NAME  # the file that marks a synthetic phantom set

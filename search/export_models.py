@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from search import schema
 from search.artifacts import artifact_dir
+from search.data import Tensors
 from search.metrics import BinaryMetrics, binary_metrics
 from search.model_dir import (
     Ensemble,
@@ -32,7 +33,7 @@ from search.model_dir import (
 )
 from search.precision import device_precision
 from search.run import RunSettings
-from search.train import EpochResult, Tensors, predict_probs, recalibrate_batchnorm
+from search.train import EpochResult, predict_probs, recalibrate_batchnorm
 from search.trainer import TrainingFailed
 from search.trainer import train_spec as train_spec_unit
 from space import ArchSpec, TrainSpec, baseline, baseline_train, build, describe_spec, fit_to_size

@@ -30,9 +30,10 @@ import optuna
 import torch
 
 from search import schema
+from search.data import Tensors
 from search.metrics import binary_metrics
 from search.recovery import INTERRUPTED, record_worker
-from search.train import EpochResult, FitResult, Tensors, device_name, place
+from search.train import EpochResult, FitResult, device_name, place
 from search.trainer import TrainingFailed, auc_standard_error, predict_finite, train_spec
 from space import SpaceBounds, cost, fit_sampled, sample
 

@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import platform
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -121,6 +122,20 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its bf16 units, for benchmark figures (which must name the CPU they ran on)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
+    have = set(flags.group(1).split()) if flags else set()
+    extras = [f for f in ("amx_bf16", "avx512_bf16") if f in have]
+    return f"{name.group(1) if name else 'unknown CPU'} ({', '.join(extras) or 'no bf16 units'}; AMX: " \
+           f"{'yes' if 'amx_bf16' in have else 'no'})"
 
 
 def forced_precision() -> str:

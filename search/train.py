@@ -25,21 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lungct.augment import AugmentConfig, augment_batch
+from search.data import Tensors  # the data code's type; imported from here by older callers
 from search.metrics import BinaryMetrics, binary_metrics
 from search.precision import Precision, choose_precision
 
 DEFAULT_AUGMENT = AugmentConfig()
-
-
-@dataclass(frozen=True)
-class Tensors:
-    """A labelled set held in memory: (N, 1, D, H, W) float16 volumes and (N,) float32 0/1 labels."""
-
-    volumes: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
 
 class NonFiniteLossError(RuntimeError):

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from search.data import Tensors
 from search.intervals import auc_rows, stratified_resamples
-from search.train import EpochResult, FitResult, NonFiniteLossError, Tensors, TrainingOutOfMemory, fit, predict_probs
+from search.train import EpochResult, FitResult, NonFiniteLossError, TrainingOutOfMemory, fit, predict_probs
 from space import ArchSpec, TrainSpec, build
 
 SE_RESAMPLES = 500  # bootstrap resamples for a fold AUC's standard error; ample for a standard error
