@@ -46,6 +46,7 @@ from search.cli import (
     add_workers_flag,
     command_parser,
     exit_code,
+    positive,
 )
 from search.data import Tensors, prepare_data, resolve_data_root
 from search.export_metrics import (
@@ -121,8 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs: expected a positive count, got {args.epochs}")
+    positive("--epochs", args.epochs)
     if args.ensemble and args.trial is not None:
         raise ValueError("--ensemble: ships the confirmation's fold models of its recommendation; a --trial is "
                          "trained on train+val instead, so pass one or the other")

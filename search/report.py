@@ -17,11 +17,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
-import math
-import os
-import sys
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -32,34 +27,29 @@ import optuna
 import plotly.graph_objects as go
 from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
-from plotly.offline import get_plotlyjs
 
+from lungct.files import atomic_write_text
 from search import schema
 from search.artifacts import artifact_dir
-from search.intervals import Interval
-from search.model_dir import METRICS
+from search.cli import add_studies_dir_flag, add_study_flags, command_parser, exit_code, positive
+from search.html import figure, fmt, note, page, table
+from search.report_validation import AUC_NAME, confirmation_section, export_command, validation_section
 from search.study import default_storage, load_existing_study, redact
 from search.trials import COSTS, TrialPoint, non_dominated, ranked_trials, trial_points
 from space import describe_spec
 
 TOP_N = 10
 MAX_PARALLEL_PARAMS = 8
-AUC_NAME = "CV AUC"  # mean final-epoch validation AUC over the folds of the non-test scans
-PLOT_CONFIG = {"displaylogo": False, "responsive": True}
-MIN_MARGIN = {"l": 60, "r": 30, "t": 60, "b": 50}  # px; automargin widens them around long labels
 BAR_LABEL_HEADROOM = 0.25  # of the longest bar, added to the value axis for the label past the bar's end
 MODEL_DIR = "model"  # python -m search.export's default folder, under <studies-dir>/<study>/
-MODEL_COLOUR, BASELINE_COLOUR = "#e45756", "#f2b701"  # as the Pareto front and the seed baseline's star
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m search.report``."""
-    p = argparse.ArgumentParser(prog="python -m search.report", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default="lungct", metavar="NAME", help="study name (default: lungct)")
-    p.add_argument("--storage", metavar="URL", help="any SQLAlchemy URL (default: sqlite:///studies/<study>.db)")
-    p.add_argument("--studies-dir", default="studies", metavar="DIR",
-                   help="where studies live and reports go (default: studies)")
+    p = command_parser("search.report", __doc__, epilog="Exit code: 0 written, 2 bad input (flags, study, --out), "
+                       "130 interrupted (nothing written).")
+    add_study_flags(p)
+    add_studies_dir_flag(p, "where studies live and reports go")
     p.add_argument("--out", metavar="FILE", help="HTML file to write (default: studies/<study>/report.html)")
     p.add_argument("--top", type=int, default=TOP_N, metavar="N",
                    help=f"trials in the top-trials table (default: {TOP_N})")
@@ -102,23 +92,6 @@ class _Study:
         return (lambda t: -t.values[0]) if minimised else (lambda t: t.values[0])
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{html.escape(text)}</p>'
-
-
-def fit_to_panel(fig: go.Figure) -> go.Figure:
-    """Let a figure take its panel's width and widen its margins around long tick labels.
-
-    A fixed margin cuts labels such as ``convs_per_level`` or ``residual_inception`` at the panel's
-    edge; with automargin on every axis plotly widens the margins to fit them, whatever width the panel
-    (half or all of a 1400-pixel page, less in a narrower window) gives the figure.
-    """
-    fig.update_layout(template="plotly_white", autosize=True, width=None, margin=MIN_MARGIN)
-    fig.update_xaxes(automargin=True)
-    fig.update_yaxes(automargin=True)
-    return fig
-
-
 def fit_bar_labels(fig: go.Figure) -> go.Figure:
     """Room on the value axis for the labels that Optuna's importance plot writes past each bar's end.
 
@@ -132,17 +105,12 @@ def fit_bar_labels(fig: go.Figure) -> go.Figure:
     return fig
 
 
-def _figure(fig: go.Figure, div_id: str, height: int = 460) -> str:
-    fit_to_panel(fig).update_layout(height=height)
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
-
-
 def plot_history(s: _Study) -> str:
     """Optuna's optimisation history of validation AUC."""
     if not s.complete:
-        return _note("No complete trial yet: nothing to plot.")
+        return note("No complete trial yet: nothing to plot.")
     fig = optuna.visualization.plot_optimization_history(s.study, target=s.target(), target_name=AUC_NAME)
-    return _figure(fig, "fig-history")
+    return figure(fig, "fig-history")
 
 
 def _curves_from_attrs(s: _Study) -> go.Figure:
@@ -165,8 +133,8 @@ def plot_curves(s: _Study) -> str:
     elif any(t.user_attrs.get(schema.VAL_AUC) for t in s.trials):
         fig = _curves_from_attrs(s)
     else:
-        return _note("No trial has finished an epoch yet: nothing to plot.")
-    return _figure(fig, "fig-intermediate")
+        return note("No trial has finished an epoch yet: nothing to plot.")
+    return figure(fig, "fig-intermediate")
 
 
 def _varying_params(s: _Study) -> list[str]:
@@ -180,8 +148,8 @@ def _varying_params(s: _Study) -> list[str]:
 def plot_importance(s: _Study, name: str, evaluator) -> tuple[str, list[str]]:
     """Optuna's importance plot with one evaluator, or a note saying why there is none; and the ranking."""
     if len(s.complete) < 2 or not _varying_params(s):
-        return _note(f"{name}: needs at least 2 complete trials whose parameters differ "
-                     f"(this study has {len(s.complete)} complete)."), []
+        return note(f"{name}: needs at least 2 complete trials whose parameters differ "
+                    f"(this study has {len(s.complete)} complete)."), []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -190,19 +158,18 @@ def plot_importance(s: _Study, name: str, evaluator) -> tuple[str, list[str]]:
             fig = optuna.visualization.plot_param_importances(s.study, evaluator=evaluator, target=target,
                                                               target_name=AUC_NAME)
         except (RuntimeError, ValueError) as e:
-            return _note(f"{name}: not computed ({e})."), []
+            return note(f"{name}: not computed ({e})."), []
     messages = sorted({str(w.message) for w in caught if not issubclass(
         w.category, DeprecationWarning | FutureWarning | optuna.exceptions.ExperimentalWarning)
         and "achieve low `target` values" not in str(w.message)})  # handled: PED-ANOVA gets -AUC
     if any("will be equal" in m for m in messages):
         # PED-ANOVA compares the top quantile of trials with all of them; with few trials they coincide.
-        note = (f"{name}: too few complete trials ({len(s.complete)}) to separate the best trials from the rest; "
-                "every parameter would get the same importance. Run more trials.")
-        return _note(note), []
+        return note(f"{name}: too few complete trials ({len(s.complete)}) to separate the best trials from the "
+                    "rest; every parameter would get the same importance. Run more trials."), []
     ranking = list(reversed(fig.data[0].y)) if fig.data else []
     fit_bar_labels(fig).update_layout(title=f"Hyperparameter Importances ({name})")
-    body = _figure(fig, f"fig-importance-{name.lower().replace('-', '')}", height=max(360, 28 * len(ranking) + 120))
-    return body + "".join(_note(m) for m in messages), ranking
+    body = figure(fig, f"fig-importance-{name.lower().replace('-', '')}", height=max(360, 28 * len(ranking) + 120))
+    return body + "".join(note(m) for m in messages), ranking
 
 
 def _hover(p: TrialPoint) -> str:
@@ -216,7 +183,7 @@ def plot_pareto(s: _Study, cost: str) -> str:
     """Validation AUC against a cost: complete trials, the non-dominated ones joined, pruned ones faded."""
     label = COSTS[cost]
     if not any(p.complete for p in s.points):
-        return _note(f"No complete trial with a recorded cost yet: no Pareto front against {label}.")
+        return note(f"No complete trial with a recorded cost yet: no Pareto front against {label}.")
     front = s.fronts[cost]
     groups = [
         ("pruned (last reported AUC)", [p for p in s.points if not p.complete],
@@ -243,44 +210,31 @@ def plot_pareto(s: _Study, cost: str) -> str:
                                  hovertext=[_hover(p)], hovertemplate="%{hovertext}<extra></extra>"))
     fig.update_layout(title=f"Pareto front: {AUC_NAME} against {label}", xaxis_title=f"{label} (log scale)",
                       yaxis_title=AUC_NAME, xaxis_type="log", legend={"orientation": "h", "y": -0.2})
-    return _figure(fig, f"fig-pareto-{cost}")
+    return figure(fig, f"fig-pareto-{cost}")
 
 
 def plot_optuna_pareto(s: _Study) -> str:
     """Optuna's own Pareto-front plot, for a multi-objective study."""
     names = [AUC_NAME, COSTS["params" if "params" in s.objectives else "gflops"]]
     fig = optuna.visualization.plot_pareto_front(s.study, target_names=names[:len(s.study.directions)])
-    return _figure(fig, "fig-pareto-optuna")
+    return figure(fig, "fig-pareto-optuna")
 
 
 def plot_parallel(s: _Study, ranking: list[str]) -> str:
     """Optuna's parallel coordinates over the most important parameters that vary (it orders them by name)."""
     varying = _varying_params(s)
     if not varying:
-        return _note("Needs complete trials whose parameters differ: nothing to plot yet.")
+        return note("Needs complete trials whose parameters differ: nothing to plot yet.")
     ordered = [n for n in ranking if n in varying] + [n for n in varying if n not in ranking]
     fig = optuna.visualization.plot_parallel_coordinate(s.study, params=ordered[:MAX_PARALLEL_PARAMS],
                                                         target=s.target(), target_name=AUC_NAME)
-    return _figure(fig, "fig-parallel", height=520)
-
-
-def _fmt(value, spec: str = ".3f") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec)
-
-
-def _table(headers: list[str], rows: list[list[str]], table_id: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    attr = f' id="{table_id}"' if table_id else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return figure(fig, "fig-parallel", height=520)
 
 
 def top_trials_table(s: _Study, top: int) -> str:
     """The best complete trials: AUC, costs, epochs, validation rates, training settings, architecture."""
     if not s.complete:
-        return _note("No complete trial yet.")
+        return note("No complete trial yet.")
     rows = []
     for rank, t in enumerate(s.complete[:top], start=1):
         a = t.user_attrs
@@ -289,15 +243,15 @@ def top_trials_table(s: _Study, top: int) -> str:
                                     ("Pareto: GFLOPs", t.number in s.fronts["gflops"])) if on]
         train = a.get("train_spec") or {}
         rows.append([
-            str(rank), str(t.number), f"<b>{t.values[0]:.3f}</b>", _fmt(a.get(schema.SCORE_SE)),
-            f"{a.get(schema.PARAMS, 0):,}", _fmt(a.get(schema.GFLOPS)),
-            " / ".join(_fmt(v) for v in a.get(schema.FOLD_AUCS) or []) or "-",
-            html.escape(f"{train.get('optimizer', '-')}, lr {_fmt(train.get('lr'), '.2g')}, "
+            str(rank), str(t.number), f"<b>{t.values[0]:.3f}</b>", fmt(a.get(schema.SCORE_SE)),
+            f"{a.get(schema.PARAMS, 0):,}", fmt(a.get(schema.GFLOPS)),
+            " / ".join(fmt(v) for v in a.get(schema.FOLD_AUCS) or []) or "-",
+            html.escape(f"{train.get('optimizer', '-')}, lr {fmt(train.get('lr'), '.2g')}, "
                         f"batch {train.get('batch_size', '-')}"),
             html.escape(describe_spec(a.get("spec"))), html.escape(", ".join(tags)),
         ])
-    table = _table(["rank", "trial", AUC_NAME, "+- SE", "params", "GFLOPs", "fold AUCs (final epoch)",
-                    "training", "architecture", "notes"], rows, "top-trials")
+    cells_table = table(["rank", "trial", AUC_NAME, "+- SE", "params", "GFLOPs", "fold AUCs (final epoch)",
+                         "training", "architecture", "notes"], rows, "top-trials")
     base = next((t for t in s.trials if t.user_attrs.get(schema.BASELINE)), None)
     if base is None:
         line = "The seed baseline is not in this study."
@@ -307,7 +261,7 @@ def top_trials_table(s: _Study, top: int) -> str:
         rank = [t.number for t in s.complete].index(base.number) + 1
         line = (f"The seed baseline (trial {base.number}) ranks {rank} of {len(s.complete)} complete trials, "
                 f"{AUC_NAME} {base.values[0]:.3f}.")
-    return table + _note(line)
+    return cells_table + note(line)
 
 
 def _reason_kind(trial: FrozenTrial) -> str:
@@ -361,245 +315,15 @@ def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
                                f"{data.get('skipped', '-')} unreadable"),
         ("split file", str(data.get("split_file", "-"))),
     ]
-    facts = _table(["", ""], [[html.escape(k), html.escape(str(v))] for k, v in rows], "summary")
+    facts = table(["", ""], [[html.escape(k), html.escape(str(v))] for k, v in rows], "summary")
     kinds = Counter(_reason_kind(t) for t in s.trials if t.state != TrialState.COMPLETE)
-    outcome = _table(["what happened", "trials"], [[html.escape(k), str(n)] for k, n in kinds.most_common()]) \
+    outcome = table(["what happened", "trials"], [[html.escape(k), str(n)] for k, n in kinds.most_common()]) \
         if kinds else ""
     artifacts = artifact_dir(studies_dir, s.study.study_name)
     commands = [export_command(s.study.study_name, studies_dir),
                 f"optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}"]
     nxt = "<p>Next:</p><pre>" + html.escape("\n".join(commands)) + "</pre>"
     return facts + outcome + nxt
-
-
-def _number(value) -> float | None:
-    """A finite number as a float, else None (a gap in a figure, '-' in a table)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def confirmation_figure(decision: dict) -> go.Figure:
-    """Each candidate's search score (+- SE) beside its confirmed fold AUCs and their mean.
-
-    A candidate's search score was the best of many noisy trials, so it tends to sit above what fresh
-    folds confirm. The seed baseline's column is shaded and its confirmed mean drawn across for reference
-    (the rule asks more of a candidate than to clear it: a paired lower bound above 0), and the
-    recommended candidate's name is marked.
-    """
-    rows = decision["candidates"]
-    recommended = decision["recommended"]["key"]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=[i - 0.18 for i in range(len(rows))], y=[_number(r["search_score"]) for r in rows],
-        error_y={"type": "data", "array": [_number(r["search_se"]) for r in rows], "width": 6},
-        mode="markers", name=f"{AUC_NAME} in the search, +- SE", marker={"symbol": "diamond-open", "size": 11,
-                                                                          "color": "#52606d"}))
-    folds_x, folds_y = [], []
-    for i, r in enumerate(rows):
-        aucs = [v for v in map(_number, r["fold_aucs"]) if v is not None]
-        folds_x += [i + 0.12 + 0.1 * (j / max(len(aucs) - 1, 1) - 0.5) for j in range(len(aucs))]
-        folds_y += aucs
-    fig.add_trace(go.Scatter(x=folds_x, y=folds_y, mode="markers", name="confirmed: one fresh fold each",
-                             marker={"color": "#4c78a8", "size": 7, "opacity": 0.7}))
-    fig.add_trace(go.Scatter(
-        x=[i + 0.12 for i in range(len(rows))], y=[_number(r["confirmed"]) for r in rows], mode="markers",
-        name="confirmed: mean", marker={"symbol": "line-ew", "size": 30, "color": "#1f4e79",
-                                        "line": {"width": 3, "color": "#1f4e79"}}))
-    for i, r in enumerate(rows):
-        if r.get("baseline"):
-            fig.add_vrect(x0=i - 0.45, x1=i + 0.45, fillcolor=BASELINE_COLOUR, opacity=0.15, line_width=0,
-                          layer="below")
-            if _number(r["confirmed"]) is not None:
-                fig.add_hline(y=r["confirmed"], line={"dash": "dash", "color": BASELINE_COLOUR, "width": 1})
-    names = [("seed baseline" if r.get("baseline") else r["key"])
-             + ("<br><b>recommended</b>" if r["key"] == recommended else "") for r in rows]
-    fig.update_layout(title="Confirmation on fresh folds", yaxis_title="ROC AUC",
-                      legend={"orientation": "h", "y": -0.2},
-                      xaxis={"tickmode": "array", "tickvals": list(range(len(rows))), "ticktext": names,
-                             "range": [-0.5, len(rows) - 0.5]})
-    return fig
-
-
-def confirmation_section(study: optuna.Study) -> str:
-    """The confirmation stage's figure, decision and table, or why there is none."""
-    decision = study.user_attrs.get(schema.STUDY_CONFIRMATION)
-    if not decision:
-        return _note("No confirmation yet: run python -m search.run --confirm-only (export needs it).")
-    rows = []
-    for r in decision["candidates"]:
-        rows.append([html.escape(r["key"]), _fmt(r["search_score"]), _fmt(r["search_se"]),
-                     " / ".join(_fmt(v) for v in r["fold_aucs"]), _fmt(r["confirmed"]), _fmt(r["difference"], "+.3f"),
-                     _fmt(r["difference_low"], "+.3f"), "yes" if r["beats_baseline"] else "no",
-                     html.escape(describe_spec(r["spec"]))])
-    table = _table(["candidate", AUC_NAME + " (search)", "+- SE", "fold AUCs (fresh folds)", "confirmed",
-                    "minus baseline", "lower bound", "beats baseline", "architecture"], rows, "confirmation-table")
-    rec = decision["recommended"]
-    words = (f"<p><b>Recommended: {html.escape(rec['key'])}</b>: {html.escape(rec['why'])}.</p>"
-             + _note(f"Rule: {decision['rule']}. Settings: {decision['settings']}. Runs are trials of the study "
-                     f"{decision.get('companion_study', '-')!r} in the same storage (see optuna-dashboard)."))
-    figure = _figure(confirmation_figure(decision), "fig-confirmation")
-    return f'<div class="row"><div class="col">{figure}</div><div class="col">{words}</div></div>{table}'
-
-
-class NoExport(Exception):
-    """No metrics.json of this study to show; the message says why, and what to run."""
-
-
-def export_command(study_name: str, studies_dir: str) -> str:
-    """The export command line for this study, flags as the report was given them."""
-    return f"python -m search.export --study {study_name}" + (
-        f" --studies-dir {studies_dir}" if studies_dir != "studies" else "")
-
-
-def load_export_metrics(model_dir: Path, study_name: str, command: str) -> dict:
-    """The metrics.json of an export of this study from ``model_dir``.
-
-    Raises:
-        NoExport: No folder, no file, a file that is not JSON, or an export of another study.
-    """
-    path = model_dir / METRICS
-    if not model_dir.is_dir():
-        raise NoExport(f"No exported model in {model_dir} yet, so no locked-test figures: run {command}, "
-                       "then this report again (or pass --model DIR).")
-    if not path.is_file():
-        raise NoExport(f"{model_dir} holds no {METRICS}, so it is not a folder written by python -m search.export; "
-                       f"run {command} (or pass --model DIR).")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NoExport(f"Cannot read {path} ({type(e).__name__}: {e}); export again: {command}") from None
-    study = metrics.get("study") if isinstance(metrics, dict) else None
-    name = study.get("name") if isinstance(study, dict) else None
-    if name != study_name:
-        raise NoExport(f"{path} is the export of study {name!r}, not of {study_name!r}, so it is not shown; "
-                       f"pass --model with this study's folder, or run {command}.")
-    return metrics
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One model's AUC at each stage, from the search to the locked test part."""
-
-    label: str
-    is_baseline: bool
-    search: float | None
-    search_se: float | None
-    confirmed: float | None
-    test: float | None
-    test_low: float | None
-    test_high: float | None
-
-    @property
-    def optimism(self) -> float | None:
-        """How far the confirmed score overstated the test AUC: positive when validation was optimistic."""
-        if self.confirmed is None or self.test is None:
-            return None
-        return self.confirmed - self.test
-
-
-def _scores(label: str, is_baseline: bool, entry: dict, confirmed, tested: dict | None) -> Scores:
-    auc = tested["auc"] if tested is not None else {}
-    return Scores(label, is_baseline, _number(entry.get("search_cv_auc")), _number(entry.get("search_cv_se")),
-                  _number(confirmed), _number(auc.get("estimate")), _number(auc.get("low")), _number(auc.get("high")))
-
-
-def export_scores(metrics: dict) -> list[Scores]:
-    """The exported model's scores, then the seed baseline's unless the model is the baseline.
-
-    Raises:
-        KeyError, TypeError, AttributeError: The file lacks a field that search.export writes.
-    """
-    test, selection = metrics["test"], metrics["selection"]
-    if test["baseline_is_model"]:
-        return [_scores("exported model (the seed baseline)", True, metrics["model"], selection["confirmed_score"],
-                        test["model"])]
-    return [_scores("exported model", False, metrics["model"], selection["confirmed_score"], test["model"]),
-            _scores("seed baseline", True, metrics.get("baseline") or {}, selection["baseline_confirmed_score"],
-                    test["baseline"])]
-
-
-STAGES = ("search<br>CV AUC +- SE", "confirmation<br>fresh folds", "locked test part<br>AUC, 95% CI")
-
-
-def _below(value: float | None, bound: float | None) -> float | None:
-    return None if value is None or bound is None else value - bound
-
-
-def validation_figure(rows: list[Scores]) -> go.Figure:
-    """Each model's AUC at the three stages, joined by a dotted line: its fall to the test AUC is the optimism."""
-    fig = go.Figure()
-    for i, r in enumerate(rows):
-        shift = 0.1 * (2 * i - len(rows) + 1)  # model left of the stage, baseline right: their bars stay apart
-        colour = BASELINE_COLOUR if r.is_baseline else MODEL_COLOUR
-        y = [r.search, r.confirmed, r.test]
-        fig.add_trace(go.Scatter(
-            x=[stage + shift for stage in range(len(STAGES))], y=y, name=r.label, mode="lines+markers+text",
-            line={"color": colour, "dash": "dot"}, cliponaxis=False,
-            marker={"color": colour, "size": 14 if r.is_baseline else 10, "line": {"width": 1, "color": "#222"},
-                    "symbol": "star" if r.is_baseline else "circle"},
-            error_y={"type": "data", "symmetric": False, "width": 6, "color": colour,
-                     "array": [r.search_se, None, _below(r.test_high, r.test)],
-                     "arrayminus": [r.search_se, None, _below(r.test, r.test_low)]},
-            text=[_fmt(v) if v is not None else "" for v in y],
-            textposition="middle left" if i == 0 else "middle right",
-            hovertemplate=f"{html.escape(r.label)}: %{{y:.3f}}<extra></extra>"))
-    fig.add_hline(y=0.5, line={"dash": "dash", "color": "#9aa5b1", "width": 1}, annotation_text="chance",
-                  annotation_position="bottom right")
-    fig.update_layout(title="ROC AUC from search to locked test", yaxis_title="ROC AUC", showlegend=True,
-                      legend={"orientation": "h", "y": -0.2},
-                      xaxis={"tickmode": "array", "tickvals": list(range(len(STAGES))), "ticktext": list(STAGES),
-                             "range": [-0.5, len(STAGES) - 0.5]})
-    return fig
-
-
-def _validation_table(rows: list[Scores]) -> str:
-    cells = [[html.escape(r.label), f"{_fmt(r.search)} +- {_fmt(r.search_se)}", _fmt(r.confirmed),
-              f"<b>{_fmt(r.test)}</b> ({_fmt(r.test_low)} to {_fmt(r.test_high)})", _fmt(r.optimism, "+.3f")]
-             for r in rows]
-    return _table(["", f"{AUC_NAME} (search) +- SE", "confirmed", "test AUC (95% CI)", "optimism (confirmed - test)"],
-                  cells, "validation-table")
-
-
-def _test_part_lines(metrics: dict, n_trials: int) -> str:
-    """The test part's size, the model-minus-baseline AUC difference, and whether the export is stale."""
-    test = metrics["test"]
-    classes = (metrics.get("task") or {}).get("classes") or ["negative", "positive"]
-    lines = [f"Locked test part: {test['n']} scans ({test['n_negative']} {classes[0]}, {test['n_positive']} "
-             f"{classes[1]}), scored once by python -m search.export ({metrics.get('created', 'date not recorded')})."]
-    diff = test.get("auc_difference")
-    if test["baseline_is_model"]:
-        lines.append("The exported model is the seed baseline itself: there is no difference in AUC to show.")
-    elif diff:
-        interval = Interval(**diff)
-        spans = interval.low <= 0 <= interval.high
-        lines.append(f"Difference in test AUC, model minus seed baseline: {interval.text()}"
-                     + ("; the interval holds 0, so this test part cannot tell the two apart." if spans else "."))
-    else:
-        note = (metrics.get("baseline") or {}).get("note") or "the seed baseline was not tested"
-        lines.append(f"No difference in AUC: {note}.")
-    exported_with = (metrics.get("study") or {}).get("n_trials")
-    if exported_with is not None and exported_with != n_trials:
-        lines.append(f"Exported when the study had {exported_with} trials; it has {n_trials} now, so the "
-                     "recommendation may have changed: export again.")
-    return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
-
-
-def validation_section(study: optuna.Study, model_dir: Path, studies_dir: str) -> str:
-    """The export's scores as a figure and a table, with the test part's size; or a note saying why not."""
-    command = export_command(study.study_name, studies_dir)
-    try:
-        metrics = load_export_metrics(model_dir, study.study_name, command)
-        rows = export_scores(metrics)
-        lines = _test_part_lines(metrics, len(study.trials))
-    except NoExport as e:
-        return _note(str(e))
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        return _note(f"{model_dir / METRICS} lacks what this section needs ({type(e).__name__}: {e}); export "
-                     f"again: {command}")
-    figure = _figure(validation_figure(rows), "fig-validation")
-    return (f'<div class="row"><div class="col">{figure}</div><div class="col">{_validation_table(rows)}{lines}'
-            f"{_note(f'From {model_dir / METRICS}.')}</div></div>")
 
 
 def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "studies",
@@ -650,29 +374,6 @@ def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "st
     ]
 
 
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1400px;
-       padding: 0 1rem; color: #1f2933; }
-h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #d9e2ec; padding-bottom: 0.2rem; margin-top: 2.5rem; }
-.sub { color: #52606d; } .note { color: #52606d; font-style: italic; }
-nav a { margin-right: 1rem; }
-table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #d9e2ec; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
-th { background: #f0f4f8; }
-.row { display: flex; flex-wrap: wrap; gap: 1rem; } .col { flex: 1 1 560px; min-width: 0; }
-pre { background: #f0f4f8; padding: 0.6rem; overflow-x: auto; }
-"""
-
-
-def offline_plotlyjs() -> str:
-    """plotly.js to inline in the page, with its one CDN address (the map-tile default) blanked.
-
-    The bundle names ``https://cdn.plot.ly/un/`` as the default topojsonURL, fetched only by geographic
-    maps, which this page never draws; blanking it makes "no CDN anywhere in the file" checkable by grep.
-    """
-    return get_plotlyjs().replace('"https://cdn.plot.ly/un/"', '""')
-
-
 def render_report(study: optuna.Study, storage_url: str, studies_dir: str = "studies", top: int = TOP_N,
                   model_dir: Path | None = None) -> str:
     """The whole page as one HTML string, plotly.js embedded once in the head."""
@@ -680,13 +381,7 @@ def render_report(study: optuna.Study, storage_url: str, studies_dir: str = "stu
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"lungct-nas search report: {study.study_name}"
     nav = "".join(f'<a href="#{x.id}">{html.escape(x.title)}</a>' for x in sections)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{STYLE}</style>",
-        f'<script type="text/javascript">{offline_plotlyjs()}</script>',
-        "</head><body>",
+    body = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="sub">Generated {created} by python -m search.report. Validation AUC is what the search '
         "optimised; it is optimistic for the chosen model. The unbiased figure is the locked-test AUC that "
@@ -695,51 +390,40 @@ def render_report(study: optuna.Study, storage_url: str, studies_dir: str = "stu
     ]
     for x in sections:
         intro = f"<p>{html.escape(x.intro)}</p>" if x.intro else ""
-        parts.append(f'<section id="{x.id}"><h2>{html.escape(x.title)}</h2>{intro}{x.body}</section>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        body.append(f'<section id="{x.id}"><h2>{html.escape(x.title)}</h2>{intro}{x.body}</section>')
+    return page(title, body)
 
 
-def write_report(text: str, path: Path) -> None:
-    """Write the page atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_page(study: optuna.Study, storage: str, studies_dir: str, top: int, model: Path | None, out: Path) -> int:
+    """Render the page and write it atomically; returns its size in bytes.
+
+    Raises:
+        ValueError: ``out`` cannot be written.
+    """
+    text = render_report(study, storage, studies_dir, top, model)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write_text(out, text)
+    except OSError as e:
+        raise ValueError(f"--out: cannot write {out}: {e.strerror or e}") from None
+    return len(text.encode())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the report. Returns the exit code: 0 written, 2 bad input."""
+    """Write the report. Returns the exit code: 0 written, 2 bad input, 130 interrupted."""
     args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        if args.top < 1:
-            raise ValueError(f"--top: expected a positive count, got {args.top}")
+
+    def body() -> None:
+        positive("--top", args.top)
         if args.model is not None and not Path(args.model).is_dir():
             raise ValueError(f"--model: {args.model} is not a folder; pass the folder python -m search.export wrote")
         storage = args.storage or default_storage(args.study, args.studies_dir)
         study = load_existing_study(args.study, storage)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out else Path(args.studies_dir) / args.study / "report.html"
-    text = render_report(study, storage, args.studies_dir, args.top, args.model and Path(args.model))
-    try:
-        write_report(text, out)
-    except OSError as e:
-        print(f"error: --out: cannot write {out}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({len(text.encode()) / 1e6:.1f} MB, works offline); open it in a browser:\n"
-          f"  {out.resolve().as_uri()}")
-    return 0
+        out = Path(args.out) if args.out else Path(args.studies_dir) / args.study / "report.html"
+        size = write_page(study, storage, args.studies_dir, args.top, args.model and Path(args.model), out)
+        print(f"wrote {out} ({size / 1e6:.1f} MB, works offline); open it in a browser:\n  {out.resolve().as_uri()}")
+
+    return exit_code(body, interrupted="interrupted: nothing was written")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from search.cli import (
     add_workers_flag,
     command_parser,
     exit_code,
+    positive,
 )
 from search.confirm import DEFAULT_CONFIRM_FOLDS, DEFAULT_TOP_K, ConfirmFold, ConfirmSettings, confirm, format_decision
 from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
@@ -248,26 +249,20 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.trials < 1:
-        raise ValueError(f"--trials: expected a positive count, got {args.trials}")
-    if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs: expected a positive count, got {args.epochs}")
+    positive("--trials", args.trials)
+    positive("--epochs", args.epochs)
     if args.size is not None and min(args.size) < 4:
         raise ValueError(f"--size: expected three voxel counts of at least 4, got {args.size}")
     if args.phantoms is not None and args.phantoms < 10:
         raise ValueError(f"--phantoms: expected at least 10, got {args.phantoms}")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    positive("--timeout", args.timeout, "a positive number of seconds")
     if args.folds is not None and not 2 <= args.folds <= 10:
         raise ValueError(f"--folds: expected 2 to 10 folds, got {args.folds}")
     if args.confirm_folds is not None and not 2 <= args.confirm_folds <= 10:
         raise ValueError(f"--confirm-folds: expected 2 to 10 folds, got {args.confirm_folds}")
-    if args.confirm_top is not None and args.confirm_top < 1:
-        raise ValueError(f"--confirm-top: expected a positive count, got {args.confirm_top}")
-    if args.confirm_epochs is not None and args.confirm_epochs < 1:
-        raise ValueError(f"--confirm-epochs: expected a positive count, got {args.confirm_epochs}")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs: expected a positive count of worker processes, got {args.jobs}")
+    positive("--confirm-top", args.confirm_top)
+    positive("--confirm-epochs", args.confirm_epochs)
+    positive("--jobs", args.jobs, "a positive count of worker processes")
 
 
 @dataclass

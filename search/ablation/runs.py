@@ -1,0 +1,272 @@
+"""One ablation run, (variant, repeat, fold), as one trial of the ablation's study; its record; the progress.
+
+A run trains a variant on the fold's training part through ``search.trainer.train_spec`` (as the search,
+the confirmation and export do) and is scored on the fold's validation part after its last epoch. The
+trial holds everything the outputs need, so an interrupted ablation resumes from its study: finished runs
+(complete, or pruned for a non-finite loss, which the same seed would repeat) are never redone.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from lungct.splits import Fold
+from search import schema
+from search.ablation.settings import AblationSettings
+from search.ablation.variants import Variant
+from search.data import PreparedData
+from search.recovery import INTERRUPTED
+from search.study import fail_running
+from search.train import EpochResult, Tensors, device_name
+from search.trainer import TrainingFailed, train_spec
+from space import cost
+
+RUN_COLUMNS = (
+    "variant", "repeat", "fold", "seed", "state", "auc", "accuracy", "sensitivity", "specificity",
+    "auc_best_epoch", "best_epoch", "epochs", "train_seconds", "n_train", "n_val", "params", "gflops", "device",
+    "trial", "reason",
+)
+RunKey = tuple[str, str, int, int]  # (variant, spec key, repeat, fold)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished (or failed) run, read back from its trial."""
+
+    variant: str
+    repeat: int
+    fold: int
+    seed: int
+    state: str
+    auc: float
+    accuracy: float
+    sensitivity: float
+    specificity: float
+    auc_best_epoch: float
+    best_epoch: int
+    epochs: int
+    train_seconds: float
+    n_train: int
+    n_val: int
+    params: int
+    gflops: float
+    device: str
+    trial: int
+    reason: str
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> RunRecord:
+        """The run a trial of an ablation study holds."""
+        a = trial.user_attrs
+        nan = math.nan
+        return cls(
+            variant=a["variant"], repeat=int(a["repeat"]), fold=int(a["fold"]), seed=int(a["seed"]),
+            state=trial.state.name.lower(), auc=a.get("auc", nan), accuracy=a.get("accuracy", nan),
+            sensitivity=a.get("sensitivity", nan), specificity=a.get("specificity", nan),
+            auc_best_epoch=a.get("auc_best_epoch", nan), best_epoch=a.get("best_epoch", 0),
+            epochs=a.get("epochs_run", 0), train_seconds=a.get("train_seconds", nan),
+            n_train=a.get("n_train", 0), n_val=a.get("n_val", 0), params=a.get("params", 0),
+            gflops=a.get("gflops", nan), device=a.get("device", ""), trial=trial.number,
+            reason=a.get("prune_reason", a.get("fail_reason", "")),
+        )
+
+    @property
+    def scored(self) -> bool:
+        """Whether the run finished with a validation AUC."""
+        return self.state == "complete" and math.isfinite(self.auc)
+
+    def to_row(self) -> dict:
+        """A row of runs.csv."""
+        return {c: getattr(self, c) for c in RUN_COLUMNS}
+
+
+class RunFailed(Exception):
+    """A run failed for a known reason (out of memory); it is redone when the ablation is run again."""
+
+
+def run_seed(base: int, repeat: int, fold: int) -> int:
+    """The seed of run (repeat, fold), the same for every variant."""
+    return base + 1000 * repeat + fold
+
+
+def run_key(variant: Variant, fold: Fold) -> RunKey:
+    """The key of ``variant``'s run on ``fold`` in :func:`finished_runs`."""
+    return variant.name, variant.key, fold.repeat, fold.fold
+
+
+def finished_runs(study: optuna.Study) -> dict[RunKey, FrozenTrial]:
+    """Finished runs keyed by (variant, spec key, repeat, fold): complete, or pruned for a non-finite loss.
+
+    A failed or still-running leftover is not finished and is redone.
+    """
+    done: dict[RunKey, FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        a = t.user_attrs
+        if {"variant", "spec_key", "repeat", "fold"} <= a.keys():
+            done.setdefault((a["variant"], a["spec_key"], int(a["repeat"]), int(a["fold"])), t)
+    return done
+
+
+class AblationProgress:
+    """A bar over runs (ETA, per-epoch postfix) on a terminal; elsewhere one line per finished run."""
+
+    def __init__(self, total: int, epochs: int, enabled: bool | None = None):
+        self.interactive = sys.stderr.isatty() if enabled is None else enabled
+        self.total = total
+        self.epochs = epochs
+        self.done = 0
+        self.bar = tqdm(total=total, desc="runs", unit="run", disable=not self.interactive, dynamic_ncols=True)
+
+    def start(self, variant: str, fold: Fold) -> None:
+        """A run begins."""
+        self.bar.set_description(f"{variant} r{fold.repeat}f{fold.fold}")
+
+    def on_epoch(self, result: EpochResult) -> None:
+        """An epoch of the running run ended."""
+        auc = result.val.auc if result.val is not None else math.nan
+        self.bar.set_postfix(epoch=f"{result.epoch}/{self.epochs}", loss=f"{result.train_loss:.3f}",
+                             val_auc=f"{auc:.3f}")
+
+    def on_run_end(self, run: RunRecord) -> None:
+        """A run ended (complete, diverged or failed)."""
+        self.done += 1
+        if run.scored:
+            what = f"AUC {run.auc:.3f}, accuracy {run.accuracy:.3f}, {run.train_seconds:.0f} s"
+        else:
+            what = f"{run.state} ({run.reason or 'see optuna-dashboard'})"
+        line = f"{run.variant} repeat {run.repeat} fold {run.fold}: {what}"
+        if self.interactive:
+            self.bar.write(line)
+            self.bar.update()
+        else:
+            print(f"[{self.done}/{self.total}] {line}", flush=True)
+
+    def close(self) -> None:
+        """Close the bar."""
+        self.bar.close()
+
+
+class AblationRunner:
+    """Runs one (variant, fold) at a time as a trial of the ablation study, on data loaded once.
+
+    Args:
+        prepared: The loaded train and validation scans.
+        settings: Size, epochs, seeds, precision.
+        device: Where to train.
+        on_epoch: Called after every epoch of every run.
+    """
+
+    def __init__(self, prepared: PreparedData, settings: AblationSettings, device: torch.device,
+                 on_epoch: Callable[[EpochResult], None] | None = None):
+        self.prepared = prepared
+        self.settings = settings
+        self.device = device
+        self.on_epoch = on_epoch
+        self.running: int | None = None  # the trial number in progress, for cleanup after Ctrl-C
+        self._fold: tuple[tuple[int, int], Tensors, Tensors] | None = None
+
+    def fold_data(self, fold: Fold) -> tuple[Tensors, Tensors]:
+        """The fold's training and validation tensors (kept while the same fold runs for every variant)."""
+        if self._fold is None or self._fold[0] != (fold.repeat, fold.fold):
+            self._fold = None  # free the previous fold's copy before making the next
+            train = Tensors(*self.prepared.loaded.select(fold.train))
+            val = Tensors(*self.prepared.loaded.select(fold.val))
+            self._fold = ((fold.repeat, fold.fold), train, val)
+        return self._fold[1], self._fold[2]
+
+    def run(self, study: optuna.Study, variant: Variant, fold: Fold) -> RunRecord:
+        """Train ``variant`` on the fold's training part and score it on its validation part, as one trial.
+
+        Optuna's own loop runs the trial, so its heartbeat marks a run failed if this process is killed,
+        and a Ctrl-C fails the trial before it propagates.
+        """
+        study.optimize(lambda trial: self._objective(trial, variant, fold), n_trials=1, catch=(RunFailed,))
+        number = self.running
+        self.running = None
+        return RunRecord.from_trial(study.get_trials(deepcopy=False)[number])
+
+    def _objective(self, trial: optuna.Trial, variant: Variant, fold: Fold) -> float:
+        self.running = trial.number
+        try:
+            return self._train(trial, variant, fold)
+        except KeyboardInterrupt:
+            trial.set_user_attr(schema.FAIL_REASON, INTERRUPTED)
+            raise
+
+    def _train(self, trial: optuna.Trial, variant: Variant, fold: Fold) -> float:
+        s = self.settings
+        seed = run_seed(s.seed, fold.repeat, fold.fold)
+        train, val = self.fold_data(fold)
+        spec_cost = cost(variant.spec, s.size)
+        attrs = {
+            "variant": variant.name, "repeat": fold.repeat, "fold": fold.fold, "seed": seed,
+            "spec_key": variant.key, "spec": variant.spec.to_dict(), "train_spec": variant.train.to_dict(),
+            "origin": variant.origin, "padding": variant.padding, "params": spec_cost.params,
+            "gflops": spec_cost.gflops, "n_train": len(train), "n_val": len(val),
+            "device": device_name(self.device), "amp_bf16": s.amp,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+        history: list[EpochResult] = []
+
+        def on_epoch(result: EpochResult) -> None:
+            history.append(result)
+            if result.val is not None and math.isfinite(result.val.auc):
+                trial.report(result.val.auc, result.epoch)  # learning curves in optuna-dashboard
+            if self.on_epoch is not None:
+                self.on_epoch(result)
+
+        try:
+            fitted = train_spec(variant.spec, variant.train, train, val, epochs=s.epochs, device=self.device,
+                                seed=seed, amp=s.amp, on_epoch=on_epoch).fitted
+        except TrainingFailed as e:
+            self._record_curve(trial, history)
+            if e.kind == "out_of_memory":
+                trial.set_user_attr(schema.FAIL_REASON, str(e))
+                raise RunFailed(str(e)) from None
+            # Pruned, not failed: the same seed would diverge again, so a resume does not redo it.
+            trial.set_user_attr(schema.PRUNE_REASON, str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        self._record_curve(trial, history)
+        last = fitted.history[-1].val
+        assert last is not None
+        # The fold's score is the last epoch's: choosing the best epoch on the fold being scored would
+        # bias every variant upward. The best-epoch AUC is kept for reference only.
+        trial.set_user_attr("auc", last.auc)
+        trial.set_user_attr("accuracy", last.accuracy)
+        trial.set_user_attr("sensitivity", last.sensitivity)
+        trial.set_user_attr("specificity", last.specificity)
+        trial.set_user_attr("auc_best_epoch", fitted.best_auc)
+        trial.set_user_attr("best_epoch", fitted.best_epoch)
+        trial.set_user_attr(schema.TRAIN_SECONDS, round(fitted.train_seconds, 2))
+        return last.auc
+
+    def _record_curve(self, trial: optuna.Trial, history: list[EpochResult]) -> None:
+        trial.set_user_attr(schema.EPOCHS_RUN, len(history))
+        trial.set_user_attr(schema.TRAIN_LOSS, [round(h.train_loss, 5) for h in history])
+        trial.set_user_attr(schema.VAL_AUC, [round(h.val.auc, 5) if h.val is not None else None for h in history])
+
+
+def run_all(study: optuna.Study, todo: Sequence[tuple[Fold, Variant]], runner: AblationRunner,
+            progress: AblationProgress) -> None:
+    """Run ``todo`` in order, one trial each.
+
+    A Ctrl-C fails the running run's trial (``search.study.fail_running``, as every command that runs
+    trials does) and propagates; finished runs stay in the study, so running again resumes.
+    """
+    try:
+        for fold, variant in todo:
+            progress.start(variant.name, fold)
+            progress.on_run_end(runner.run(study, variant, fold))
+    finally:
+        progress.close()
+        fail_running(study, runner.running)
