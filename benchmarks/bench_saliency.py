@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", metavar="DIR", help="also write the montages of the most confident scan of each "
                    "class and of the worst miss (default: none)")
     p.add_argument("--json", metavar="FILE", help="write every number here (default: none)")
+    p.add_argument("--layer", metavar="NAME", help="the layer Grad-CAM++ reads, e.g. features.level3.block "
+                   "(default: the last level's block, as search.predict --saliency)")
     return p
 
 
@@ -67,13 +69,13 @@ def _mean_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def measure(model_dir: str, phantoms: Path, n: int, examples: Path | None) -> list[dict]:
+def measure(model_dir: str, phantoms: Path, n: int, examples: Path | None, layer: str | None = None) -> list[dict]:
     """Per scan: label, probability and the region shares of its saliency, and of the untrained control's."""
     model, config, info = load_model(model_dir)
     task = get_task(info.task)
-    mapper = SaliencyMapper(model)
+    mapper = SaliencyMapper(model, layer)
     torch.manual_seed(0)
-    control = SaliencyMapper(build_model(model.spec, members_of(model)).eval())
+    control = SaliencyMapper(build_model(model.spec, members_of(model)).eval(), layer)
     marker = json.loads((phantoms / MARKER_NAME).read_text())
     categories = assign_categories(int(marker["n"]), int(marker["seed"]))
     chosen = [(i, c) for i, c in enumerate(categories) if task.label(c) is not None][:n]
@@ -184,14 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     phantoms = Path(args.phantoms)
     try:
-        rows = measure(args.model_dir, phantoms, args.n, Path(args.examples) if args.examples else None)
+        rows = measure(args.model_dir, phantoms, args.n, Path(args.examples) if args.examples else None, args.layer)
     except (ModelDirError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary, control = summarise(rows), summarise(rows, "untrained")
     marker = json.loads((phantoms / MARKER_NAME).read_text())
     cpu = cpu_model()
-    print(f"model {args.model_dir}; {len(rows)} scans of phantom set seed {marker['seed']} ({phantoms}); {METHOD}; "
+    print(f"model {args.model_dir}; {len(rows)} scans of phantom set seed {marker['seed']} ({phantoms}); {METHOD} "
+          f"at {args.layer or 'the last block'}; "
           f"torch {torch.__version__}, {cpu}")
     print(f"{'model':<10}{'region, scans':<24} {'n':>4} {'mass share':>10} {'volume share':>12} "
           f"{'enrichment (95% CI)':>22} {'above chance':>12} {'empty maps':>10}")

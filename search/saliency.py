@@ -76,11 +76,16 @@ class SaliencyMapper:
 
     Args:
         model: A spec's network or an :class:`search.model_dir.Ensemble` of them (``load_model`` gives either).
+        layer: The layer to read, e.g. ``features.level3.block`` (default: the last level's block).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, layer: str | None = None):
         members = list(model.members) if isinstance(model, Ensemble) else [model]
-        self.layer = last_block_name(members[0].spec)
+        self.layer = layer or last_block_name(members[0].spec)
+        names = dict(_literal_copy(members[0]).named_modules())
+        if self.layer not in names:
+            raise ValueError(f"saliency layer: {self.layer!r} is not a layer of this model (e.g. "
+                             f"{last_block_name(members[0].spec)!r})")
         self._cams = [GradCAMpp(nn_module=_OneLogit(_literal_copy(m)), target_layers=f"net.{self.layer}",
                                 postprocessing=_keep) for m in members]
 

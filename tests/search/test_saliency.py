@@ -199,3 +199,12 @@ def test_write_examples_skips_outcomes_no_scan_had(tmp_path):
     written = write_examples(_random_net(9), torch.rand(2, 1, *SHAPE), np.array([1, 0]), np.array([0.8, 0.2]),
                              ("a", "b"), 0.5, tmp_path)
     assert [f.name for f in written] == ["saliency_true_positive.png", "saliency_true_negative.png"]
+
+
+def test_saliency_mapper_reads_another_layer_when_asked_and_refuses_an_unknown_one():
+    net, x = _random_net(10), torch.rand(1, 1, *SHAPE)
+    earlier = SaliencyMapper(net, "features.level1.block")
+    assert earlier.layer == "features.level1.block"
+    assert not np.allclose(earlier(x), SaliencyMapper(net)(x))
+    with pytest.raises(ValueError, match=r"features\.level9\.block"):
+        SaliencyMapper(net, "features.level9.block")
