@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,10 @@ class SaliencyMapper:
         All zeros when no voxel raises the label-1 logit (every weighted activation is negative).
         """
         maps = []
-        with torch.enable_grad():
+        # A first-level block sees the input, which needs no gradient; its hook then fires on the output's
+        # gradient, the one Grad-CAM++ reads, and torch warns about exactly that.
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
             for cam in self._cams:
                 m = cam(volume.float().cpu(), class_idx=0)[0, 0].detach().numpy().astype(np.float32)  # (D, H, W)
                 total = float(m.sum())
