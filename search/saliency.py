@@ -83,12 +83,12 @@ class SaliencyMapper:
     def __init__(self, model: nn.Module, layer: str | None = None):
         members = list(model.members) if isinstance(model, Ensemble) else [model]
         self.layer = layer or last_block_name(members[0].spec)
-        names = dict(_literal_copy(members[0]).named_modules())
-        if self.layer not in names:
+        nets = [_literal_copy(m) for m in members]
+        if self.layer not in dict(nets[0].named_modules()):
             raise ValueError(f"saliency layer: {self.layer!r} is not a layer of this model (e.g. "
                              f"{last_block_name(members[0].spec)!r})")
-        self._cams = [GradCAMpp(nn_module=_OneLogit(_literal_copy(m)), target_layers=f"net.{self.layer}",
-                                postprocessing=_keep) for m in members]
+        self._cams = [GradCAMpp(nn_module=_OneLogit(net), target_layers=f"net.{self.layer}", postprocessing=_keep)
+                      for net in nets]
 
     def __call__(self, volume: torch.Tensor) -> np.ndarray:
         """The saliency of one preprocessed scan: (1, 1, D, H, W) -> (D, H, W) float32, >= 0, unit mass.
