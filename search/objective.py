@@ -13,8 +13,10 @@ it was not trained on:
   decides on at least one whole fold's validation part, never on one epoch of a small holdout.
 
 The spec is fitted to the input size before anything is built (``space.fit_sampled``): the space never
-trains a spec that cannot run. Known failures are caught by type and recorded on the trial as a reason:
-a spec above the cost cap is pruned untrained, a non-finite training loss prunes the trial, running out
+trains a spec that cannot run; and to the cost cap (``space.fit_cost``): a spec above it trains narrower,
+with the reason recorded, instead of spending the trial slot on nothing. Known failures are caught by
+type and recorded on the trial as a reason: a spec that no narrowing brings under the cost cap is pruned
+untrained, a non-finite training loss prunes the trial, running out
 of memory fails it, and the study goes on.
 """
 
@@ -35,7 +37,7 @@ from search.metrics import binary_metrics
 from search.recovery import INTERRUPTED, record_worker
 from search.train import EpochResult, FitResult, device_name, place
 from search.trainer import TrainingFailed, auc_standard_error, predict_finite, train_spec
-from space import SpaceBounds, cost, fit_sampled, sample
+from space import SpaceBounds, cost, fit_cost, fit_sampled, sample
 
 
 class TrialFailed(Exception):
@@ -135,13 +137,17 @@ class Objective:
         arch, note = fit_sampled(sampled, s.size)
         if note:
             trial.set_user_attr(schema.PADDING_FALLBACK, note)
+        is_baseline = bool(trial.user_attrs.get(schema.BASELINE))
+        # The reference point is never shrunk: it is the course's model, whatever it costs.
+        arch, note = fit_cost(arch, s.size, None if is_baseline else s.max_gflops)
+        if note:
+            trial.set_user_attr(schema.COST_FALLBACK, note)
         spec_cost = cost(arch, s.size)
         for key, value in ((schema.SPEC, arch.to_dict()), (schema.TRAIN_SPEC, train_settings.to_dict()),
                            (schema.PARAMS, spec_cost.params), (schema.KERAS_PARAMS, spec_cost.keras_params),
                            (schema.GFLOPS, spec_cost.gflops), (schema.DEVICE, device_name(s.device)),
                            (schema.AMP_BF16, s.amp), (schema.N_VAL, [len(f.val) for f in self.folds])):
             trial.set_user_attr(key, value)
-        is_baseline = bool(trial.user_attrs.get(schema.BASELINE))
         if s.max_gflops is not None and spec_cost.gflops > s.max_gflops and not is_baseline:
             self._prune(trial, f"too costly for this fidelity: {spec_cost.gflops:.1f} GFLOPs/sample, above the cap "
                                f"of {s.max_gflops:g} (--max-gflops)")

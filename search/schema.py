@@ -12,6 +12,7 @@ BASELINE = "baseline"  # True on the seed baseline's trial
 SPEC = "spec"  # ArchSpec.to_dict() of what was trained (after the size fit)
 TRAIN_SPEC = "train_spec"  # TrainSpec.to_dict()
 PADDING_FALLBACK = "padding_fallback"  # why 'same' padding replaced the sampled 'valid', if it did
+COST_FALLBACK = "cost_fallback"  # how the sampled spec was narrowed to fit the cost cap, if it was (space.fit_cost)
 PARAMS = "params"
 KERAS_PARAMS = "keras_params"
 GFLOPS = "gflops"

@@ -12,7 +12,7 @@ from space.baseline import (
 from space.bounds import SpaceBounds
 from space.build import SpecInputError, SpecNet, build, check_input_size, feature_shapes, last_block_name
 from space.cost import Cost, cost, count_flops, count_keras_params, count_params
-from space.fit import bounds_for_size, fit_sampled, max_levels
+from space.fit import bounds_for_size, fit_cost, fit_sampled, max_levels
 from space.sample import baseline_params, param_names, params_for, sample
 from space.spec import ArchSpec, LevelSpec, TrainSpec, describe_spec
 
@@ -38,6 +38,7 @@ __all__ = [
     "count_params",
     "describe_spec",
     "feature_shapes",
+    "fit_cost",
     "fit_sampled",
     "fit_to_size",
     "last_block_name",

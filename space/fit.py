@@ -7,6 +7,9 @@ Two deterministic steps, both functions of the study's settings alone, make ever
   limits 'same' padding, so every other choice stays in the space.
 - `fit_sampled(arch, size)`, once per trial: a 'valid'-padding spec whose maps vanish at `size` runs
   with 'same' padding instead, and the reason is returned for the caller to record on the trial.
+- `fit_cost(arch, size, max_gflops)`, once per trial of a study with a cost cap: a spec above the cap
+  trains with every level's filters halved (down to `MIN_FILTERS`), then with fewer convolutions per
+  level, until it fits; the reason is returned for the caller to record, like the padding fallback.
 
 Why this keeps the search sound is argued in `space.sample`'s module docstring.
 """
@@ -18,7 +21,11 @@ import dataclasses
 from space.baseline import fit_to_size
 from space.bounds import SpaceBounds
 from space.build import Size, SpecInputError, check_input_size, feature_shapes
+from space.cost import cost
 from space.spec import NORMS, ArchSpec, LevelSpec
+
+# The narrowest first level the cost fit halves down to: the space's smallest base width.
+MIN_FILTERS = 8
 
 
 def _runs_with_same_padding(n_levels: int, size: Size) -> bool:
@@ -117,3 +124,74 @@ def fit_sampled(arch: ArchSpec, size: Size) -> tuple[ArchSpec, str | None]:
         raise SpecInputError(
             f"{error}; sample from bounds_for_size(bounds, {tuple(size)}) so that every sampled spec runs"
         ) from None
+
+
+def _halved(arch: ArchSpec) -> ArchSpec | None:
+    """Every level's filters halved, the widths' ratios kept; None once the first level is at MIN_FILTERS."""
+    if arch.levels[0].filters // 2 < MIN_FILTERS:
+        return None
+    return dataclasses.replace(arch, levels=tuple(dataclasses.replace(level, filters=max(1, level.filters // 2))
+                                                  for level in arch.levels))
+
+
+def _fewer_convs(arch: ArchSpec) -> ArchSpec | None:
+    """One convolution less in every level that has more than one; None when every level has one."""
+    if all(level.n_convs == 1 for level in arch.levels):
+        return None
+    return dataclasses.replace(arch, levels=tuple(dataclasses.replace(level, n_convs=max(1, level.n_convs - 1))
+                                                  for level in arch.levels))
+
+
+def _widths(arch: ArchSpec) -> str:
+    return "-".join(str(level.filters) for level in arch.levels)
+
+
+def fit_cost(arch: ArchSpec, size: Size, max_gflops: float | None) -> tuple[ArchSpec, str | None]:
+    """Return the spec to train under a cost cap: itself, or a narrower (then shallower-per-level) version.
+
+    A sampled spec above the cap would train nothing (a quarter to a half of a 50-trial study's draws at
+    the CPU default), and a pruned trial teaches the sampler only that its region is expensive. Instead,
+    as with the padding fallback, one deterministic rule makes it affordable: halve every level's filters
+    (the depth, block, convolution count, growth pattern and head are kept) until the spec is at or below
+    ``max_gflops`` or the first level is down to `MIN_FILTERS`, then take one convolution per level off
+    at a time. The same parameters always train the same spec, so the sampler still models a function of
+    the recorded parameters; a width parameter then reads "this wide where the cap allows it", and its
+    importance measures that. The caller records the returned reason on the trial.
+
+    Args:
+        arch: The spec to train (after `fit_sampled`).
+        size: Input (D, H, W).
+        max_gflops: The cap in forward GFLOPs per sample; None or 0 means no cap.
+
+    Returns:
+        The spec to train and None if it is `arch` itself, else a sentence saying what was changed. A spec
+        that is still above the cap after every step (not reachable from the default space at any size the
+        space allows; see the tests) is returned as far as it shrank, with a reason that says so, for the
+        caller to prune.
+    """
+    if not max_gflops:
+        return arch, None
+    before = cost(arch, size).gflops
+    if before <= max_gflops:
+        return arch, None
+    fitted, gflops, halvings, dropped = arch, before, 0, 0
+    while gflops > max_gflops:
+        smaller = _halved(fitted)
+        if smaller is not None:
+            halvings += 1
+        else:
+            smaller = _fewer_convs(fitted)
+            if smaller is None:
+                break
+            dropped += 1
+        fitted, gflops = smaller, cost(smaller, size).gflops
+    steps = []
+    if halvings:
+        steps.append(f"filters halved {'once' if halvings == 1 else f'{halvings} times'} "
+                     f"({_widths(arch)} -> {_widths(fitted)})")
+    if dropped:
+        steps.append(f"{dropped} convolution{'s' if dropped > 1 else ''} per level fewer "
+                     f"({arch.levels[0].n_convs} -> {fitted.levels[0].n_convs})")
+    still = "" if gflops <= max_gflops else ", still above the cap"
+    return fitted, (f"{', then '.join(steps) or 'unchanged'} to fit the cost cap of {max_gflops:g} GFLOPs/sample: "
+                    f"{before:.2f} -> {gflops:.2f}{still}")

@@ -24,6 +24,11 @@ def _args(tiny_data, tmp_path, *extra):
     return ["--data", str(tiny_data), "--studies-dir", str(tmp_path), *SMALL, *extra]
 
 
+def _baseline_spec() -> dict:
+    from space import baseline, fit_to_size
+    return fit_to_size(baseline(), (16, 16, 32))[0].to_dict()
+
+
 def _study(tmp_path, name="lungct"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/{name}.db")
 
@@ -328,6 +333,23 @@ def test_run_refuses_other_objectives_for_an_existing_study(tiny_data, tmp_path,
     capsys.readouterr()
     assert main(_args(tiny_data, tmp_path, "--trials", "1", "--objectives", "auc,flops")) == 2
     assert "was created with --objectives auc" in capsys.readouterr().err
+
+
+def test_run_narrows_specs_above_the_cost_cap_and_trains_them(tiny_data, tmp_path):
+    # A twentieth of the baseline's cost at 16x16x32: most draws are above it, and each trains narrower instead
+    # of being pruned untrained (space.fit_cost), with the reason and the trained spec's cost on the trial.
+    cap = 0.05 * cost(ArchSpec.from_dict(_baseline_spec()), (16, 16, 32)).gflops
+    assert main(_args(tiny_data, tmp_path, "--trials", "4", "--max-gflops", f"{cap:.6f}", "--pruner", "none")) == 0
+    baseline, *others = _study(tmp_path).trials
+    assert "cost_fallback" not in baseline.user_attrs  # the reference point is never narrowed
+    assert all(t.state == TrialState.COMPLETE for t in others)
+    assert all(t.user_attrs["gflops"] <= cap for t in others)
+    narrowed = [t for t in others if "cost_fallback" in t.user_attrs]
+    assert narrowed, "the seed's draws at this cap should include one above it"
+    for t in narrowed:
+        assert "to fit the cost cap" in t.user_attrs["cost_fallback"]
+        first = t.user_attrs["spec"]["levels"][0]
+        assert (first["filters"], first["n_convs"]) < (t.params["base_filters"], t.params["convs_per_level"])
 
 
 def test_run_prunes_specs_above_the_cost_cap_before_training(tiny_data, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""bounds_for_size, max_levels and fit_sampled: every spec sampled for an input size runs at that size."""
+"""bounds_for_size, max_levels, fit_sampled and fit_cost: every spec sampled for a study runs, under its cost cap."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from space import (
     baseline_train,
     bounds_for_size,
     check_input_size,
+    cost,
+    fit_cost,
     fit_sampled,
     max_levels,
     param_names,
@@ -203,3 +205,62 @@ def test_fit_sampled_smallest_map_trains_with_instance_norm():
     fitted, reason = fit_sampled(spec, size)
     assert reason is not None
     run_forward_backward(fitted, size)
+
+
+# fit_cost: a spec above the cost cap trains narrower instead of spending its trial on nothing.
+
+def _widest(n_levels: int, block: str, n_convs: int = 3) -> ArchSpec:
+    return ArchSpec(levels=tuple(LevelSpec(64 * 2**i, n_convs, block) for i in range(n_levels)),
+                    activation="elu", pooling="avg", padding="same", head_units=(512, 512))
+
+
+def test_fit_cost_keeps_a_spec_within_the_cap_unchanged():
+    spec = same_padding(baseline())
+    assert fit_cost(spec, (32, 64, 64), 100.0) == (spec, None)
+    assert fit_cost(spec, (32, 64, 64), None) == (spec, None)
+    assert fit_cost(spec, (32, 64, 64), 0.0) == (spec, None)
+
+
+def test_fit_cost_halves_widths_keeping_depth_block_and_ratios():
+    size = (32, 64, 64)
+    spec = same_padding(baseline())  # 64-64-128-256, 5.44 GFLOPs
+    fitted, reason = fit_cost(spec, size, 3.26)
+    assert [lv.filters for lv in fitted.levels] == [32, 32, 64, 128]
+    assert [lv.n_convs for lv in fitted.levels] == [1] * 4 and fitted.levels[0].block == spec.levels[0].block
+    assert dataclasses.replace(fitted, levels=spec.levels) == spec  # nothing but the widths changed
+    assert cost(fitted, size).gflops <= 3.26
+    assert "halved once (64-64-128-256 -> 32-32-64-128)" in reason and "3.26" in reason
+
+
+def test_fit_cost_drops_convolutions_once_widths_are_at_the_floor():
+    size = (32, 64, 64)
+    spec = ArchSpec(levels=(LevelSpec(8, 3, "residual_inception"),) * 3, padding="same")
+    cap = cost(dataclasses.replace(spec, levels=(LevelSpec(8, 1, "residual_inception"),) * 3), size).gflops
+    fitted, reason = fit_cost(spec, size, cap)
+    assert [lv.filters for lv in fitted.levels] == [8, 8, 8]
+    assert [lv.n_convs for lv in fitted.levels] == [1, 1, 1]
+    assert "2 convolutions per level fewer (3 -> 1)" in reason and "still" not in reason
+
+
+def test_fit_cost_says_when_nothing_brings_a_spec_under_the_cap():
+    fitted, reason = fit_cost(_widest(3, "plain"), (32, 64, 64), 1e-6)
+    assert fitted.levels[0].filters == 8 and all(lv.n_convs == 1 for lv in fitted.levels)
+    assert reason.endswith("still above the cap")
+
+
+@pytest.mark.parametrize("size", [(32, 64, 64), (16, 32, 32)])
+@pytest.mark.parametrize("block", ["plain", "residual", "residual_inception"])
+def test_fit_cost_brings_the_costliest_default_specs_under_the_cpu_cap(size, block):
+    # The CPU cap is 0.6x the seed baseline's cost (search.fidelity); every default-space spec, up to the
+    # widest of each depth, must train under it: no trial slot is left to a spec that trains nothing.
+    cap = 0.6 * cost(fit_sampled(baseline(), size)[0], size).gflops
+    for n_levels in range(2, max_levels(size) + 1):
+        spec, _ = fit_sampled(_widest(n_levels, block), size)
+        fitted, reason = fit_cost(spec, size, cap)
+        assert cost(fitted, size).gflops <= cap, reason
+        assert fitted.n_levels == n_levels and fitted.head_units == spec.head_units
+
+
+def test_fit_cost_is_deterministic():
+    spec = _widest(4, "residual")
+    assert fit_cost(spec, (32, 64, 64), 1.0) == fit_cost(spec, (32, 64, 64), 1.0)
