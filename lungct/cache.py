@@ -30,7 +30,8 @@ from lungct.records import PreprocessConfig
 
 # Bump when reading or preprocessing changes meaning, so old entries are not reused.
 # 2: headers with a NaN or zero voxel size or a degenerate affine are refused (1 read some of them).
-CACHE_VERSION = 2
+# 3: scans too short along the body axis to be a chest are refused; the metadata records that axis.
+CACHE_VERSION = 3
 
 
 def file_key(path: str | Path) -> str:

@@ -4,7 +4,9 @@ Prints counts per category, the labels under the task, a summary of shapes, spac
 orientations, and every skipped file with its reason. Reading validates every image in full (a
 truncated file only shows there); what it finds is cached, so a second look is instant. The counts
 come from the same discovery and the same reader that training uses, so they are what it would use.
-Given one NIfTI file, prints its geometry, or why it cannot be used.
+Given one NIfTI file, prints its geometry, or why it cannot be used. A scan too short along the body axis
+to be a chest CT is skipped with that reason; one covering less than half a chest is listed with a warning
+(``lungct.nifti.MIN_SLICES``, ``MIN_BODY_AXIS_MM``, ``CHEST_BODY_AXIS_MM``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from lungct.dataset import read_metas
 from lungct.discover import Discovery, discover, is_nifti
 from lungct.errors import DataError, ScanError, printable
-from lungct.nifti import ScanMeta, read_scan
+from lungct.nifti import ScanMeta, coverage_warning, read_scan
 from lungct.records import CATEGORIES, TASKS, Skipped, get_task
 
 LAYOUT_NAMES = {"mosmeddata": "MosMedData", "folders": "category folders", "manifest": "CSV manifest"}
@@ -78,7 +80,12 @@ def format_report(found: Discovery, metas: dict[str, ScanMeta | str] | None) -> 
             f"  orientation: {', '.join(f'{o} ({n})' for o, n in orient.most_common())}",
             f"  stored dtype: {', '.join(f'{d} ({n})' for d, n in Counter(m.dtype for m in good).most_common())}",
             f"  HU range: {min(m.hu_min for m in good):g} .. {max(m.hu_max for m in good):g}",
+            f"  body axis (mm): {_range([m.body_axis_mm for m in good])}",
         ]
+    short = {p: w for p, m in (metas or {}).items() if isinstance(m, ScanMeta) and (w := coverage_warning(m))}
+    if short:
+        lines += ["", f"used, with a warning ({len(short)}):"]
+        lines += [f"  {printable(p)}: {w}" for p, w in sorted(short.items())]
     skipped = found.skipped + [Skipped(p, r) for p, r in sorted(bad.items())]
     if skipped:
         lines += ["", f"skipped ({len(skipped)}):"] + [f"  {s}" for s in skipped]
@@ -93,6 +100,8 @@ def format_scan(path: Path, meta: ScanMeta) -> str:
         f"  spacing (mm): {' x '.join(f'{s:.3g}' for s in meta.spacing)}",
         f"  orientation: {meta.orientation}; stored dtype: {meta.dtype}",
         f"  HU range: {meta.hu_min:g} .. {meta.hu_max:g}",
+        f"  body axis: {meta.body_axis_slices} slices, {meta.body_axis_mm:g} mm",
+        *([f"  warning: {coverage_warning(meta)}"] if coverage_warning(meta) else []),
     ])
 
 

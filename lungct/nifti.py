@@ -41,6 +41,17 @@ MAX_GZIP_RATIO = 1032
 _OTHER_COMPRESSIONS = (".bz2", ".zst")
 # Voxel axes this close to lying in one plane (|det| over the product of their lengths) give no orientation.
 MIN_AXIS_INDEPENDENCE = 1e-6
+# How much of a body along its axis (inferior to superior) a scan must cover to be a chest CT. MosMedData's
+# scans (and the phantoms modelled on them, lungct.phantom) hold 30-45 or more slices 8-10 mm apart, at
+# least 240 mm, and an adult chest from the lung apices to the bases is 250-300 mm tall (a child's lungs
+# about 120 mm and up). Below MIN_SLICES slices or MIN_BODY_AXIS_MM a scan is refused: no chest protocol
+# images a chest that way (a 2-slice 6 mm slab would otherwise be stretched to the model's depth and
+# classified). Below CHEST_BODY_AXIS_MM, under half an adult chest, it is used with a warning: a crop
+# such as the shipped 30-slice, 90 mm example_ct_sm is a real part of a chest, but the model was trained
+# on whole chests stretched to its depth, so what it says about a part is doubtful.
+MIN_SLICES = 8
+MIN_BODY_AXIS_MM = 60.0
+CHEST_BODY_AXIS_MM = 120.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class ScanMeta:
 
     ``shape`` and ``spacing`` are in the file's own voxel axis order (i, j, k), as a viewer or
     ``nib.load(path).shape`` shows them; ``orientation`` is the stored axis codes (e.g. ``LPS``).
+    ``body_axis_slices`` and ``body_axis_mm`` are the voxels along the axis closest to the body's
+    (inferior to superior), and how far they reach (slices times their spacing).
     """
 
     shape: tuple[int, int, int]
@@ -57,6 +70,8 @@ class ScanMeta:
     dtype: str
     hu_min: float
     hu_max: float
+    body_axis_slices: int
+    body_axis_mm: float
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -66,7 +81,16 @@ class ScanMeta:
     def from_dict(cls, d: dict) -> ScanMeta:
         """Inverse of :meth:`to_dict`."""
         return cls(tuple(d["shape"]), tuple(d["spacing"]), d["orientation"], d["dtype"],
-                   float(d["hu_min"]), float(d["hu_max"]))
+                   float(d["hu_min"]), float(d["hu_max"]), int(d["body_axis_slices"]), float(d["body_axis_mm"]))
+
+
+def coverage_warning(meta: ScanMeta) -> str | None:
+    """One line when a scan reaches less than half a chest (:data:`CHEST_BODY_AXIS_MM`) along the body axis."""
+    if meta.body_axis_mm >= CHEST_BODY_AXIS_MM:
+        return None
+    return (f"covers {meta.body_axis_mm:g} mm along the body axis ({meta.body_axis_slices} slices), less than the "
+            f"{CHEST_BODY_AXIS_MM:g} mm of half a chest: a part of a chest, stretched to the model's depth, so "
+            "what the model says about it is doubtful")
 
 
 def read_scan(path: str) -> tuple[np.ndarray, ScanMeta]:
@@ -79,14 +103,16 @@ def read_scan(path: str) -> tuple[np.ndarray, ScanMeta]:
     Raises:
         ScanError: The file is not NIfTI, has no usable voxel-to-world geometry, claims more data
             than the file holds or than :data:`MAX_VOXELS`, is truncated or corrupt, is not a single
-            3D volume, has non-finite or constant voxels, or does not look like CT in HU. The
-            message is the reason.
+            3D volume, is too short along the body axis to be a chest CT (:data:`MIN_SLICES`,
+            :data:`MIN_BODY_AXIS_MM`), has non-finite or constant voxels, or does not look like CT in
+            HU. The message is the reason.
     """
     image = _load_header(path)
     shape = _volume_shape(image.header.get_data_shape())
     _check_dtype(image.header)
     _check_geometry(_raw_header(path, type(image.header)), image.header)
     _check_claimed_size(path, image, shape)
+    slices, body_mm = _check_body_axis(image.header.get_best_affine(), shape)
     try:
         # Overflow in a huge scale slope shows as non-finite voxels, refused below with that reason.
         with np.errstate(all="ignore"):
@@ -112,6 +138,8 @@ def read_scan(path: str) -> tuple[np.ndarray, ScanMeta]:
         dtype=str(image.header.get_data_dtype()),
         hu_min=lo,
         hu_max=hi,
+        body_axis_slices=slices,
+        body_axis_mm=round(body_mm, 1),
     )
     # nibabel's canonical array is (x, y, z); the model wants slices first.
     return np.ascontiguousarray(volume.transpose(2, 1, 0)), meta
@@ -224,6 +252,21 @@ def _check_claimed_size(path: str, image: nib.Nifti1Image | nib.Nifti2Image, sha
                             f"file can hold (at most {MAX_GZIP_RATIO}:1): a corrupt or hostile header")
     elif not path.lower().endswith(_OTHER_COMPRESSIONS) and claimed > size:
         raise ScanError(f"truncated: header claims {claimed:,} bytes of image data, the file holds {size:,}")
+
+
+def _check_body_axis(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[int, float]:
+    """The slices along the voxel axis closest to the body axis and how far they reach in mm; too few is refused.
+
+    The axis is the one reorienting to RAS (``nib.as_closest_canonical``) makes the model's depth.
+    """
+    axis = int(np.flatnonzero(nib.io_orientation(affine)[:, 0] == 2)[0])
+    slices = int(shape[axis])
+    reach = slices * float(np.linalg.norm(affine[:3, axis]))
+    if slices < MIN_SLICES or reach < MIN_BODY_AXIS_MM:
+        raise ScanError(f"{slices} slices covering {reach:g} mm along the body axis cannot be a chest CT (at least "
+                        f"{MIN_SLICES} slices and {MIN_BODY_AXIS_MM:g} mm; a chest is 250-300 mm tall): a slab, "
+                        "a localiser or a crop")
+    return slices, reach
 
 
 def _short(e: BaseException) -> str:

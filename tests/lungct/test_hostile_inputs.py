@@ -2,7 +2,8 @@
 
 Each case asserts the exit code, one line naming the culprit, no traceback, and that the good scans
 beside the bad one are still counted. Bad scans are malformed headers a crafted or damaged file can
-carry; bad manifests and registries are conflicting or not UTF-8; bad names carry control characters.
+carry, or slabs too short along the body axis to be a chest; bad manifests and registries are
+conflicting or not UTF-8; bad names carry control characters.
 """
 
 from __future__ import annotations
@@ -162,6 +163,79 @@ def test_read_scan_keeps_nibabels_header_messages_off_the_terminal(tmp_path, cap
         nifti.read_scan(str(path))
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+# name -> (shape x, y, z; voxel size in mm; words the reason must hold). The body axis is z unless the
+# affine says otherwise (see the sagittal case).
+SLABS = {
+    "two_slices_of_3_mm": ((20, 24, 2), (0.7, 0.7, 3.0), "2 slices covering 6 mm"),
+    "seven_slices_of_10_mm": ((20, 24, 7), (0.7, 0.7, 10.0), "7 slices covering 70 mm"),
+    "two_slices_of_200_mm": ((20, 24, 2), (0.7, 0.7, 200.0), "2 slices covering 400 mm"),
+    "forty_slices_of_1_mm": ((20, 24, 40), (0.7, 0.7, 1.0), "40 slices covering 40 mm"),
+}
+
+
+def slab(path: Path, case: str) -> Path:
+    shape, zooms, _ = SLABS[case]
+    return write_nifti(path, synthetic_ct(shape, seed=5), np.diag([*zooms, 1.0]))
+
+
+@pytest.mark.parametrize("case", sorted(SLABS))
+def test_inspect_of_a_slab_is_a_one_line_error_saying_it_cannot_be_a_chest(tmp_path, capsys, case):
+    path = slab(tmp_path / f"{case}.nii.gz", case)
+    code, out, err = run_inspect(capsys, str(path))
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith(f"error: {path}: {SLABS[case][2]} along the body axis cannot be a chest CT")
+
+
+def test_inspect_and_training_skip_slabs_with_the_reason_and_keep_the_rest(tmp_path, capsys):
+    root = good_folders(tmp_path / "data")
+    for case in SLABS:
+        slab(root / "CT-23" / f"{case}.nii.gz", case)
+    code, out, _ = run_inspect(capsys, str(root), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0 and "usable under the task: 3 (label 0: 2, label 1: 1)" in out
+    for case, (_, _, words) in SLABS.items():
+        assert f"{words} along the body axis" in one_line("\n".join(x for x in out.splitlines() if case in x))
+    loaded = dataset.load_scans(discover(root).records, CONFIG, tmp_path / "cache2", workers=1, progress=False)
+    assert loaded.study_ids == ["good_1", "good_2", "good_3"]
+    assert sorted(Path(s.path).stem.removesuffix(".nii") for s in loaded.skipped) == sorted(SLABS)
+    assert all("cannot be a chest CT" in s.reason for s in loaded.skipped)
+
+
+def test_read_scan_measures_the_body_axis_whichever_voxel_axis_holds_it(tmp_path):
+    # Stored sagittally: voxel axis i runs inferior-superior (2 voxels of 3 mm), k left-right (16 of 8 mm).
+    sagittal = np.array([[0, 0, 8.0, 0], [0, 0.7, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])
+    path = write_nifti(tmp_path / "sagittal_slab.nii.gz", synthetic_ct((2, 24, 16)), sagittal)
+    with pytest.raises(ScanError, match=r"^2 slices covering 6 mm along the body axis"):
+        nifti.read_scan(str(path))
+    tall = write_nifti(tmp_path / "sagittal.nii.gz", synthetic_ct((40, 24, 16)),
+                       np.array([[0, 0, 0.7, 0], [0, 0.7, 0, 0], [8.0, 0, 0, 0], [0, 0, 0, 1]]))
+    meta = nifti.read_scan(str(tall))[1]
+    assert (meta.body_axis_slices, meta.body_axis_mm) == (40, 320.0) and nifti.coverage_warning(meta) is None
+
+
+def test_a_crop_of_part_of_a_chest_is_read_with_a_one_line_warning(tmp_path, capsys):
+    path = write_nifti(tmp_path / "crop.nii.gz", synthetic_ct((20, 24, 12)), np.diag([0.7, 0.7, 8.0, 1.0]))
+    code, out, _ = run_inspect(capsys, str(path))
+    assert code == 0 and "body axis: 12 slices, 96 mm" in out
+    warning, = [line for line in out.splitlines() if "warning" in line]
+    assert "covers 96 mm along the body axis (12 slices), less than the 120 mm of half a chest" in warning
+
+
+def test_inspect_lists_a_crop_as_used_with_a_warning(tmp_path, capsys):
+    root = good_folders(tmp_path / "data")
+    write_nifti(root / "CT-0" / "crop.nii.gz", synthetic_ct((20, 24, 12)), np.diag([0.7, 0.7, 8.0, 1.0]))
+    code, out, _ = run_inspect(capsys, str(root), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0 and "usable under the task: 4 (label 0: 3, label 1: 1)" in out
+    assert "used, with a warning (1):" in out and "crop.nii.gz: covers 96 mm" in out
+
+
+def test_the_bounds_sit_far_below_the_geometry_of_mosmeddata_and_the_phantoms():
+    from lungct.phantom import N_SLICES, SLICE_SPACING_MM
+
+    assert N_SLICES[0] >= 3 * nifti.MIN_SLICES
+    assert N_SLICES[0] * SLICE_SPACING_MM[0] >= 2 * nifti.CHEST_BODY_AXIS_MM > 2 * nifti.MIN_BODY_AXIS_MM
 
 
 def write_manifest(root: Path, text: str, encoding: str = "utf-8") -> Path:
