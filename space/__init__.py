@@ -11,7 +11,7 @@ from space.baseline import (
 )
 from space.bounds import SpaceBounds
 from space.build import SpecInputError, SpecNet, build, check_input_size, feature_shapes, last_block_name
-from space.cost import Cost, cost, count_flops, count_keras_params, count_params
+from space.cost import Cost, Memory, cost, count_flops, count_keras_params, count_params, memory
 from space.fit import bounds_for_size, fit_cost, fit_sampled, max_levels
 from space.sample import baseline_params, param_names, params_for, sample
 from space.spec import ArchSpec, LevelSpec, TrainSpec, describe_spec
@@ -21,6 +21,7 @@ __all__ = [
     "ArchSpec",
     "Cost",
     "LevelSpec",
+    "Memory",
     "SpaceBounds",
     "SpecInputError",
     "SpecNet",
@@ -43,6 +44,7 @@ __all__ = [
     "fit_to_size",
     "last_block_name",
     "max_levels",
+    "memory",
     "param_names",
     "params_for",
     "same_padding",

@@ -62,6 +62,16 @@ PADDINGS: tuple[str, ...] = ("valid", "same")
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 
+# Upper limits of a spec, so that a corrupt or hostile spec.json is refused when it is read, before any
+# network is built. Each is well above what `SpaceBounds.full()` can draw (5 levels from 64 filters, doubling
+# to 1024; 3 convolutions per level; 2 hidden layers of up to 512): a spec beyond them was not made here.
+# A spec within them can still be too big for a machine at its input size; `space.cost.memory` says how big.
+MAX_LEVELS = 8  # an input of at most 256**3 voxels has an axis of at most 256, which halves to 1 in 8 levels
+MAX_FILTERS = 2048
+MAX_CONVS = 8
+MAX_HEAD_LAYERS = 4
+MAX_HEAD_UNITS = 4096
+
 
 def check_choice(owner: str, field: str, value: object, choices: tuple[str, ...] | Mapping[str, Any]) -> str:
     """Return `value` if it is one of `choices`, else raise naming the field and the nearest choice.
@@ -86,25 +96,28 @@ def check_choice(owner: str, field: str, value: object, choices: tuple[str, ...]
     raise ValueError(f"{owner}.{field}: unknown {value!r}{hint} (choose from {', '.join(names)})")
 
 
-def check_int(owner: str, field: str, value: object, minimum: int) -> int:
-    """Return `value` as an int if it is an integer >= `minimum`, else raise naming the field.
+def check_int(owner: str, field: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """Return `value` as an int if it is an integer in [`minimum`, `maximum`], else raise naming the field.
 
     Args:
         owner: The class whose field is checked, for the message.
         field: The field name, for the message.
         value: The value to check; bools are refused although Python counts them as ints.
         minimum: The smallest valid value.
+        maximum: The largest valid value (None: no limit).
 
     Returns:
         The value as a built-in int (so numpy integers become JSON-ready).
 
     Raises:
-        ValueError: `value` is not an integer, or is below `minimum`.
+        ValueError: `value` is not an integer, or is outside [`minimum`, `maximum`].
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{owner}.{field}: must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{owner}.{field}: must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{owner}.{field}: must be <= {maximum:,} (space.spec limit), got {value:,}")
     return int(value)
 
 
@@ -179,8 +192,8 @@ class LevelSpec:
     block: str = "plain"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "filters", check_int("LevelSpec", "filters", self.filters, 1))
-        object.__setattr__(self, "n_convs", check_int("LevelSpec", "n_convs", self.n_convs, 1))
+        object.__setattr__(self, "filters", check_int("LevelSpec", "filters", self.filters, 1, MAX_FILTERS))
+        object.__setattr__(self, "n_convs", check_int("LevelSpec", "n_convs", self.n_convs, 1, MAX_CONVS))
         check_choice("LevelSpec", "block", self.block, BLOCKS)
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,6 +238,8 @@ class ArchSpec:
         object.__setattr__(self, "levels", tuple(self.levels))
         if not self.levels:
             raise ValueError("ArchSpec.levels: need at least one level, got 0 (n_levels must be >= 1)")
+        if len(self.levels) > MAX_LEVELS:
+            raise ValueError(f"ArchSpec.levels: at most {MAX_LEVELS} levels (space.spec limit), got {len(self.levels)}")
         for i, level in enumerate(self.levels):
             if not isinstance(level, LevelSpec):
                 raise ValueError(f"ArchSpec.levels[{i}]: must be a LevelSpec, got {type(level).__name__}")
@@ -234,7 +249,11 @@ class ArchSpec:
         check_choice("ArchSpec", "padding", self.padding, PADDINGS)
         if not isinstance(self.head_units, (list, tuple)):
             raise ValueError(f"ArchSpec.head_units: must be a tuple of ints, got {self.head_units!r}")
-        units = tuple(check_int("ArchSpec", f"head_units[{i}]", u, 1) for i, u in enumerate(self.head_units))
+        if len(self.head_units) > MAX_HEAD_LAYERS:
+            raise ValueError(f"ArchSpec.head_units: at most {MAX_HEAD_LAYERS} hidden layers (space.spec limit), "
+                             f"got {len(self.head_units)}")
+        units = tuple(check_int("ArchSpec", f"head_units[{i}]", u, 1, MAX_HEAD_UNITS)
+                      for i, u in enumerate(self.head_units))
         object.__setattr__(self, "head_units", units)
         object.__setattr__(self, "dropout", check_float("ArchSpec", "dropout", self.dropout, 0.0, 1.0, True))
 

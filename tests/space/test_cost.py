@@ -16,6 +16,7 @@ from space import (
     count_flops,
     count_keras_params,
     count_params,
+    memory,
 )
 from tests.space.helpers import TINY_SIZE, tiny_spec
 
@@ -62,3 +63,30 @@ def test_count_params_gives_same_count_for_spec_and_model():
 def test_count_keras_params_adds_nothing_without_batchnorm():
     spec = tiny_spec(norm="instance")
     assert count_keras_params(spec) == count_params(spec)
+
+
+def test_memory_counts_weights_and_the_largest_live_activations_without_allocating():
+    spec = ArchSpec(levels=(LevelSpec(4), LevelSpec(8)), padding="same", head_units=(8,))
+    m = memory(spec, (16, 24, 20))
+    assert m.weights == 4 * sum(t.numel() for t in build(spec).state_dict().values() if t.is_floating_point()) + 8 * 2
+    # The first convolution's output (4 x 16x24x20 float32) and its input are alive together, nothing more.
+    first = 4 * 16 * 24 * 20 * 4
+    assert first + 16 * 24 * 20 * 4 <= m.inference <= 2 * first + 16 * 24 * 20 * 4
+    assert m.backward >= 2 * m.inference and m.total(gradients=True) > m.total() > m.weights
+
+
+def test_memory_grows_with_the_widths_and_the_input_size():
+    small = memory(ArchSpec(levels=(LevelSpec(8),)), (16, 24, 20))
+    wide = memory(ArchSpec(levels=(LevelSpec(64),)), (16, 24, 20))
+    big = memory(ArchSpec(levels=(LevelSpec(8),)), (32, 48, 40))
+    assert wide.inference > 4 * small.inference and big.inference > 4 * small.inference
+
+
+def test_memory_of_a_hostile_width_is_counted_in_an_instant():
+    m = memory(ArchSpec(levels=(LevelSpec(2048, 3, "residual_inception"),), padding="same"), (64, 128, 128))
+    assert m.total() > 2048 * 64 * 128 * 128 * 4  # at least one full-width map: tens of GB, none allocated
+
+
+def test_memory_rejects_size_where_maps_vanish():
+    with pytest.raises(SpecInputError):
+        memory(baseline(), (8, 8, 8))

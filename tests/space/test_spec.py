@@ -52,6 +52,9 @@ def test_archspec_accepts_lists_as_tuples():
         ({"head_units": (512, 0)}, r"ArchSpec\.head_units\[1\]: must be >= 1"),
         ({"levels": ()}, r"ArchSpec\.levels: need at least one level"),
         ({"levels": ({"filters": 8},)}, r"ArchSpec\.levels\[0\]: must be a LevelSpec"),
+        ({"levels": (LevelSpec(8),) * 9}, r"ArchSpec\.levels: at most 8 levels"),
+        ({"head_units": (100_000,)}, r"ArchSpec\.head_units\[0\]: must be <= 4,096"),
+        ({"head_units": (8,) * 5}, r"ArchSpec\.head_units: at most 4 hidden layers"),
     ],
 )
 def test_archspec_rejects_bad_value_naming_field(changes, pattern):
@@ -67,6 +70,8 @@ def test_archspec_rejects_bad_value_naming_field(changes, pattern):
         ({"filters": True}, r"LevelSpec\.filters: must be an integer"),
         ({"filters": 8, "n_convs": 0}, r"LevelSpec\.n_convs: must be >= 1"),
         ({"filters": 8, "block": "residul"}, r"LevelSpec\.block: unknown 'residul'; did you mean 'residual'\?"),
+        ({"filters": 8192}, r"LevelSpec\.filters: must be <= 2,048 \(space\.spec limit\), got 8,192"),
+        ({"filters": 8, "n_convs": 1000}, r"LevelSpec\.n_convs: must be <= 8"),
     ],
 )
 def test_levelspec_rejects_bad_value_naming_field(kwargs, pattern):
@@ -110,3 +115,13 @@ def test_archspec_from_dict_requires_levels():
 def test_archspec_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         baseline().activation = "gelu"
+
+
+def test_spec_limits_admit_everything_the_full_space_can_draw():
+    from space import SpaceBounds
+    from space.spec import MAX_CONVS, MAX_FILTERS, MAX_HEAD_LAYERS, MAX_HEAD_UNITS, MAX_LEVELS
+
+    full = SpaceBounds.full()
+    widest = max(full.base_filters) * max(full.growth) ** (full.n_levels[1] - 1)
+    assert widest <= MAX_FILTERS and full.convs_per_level[1] <= MAX_CONVS and full.n_levels[1] <= MAX_LEVELS
+    assert full.head_layers[1] <= MAX_HEAD_LAYERS and max(full.head_units) <= MAX_HEAD_UNITS
