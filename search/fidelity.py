@@ -2,7 +2,9 @@
 
 On a GPU the default is the seed's own setting: 64x128x128 voxels. On a laptop-class CPU that would
 take hours per trial, so the CPU default is sized so that ``--trials 50`` finishes in about half an
-hour on 2 cores (measured figures: benchmarks/RESULTS.md). Explicit ``--size``/``--epochs`` win.
+hour on a 2-core AVX512-BF16 CPU (measured figures: benchmarks/RESULTS.md); CPUs differ by about 8x, so
+``search.budget`` measures the machine at hand and fits the run to ``--budget``. Explicit
+``--size``/``--epochs`` win.
 The precision is ``search.precision``'s: the fidelity says whether bf16 is allowed, and training
 decides per model.
 """
@@ -78,8 +80,8 @@ def choose_fidelity(device: torch.device, size: tuple[int, int, int] | None = No
     if device.type == "cuda":
         why = "GPU: the seed's 64x128x128 input"
     else:
-        why = ("CPU: sized so --trials 50 with its confirmation ends within 30 min on 2 cores; a GPU run uses "
-               "64x128x128")
+        why = ("CPU: sized for --trials 50 with its confirmation in about 30 min on a 2-core AVX512-BF16 CPU; the "
+               "time line says what it takes on this one; a GPU run uses 64x128x128")
     if size or epochs:
         why = f"as given {given_by}" + ("" if size and epochs else f"; the rest is the {why}")
     if max_gflops is None and device.type != "cuda":

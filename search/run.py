@@ -12,6 +12,7 @@ Trial 0 of every new study is the course's seed model.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from optuna.trial import TrialState
 from lungct.records import PreprocessConfig
 from search import schema
 from search.artifacts import TrialArtifacts, artifact_dir
+from search.budget import SAFETY, BudgetStop, Plan, Workload, measure_speed, plan
+from search.budget import now as budget_now
 from search.cli import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -46,7 +49,15 @@ from search.cli import (
     exit_code,
     positive,
 )
-from search.confirm import DEFAULT_CONFIRM_FOLDS, DEFAULT_TOP_K, ConfirmFold, ConfirmSettings, confirm, format_decision
+from search.confirm import (
+    DEFAULT_CONFIRM_FOLDS,
+    DEFAULT_TOP_K,
+    ConfirmFold,
+    ConfirmSettings,
+    confirm,
+    format_decision,
+    select_candidates,
+)
 from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
 from search.fidelity import choose_fidelity
 from search.objective import FoldData, Objective, SearchSettings, TrialFailed
@@ -68,6 +79,8 @@ from search.train import resolve_device
 from space import SpaceBounds, SpecInputError, bounds_for_size
 
 SETTINGS_ATTR = schema.STUDY_SETTINGS
+# The CPU default: what a student on a 2-core laptop-class CPU can wait for; a GPU run has no default budget.
+DEFAULT_CPU_BUDGET_MIN = 30.0
 CONFIRM_SETTINGS = ("confirm_epochs", "confirm_top", "confirm_folds")
 
 
@@ -108,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "test scans (default: 0)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this many "
                    "seconds (default: no limit)")
+    p.add_argument("--budget", default=None, metavar="MIN",
+                   help="minutes the whole command may take here: it measures this machine's training speed first, "
+                   "says what the run will take, and stops adding trials when one more and the confirmation would "
+                   "end after the budget; 'none' for no limit (default: 30 on the CPU, none on a GPU)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS,
                    help="tpe (default; NSGA-II for two objectives) or random: plain random search, the reference "
                    "the search's efficiency is measured against")
@@ -263,6 +280,26 @@ def _check_args(args: argparse.Namespace) -> None:
     positive("--confirm-top", args.confirm_top)
     positive("--confirm-epochs", args.confirm_epochs)
     positive("--jobs", args.jobs, "a positive count of worker processes")
+    budget_minutes(args.budget, resolve_device(args.device))
+
+
+def budget_minutes(value: str | None, device) -> float | None:
+    """``--budget`` in minutes: None for 'none', the device's default when not given.
+
+    Raises:
+        ValueError: Not a positive number of minutes or 'none'.
+    """
+    if value is None:
+        return None if device.type == "cuda" else DEFAULT_CPU_BUDGET_MIN
+    if value.strip().lower() == "none":
+        return None
+    try:
+        minutes = float(value.strip().removesuffix("m"))
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"--budget: expected a positive number of minutes or 'none', got {value!r}")
+    return minutes
 
 
 @dataclass
@@ -279,6 +316,7 @@ class Started:
     objectives: tuple[str, ...]
     created: bool
     stored: dict | None
+    began: float = field(default_factory=time.monotonic)  # when the command started, for its time budget
 
 
 def start(args: argparse.Namespace) -> Started:
@@ -287,6 +325,7 @@ def start(args: argparse.Namespace) -> Started:
     Raises:
         ValueError, DataError: Bad flags, a flag that contradicts the study, unusable data.
     """
+    began = time.monotonic()
     _check_args(args)
     objectives = parse_objectives(args.objectives)
     device = resolve_device(args.device)
@@ -316,7 +355,7 @@ def start(args: argparse.Namespace) -> Started:
     print(fidelity_line)
     print(describe(prepared))
     folds = search_folds(prepared, settings.folds, args.studies_dir, settings.split_seed)
-    return Started(study, storage, storage_url, settings, prepared, folds, device, objectives, created, stored)
+    return Started(study, storage, storage_url, settings, prepared, folds, device, objectives, created, stored, began)
 
 
 def run_search(args: argparse.Namespace, r: Started) -> int:
@@ -334,13 +373,16 @@ def run_search(args: argparse.Namespace, r: Started) -> int:
     amp = device_precision(r.device).amp
     interrupted = stage = None
     if not args.confirm_only:
+        budget = _budget(args, r, amp)
         run_trials = _search_parallel if args.jobs > 1 else _search
-        interrupted = run_trials(args, study, settings, r.folds, r.device, amp, r.objectives)
+        interrupted = run_trials(args, study, settings, r.folds, r.device, amp, r.objectives, budget)
         if interrupted is None:
             return EXIT_BAD_INPUT
         stage = "search"
         print()
         print(summary_table(study))
+        if budget.stop is not None and budget.stop.stopped:
+            print(budget.stop.stopped)
     if not interrupted and not args.no_confirm and len(r.objectives) == 1:
         interrupted = _confirm(args, study, r.storage, r.prepared, settings, r.device, amp)
         stage = "confirmation"
@@ -373,8 +415,47 @@ def _trial_settings(settings: RunSettings, device, amp: bool, objectives: tuple[
                           objectives=objectives, bounds=settings.space(), max_gflops=settings.max_gflops or None)
 
 
+@dataclass
+class Budget:
+    """A run's time plan (search.budget) and, under a budget, the callback that stops the search in time."""
+
+    plan: Plan
+    stop: BudgetStop | None
+
+
+def _workload(args: argparse.Namespace, r: Started) -> Workload:
+    s = r.settings
+    fold_train = sum(len(train) for _, train, _ in r.folds) / max(len(r.folds), 1)
+    confirms = not args.no_confirm and len(r.objectives) == 1
+    non_test = len(r.prepared.split.train) + len(r.prepared.split.val)
+    # Every candidate (the top trunks and the baseline) trains once per fresh fold on (k-1)/k of the non-test scans.
+    confirm = (s.confirm_top + 1) * s.confirm_epochs * non_test * (s.confirm_folds - 1)
+    return Workload(args.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0)
+
+
+def _budget(args: argparse.Namespace, r: Started, amp: bool) -> Budget:
+    """Measure this machine's speed, print what the run will take here, and arm the budget's stop rule."""
+    work = _workload(args, r)
+    speed = measure_speed(r.settings.size, r.device, amp)
+    minutes = budget_minutes(args.budget, r.device)
+    budget_s = None if minutes is None else 60.0 * minutes
+    if speed is None:
+        print("time: not measured (the seed baseline could not train in the measurement); no --budget stop")
+        return Budget(Plan(0.0, 0.0, budget_s, None, ""), None)
+    time_plan = plan(speed, work, budget_s, time.monotonic() - r.began)
+    print(time_plan.line)
+    r.study.set_user_attr(schema.STUDY_TIME_PLAN, {"line": time_plan.line, "machine": speed.machine,
+                                                   "seconds_per_sample": speed.seconds_per_sample,
+                                                   "precision": speed.precision, "budget_s": budget_s})
+    if time_plan.deadline is None:
+        return Budget(time_plan, None)
+    size, top = r.settings.size, r.settings.confirm_top
+    return Budget(time_plan, BudgetStop(time_plan.deadline, speed, work,
+                                        lambda study: [c.trial for c in select_candidates(study, size, top)]))
+
+
 def _search(args: argparse.Namespace, study: optuna.Study, settings: RunSettings, folds: list, device, amp: bool,
-            objectives: tuple[str, ...]) -> bool:
+            objectives: tuple[str, ...], budget: Budget) -> bool:
     """The trials. Returns whether Ctrl-C stopped them."""
     run = _trial_settings(settings, device, amp, objectives)
     progress = SearchProgress(args.trials, settings.epochs * settings.folds)
@@ -383,8 +464,9 @@ def _search(args: argparse.Namespace, study: optuna.Study, settings: RunSettings
                           on_epoch=progress.on_epoch, on_trial_end=artifacts)
     interrupted = False
     try:
+        callbacks = [progress.on_trial_end, *([budget.stop] if budget.stop is not None else [])]
         study.optimize(objective, n_trials=args.trials, timeout=args.timeout, catch=(TrialFailed,),
-                       callbacks=[progress.on_trial_end])
+                       callbacks=callbacks)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -398,7 +480,7 @@ def _search(args: argparse.Namespace, study: optuna.Study, settings: RunSettings
 
 
 def _search_parallel(args: argparse.Namespace, study: optuna.Study, settings: RunSettings, folds: list, device,
-                     amp: bool, objectives: tuple[str, ...]) -> bool | None:
+                     amp: bool, objectives: tuple[str, ...], budget: Budget) -> bool | None:
     """The trials on ``--jobs`` worker processes. Returns whether Ctrl-C stopped them; None when every worker
     failed with an error (printed)."""
     jobs = min(args.jobs, args.trials)
@@ -409,7 +491,7 @@ def _search_parallel(args: argparse.Namespace, study: optuna.Study, settings: Ru
                       data_root=str(resolve_data_root(settings.data, args.studies_dir, settings.n_phantoms, 0)),
                       task=settings.task, split_seed=settings.split_seed, folds=settings.folds, sampler=args.sampler,
                       pruner=args.pruner, search=run, threads=threads,
-                      deadline=time.time() + args.timeout if args.timeout else None)
+                      deadline=_parallel_deadline(args.timeout, budget.plan))
     devices = worker_devices(device, jobs)
     where = ", ".join(sorted({str(d) for d in devices}))
     per_worker = f", {threads} CPU thread{'s' if threads > 1 else ''} each" if device.type == "cpu" else ""
@@ -424,6 +506,18 @@ def _search_parallel(args: argparse.Namespace, study: optuna.Study, settings: Ru
     if result.errors and not result.trials_done and not result.interrupted:
         return None
     return result.interrupted
+
+
+def _parallel_deadline(timeout: float | None, time_plan: Plan) -> float | None:
+    """When workers stop taking trials (wall clock): --timeout, or the budget less the confirmation's estimate.
+
+    The workers cannot see the parent's per-trial stop rule, so the confirmation is reserved from the plan's
+    estimate (padded by search.budget.SAFETY) and the slowest worker's last trial may run past it.
+    """
+    ends = [time.time() + timeout] if timeout else []
+    if time_plan.deadline is not None:
+        ends.append(time.time() + (time_plan.deadline - budget_now()) - SAFETY * time_plan.confirm_s)
+    return min(ends) if ends else None
 
 
 def _confirm(args: argparse.Namespace, study: optuna.Study, storage, prepared: PreparedData, settings: RunSettings,

@@ -52,4 +52,5 @@ STUDY_OBJECTIVES = "objectives"
 STUDY_DATA_SUMMARY = "data_summary"
 STUDY_BOUNDS = "space_bounds"  # SpaceBounds.to_dict() the study samples from
 STUDY_CONFIRMATION = "confirmation"  # the confirmation stage's result (see search.confirm)
+STUDY_TIME_PLAN = "time_plan"  # the last run's measured speed, budget and what it said it would take (search.budget)
 STUDY_BASELINE_NOTE = "baseline_note"  # why the seed baseline is not a trial (an input too small for it)

@@ -222,6 +222,7 @@ def test_run_out_of_memory_fails_the_trial_and_the_study_goes_on(tiny_data, tmp_
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(search.train.F, "binary_cross_entropy_with_logits", oom_once)
+    monkeypatch.setattr(search.run, "measure_speed", lambda *a, **k: None)  # the first step is the trial's
     assert main(_args(tiny_data, tmp_path, "--trials", "2")) == 0
     first, second = _study(tmp_path).trials
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"].startswith("out of memory on cpu")
