@@ -7,6 +7,13 @@ A binary model cannot tell CT-2 from CT-3, so a positive scan gets both decision
 be read is reported on one line and skipped; the others are still predicted. ``--saliency OUT_DIR``
 also writes, per scan, a PNG montage of axial slices with a Grad-CAM++ map of where the evidence for
 the positive class sits (``search.saliency``).
+
+The model folder is untrusted input (``search.model_dir.load_model``): a file that is not a regular file
+inside the folder, a field out of range, a task whose classes contradict it, weights that are not the
+spec's, or a network that would need more memory than ``--max-memory-gb`` (default: half this
+machine's) is refused with one line naming the file and the field, before the network is built. A scan
+too short along the body axis to be a chest CT is refused, and one that covers less than half a chest is
+predicted with a warning (``lungct.nifti.MIN_SLICES``, ``MIN_BODY_AXIS_MM``, ``CHEST_BODY_AXIS_MM``).
 """
 
 from __future__ import annotations
@@ -21,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungct.errors import ScanError
-from lungct.nifti import preprocess, read_scan
+from lungct.errors import ScanError, printable
+from lungct.nifti import coverage_warning, preprocess, read_scan
 from lungct.records import PreprocessConfig
 from search.cli import EXIT_FAILED, EXIT_OK, command_parser, exit_code
-from search.model_dir import ModelInfo, load_model
+from search.model_dir import MEMORY_SHARE, ModelInfo, OptionalFiles, load_model, read_optional
 from search.routing import DISCLAIMER, ROUTING, decision_text, decisions
 from search.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure
 from search.train import predict_probs
@@ -44,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--saliency", metavar="OUT_DIR", help="also write per scan OUT_DIR/<scan>.saliency.png: axial "
                    "slices of what the model saw with a Grad-CAM++ map of where the evidence for the positive "
                    "class sits, the probability and decision in the title (created if missing; default: off)")
+    p.add_argument("--max-memory-gb", type=float, metavar="GB", help="the most memory (GB) the model may need "
+                   "for one scan, weights and activations, as space.cost.memory counts them; a model folder "
+                   f"asking for more is refused (default: {MEMORY_SHARE:g} of this machine's memory)")
     return p
 
 
@@ -62,6 +72,8 @@ class Prediction:
         spacing_mm: Its voxel spacing as stored.
         orientation: Its stored axis codes (the model sees it reoriented to RAS).
         saliency: The saliency montage written for it (``--saliency``), else None.
+        body_axis_mm: How far the scan reaches along the body axis (``lungct.nifti.ScanMeta``).
+        warnings: One line each about what makes this prediction doubtful (a scan shorter than a chest).
     """
 
     path: str
@@ -74,13 +86,16 @@ class Prediction:
     spacing_mm: tuple[float, float, float]
     orientation: str
     saliency: str | None = None
+    body_axis_mm: float | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {"path": self.path, "probability": self.probability, "predicted_class": self.predicted_class,
                 "label": self.label, "decision": self.decision, "decisions": self.decisions,
                 "scan": {"shape": list(self.shape), "spacing_mm": list(self.spacing_mm),
-                         "orientation": self.orientation}, "saliency": self.saliency}
+                         "orientation": self.orientation, "body_axis_mm": self.body_axis_mm},
+                "saliency": self.saliency, "warnings": list(self.warnings)}
 
 
 def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelInfo, path: str,
@@ -91,6 +106,7 @@ def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelIn
         ScanError: The file is not a usable 3D CT volume in HU; the message is the reason.
     """
     volume_hu, meta = read_scan(path)
+    warning = coverage_warning(meta)
     volume = torch.from_numpy(preprocess(volume_hu, config))[None, None]  # (1, 1, D, H, W) float16, as in training
     probability = float(predict_probs(model, volume, CPU, batch_size=1, amp=False)[0])
     if not math.isfinite(probability):
@@ -98,7 +114,8 @@ def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelIn
     label = int(probability >= info.threshold)
     categories = info.positive if label else info.negative
     prediction = Prediction(path, probability, label, info.classes[label], decision_text(categories),
-                            decisions(categories), meta.shape, meta.spacing, meta.orientation)
+                            decisions(categories), meta.shape, meta.spacing, meta.orientation,
+                            body_axis_mm=meta.body_axis_mm, warnings=(warning,) if warning else ())
     if saliency is None:
         return prediction
     return replace(prediction, saliency=str(saliency.write(path, volume, prediction, info)))
@@ -135,39 +152,33 @@ def format_table(predictions: list[Prediction], info: ModelInfo) -> str:
     return "\n".join(lines)
 
 
-def trained_on_phantoms(model_dir: str) -> bool:
-    """Whether the export's metrics.json says the model was trained on the synthetic phantom set."""
-    try:
-        return bool(json.loads((Path(model_dir) / "metrics.json").read_text())["data"]["phantoms"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _header(model_dir: str, info: ModelInfo) -> str:
+def _header(model_dir: str, info: ModelInfo, optional: OptionalFiles) -> str:
     size = "x".join(map(str, info.preprocess.size))
     lines = [DISCLAIMER,
-             f"model: {model_dir} (task {info.task}: {info.classes[0]} vs {info.classes[1]}; {size} input; "
+             f"model: {printable(model_dir)} (task {info.task}: {info.classes[0]} vs {info.classes[1]}; {size} input; "
              f"predicted class {info.classes[1]} when P >= {info.threshold:g})"]
-    if trained_on_phantoms(model_dir):
+    if optional.trained_on_phantoms:
         lines.append("this model was trained on synthetic phantoms: its probabilities on real scans mean nothing")
+    lines += [printable(note) for note in optional.notes]
     if any(c not in ROUTING for c in (*info.negative, *info.positive)):
         lines.append(f"the course's routing table has decisions for {', '.join(ROUTING)} only; "
                      "other categories get none")
     return "\n".join(lines)
 
 
-def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = None
-                ) -> tuple[ModelInfo, list[Prediction], list[dict]]:
+def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = None,
+                max_memory_bytes: int | None = None) -> tuple[ModelInfo, list[Prediction], list[dict]]:
     """Load the model once and predict every scan; a scan that cannot be read is an error entry, not an exception.
 
     Returns:
         What the model predicts (its info), the predictions, and ``{"path", "error"}`` per scan that failed.
 
     Raises:
-        ModelDirError: The model folder is unusable.
+        ModelDirError: The model folder is unusable, or its network needs more than ``max_memory_bytes``
+            (None: half this machine's memory) for one scan.
         ValueError: ``saliency_dir`` cannot be created.
     """
-    model, config, info = load_model(model_dir)
+    model, config, info = load_model(model_dir, max_memory_bytes, gradients=bool(saliency_dir))
     saliency = None
     if saliency_dir:
         try:
@@ -180,6 +191,8 @@ def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = Non
     for path in scans:
         try:
             predictions.append(predict_scan(model, config, info, path, saliency))
+            for warning in predictions[-1].warnings:
+                print(f"warning: {printable(path)}: {warning}", file=sys.stderr, flush=True)
         except ScanError as e:
             errors.append({"path": path, "error": str(e)})
             print(f"error: {path}: {e}", file=sys.stderr, flush=True)
@@ -188,14 +201,15 @@ def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = Non
 
 def print_results(args: argparse.Namespace, info: ModelInfo, predictions: list[Prediction], errors: list[dict]) -> None:
     """The table (or with ``--json`` one JSON object) on stdout."""
+    optional = read_optional(args.model_dir)
     if args.json:
         print(json.dumps({
             "disclaimer": DISCLAIMER, "model_dir": args.model_dir, "task": info.task, "classes": list(info.classes),
-            "threshold": info.threshold, "trained_on_phantoms": trained_on_phantoms(args.model_dir),
-            "results": [p.to_dict() for p in predictions], "errors": errors,
+            "threshold": info.threshold, "trained_on_phantoms": optional.trained_on_phantoms,
+            "notes": list(optional.notes), "results": [p.to_dict() for p in predictions], "errors": errors,
         }, indent=2, allow_nan=False, default=_json_number))
         return
-    print(_header(args.model_dir, info))
+    print(_header(args.model_dir, info, optional))
     if predictions:
         print()
         print(format_table(predictions, info))
@@ -209,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        info, predictions, errors = predict_all(args.model_dir, args.scans, args.saliency)
+        if args.max_memory_gb is not None and not (math.isfinite(args.max_memory_gb) and args.max_memory_gb > 0):
+            raise ValueError(f"--max-memory-gb: expected a positive number of GB, got {args.max_memory_gb}")
+        cap = None if args.max_memory_gb is None else int(args.max_memory_gb * 1e9)
+        info, predictions, errors = predict_all(args.model_dir, args.scans, args.saliency, cap)
         print_results(args, info, predictions, errors)
         return EXIT_FAILED if errors else EXIT_OK
 

@@ -10,8 +10,8 @@ the optimism of validation shows at a glance; or a note saying what to run when 
 from __future__ import annotations
 
 import html
-import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from search import schema
 from search.html import figure, fmt, note, table
 from search.intervals import Interval
-from search.model_dir import METRICS
+from search.model_dir import MAX_METRICS_BYTES, METRICS, ModelDirError, read_json
 from space import describe_spec
 
 AUC_NAME = "CV AUC"  # the whole report's name for the mean final-epoch validation AUC over the non-test folds
@@ -118,13 +118,13 @@ def load_export_metrics(model_dir: Path, study_name: str, command: str) -> dict:
     if not model_dir.is_dir():
         raise NoExport(f"No exported model in {model_dir} yet, so no locked-test figures: run {command}, "
                        "then this report again (or pass --model DIR).")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise NoExport(f"{model_dir} holds no {METRICS}, so it is not a folder written by python -m search.export; "
                        f"run {command} (or pass --model DIR).")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NoExport(f"Cannot read {path} ({type(e).__name__}: {e}); export again: {command}") from None
+    try:  # a shared folder is untrusted: no link out of it, no FIFO or device, a size cap, bounded nesting
+        metrics = read_json(path, MAX_METRICS_BYTES)
+    except ModelDirError as e:
+        raise NoExport(f"Cannot read {e}; export again: {command}") from None
     study = metrics.get("study") if isinstance(metrics, dict) else None
     name = study.get("name") if isinstance(study, dict) else None
     if name != study_name:

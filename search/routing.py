@@ -4,11 +4,13 @@ The course pairs each CT severity category with a routing decision. The table na
 CT-3 only; CT-1 and CT-4 have no decision in it, so none is invented here. A binary model predicts a
 class that pools categories (the course task's positive class is CT-2 or CT-3, which it cannot tell
 apart), so the decision for a class lists the decision of every category in it that the table defines.
+A model folder's task, categories and class names are checked against each other
+(:func:`check_classes`) before a decision is drawn from them.
 """
 
 from __future__ import annotations
 
-from lungct.records import Task
+from lungct.records import CATEGORIES, Task
 
 DISCLAIMER = ("Research use only: not a medical device; do not use these outputs for diagnosis or for "
               "routing real patients.")
@@ -47,3 +49,24 @@ def decision_text(categories: tuple[str, ...]) -> str:
     if missing:
         parts.append(f"{' / '.join(missing)}: no decision in the course's table")
     return "; ".join(parts)
+
+
+def check_classes(task: Task, negative: tuple[str, ...], positive: tuple[str, ...], classes: tuple[str, str]) -> None:
+    """Refuse categories or class names that contradict the task they claim, so no decision is drawn from them.
+
+    A model folder whose ``positive`` named CT-0 would route a normal scan as a sick one, and its class
+    names would say so in words that look right; every field must be the task's own.
+
+    Raises:
+        ValueError: A field contradicts the task (the message starts with the field's name).
+    """
+    for field, value, expected in (("negative", negative, task.negative), ("positive", positive, task.positive)):
+        unknown = [c for c in value if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"{field}: unknown categories {unknown} (categories are {', '.join(CATEGORIES)})")
+        if tuple(value) != tuple(expected):
+            raise ValueError(f"{field}: {list(value)} contradicts task {task.name!r}, whose label "
+                             f"{int(field == 'positive')} is {list(expected)}")
+    if tuple(classes) != class_names(task):
+        raise ValueError(f"classes: {list(classes)} contradicts task {task.name!r}, whose classes are "
+                         f"{list(class_names(task))}")

@@ -41,7 +41,12 @@ def _json(capsys) -> dict:
 def test_predict_real_scans_give_probabilities_in_the_unit_interval(model_dir, real_ct_dir, capsys):
     scans = [str(real_ct_dir / "example_ct.nii.gz"), str(real_ct_dir / "example_ct_sm.nii.gz")]
     assert main([str(model_dir), *scans, "--json"]) == 0
-    results = _json(capsys)["results"]
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)["results"]
+    # The whole torso (336 mm) is a chest CT; the 30-slice crop (90 mm) is predicted with a warning.
+    assert results[0]["warnings"] == [] and results[0]["scan"]["body_axis_mm"] == 336.0
+    assert len(results[1]["warnings"]) == 1 and "covers 90 mm along the body axis" in results[1]["warnings"][0]
+    assert captured.err.strip().splitlines() == [f"warning: {scans[1]}: {results[1]['warnings'][0]}"]
     assert [r["path"] for r in results] == scans
     for r in results:
         assert {"path", "probability", "predicted_class", "decision"} <= set(r)
@@ -55,6 +60,19 @@ def test_predict_4d_image_is_a_one_line_error_and_the_other_scan_is_still_predic
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: {bad}: 4D image") and len(captured.err.strip().splitlines()) == 1
     assert str(good) in captured.out and str(bad) not in captured.out
+
+
+def test_predict_slab_is_a_one_line_error_and_json_says_so(model_dir, tmp_path, capsys):
+    slab = write_nifti(tmp_path / "slab.nii.gz", synthetic_ct((20, 24, 2)), np.diag([0.7, 0.7, 3.0, 1.0]))
+    good = write_nifti(tmp_path / "good.nii.gz", synthetic_ct())
+    assert main([str(model_dir), str(slab), str(good), "--json"]) == 1
+    captured = capsys.readouterr()
+    line, = captured.err.strip().splitlines()
+    assert line.startswith(f"error: {slab}: 2 slices covering 6 mm along the body axis cannot be a chest CT")
+    result = json.loads(captured.out)
+    assert [e["path"] for e in result["errors"]] == [str(slab)]
+    assert "cannot be a chest CT" in result["errors"][0]["error"]
+    assert [r["path"] for r in result["results"]] == [str(good)]
 
 
 def test_predict_table_has_the_disclaimer_and_one_row_per_scan(model_dir, tmp_path, capsys):

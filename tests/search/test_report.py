@@ -1,5 +1,6 @@
 import html
 import json
+import os
 import re
 
 import optuna
@@ -272,3 +273,18 @@ def test_report_pruned_trials_sit_at_their_last_reported_auc():
     study.add_trial(_trial(None, 2000, state=TrialState.PRUNED, intermediate={1: 0.6, 2: 0.55}))
     pruned = next(p for p in trial_points(study) if not p.complete)
     assert pruned.auc == 0.55 and pruned.number == 1
+
+
+@pytest.mark.parametrize("kind", ["link_to_dev_zero", "fifo", "nested_100000_deep", "over_4_mib"])
+def test_report_hostile_metrics_json_is_a_note_naming_it_without_reading_it(study, study_dir, tmp_path, kind):
+    folder = _model_dir(tmp_path, "{}")
+    path = folder / "metrics.json"
+    path.unlink()
+    if kind == "link_to_dev_zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("[" * 100_000 if kind == "nested_100000_deep" else " " * (5 << 20))
+    section = html.unescape(validation_section(study, folder, str(study_dir)))
+    assert f"Cannot read {path}: " in section and "fig-validation" not in section
