@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from lungct.errors import DataError, printable
+from lungct.signals import run_terminable
 
 KERAS_BASE_URL = "https://github.com/hasibzunair/3D-image-classification-tutorial/releases/download/v0.2"
 ARCHIVES = ("CT-0", "CT-23")
@@ -215,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-url", default=KERAS_BASE_URL, help="where CT-0.zip and CT-23.zip are published")
     p.add_argument("--keep-archives", action="store_true", help="keep the .zip files after unpacking")
     args = p.parse_args(argv)
+    return run_terminable(lambda: _download(args))
+
+
+def _download(args: argparse.Namespace) -> int:
+    """Download and unpack; the exit status (SIGTERM arrives here as Ctrl-C does: see lungct.signals)."""
     print("MosMedData is licensed CC BY-NC-ND 3.0 (non-commercial; no redistribution of modified copies).")
     try:
         out = download_keras_archives(args.out, args.base_url, progress=sys.stderr.isatty(),

@@ -13,6 +13,7 @@ from lungct.errors import DataError, printable
 from lungct.phantom.categories import CLASS_MIX, class_counts
 from lungct.phantom.render import MAX_MATRIX, MIN_MATRIX
 from lungct.phantom.writing import REGISTRY_COLUMNS, generate_phantoms
+from lungct.signals import run_terminable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,18 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"{parser.prog}: error: {problem}", file=sys.stderr)
         return 2
+    return run_terminable(lambda: _generate(parser.prog, args))
+
+
+def _generate(prog: str, args: argparse.Namespace) -> int:
+    """Write the set; the exit status (SIGTERM arrives here as Ctrl-C does: see lungct.signals)."""
     try:
         infos = generate_phantoms(args.out, args.n, args.seed, matrix=args.matrix, workers=args.workers,
                                   progress=not args.no_progress)
     except DataError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"{parser.prog}: error: {printable(str(e.strerror or e))} ({printable(str(e.filename or args.out))})",
+        print(f"{prog}: error: {printable(str(e.strerror or e))} ({printable(str(e.filename or args.out))})",
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; no registry was written", file=sys.stderr)
+        print(f"{prog}: interrupted; no registry was written", file=sys.stderr)
         return 130
     counts = ", ".join(f"{c} {k}" for c, k in class_counts(args.n).items() if k)
     print(f"wrote {len(infos)} phantoms to {printable(str(args.out))} ({counts})")

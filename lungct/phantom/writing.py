@@ -113,8 +113,10 @@ def _one_blas_thread() -> contextlib.AbstractContextManager:
 
 
 def _worker_init() -> None:
-    # Ctrl-C goes to the whole process group; only the parent should handle it and cancel the rest.
+    # Ctrl-C goes to the whole process group, and so does the SIGTERM of ``timeout`` or a scheduler: only the
+    # parent handles them and cancels the rest; a worker finishes the phantom in hand, so none is half-written.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _one_blas_thread()
 
 
