@@ -22,6 +22,7 @@ from search import cli
 from search.ablation import AblationJob, AblationSettings, run_ablation
 from search.ablation.variants import STUDY_BEST, parse_variants
 from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity, device_defaults
+from search.names import study_name
 from search.study import redact
 from search.train import resolve_device
 from space import variants
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"all, or a comma-separated list of {', '.join(variants())}; the baseline is always "
                    "included, since every variant is compared with it (default: all)")
     # --study and --storage mean other things than search.run's: a study to add, where the runs go.
-    p.add_argument("--study", metavar="NAME", help=f"also run the best complete trial of this search study as "
-                   f"variant {STUDY_BEST} (default: none)")
+    p.add_argument("--study", metavar="NAME", type=study_name, help=f"also run the best complete trial of this "
+                   f"search study as variant {STUDY_BEST} (default: none)")
     p.add_argument("--study-storage", metavar="URL", help="storage of --study (default: sqlite:///studies/<NAME>.db)")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="stratified folds per repeat (default: 5)")
     p.add_argument("--repeats", type=int, default=2, metavar="R",

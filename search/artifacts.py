@@ -5,6 +5,8 @@ to their trial in the study, so ``optuna-dashboard <storage> --artifact-dir stud
 lists and serves them. The learning curve holds every fold's training loss per epoch and its final
 validation AUC. A checkpoint (the last fold's final weights) is stored only when a trial's
 cross-validation score beats every earlier trial's, so the folder holds a handful of weight files.
+Every file goes in through a temporary name and a rename (:class:`AtomicArtifactStore`), so a full disk
+or an interruption leaves no half-written artifact; a full disk fails the trial with that reason.
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from lungct.files import atomic_path
 from search import schema
+from search.faults import StorageError, storage_fault
+from search.names import check_study_name
 from search.train import FitResult
 
 LEARNING_CURVE = "learning_curve.csv"
@@ -30,8 +38,24 @@ CHECKPOINT_SPEC = "best_checkpoint_spec.json"
 
 
 def artifact_dir(studies_dir: str | Path, study: str) -> Path:
-    """``studies/<study>-artifacts``."""
-    return Path(studies_dir) / f"{study}-artifacts"
+    """``studies/<study>-artifacts``.
+
+    Raises:
+        ValueError: ``study`` is not a plain file-name component (``search.names``).
+    """
+    return Path(studies_dir) / f"{check_study_name(study)}-artifacts"
+
+
+class AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's file-system artifact store, writing each artifact through a temporary file and a rename.
+
+    Optuna's own writes straight to the artifact's name: a full disk or a Ctrl-C mid-copy leaves a truncated
+    file that no trial links to.
+    """
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        with atomic_path(self._get_filepath(artifact_id)) as tmp, open(tmp, "wb") as fh:
+            shutil.copyfileobj(content_body, fh)
 
 
 class TrialArtifacts:
@@ -40,9 +64,24 @@ class TrialArtifacts:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.store = FileSystemArtifactStore(self.directory)
+        self.store = AtomicArtifactStore(self.directory)
 
     def __call__(self, trial: optuna.Trial, fits: list[FitResult], model: torch.nn.Module) -> None:
+        """Upload the trial's files.
+
+        Raises:
+            StorageError: A full disk or a read-only location; recorded on the trial as its fail reason.
+        """
+        try:
+            self._upload(trial, fits, model)
+        except (OSError, SafetensorError) as e:
+            fault = storage_fault(e, self.directory)
+            if fault is None:
+                raise
+            trial.set_user_attr(schema.FAIL_REASON, f"its files could not be written: {fault}")
+            raise StorageError(fault.kind, fault.where, fault.reason) from None
+
+    def _upload(self, trial: optuna.Trial, fits: list[FitResult], model: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             curve = Path(tmp) / LEARNING_CURVE
             aucs = trial.user_attrs.get(schema.FOLD_AUCS) or []

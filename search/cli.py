@@ -7,8 +7,12 @@ through :func:`exit_code`, so every command answers bad input, failure and Ctrl-
 
 - 0: done;
 - 1: the work failed (training diverged, the export check failed, a scan could not be read);
-- 2: bad input: flags, data, study, folders (``ValueError``, ``lungct.errors.DataError``), one line;
-- 130: interrupted by Ctrl-C, with what was kept and how to resume.
+- 2: bad input: flags, data, study, folders (``ValueError``, ``lungct.errors.DataError``), and a storage
+  location that cannot be used: a damaged database, a full disk, a read-only folder
+  (``search.faults.StorageError``, or the fault found behind what Optuna raised), one line;
+- 130: interrupted by Ctrl-C, with what was kept and how to resume;
+- 143: stopped by SIGTERM (a scheduler's time limit, ``timeout``, ``kill``), handled as Ctrl-C is: the same
+  cleanup, the same resumable state (``lungct.signals``).
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
-from lungct.errors import DataError
+from lungct.errors import DataError, printable
 from lungct.records import TASKS
+from lungct.signals import EXIT_TERMINATED, Terminated, exit_status, sigterm_as_interrupt
+from search.faults import StorageError, storage_fault
+from search.names import study_name
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -27,15 +35,24 @@ EXIT_INTERRUPTED = 130
 DEVICES = ("auto", "cpu", "cuda")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad flag said in one line (its usage is what --help is for), as every other bad input is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+
 def command_parser(prog: str, doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
     """A command's parser: its name, the second paragraph of its module docstring as the description."""
-    return argparse.ArgumentParser(prog=f"python -m {prog}", description=(doc or "").split("\n\n")[1],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+    return _OneLineParser(prog=f"python -m {prog}", description=(doc or "").split("\n\n")[1],
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
 
 
 def add_study_flags(p: argparse.ArgumentParser, storage_help: str = "any SQLAlchemy URL") -> None:
     """``--study NAME`` (default lungct) and ``--storage URL`` (default the study's SQLite file)."""
-    p.add_argument("--study", default="lungct", metavar="NAME", help="study name (default: lungct)")
+    p.add_argument("--study", default="lungct", type=study_name, metavar="NAME",
+                   help="study name: letters, digits, _ . - + = @, starting with a letter, digit or _ "
+                   "(default: lungct)")
     p.add_argument("--storage", metavar="URL", help=f"{storage_help} (default: sqlite:///studies/<study>.db)")
 
 
@@ -101,20 +118,32 @@ def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseExcept
               interrupted: str = "interrupted") -> int:
     """Run a command's body and map what it raises to the exit codes in this module's docstring.
 
+    SIGTERM raises ``lungct.signals.Terminated`` (a ``KeyboardInterrupt``) while the body runs, so every
+    Ctrl-C path inside it does its cleanup; a body that answers the interrupt itself with 130 exits 143.
+
     Args:
         body: The work; returns its own exit code (None for 0).
         failures: Exception types that mean "the work failed" (exit 1); their message is the line shown.
-        interrupted: What Ctrl-C leaves behind, said on stderr before exit 130.
+        interrupted: What Ctrl-C leaves behind, said on stderr before exit 130 (143 after SIGTERM).
     """
-    try:
-        code = body()
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except failures as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"\n{interrupted}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return EXIT_OK if code is None else code
+    with sigterm_as_interrupt():
+        try:
+            code = body()
+        except (DataError, ValueError, StorageError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except failures as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt as e:
+            print(f"\n{interrupted}", file=sys.stderr)
+            return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        except Exception as e:
+            # Optuna and the drivers raise a storage fault as StorageInternalError, or an AssertionError from
+            # its trial bookkeeping when the final write failed: the fault in its chain is the line to show.
+            fault = storage_fault(e)
+            if fault is None:
+                raise
+            print(f"error: {fault}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return exit_status(EXIT_OK if code is None else code)

@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial
+from safetensors import SafetensorError
 
 from lungct.errors import DataError
 from lungct.files import make_shareable
 from lungct.records import PreprocessConfig, get_task
 from search import schema
-from search.artifacts import artifact_dir
+from search.artifacts import AtomicArtifactStore, artifact_dir
 from search.cli import (
     add_data_flag,
     add_device_flag,
@@ -61,6 +62,7 @@ from search.export_metrics import (
     versions,
 )
 from search.export_models import ExportError, ExportSettings, Trained, assemble, choose, epochs_for, retrain
+from search.faults import FULL, StorageError, storage_fault
 from search.figures import CALIBRATION_PNG, ROC_PNG, write_model_figures
 from search.intervals import DEFAULT_RESAMPLES
 from search.model_card import render_model_card
@@ -84,9 +86,12 @@ from search.saliency import write_examples
 from search.study import default_storage, load_existing_study, redact, shareable_storage
 from search.train import resolve_device
 from search.trials import baseline_trial
-from space import SpecInputError, baseline, baseline_train, fit_to_size
+from space import ArchSpec, SpecInputError, baseline, baseline_train, build, fit_to_size
 
 BASELINE_DIR = "baseline"  # the seed baseline trained beside the model, a model folder of its own
+# Beyond the weights: the figures, the card and metrics.json take about 1 MB; the margin keeps the disk from
+# being filled to its last byte.
+EXPORT_MARGIN_BYTES = 16 << 20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +174,37 @@ def _check_export(directory: Path, model: torch.nn.Module, size: tuple[int, int,
             "tolerance": TOLERANCE}
 
 
+def export_bytes(spec: ArchSpec, members: int, baseline_spec: ArchSpec | None) -> int:
+    """Roughly what a model folder takes: float32 weights twice (safetensors and the ONNX file), those of
+    the baseline beside it, and :data:`EXPORT_MARGIN_BYTES` for the rest."""
+    def weights(s: ArchSpec) -> int:
+        return 4 * sum(p.numel() for p in build(s).parameters())
+
+    return 2 * members * weights(spec) + (weights(baseline_spec) if baseline_spec else 0) + EXPORT_MARGIN_BYTES
+
+
+def check_out_writable(out: Path, need_bytes: int) -> None:
+    """Before anything trains: ``out``'s folder can be created and written, and holds about ``need_bytes`` free.
+
+    Raises:
+        StorageError: The location is read-only, or its disk has less than ``need_bytes`` free.
+        ValueError: The folder cannot be created or written for another reason.
+    """
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp.")).rmdir()
+        free = shutil.disk_usage(parent).free
+    except OSError as e:
+        fault = storage_fault(e, parent)
+        if fault is not None:
+            raise StorageError(fault.kind, parent, fault.reason) from None
+        raise ValueError(f"--out: cannot write in {parent}: {e.strerror or e}") from None
+    if free < need_bytes:
+        raise StorageError(FULL, parent, f"{free / 1e6:.1f} MB free, the model folder needs about "
+                           f"{need_bytes / 1e6:.0f} MB; nothing was trained")
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; an earlier export is removed only once the new one is there."""
     make_shareable(tmp)  # mkdtemp (and safetensors) create owner-only modes; the folder is meant to be shared
@@ -222,6 +258,8 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
         raise ValueError(f"--ensemble: the confirmation of {s.study!r} kept no fold models of its recommendation "
                          "(it was confirmed by an older lungct-nas); rerun python -m search.run --confirm-only, or "
                          "export without --ensemble")
+    base_spec = None if choice.is_baseline else _baseline_spec(s.size)
+    check_out_writable(s.out, export_bytes(spec, len(choice.members or ()) if ensemble else 1, base_spec))
     print(f"study {s.study!r} in {redact(s.storage)}: exporting {choice.how}")
 
     root = resolve_data_root(s.data, s.studies_dir, s.n_phantoms, 0)
@@ -303,6 +341,11 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
         (tmp / CARD).write_text(render_model_card(metrics))
         check_out_dir(s.out, s.force)  # again: another process may have written there while we trained
         _replace_dir(tmp, s.out)
+    except (OSError, SafetensorError) as e:  # a disk filled since the check: the temporary folder goes below
+        fault = storage_fault(e, s.out)
+        if fault is None:
+            raise
+        raise StorageError(fault.kind, s.out.parent, f"{fault.reason}; nothing was written") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -311,6 +354,14 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
         print(f"\ninterrupted while uploading pictures to optuna-dashboard; the model folder {s.out} is complete",
               file=sys.stderr)
     return s.out
+
+
+def _baseline_spec(size: tuple[int, int, int]) -> ArchSpec | None:
+    """The seed baseline at ``size``, or None where it cannot run there."""
+    try:
+        return fit_to_size(baseline(), size)[0]
+    except SpecInputError:
+        return None
 
 
 DASHBOARD_PICTURES = (ROC_PNG, CALIBRATION_PNG)  # from the model folder
@@ -335,7 +386,7 @@ def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial |
     names = []
     try:
         store_dir.mkdir(parents=True, exist_ok=True)
-        store = FileSystemArtifactStore(str(store_dir))
+        store = AtomicArtifactStore(str(store_dir))
         with tempfile.TemporaryDirectory() as tmp:
             pictures = [s.out / name for name in DASHBOARD_PICTURES if (s.out / name).is_file()]
             pictures += write_examples(model.model, test.volumes, test.labels.numpy(), model.probs, info.classes,
@@ -346,7 +397,7 @@ def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial |
                 upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study,
                                 mimetype="image/png")
                 names.append(named.name)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, StorageError) as e:
         print(f"warning: dashboard pictures not uploaded ({type(e).__name__}: {e}); the model folder is complete",
               file=sys.stderr)
         return names

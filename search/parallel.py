@@ -35,8 +35,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lungct.errors import DataError
 from lungct.records import PreprocessConfig
+from lungct.signals import raise_terminated, terminated
 from search.artifacts import TrialArtifacts, artifact_dir
 from search.data import prepare_data, search_folds
+from search.faults import StorageError
 from search.objective import FoldData, Objective, SearchSettings, TrialFailed
 from search.progress import SearchProgress
 from search.recovery import recover_trials, requeue_interrupted_baseline
@@ -105,11 +107,6 @@ def threads_per_worker(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def _stop(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop request; the cleanup must not be interrupted
-    raise KeyboardInterrupt
-
-
 def _claim(budget, deadline: float | None, parent_pid: int) -> bool:
     """Take one trial from the run's budget; False when it is spent, the time is up or the parent is gone."""
     if deadline is not None and time.time() >= deadline:
@@ -126,7 +123,7 @@ def _claim(budget, deadline: float | None, parent_pid: int) -> bool:
 def _worker(plan: WorkerPlan, index: int, device: torch.device, budget, events, parent_pid: int) -> None:
     """One worker process: join the study and run trials while the budget lasts. Exits 0, 2 (error) or 130."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, raise_terminated)  # one stop request; the cleanup is not interrupted
     torch.set_num_threads(plan.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = objective = None
@@ -153,6 +150,9 @@ def _worker(plan: WorkerPlan, index: int, device: torch.device, budget, events, 
     except KeyboardInterrupt:
         code = 130
     except (DataError, ValueError) as e:
+        events.put(("error", f"worker {index}: {e}"))
+        code = 2
+    except StorageError as e:  # a damaged database, a full disk (search.faults)
         events.put(("error", f"worker {index}: {e}"))
         code = 2
     except SQLAlchemyError as e:  # the database went away mid-run (a lost server, a lock held too long)
@@ -222,8 +222,8 @@ def run_parallel(plan: WorkerPlan, devices: Sequence[torch.device], study: optun
         signal.signal(signal.SIGINT, previous)
     reported: set[int] = set()
     interrupted = False
-    # A scheduler's SIGTERM (a job's time limit) stops the workers as Ctrl-C does.
-    previous_term = signal.signal(signal.SIGTERM, _stop)
+    # A scheduler's SIGTERM (a job's time limit) stops the workers as Ctrl-C does (and the command exits 143).
+    previous_term = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         checked = time.monotonic()
         while True:
@@ -239,7 +239,8 @@ def run_parallel(plan: WorkerPlan, devices: Sequence[torch.device], study: optun
         interrupted = True
         _stop_workers(procs, events, display)
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
+        if not terminated():  # after a SIGTERM, a second one must not cut the cleanup below short
+            signal.signal(signal.SIGTERM, previous_term)
         display.drain(events)
         for p in procs:
             p.join(timeout=STOP_WAIT_S)

@@ -32,6 +32,7 @@ from lungct.files import atomic_write_text
 from search import schema
 from search.artifacts import artifact_dir
 from search.cli import add_studies_dir_flag, add_study_flags, command_parser, exit_code, positive
+from search.faults import StorageError, storage_fault
 from search.html import figure, fmt, note, page, table
 from search.report_validation import AUC_NAME, confirmation_section, export_command, validation_section
 from search.study import default_storage, load_existing_study, redact
@@ -404,6 +405,9 @@ def write_page(study: optuna.Study, storage: str, studies_dir: str, top: int, mo
     try:
         atomic_write_text(out, text)
     except OSError as e:
+        fault = storage_fault(e, out)
+        if fault is not None:  # a full disk, a read-only folder: the line says what to do
+            raise StorageError(fault.kind, out, fault.reason) from None
         raise ValueError(f"--out: cannot write {out}: {e.strerror or e}") from None
     return len(text.encode())
 

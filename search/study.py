@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -14,7 +15,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from search import schema
+from search.faults import StorageError, classify, storage_fault
+from search.names import check_study_name
 from search.recovery import requeue_stale_trial as _requeue_stale
+from search.recovery import worker_identity
 from space import SpaceBounds, baseline_params
 
 PRUNERS = ("hyperband", "median", "none")
@@ -40,8 +44,10 @@ def default_storage(study: str, studies_dir: str | Path = "studies") -> str:
     """``sqlite:///studies/<study>.db``, creating the folder.
 
     Raises:
-        ValueError: The folder cannot be created.
+        ValueError: ``study`` is not a plain file-name component (``search.names``), or the folder cannot be
+            created.
     """
+    check_study_name(study)
     try:
         Path(studies_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -107,6 +113,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     Raises:
         ValueError: The URL cannot be read, its driver is missing, or the database cannot be opened or
             created (e.g. a SQLite file in a folder that does not exist); one line, the password masked.
+        StorageError: The database is damaged, its disk is full, or it cannot be written; raised from then on
+            by every call of the storage that meets such a fault too, naming the file (search.faults).
     """
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     attempt = 1
@@ -119,8 +127,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     grace_period=HEARTBEAT_GRACE_S, heartbeat_stale_trial_callback=_requeue_stale)
                 if url.startswith("sqlite"):
                     _serialize_transactions(storage.engine)
+                _raise_storage_faults(storage.engine, url)
                 return storage
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            fault = storage_fault(e, storage_culprit(url))
+            if fault is not None:
+                raise fault from None
             # Two runs opening a new database at once both create its tables; the loser's "table studies
             # already exists" (or its duplicate version row) means the tables are there now.
             if attempt < OPEN_ATTEMPTS and (isinstance(e, IntegrityError) or "already exists" in str(e)):
@@ -152,6 +164,34 @@ def _serialize_transactions(engine: sqlalchemy.engine.Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # the connections Optuna opened before the listeners existed
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL (``sqlite:///x.db``, or ``sqlite:///file:x.db?mode=ro&uri=true``); None for
+    another database or an in-memory one."""
+    parsed = _parse(url)
+    if parsed is None or not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    if str(parsed.query.get("uri", "")).lower() == "true" and parsed.database.startswith("file:"):
+        return parsed.database.removeprefix("file:")
+    return parsed.database
+
+
+def storage_culprit(url: str) -> str:
+    """What a storage fault names: a SQLite database's file, any other storage's URL with its passwords masked."""
+    return sqlite_file(url) or redact(url)
+
+
+def _raise_storage_faults(engine: sqlalchemy.engine.Engine, url: str) -> None:
+    """Make the engine raise a :class:`StorageError` naming the database for a damaged file, a full disk or a
+    read-only location, instead of Optuna's ``StorageInternalError`` ("... e.g. exceeding max length")."""
+    where = storage_culprit(url)
+
+    @sqlalchemy.event.listens_for(engine, "handle_error")
+    def _name_the_fault(context) -> None:
+        fault = classify(context.original_exception, where)
+        if fault is not None:
+            raise fault from context.original_exception
 
 
 def _open_error(url: str, error: Exception) -> ValueError:
@@ -286,9 +326,8 @@ def load_existing_study(name: str, storage_url: str) -> optuna.Study:
     Raises:
         ValueError: No study of that name in the storage; the message lists the studies there.
     """
-    url = _parse(storage_url)
-    if url is not None and url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:") \
-            and not Path(url.database).is_file():
+    database = sqlite_file(storage_url)
+    if database is not None and not Path(database).is_file():
         # Opening a missing SQLite file would create an empty database under a mistyped name.
         raise ValueError(f"study: no study {name!r} in {redact(storage_url)}: that database file does not exist "
                          "(run python -m search.run first, or give the --study/--storage of an existing study)")
@@ -304,10 +343,23 @@ def load_existing_study(name: str, storage_url: str) -> optuna.Study:
 def fail_running(study: optuna.Study, number: int | None) -> None:
     """Mark this process's trial ``number`` failed if it is still RUNNING (Optuna fails it itself in most cases).
 
-    Called after Ctrl-C by every command that runs trials, so an interrupted run leaves no RUNNING trial.
+    Called after Ctrl-C or SIGTERM, from the ``finally`` of every command that runs trials, so an interrupted
+    run leaves no RUNNING trial. Any other trial this process left RUNNING is failed too: one whose final
+    write met a full disk is still RUNNING after Optuna gave up on it. Its reason is the storage fault on
+    its way out, when that is what stopped the run. A database that cannot take even that (a damaged
+    file, a disk still full) is left as it is: its next run recovers the trial, whose worker is gone.
     """
-    if number is None:
-        return
-    trials = study.get_trials(deepcopy=False)
-    if number < len(trials) and trials[number].state == TrialState.RUNNING:
-        study.tell(number, state=TrialState.FAIL)
+    try:
+        trials = study.get_trials(deepcopy=False)
+        me = worker_identity()
+        left = [t for t in trials if t.state == TrialState.RUNNING
+                and (t.number == number or t.user_attrs.get(schema.WORKER) == me)]
+        for trial in left:
+            if schema.FAIL_REASON not in trial.user_attrs:
+                # In a finally clause, the exception on its way out is still sys.exc_info()'s.
+                fault = storage_fault(sys.exc_info()[1]) if sys.exc_info()[1] is not None else None
+                reason = str(fault) if fault is not None else "its run stopped while it was running"
+                optuna.Trial(study, trial._trial_id).set_user_attr(schema.FAIL_REASON, reason)
+            study.tell(trial.number, state=TrialState.FAIL)
+    except StorageError:
+        pass

@@ -17,6 +17,20 @@ def tiny_data(tmp_path_factory):
     return make_mosmed(tmp_path_factory.mktemp("tinydata"), {"CT-0": 12, "CT-1": 2, "CT-2": 8, "CT-3": 4})
 
 
+@pytest.fixture(scope="session")
+def one_trial_study(tiny_data, tmp_path_factory):
+    """A studies folder holding a one-trial study of ``tiny_data`` (the seed baseline, no confirmation), made once;
+    tests that write into it work on a copy."""
+    from search import run  # only the tests that ask for it import the search
+
+    root = tmp_path_factory.mktemp("one-trial-study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PRECISION_ENV, "float32")
+        assert run.main(["--data", str(tiny_data), "--studies-dir", str(root), "--trials", "1", "--no-confirm",
+                         "--size", "16", "16", "32", "--epochs", "1", "--workers", "1"]) == 0
+    return root
+
+
 @pytest.fixture(autouse=True)
 def float32(monkeypatch):
     """Every search test trains in float32 whatever this CPU's bf16 does, so what it asserts holds on every
