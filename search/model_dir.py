@@ -317,13 +317,14 @@ def read_file(path: Path, max_bytes: int) -> bytes:
         if st.st_size > max_bytes:
             raise ModelDirError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} such a file may hold")
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(max_bytes + 1)
+            data = fh.read(st.st_size + 1)  # read(n) allocates n bytes first; a byte more shows a file that grew
     except OSError as e:
         raise ModelDirError(f"{path}: unreadable ({e.strerror or e})") from None
     finally:
         os.close(fd)
-    if len(data) > max_bytes:
-        raise ModelDirError(f"{path}: grew past {max_bytes:,} bytes while it was read; refused")
+    if len(data) != st.st_size:
+        raise ModelDirError(f"{path}: changed size while it was read ({st.st_size:,} bytes, then {len(data):,}); "
+                            "refused")
     return data
 
 
