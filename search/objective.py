@@ -35,7 +35,7 @@ from search import schema
 from search.data import Tensors
 from search.metrics import binary_metrics
 from search.recovery import INTERRUPTED, record_worker
-from search.train import EpochResult, FitResult, device_name, place
+from search.train import EpochResult, FitResult, device_name, place, recalibrate_batchnorm
 from search.trainer import TrainingFailed, auc_standard_error, predict_finite, train_spec
 from space import SpaceBounds, cost, fit_cost, fit_sampled, sample
 
@@ -65,7 +65,10 @@ class SearchSettings:
         amp: bf16 autocast allowed.
         objectives: ``("auc",)`` or ``("auc", "params")`` / ``("auc", "flops")``.
         bounds: The search space, already fitted to ``size`` (``space.bounds_for_size``).
-        max_gflops: Prune, untrained, any spec costing more forward GFLOPs per sample (None: no cap).
+        max_gflops: Narrow (``space.fit_cost``), else prune untrained, any spec costing more forward GFLOPs per
+            sample (None: no cap).
+        recompute_bn: Recompute every batch-norm layer's statistics over the fold's training scans before
+            scoring its validation part (the ``auc_bn`` score).
     """
 
     size: tuple[int, int, int]
@@ -76,8 +79,14 @@ class SearchSettings:
     objectives: tuple[str, ...] = ("auc",)
     bounds: SpaceBounds = field(default_factory=SpaceBounds)
     max_gflops: float | None = None
+    recompute_bn: bool = False
 
 
+# What a trial's fold is scored by (search.run --score). After 4 epochs of about 33 steps, batch norm's running
+# averages (momentum 0.99) still hold a quarter of their initial values, so eval-mode scores with them rank specs
+# by how well they survive stale statistics; the confirmation and export recompute them before scoring.
+SCORES = ("auc_bn", "auc")
+DEFAULT_SCORE = "auc_bn"
 FOLD_SEED_STRIDE = 10_000
 
 
@@ -171,6 +180,9 @@ class Objective:
                                      seed=fold_seed(s.seed, trial.number, fold.index), amp=s.amp, on_epoch=on_epoch)
                 model = trained.model
                 fits.append(trained.fitted)
+                if s.recompute_bn:
+                    recomputed = recalibrate_batchnorm(model, fold.train, s.device, train_settings.batch_size)
+                    trial.set_user_attr(schema.BN_RECOMPUTED, recomputed)
                 probs = predict_finite(trained, fold.val.volumes, s.device, amp=s.amp)
             except TrainingFailed as e:
                 if history and len(fits) == len(aucs):

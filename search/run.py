@@ -60,7 +60,7 @@ from search.confirm import (
 )
 from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
 from search.fidelity import choose_fidelity
-from search.objective import FoldData, Objective, SearchSettings, TrialFailed
+from search.objective import DEFAULT_SCORE, SCORES, FoldData, Objective, SearchSettings, TrialFailed
 from search.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
 from search.precision import device_precision
 from search.progress import SearchProgress, summary_table
@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gflops", type=float, default=None, metavar="G",
                    help="prune, before training, any trial whose forward GFLOPs per sample exceed G; 0 = no cap "
                    "(default: the seed baseline's cost at the input size on the CPU, no cap on a GPU)")
+    p.add_argument("--score", default=None, choices=SCORES,
+                   help="a trial's score per fold: auc_bn = validation AUC at the last epoch with batch-norm "
+                   "statistics recomputed over the fold's training scans first (as the confirmation and export "
+                   "score), auc = with the running averages as training left them (the score of studies made "
+                   f"before it was stored; benchmarks/RESULTS.md, 'Fidelity audit') (default: {DEFAULT_SCORE}; a "
+                   "resumed study keeps its own)")
     add_task_flag(p, default=None)
     add_phantoms_flag(p)
     add_studies_dir_flag(p, "where studies, caches, splits and artifacts are written")
@@ -166,13 +172,15 @@ class RunSettings:
     confirm_top: int = DEFAULT_TOP_K
     confirm_folds: int = DEFAULT_CONFIRM_FOLDS
     bounds: dict = field(default_factory=lambda: SpaceBounds().to_dict())
+    score: str = DEFAULT_SCORE
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {"data": self.data, "task": self.task, "size": list(self.size), "epochs": self.epochs,
                 "seed": self.seed, "split_seed": self.split_seed, "n_phantoms": self.n_phantoms,
                 "max_gflops": self.max_gflops, "folds": self.folds, "confirm_epochs": self.confirm_epochs,
-                "confirm_top": self.confirm_top, "confirm_folds": self.confirm_folds, "bounds": self.bounds}
+                "confirm_top": self.confirm_top, "confirm_folds": self.confirm_folds, "bounds": self.bounds,
+                "score": self.score}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSettings:
@@ -185,7 +193,9 @@ class RunSettings:
                    confirm_top=int(d.get("confirm_top", DEFAULT_TOP_K)),
                    confirm_folds=int(d.get("confirm_folds") or d.get("folds", 2)),
                    # Studies made before the space was stored sampled the full space.
-                   bounds=d.get("bounds") or SpaceBounds.full().to_dict())
+                   bounds=d.get("bounds") or SpaceBounds.full().to_dict(),
+                   # Studies made before the score was stored scored with batch-norm statistics as training left them.
+                   score=d.get("score", "auc"))
 
     def space(self) -> SpaceBounds:
         """The stored bounds, fitted to the input size (the space never proposes a spec that cannot run)."""
@@ -221,7 +231,7 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
              "epochs": args.epochs, "seed": args.seed, "split_seed": args.split_seed, "n_phantoms": args.phantoms,
              "max_gflops": args.max_gflops, "folds": args.folds, "confirm_epochs": args.confirm_epochs,
              "confirm_top": args.confirm_top, "confirm_folds": args.confirm_folds,
-             "bounds": load_space_file(args.space) if args.space else None}
+             "bounds": load_space_file(args.space) if args.space else None, "score": args.score}
     if stored:
         stored = RunSettings.from_dict(stored).to_dict() | {k: v for k, v in stored.items() if k == "data"}
         # The confirmation's settings may change on a resumed study (e.g. --confirm-only --confirm-folds 5):
@@ -254,12 +264,15 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> t
         confirm_top=merged["confirm_top"] if merged["confirm_top"] is not None else DEFAULT_TOP_K,
         confirm_folds=merged["confirm_folds"] or DEFAULT_CONFIRM_FOLDS,
         bounds=merged["bounds"] or SpaceBounds().to_dict(),
+        score=merged["score"] or DEFAULT_SCORE,
     )
     try:
         settings.space()
     except SpecInputError as e:
         raise ValueError(f"--size: {e}") from None
-    line = (f"{fidelity.reason}; each trial scored by {settings.folds}-fold cross-validation at its last epoch; "
+    scored = " with batch-norm statistics recomputed" if settings.score == "auc_bn" else ""
+    line = (f"{fidelity.reason}; each trial scored by {settings.folds}-fold cross-validation at its last epoch"
+            f"{scored}; "
             f"confirmation of the top {settings.confirm_top} at {settings.confirm_epochs} epochs"
             + (", kept from the study" if stored else ""))
     return settings, line
@@ -412,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
 def _trial_settings(settings: RunSettings, device, amp: bool, objectives: tuple[str, ...]) -> SearchSettings:
     """What every trial of this run shares."""
     return SearchSettings(size=settings.size, epochs=settings.epochs, device=device, seed=settings.seed, amp=amp,
-                          objectives=objectives, bounds=settings.space(), max_gflops=settings.max_gflops or None)
+                          objectives=objectives, bounds=settings.space(), max_gflops=settings.max_gflops or None,
+                          recompute_bn=settings.score == "auc_bn")
 
 
 @dataclass

@@ -6,6 +6,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import search.objective
 import search.run
 import search.trainer
 from lungct.discover import discover
@@ -446,3 +447,29 @@ def test_run_confirm_only_can_reconfirm_with_more_folds(tiny_data, tmp_path, cap
     assert decision["settings"]["folds"] == 3 and len(decision["folds"]) == 3
     assert study.user_attrs["settings"]["confirm_folds"] == 3 and study.user_attrs["settings"]["folds"] == 2
     assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--folds", "3"]) == 2  # the search's stay fixed
+
+
+def test_run_scores_folds_with_batchnorm_recomputed_by_default(tiny_data, tmp_path, monkeypatch, capsys):
+    calls = []
+    real = search.objective.recalibrate_batchnorm
+    monkeypatch.setattr(search.objective, "recalibrate_batchnorm",
+                        lambda model, data, *a, **k: calls.append(len(data)) or real(model, data, *a, **k))
+    assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
+    baseline = _study(tmp_path).trials[0]
+    assert baseline.user_attrs["batchnorm_recomputed"] is True
+    assert calls == [10, 10]  # once per fold, over the fold's training scans (half of the 20 non-test scans)
+    assert _study(tmp_path).user_attrs["settings"]["score"] == "auc_bn"
+    assert "with batch-norm statistics recomputed" in capsys.readouterr().out
+
+
+def test_run_keeps_the_score_of_a_study_made_before_it_was_stored(tiny_data, tmp_path, capsys):
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--score", "auc")) == 0
+    study = _study(tmp_path)
+    settings = dict(study.user_attrs["settings"])
+    del settings["score"]  # as an older study stored it
+    study.set_user_attr("settings", settings)
+    assert main(_args(tiny_data, tmp_path, "--trials", "1")) == 0
+    assert "batchnorm_recomputed" not in _study(tmp_path).trials[1].user_attrs
+    capsys.readouterr()
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--score", "auc_bn")) == 2
+    assert "score=auc" in capsys.readouterr().err
