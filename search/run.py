@@ -135,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the Pareto front of AUC against cost; Optuna cannot prune multi-objective studies, so "
                    "--pruner is ignored there")
     p.add_argument("--max-gflops", type=float, default=None, metavar="G",
-                   help="prune, before training, any trial whose forward GFLOPs per sample exceed G; 0 = no cap "
-                   "(default: the seed baseline's cost at the input size on the CPU, no cap on a GPU)")
+                   help="cost cap: a sampled spec whose forward GFLOPs per sample exceed G trains with its widths "
+                   "halved (then fewer convolutions per level) until it fits, recorded on the trial as cost_fallback, "
+                   "and is pruned untrained only if nothing fits; 0 = no cap (default: 0.6x the seed baseline's cost "
+                   "at the input size on the CPU, no cap on a GPU)")
     p.add_argument("--score", default=None, choices=SCORES,
                    help="a trial's score per fold: auc_bn = validation AUC at the last epoch with batch-norm "
                    "statistics recomputed over the fold's training scans first (as the confirmation and export "
