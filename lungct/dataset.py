@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -107,12 +108,26 @@ def _run_each(fn, arg_tuples: list[tuple], workers: int | None, bar: tqdm) -> li
         return out
     results: dict[int, object] = {}
     # spawn, not fork: forking a process that has run torch's OpenMP threads can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    try:
         futures = {pool.submit(fn, *args): n for n, args in enumerate(arg_tuples)}
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
             bar.update()
+    except BaseException:
+        # Ctrl-C or SIGTERM in the parent: the scans not started are dropped, each worker finishes (and caches,
+        # through a temporary name) the one in hand, so no half-written cache entry is left behind.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return [results[n] for n in range(len(arg_tuples))]
+
+
+def _worker_init() -> None:
+    """Decoding workers leave Ctrl-C and SIGTERM to the parent: both go to the whole process group, and a worker
+    killed mid-write would leave a temporary cache file behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _read_meta(path: str, cache_dir: str | None) -> nifti.ScanMeta | str:

@@ -39,12 +39,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from search import schema
+from search.artifacts import AtomicArtifactStore
 from search.data import Tensors
 from search.intervals import auc_rows, stratified_resamples
 from search.metrics import binary_metrics
@@ -243,7 +244,7 @@ class ConfirmRunner:
         self.store = None
         if artifacts is not None:
             Path(artifacts).mkdir(parents=True, exist_ok=True)
-            self.store = FileSystemArtifactStore(str(artifacts))
+            self.store = AtomicArtifactStore(str(artifacts))
         self.settings = settings
         self.device = device
         self.amp = amp

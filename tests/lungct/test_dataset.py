@@ -148,3 +148,20 @@ def test_atomic_write_bytes_gives_default_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _signals_after_worker_init(_: int) -> tuple:
+    import signal
+
+    from lungct.dataset import _worker_init
+    _worker_init()
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+
+def test_decoding_workers_leave_ctrl_c_and_sigterm_to_the_parent():
+    # Both signals go to the whole process group; a worker killed mid-write would leave a cache .tmp behind.
+    import multiprocessing
+    import signal
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.map(_signals_after_worker_init, [0]) == [(signal.SIG_IGN, signal.SIG_IGN)]
