@@ -86,9 +86,9 @@ def choose_fidelity(device: torch.device, size: tuple[int, int, int] | None = No
         why = f"as given {given_by}" + ("" if size and epochs else f"; the rest is the {why}")
     if max_gflops is None and device.type != "cuda":
         cap: float | None = round(CPU_COST_CAP * baseline_gflops(chosen_size), 2)
-        cap_text = f", trials above {cap:g} GFLOPs/sample ({CPU_COST_CAP:g}x the baseline) pruned untrained"
+        cap_text = f", specs above {cap:g} GFLOPs/sample ({CPU_COST_CAP:g}x the baseline) narrowed to fit"
     elif max_gflops:
-        cap, cap_text = float(max_gflops), f", trials above {max_gflops:g} GFLOPs/sample pruned untrained"
+        cap, cap_text = float(max_gflops), f", specs above {max_gflops:g} GFLOPs/sample narrowed to fit"
     else:
         cap, cap_text = None, ""
     text = (f"fidelity: {'x'.join(map(str, chosen_size))} voxels, {chosen_epochs} epochs per fold, "
