@@ -40,22 +40,23 @@ def now() -> float:
     """The clock budgets run on (monotonic seconds); tests replace it."""
     return time.monotonic()
 
-# A search trial's mean wall time relative to one unpruned trial at the seed baseline's speed per sample.
-# Measured on the AMD EPYC (benchmarks/RESULTS.md, "Training speed"): 50 TPE trials took 704 s with the
-# baseline's trial at 14.8 s, 0.95x, with 17 of them above the cost cap and untrained; since space.fit_cost
-# those train too (narrowed, so cheaper than average), hence 1.2. Only the start line's estimate uses it:
-# the stop rule (BudgetStop) reads the trials' own durations.
-TRIAL_TIME_RATIO = 1.2
-# The confirmation's wall time relative to its sample-epochs at the baseline's speed: its runs also
-# recompute batch-norm statistics, score, and store weights, and its candidates (the search's best
-# trunks) often train slower per sample than the baseline (residual-inception nets 1.6x). Measured: the
-# seed-1 study's confirmation, about 9 min for 9,396 sample-epochs at 28.5 ms/sample (RESULTS.md), 2.0x.
-CONFIRM_TIME_RATIO = 2.0
+# Measured on this project's 2-core Intel Xeon (AMX) with the fidelity audit running beside it
+# (benchmarks/RESULTS.md, "Time budget"): the three-step measurement gave 59 ms/sample, the seed baseline's
+# own search trial then trained at 77 ms/sample (45 s for 8 epochs of 65 scans, scoring included): 1.4x.
+STEP_TO_TRIAL = 1.4
+# A study's trials are a mix of specs; since space.fit_cost every one trains (none is pruned untrained).
+# The mix's mean time per sample-epoch relative to the baseline's is assumed 1.2 (residual-inception nets
+# train 1.6x slower per sample, narrowed specs faster); only the start line uses it: the stop rule reads
+# the trials' own durations and the candidates' own speeds.
+MIX = 1.2
+# A confirmation run also recomputes batch-norm statistics, scores and stores its weights: the baseline's
+# three confirmation runs took 284 s against 241 s of training at its trial's speed, 1.18x.
+CONFIRM_OVERHEAD = 1.2
 # Each trial also scores its folds and writes the study: overhead on top of its training steps.
 TRIAL_OVERHEAD_S = 2.0
-# The confirmation is reserved out of the budget at this multiple of its estimate from the candidates'
-# measured training speed (which leaves out its scoring and batch-norm passes).
-SAFETY = 1.5
+# The confirmation is reserved out of the budget at this multiple of its estimate (the start line and
+# the stop rule alike).
+SAFETY = 1.25
 MEASURE_STEPS = 3
 
 
@@ -119,21 +120,23 @@ class Workload:
         trial_samples: Sample-epochs one unpruned trial trains (folds x epochs x training scans per fold).
         confirm_samples: Sample-epochs of the whole confirmation (candidates x folds x epochs x scans); 0 when
             the run does not confirm.
+        confirm_candidates: How many specs the confirmation trains (the top trunks and the baseline).
     """
 
     trials: int
     trial_samples: int
     confirm_samples: int
+    confirm_candidates: int = 3
 
 
 def trial_seconds(speed: Speed, work: Workload) -> float:
     """The expected wall time of one trial here."""
-    return work.trial_samples * speed.seconds_per_sample * TRIAL_TIME_RATIO + TRIAL_OVERHEAD_S
+    return work.trial_samples * speed.seconds_per_sample * STEP_TO_TRIAL * MIX + TRIAL_OVERHEAD_S
 
 
 def confirm_seconds(speed: Speed, work: Workload) -> float:
     """The expected wall time of the confirmation here, before any trial has measured a candidate."""
-    return work.confirm_samples * speed.seconds_per_sample * CONFIRM_TIME_RATIO
+    return work.confirm_samples * speed.seconds_per_sample * STEP_TO_TRIAL * MIX * CONFIRM_OVERHEAD
 
 
 def _minutes(seconds: float) -> str:
@@ -210,18 +213,20 @@ def measured_confirm_seconds(study: optuna.Study, candidate_trials: list[int | N
                              speed: Speed) -> float:
     """The confirmation's wall time from the measured training speed of the trials it would confirm now.
 
-    Each candidate trains ``work.confirm_samples / len(candidates)`` sample-epochs; a candidate whose trial
-    recorded no speed (pruned before training) counts at the baseline's speed times CONFIRM_TIME_RATIO.
+    Each of ``work.confirm_candidates`` specs trains ``confirm_samples / confirm_candidates`` sample-epochs.
+    A slot the search has no candidate for yet (fewer complete trunks than ``--confirm-top``) counts at the
+    slowest known candidate's speed; one whose trial recorded no speed, at the start estimate's.
     """
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    per_candidate = work.confirm_samples / max(len(candidate_trials), 1)
-    total = 0.0
-    for number in candidate_trials:
+    rates = []
+    for number in candidate_trials[: work.confirm_candidates]:
         t = trials.get(number) if number is not None else None
         rate = t.user_attrs.get(schema.SAMPLES_PER_S) if t is not None else None
-        seconds_per_sample = 1.0 / rate if rate else speed.seconds_per_sample * CONFIRM_TIME_RATIO
-        total += per_candidate * seconds_per_sample
-    return total
+        rates.append(1.0 / rate if rate else speed.seconds_per_sample * STEP_TO_TRIAL * MIX)
+    slowest = max(rates) if rates else speed.seconds_per_sample * STEP_TO_TRIAL * MIX
+    rates += [slowest] * (work.confirm_candidates - len(rates))
+    per_candidate = work.confirm_samples / max(work.confirm_candidates, 1)
+    return sum(per_candidate * r for r in rates) * CONFIRM_OVERHEAD
 
 
 class BudgetStop:

@@ -446,7 +446,8 @@ def _workload(args: argparse.Namespace, r: Started) -> Workload:
     non_test = len(r.prepared.split.train) + len(r.prepared.split.val)
     # Every candidate (the top trunks and the baseline) trains once per fresh fold on (k-1)/k of the non-test scans.
     confirm = (s.confirm_top + 1) * s.confirm_epochs * non_test * (s.confirm_folds - 1)
-    return Workload(args.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0)
+    return Workload(args.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0,
+                    s.confirm_top + 1)
 
 
 def _budget(args: argparse.Namespace, r: Started, amp: bool) -> Budget:

@@ -17,7 +17,7 @@ from search.run import budget_minutes, main
 from search.train import resolve_device
 
 SPEED = Speed(0.1, "float32", "Test CPU (AVX-512: no)")
-WORK = Workload(trials=50, trial_samples=520, confirm_samples=9360)  # 52 s of baseline steps a trial, 936 s a confirmation
+WORK = Workload(trials=50, trial_samples=520, confirm_samples=9360)  # 52 s a trial and 936 s of baseline steps
 
 
 class FakeClock:
@@ -76,10 +76,10 @@ def _study_with_trials(n: int, samples_per_s: float = 10.0) -> optuna.Study:
 def test_budget_stop_stops_when_one_more_trial_and_the_confirmation_would_not_fit():
     clock = FakeClock()
     study = _study_with_trials(2)
-    work = Workload(trials=50, trial_samples=100, confirm_samples=3000)  # 300 s of confirmation at 10 samples/s
+    work = Workload(trials=50, trial_samples=100, confirm_samples=3000, confirm_candidates=2)  # 300 s at 10/s
     stop = BudgetStop(deadline=clock.t + 1000.0, speed=SPEED, work=work, candidates=lambda s: [0, 1], clock=clock)
     first, second = study.trials
-    clock.t += 100.0  # the first trial took 100 s: 900 s left, 100 + 1.5 x 300 needed
+    clock.t += 100.0  # the first trial took 100 s: 900 s left, 100 + 1.25 x 1.2 x 300 needed
     stop(study, first)
     assert stop.stopped is None and not study.stopped
     clock.t += 500.0  # the second took 500 s: 400 s left, 500 + 450 needed
@@ -87,11 +87,20 @@ def test_budget_stop_stops_when_one_more_trial_and_the_confirmation_would_not_fi
     assert study.stopped and "time budget" in stop.stopped and "confirmation" in stop.stopped
 
 
+def test_budget_stop_counts_every_confirmation_slot_before_the_search_has_filled_them():
+    # One complete trial (the baseline) but three specs to confirm: the two unknown slots count at its speed,
+    # and the baseline's share is a third of the confirmation, not all of it.
+    study = _study_with_trials(1, samples_per_s=10.0)
+    work = Workload(trials=50, trial_samples=10, confirm_samples=3000, confirm_candidates=3)
+    seconds = search.budget.measured_confirm_seconds(study, [0], work, SPEED)
+    assert seconds == pytest.approx(3000 / 10 * search.budget.CONFIRM_OVERHEAD)
+
+
 def test_budget_stop_reads_the_confirmation_from_the_candidates_measured_speed():
     clock = FakeClock()
     slow = _study_with_trials(1, samples_per_s=1.0)  # a candidate that trains 10x slower than the other study's
     fast = _study_with_trials(1, samples_per_s=10.0)
-    work = Workload(trials=50, trial_samples=10, confirm_samples=1000)
+    work = Workload(trials=50, trial_samples=10, confirm_samples=1000, confirm_candidates=1)
     for study, stops in ((fast, False), (slow, True)):
         stop = BudgetStop(deadline=clock.t + 500.0, speed=SPEED, work=work, candidates=lambda s: [0], clock=clock)
         stop(study, study.trials[0])
