@@ -451,18 +451,23 @@ def confirmation_noise(path: Path, labels: np.ndarray, n_val: int, draws: int = 
             "n_val": n_val, "n_specs": len(sds)}
 
 
-def confirmation_power(noise: dict, delta: float, folds: int, repeats: int, k: int, alpha: float = 0.05) -> float:
+def confirmation_power(noise: dict, delta: float, folds: int, repeats: int, k: int, alpha: float = 0.05,
+                       n_scans: int = 130) -> float:
     """P(the confirmation recommends a candidate truly ``delta`` AUC better than the baseline).
 
     The rule (search.confirm): the one-sided lower bound, at level alpha/k, of the paired difference's mean
-    over folds x repeats, from a bootstrap over each fold's validation scans, is above 0. That bound sees scan
-    noise only; the difference's mean carries seed noise too, so the rule is anti-conservative against seed
-    noise and its power is computed with both.
+    over folds x repeats, from a bootstrap over each fold's validation scans, is above 0.
+
+    Noise model: a fold validates on ``n_scans / folds`` scans, and an AUC's variance goes as one over the
+    scans scored, so the mean over the folds of one repeat has the scan variance of all ``n_scans`` scans
+    whatever the fold count; repeats score the same scans again, so they do not reduce it (they average
+    training-seed noise only). The rule's bootstrap treats every run as independent scans, so its bound
+    narrows with repeats though the scan noise does not, and it sees no seed noise at all.
     """
-    runs = folds * repeats
+    scan_sd_all = noise["scan_sd"] * math.sqrt(noise["n_val"] / n_scans)  # the whole non-test set, once
     z = stats.norm.ppf(1 - alpha / k)
-    se_rule = noise["scan_sd"] / math.sqrt(runs)
-    se_true = math.sqrt(noise["scan_sd"] ** 2 + 2 * noise["seed_sd"] ** 2) / math.sqrt(runs)
+    se_rule = scan_sd_all / math.sqrt(repeats)
+    se_true = math.sqrt(scan_sd_all ** 2 + 2 * noise["seed_sd"] ** 2 / (folds * repeats))
     return float(stats.norm.sf((z * se_rule - delta) / se_true))
 
 
@@ -472,14 +477,14 @@ def print_power(noise: dict, markdown: bool) -> None:
           f"{noise['n_seed_pairs']} specs with two truth seeds")
     if not all(math.isfinite(noise[x]) for x in ("scan_sd", "seed_sd")):
         return
-    head = ["folds x repeats", "runs per candidate",
-            *[f"power, +{d:.2f}, k={k}" for d in (0.03, 0.05) for k in (1, 2, 3)]]
+    head = ["non-test scans", "folds x repeats", *[f"power, +{d:.2f}, k={k}" for d in (0.03, 0.05) for k in (1, 2, 3)]]
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + " --- |" * len(head))
-    for folds, repeats in ((3, 1), (3, 2), (5, 1), (5, 2), (10, 1), (5, 4)):
-        cells = [f"{folds} x {repeats}", str(folds * repeats),
-                 *[f"{confirmation_power(noise, d, folds, repeats, k):.2f}" for d in (0.03, 0.05) for k in (1, 2, 3)]]
+    for n_scans, folds, repeats in ((130, 3, 1), (130, 5, 1), (130, 10, 1), (130, 3, 2), (260, 3, 1), (520, 3, 1)):
+        cells = [str(n_scans), f"{folds} x {repeats}",
+                 *[f"{confirmation_power(noise, d, folds, repeats, k, n_scans=n_scans):.2f}"
+                   for d in (0.03, 0.05) for k in (1, 2, 3)]]
         print(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
 
 

@@ -69,12 +69,21 @@ def test_top_k_hit_rate_counts_ties_against_the_best():
     assert bench.top_k_hit_rate(np.array([1.0, 1.0, 1.0]), truth, k=3) == 1.0
 
 
-def test_confirmation_power_grows_with_the_effect_and_the_runs_and_falls_with_candidates():
-    noise = {"scan_sd": 0.05, "seed_sd": 0.02}
+def test_confirmation_power_grows_with_the_effect_and_falls_with_candidates_and_noise():
+    noise = {"scan_sd": 0.05, "seed_sd": 0.02, "n_val": 43}
     assert bench.confirmation_power(noise, 0.0, 3, 1, 1) < 0.1
     assert bench.confirmation_power(noise, 0.03, 3, 1, 1) < bench.confirmation_power(noise, 0.05, 3, 1, 1)
-    assert bench.confirmation_power(noise, 0.03, 3, 1, 1) < bench.confirmation_power(noise, 0.03, 10, 1, 1)
     assert bench.confirmation_power(noise, 0.03, 3, 1, 3) < bench.confirmation_power(noise, 0.03, 3, 1, 1)
+    noisier = dict(noise, seed_sd=0.05)  # seed noise lowers the power for an effect well above the rule's bar
+    assert bench.confirmation_power(noisier, 0.08, 3, 1, 1) < bench.confirmation_power(noise, 0.08, 3, 1, 1)
+
+
+def test_more_folds_do_not_beat_the_scan_noise_of_a_fixed_set():
+    # Without seed noise, the folds only split the same scans: power is the same at 3 and 10 folds.
+    noise = {"scan_sd": 0.05, "seed_sd": 0.0, "n_val": 43}
+    three, ten = (bench.confirmation_power(noise, 0.03, folds, 1, 1) for folds in (3, 10))
+    assert three == pytest.approx(ten)
+    assert bench.confirmation_power(noise, 0.03, 3, 1, 1, n_scans=520) > bench.confirmation_power(noise, 0.03, 3, 1, 1)
 
 
 def test_drawn_specs_fill_every_block_below_the_cap():
