@@ -165,7 +165,8 @@ def test_run_subprocess_sigterm_mid_trial_exits_143_and_leaves_no_running_trial(
     log = tmp_path / "log"
     proc = _start("search.run", "--data", str(tiny_data), "--studies-dir", str(tmp_path / "s"), "--trials", "3",
                   *LONG, log=log)
-    out = _sigterm_once(proc, log, "epoch", settle_s=1.0)  # a progress line of the first trial: it is training
+    # The time line is printed just before the first trial starts: a second later it is training.
+    out = _sigterm_once(proc, log, "time: ", settle_s=1.0)
     assert proc.returncode == EXIT_TERMINATED, out
     no_traceback(out)
     assert "Resume with:" in out
