@@ -1,6 +1,10 @@
-"""A tiny labelled data set for search tests, made once per session; precision pinning; a spy on scan loading."""
+"""A tiny labelled data set for search tests, made once per session; precision pinning; a spy on scan loading;
+loading a benchmark script as a module."""
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +13,17 @@ import search.data
 from lungct.discover import discover
 from search.precision import PRECISION_ENV
 from tests.conftest import make_mosmed
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -3,26 +3,15 @@ on synthetic runs, and its stratified draws."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_fidelity.py"
+from tests.search.conftest import load_benchmark
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_fidelity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_benchmark("bench_fidelity")
 
 
 @pytest.fixture(autouse=True)

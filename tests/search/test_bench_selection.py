@@ -1,9 +1,7 @@
 """benchmarks/bench_selection.py: scoring exported model folders on fresh phantoms, on a tiny set."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,21 +11,14 @@ from lungct.phantom import MARKER_NAME
 from lungct.records import PreprocessConfig, get_task
 from search.model_dir import ModelInfo, save_model
 from space import ArchSpec, LevelSpec, TrainSpec, build
+from tests.search.conftest import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_selection.py"
 N = 16  # 6 CT-0, 6 CT-2/CT-3, 4 excluded by the course task
 FAST = ["--n", str(N), "--matrix", "64", "--bootstrap", "200", "--workers", "1"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_selection", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
-
-bench = _load_script()
+bench = load_benchmark("bench_selection")
 
 
 def _model_dir(path: Path, seed: int, config: PreprocessConfig) -> Path:
