@@ -25,6 +25,11 @@ from typing import Any
 from space.spec import (
     ACTIVATIONS,
     BLOCKS,
+    MAX_CONVS,
+    MAX_FILTERS,
+    MAX_HEAD_LAYERS,
+    MAX_HEAD_UNITS,
+    MAX_LEVELS,
     NORMS,
     OPTIMIZERS,
     PADDINGS,
@@ -73,6 +78,22 @@ def _name_choices(field: str, value: object, table) -> tuple[str, ...]:
 
 def _int_choices(field: str, value: object, minimum: int) -> tuple[int, ...]:
     return _choices(field, value, lambda name, item: check_int(_OWNER, name, item, minimum))
+
+
+def _check_spec_limits(checked: dict) -> None:
+    """Refuse bounds that can draw a spec beyond `space.spec`'s limits, when the bounds are read (a --space file)
+    rather than halfway through a study, when the first such draw fails."""
+    levels = checked["n_levels"][1]
+    widest = max(checked["base_filters"]) * max(checked["growth"]) ** (levels - 1)
+    limits = (("n_levels", levels, MAX_LEVELS), ("convs_per_level", checked["convs_per_level"][1], MAX_CONVS),
+              ("head_layers", checked["head_layers"][1], MAX_HEAD_LAYERS),
+              ("head_units", max(checked["head_units"]), MAX_HEAD_UNITS),
+              ("base_filters", widest, MAX_FILTERS))
+    for field, value, limit in limits:
+        if value > limit:
+            what = ("the widest last level (base_filters x growth ** (n_levels - 1)) would have "
+                    f"{widest} filters" if field == "base_filters" else f"high {value}")
+            raise ValueError(f"{_OWNER}.{field}: {what}, above the space.spec limit of {limit}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +185,7 @@ class SpaceBounds:
         }
         if checked["lr"][0] <= 0.0:
             raise ValueError(f"{_OWNER}.lr: low must be > 0 for a log scale, got {checked['lr'][0]}")
+        _check_spec_limits(checked)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 

@@ -91,3 +91,19 @@ def test_spacebounds_from_dict_rejects_unknown_key_with_suggestion():
 def test_spacebounds_dict_round_trip_gives_equal_bounds():
     bounds = SpaceBounds(n_levels=(1, 4), lr=(1e-4, 1e-3))
     assert SpaceBounds.from_dict(bounds.to_dict()) == bounds
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"base_filters": (64, 512), "growth": (1, 2)}, "base_filters"),  # 512 x 2**4 = 8192 filters at level 5
+    ({"convs_per_level": (1, 9)}, "convs_per_level"),
+    ({"n_levels": (2, 9)}, "n_levels"),
+    ({"head_layers": (0, 5)}, "head_layers"),
+    ({"head_units": (64, 8192)}, "head_units"),
+])
+def test_bounds_beyond_the_spec_limits_are_refused_when_read(changes, field):
+    with pytest.raises(ValueError, match=rf"SpaceBounds\.{field}: .*space\.spec limit"):
+        SpaceBounds.from_dict(changes)
+
+
+def test_full_bounds_stay_within_the_spec_limits():
+    SpaceBounds.full()  # raises if the widest space this project searches could draw an invalid spec
