@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from search import schema
 from search.data import Tensors
@@ -259,8 +259,6 @@ class BudgetStop:
         now = self.clock()
         self.durations.append(now - self.last)
         self.last = now
-        if trial.state == TrialState.RUNNING:
-            return
         recent = self.durations[-10:]
         next_trial = max(max(recent), trial_seconds(self.speed, self.work) if len(recent) < 3 else 0.0)
         confirm_s = 0.0
