@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-# The workplace keeps two real scans in shared/ beside the checkout (or at /work/shared for a clone
-# made elsewhere, as CI's is); LUNGCT_REAL_CT points anywhere else.
-_CANDIDATES = [Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct", Path("/work/shared/data/real-ct")]
+# The workplace keeps two real scans in a shared/ folder beside the checkout, or beside a folder above it
+# (a clone made elsewhere in the same workspace); LUNGCT_REAL_CT points anywhere else.
+_CANDIDATES = [parent / "shared" / "data" / "real-ct" for parent in Path(__file__).resolve().parents[1:]]
 REAL_CT_DIR = Path(os.environ.get("LUNGCT_REAL_CT") or next(
     (c for c in _CANDIDATES if (c / "example_ct.nii.gz").is_file()), _CANDIDATES[0]))
 
