@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from search.errors import UsageError
+
 MAX_LENGTH = 100  # "<name>-artifacts" stays far below the 255 bytes of a file name, in UTF-8 too
 PUNCTUATION = "_.-+=@"  # beside letters and digits (any script)
 
@@ -25,15 +27,15 @@ def check_study_name(name: str) -> str:
     """
     shown = ascii(name)  # control characters, a right-to-left override: escaped, never printed raw
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"--study: a study name cannot be empty or blank, got {shown}")
+        raise UsageError(f"--study: a study name cannot be empty or blank, got {shown}")
     if len(name) > MAX_LENGTH:
-        raise ValueError(f"--study: a study name has at most {MAX_LENGTH} characters, got {len(name)}")
+        raise UsageError(f"--study: a study name has at most {MAX_LENGTH} characters, got {len(name)}")
     bad = sorted({c for c in name if not (c.isalnum() or c in PUNCTUATION)})
     if bad:
-        raise ValueError(f"--study: {shown} holds {', '.join(ascii(c) for c in bad)}; a study name names files "
+        raise UsageError(f"--study: {shown} holds {', '.join(ascii(c) for c in bad)}; a study name names files "
                          f"and folders, so it is letters, digits and {' '.join(PUNCTUATION)} only")
     if not (name[0].isalnum() or name[0] == "_"):
-        raise ValueError(f"--study: {shown} starts with {name[0]!r}; a study name starts with a letter, a digit "
+        raise UsageError(f"--study: {shown} starts with {name[0]!r}; a study name starts with a letter, a digit "
                          "or _ (a leading dot hides its files, a leading dash reads as a flag)")
     return name
 

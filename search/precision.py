@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search.errors import UsageError
+
 PRECISION_ENV = "LUNGCT_PRECISION"
 PRECISION_CHOICES = ("auto", "float32", "bf16")
 # bf16 training steps of the whole model. At the fault report's Conv3d(128, 256) at 2x4x4 the second step
@@ -146,7 +148,7 @@ def forced_precision() -> str:
     """
     value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
     if value not in PRECISION_CHOICES:
-        raise ValueError(f"{PRECISION_ENV}: expected one of {', '.join(PRECISION_CHOICES)}, got {value!r}")
+        raise UsageError(f"{PRECISION_ENV}: expected one of {', '.join(PRECISION_CHOICES)}, got {value!r}")
     return value
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from search import schema
+from search.errors import UsageError
 from search.faults import StorageError, classify, storage_fault
 from search.names import check_study_name
 from search.recovery import requeue_stale_trial as _requeue_stale
@@ -51,7 +52,7 @@ def default_storage(study: str, studies_dir: str | Path = "studies") -> str:
     try:
         Path(studies_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"--studies-dir: cannot create {studies_dir}: {e.strerror or e}") from None
+        raise UsageError(f"--studies-dir: cannot create {studies_dir}: {e.strerror or e}") from None
     return f"sqlite:///{Path(studies_dir) / study}.db"
 
 
@@ -212,7 +213,7 @@ def make_pruner(name: str, max_folds: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise ValueError(f"pruner: unknown pruner {name!r} (choose from {', '.join(PRUNERS)})")
+    raise UsageError(f"pruner: unknown pruner {name!r} (choose from {', '.join(PRUNERS)})")
 
 
 def parse_objectives(text: str) -> tuple[str, ...]:
@@ -220,7 +221,7 @@ def parse_objectives(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown or not names or names[0] != "auc" or len(set(names)) != len(names) or len(names) > 2:
-        raise ValueError(f"objectives: expected auc, auc,params or auc,flops; got {text!r}")
+        raise UsageError(f"objectives: expected auc, auc,params or auc,flops; got {text!r}")
     return names
 
 
@@ -232,7 +233,7 @@ def make_sampler(name: str, seed: int, objectives: tuple[str, ...] = ("auc",)) -
     running trial and samples exactly as without it. Each worker of a parallel run passes its own seed.
     """
     if name not in SAMPLERS:
-        raise ValueError(f"sampler: unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+        raise UsageError(f"sampler: unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if len(objectives) == 1:
@@ -286,7 +287,7 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, see
     _wait_until_created(study, wait_s)
     stored = tuple(study.user_attrs.get(schema.STUDY_OBJECTIVES, ("auc",)))
     if stored != objectives:
-        raise ValueError(f"objectives: study {name!r} was created with --objectives {','.join(stored)}; "
+        raise UsageError(f"objectives: study {name!r} was created with --objectives {','.join(stored)}; "
                          f"use that, or a new --study name")
     return study, False
 
@@ -314,7 +315,7 @@ def _wait_until_created(study: optuna.Study, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while schema.STUDY_OBJECTIVES not in study.user_attrs:
         if time.monotonic() >= deadline:
-            raise ValueError(f"study: {study.study_name!r} exists but was never completed (no stored objectives "
+            raise UsageError(f"study: {study.study_name!r} exists but was never completed (no stored objectives "
                              f"after {wait_s:g} s): the run that created it may have died while creating it; "
                              "start a new --study NAME")
         time.sleep(0.2)
@@ -329,13 +330,13 @@ def load_existing_study(name: str, storage_url: str) -> optuna.Study:
     database = sqlite_file(storage_url)
     if database is not None and not Path(database).is_file():
         # Opening a missing SQLite file would create an empty database under a mistyped name.
-        raise ValueError(f"study: no study {name!r} in {redact(storage_url)}: that database file does not exist "
+        raise UsageError(f"study: no study {name!r} in {redact(storage_url)}: that database file does not exist "
                          "(run python -m search.run first, or give the --study/--storage of an existing study)")
     storage = open_storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
         have = f"; studies there: {', '.join(sorted(names))}" if names else "; it holds no study yet"
-        raise ValueError(f"study: no study {name!r} in {redact(storage_url)}{have} "
+        raise UsageError(f"study: no study {name!r} in {redact(storage_url)}{have} "
                          "(run python -m search.run first)")
     return optuna.load_study(study_name=name, storage=storage)
 

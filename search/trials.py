@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import schema
+from search.errors import UsageError
 from search.study import BASELINE_ATTR
 
 COSTS = {"params": "parameters", "gflops": "GFLOPs"}
@@ -34,7 +35,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     """
     ranked = ranked_trials(study)
     if not ranked:
-        raise ValueError(f"study: {study.study_name!r} has no complete trial yet (run python -m search.run)")
+        raise UsageError(f"study: {study.study_name!r} has no complete trial yet (run python -m search.run)")
     return ranked[0]
 
 
