@@ -73,13 +73,12 @@ class FitResult:
 
     Attributes:
         history: One entry per epoch run.
-        best_epoch: 1-based epoch with the best validation AUC (the last epoch without validation).
+        best_epoch: 1-based epoch with the best validation AUC (the last epoch without validation); the
+            ablation reports it for reference only, as every score is the last epoch's.
         best_auc: That AUC (NaN without validation).
-        best_state: The model's state dict at ``best_epoch``, on the CPU.
         train_seconds: Wall time of the training steps (validation excluded).
         data_seconds: The part of it spent making batches (gathering, casting, augmenting): on the CPU
             the time a step waits for its data; on a GPU only the host's share (kernels run async).
-        samples_per_s: Training samples per second.
         precision: What training and its validation ran in: ``bf16`` (autocast) or ``float32``.
         precision_reason: Why, e.g. "float32: bf16 gradients not repeatable on this CPU at this model's
             shapes".
@@ -88,17 +87,10 @@ class FitResult:
     history: list[EpochResult] = field(default_factory=list)
     best_epoch: int = 0
     best_auc: float = math.nan
-    best_state: dict[str, torch.Tensor] | None = None
     train_seconds: float = 0.0
     data_seconds: float = 0.0
-    samples_per_s: float = 0.0
     precision: str = "float32"
     precision_reason: str = ""
-
-    @property
-    def best(self) -> EpochResult | None:
-        """The epoch entry of ``best_epoch``."""
-        return self.history[self.best_epoch - 1] if self.best_epoch else None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -210,7 +202,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Tensors, device: torch.device,
 
 def fit(
     model: nn.Module,
-    train: Tensors,
+    data: Tensors,
     val: Tensors | None,
     *,
     optimizer: str,
@@ -224,11 +216,11 @@ def fit(
     amp: bool | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` for ``epochs`` epochs on ``train``, evaluating ROC AUC on ``val`` after each.
+    """Train ``model`` for ``epochs`` epochs on ``data``, evaluating ROC AUC on ``val`` after each.
 
     Args:
         model: A freshly built model (its initial weights should come from ``seed``).
-        train: Training set; shuffled each epoch, augmented when ``augment`` is given.
+        data: Training set; shuffled each epoch, augmented when ``augment`` is given.
         val: Validation set, never augmented; None trains without evaluating (best = last epoch).
         optimizer, lr, weight_decay, batch_size: From the trial's training spec.
         epochs: Epochs to run unless ``on_epoch`` stops it (e.g. by raising ``optuna.TrialPruned``).
@@ -252,11 +244,11 @@ def fit(
         if amp:
             # A full training batch's shape, so the probe checks the kernels training runs; a shorter last
             # batch is not probed apart, as the CPU fault measured the same at batch sizes 1 to 8.
-            shape = (min(batch_size, max(len(train), 1)), *train.volumes.shape[1:])
+            shape = (min(batch_size, max(len(data), 1)), *data.volumes.shape[1:])
             precision = choose_precision(model, shape, device)
         else:
             precision = Precision(False, "float32: bf16 not requested")
-        return _train(model, train, val, optimizer, lr, weight_decay, batch_size, epochs, device, seed, augment,
+        return _train(model, data, val, optimizer, lr, weight_decay, batch_size, epochs, device, seed, augment,
                       precision, on_epoch)
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
@@ -269,7 +261,7 @@ def fit(
     raise TrainingOutOfMemory(f"out of memory on {device_name(device)} ({kind})")
 
 
-def _train(model: nn.Module, train: Tensors, val: Tensors | None, optimizer: str, lr: float, weight_decay: float,
+def _train(model: nn.Module, data: Tensors, val: Tensors | None, optimizer: str, lr: float, weight_decay: float,
            batch_size: int, epochs: int, device: torch.device, seed: int, augment: AugmentConfig | None,
            precision: Precision, on_epoch: Callable[[EpochResult], None] | None) -> FitResult:
     """The epoch loop of :func:`fit`, in the resolved ``precision``."""
@@ -278,11 +270,10 @@ def _train(model: nn.Module, train: Tensors, val: Tensors | None, optimizer: str
         keep_freed_memory()
     model = model.to(device).to(memory_format=torch.channels_last_3d)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
-    train = place(train, device)
+    data = place(data, device)
     generator = torch.Generator().manual_seed(seed)
     result = FitResult(precision=precision.name, precision_reason=precision.reason)
-    n = len(train)
-    samples = 0
+    n = len(data)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -293,9 +284,9 @@ def _train(model: nn.Module, train: Tensors, val: Tensors | None, optimizer: str
         total, seen = 0.0, 0
         for step, begin in enumerate(range(0, len(order), batch_size), start=1):
             fetch = time.perf_counter()
-            rows = order[begin:begin + batch_size].to(train.volumes.device)
-            x = _to_input(train.volumes[rows], device)
-            y = train.labels[rows].to(device).float()
+            rows = order[begin:begin + batch_size].to(data.volumes.device)
+            x = _to_input(data.volumes[rows], device)
+            y = data.labels[rows].to(device).float()
             if augment is not None:
                 x = augment_batch(x, generator, augment).contiguous(memory_format=torch.channels_last_3d)
             result.data_seconds += time.perf_counter() - fetch
@@ -318,17 +309,14 @@ def _train(model: nn.Module, train: Tensors, val: Tensors | None, optimizer: str
             metrics = binary_metrics(val.labels.cpu().numpy(), probs)
         entry = EpochResult(epoch, total / max(seen, 1), metrics, time.perf_counter() - start)
         result.history.append(entry)
-        # Without validation the last epoch is the one kept; with it, the first epoch of the highest AUC.
+        # Without validation the best epoch is the last; with it, the first epoch of the highest AUC.
         if metrics is None:
             improved = True
         else:
             improved = math.isfinite(metrics.auc) and (math.isnan(result.best_auc) or metrics.auc > result.best_auc)
-        if improved or result.best_state is None:
+        if improved or not result.best_epoch:
             result.best_epoch = epoch
             result.best_auc = metrics.auc if metrics is not None else math.nan
-            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        samples += seen
-        result.samples_per_s = samples / max(result.train_seconds, 1e-9)
         if on_epoch is not None:
             on_epoch(entry)
     return result
