@@ -29,6 +29,7 @@ summary read.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import tempfile
@@ -49,10 +50,11 @@ from search.artifacts import AtomicArtifactStore
 from search.data import Tensors
 from search.intervals import auc_rows, stratified_resamples
 from search.metrics import binary_metrics
-from search.recovery import INTERRUPTED, record_worker, recover_trials
+from search.recovery import recover_trials
 from search.study import fail_running
 from search.train import EpochResult, device_name, recalibrate_batchnorm
-from search.trainer import Trained, TrainingFailed, predict_finite, train_spec
+from search.trainer import Trained, predict_finite, train_model
+from search.trial_run import KnownFailure, trial_run
 from search.trials import ranked_trials
 from space import ArchSpec, TrainSpec, baseline, baseline_train, fit_to_size
 
@@ -78,7 +80,7 @@ class Candidate:
     key: str
     trial: int | None
     spec: ArchSpec
-    train: TrainSpec
+    train_spec: TrainSpec
     search_score: float | None = None
     search_se: float | None = None
 
@@ -124,8 +126,12 @@ class ConfirmSettings:
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
-        return {"epochs": self.epochs, "seed": self.seed, "folds": self.folds, "repeats": self.repeats,
-                "fold_seed": self.fold_seed, "top_k": self.top_k, "alpha": self.alpha, "resamples": self.resamples}
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ConfirmSettings:
+        """Read :meth:`to_dict`'s output; unknown keys are ignored."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 def run_seed(settings: ConfirmSettings, repeat: int, fold: int) -> int:
@@ -206,9 +212,10 @@ class RunResult:
     def from_trial(cls, t: FrozenTrial) -> RunResult:
         """Read a finished companion-study trial."""
         a = t.user_attrs
-        auc = float(a["auc"]) if a.get("auc") is not None else math.nan
-        return cls(a["candidate"], int(a["repeat"]), int(a["fold"]), auc, tuple(a.get("labels", ())),
-                   tuple(a.get("probs", ())), a.get(schema.PRUNE_REASON), a.get(schema.WEIGHTS_ARTIFACT))
+        auc = float(a[schema.AUC]) if a.get(schema.AUC) is not None else math.nan
+        return cls(a[schema.CANDIDATE], int(a[schema.REPEAT]), int(a[schema.FOLD]), auc,
+                   tuple(a.get(schema.LABELS, ())), tuple(a.get(schema.PROBS, ())), a.get(schema.PRUNE_REASON),
+                   a.get(schema.WEIGHTS_ARTIFACT))
 
 
 def finished_runs(study: optuna.Study) -> dict[tuple[str, int, int], RunResult]:
@@ -216,8 +223,8 @@ def finished_runs(study: optuna.Study) -> dict[tuple[str, int, int], RunResult]:
     done = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         a = t.user_attrs
-        if {"candidate", "repeat", "fold"} <= a.keys():
-            done.setdefault((a["candidate"], int(a["repeat"]), int(a["fold"])), RunResult.from_trial(t))
+        if {schema.CANDIDATE, schema.REPEAT, schema.FOLD} <= a.keys():
+            done.setdefault((a[schema.CANDIDATE], int(a[schema.REPEAT]), int(a[schema.FOLD])), RunResult.from_trial(t))
     return done
 
 
@@ -232,13 +239,13 @@ class ConfirmRunner:
         settings: Epochs, seeds, rule.
         device: Where to train.
         amp: bf16 autocast allowed.
-        train_fn: The training unit (``search.trainer.train_spec``); tests pass a controlled one.
+        train_fn: The training unit (``search.trainer.train_model``); tests pass a controlled one.
         progress: Show a bar (None: when stderr is a terminal).
         artifacts: Folder of the artifact store that keeps each run's weights (None: weights not kept).
     """
 
     def __init__(self, folds: Sequence[ConfirmFold], settings: ConfirmSettings, device, amp: bool = False,
-                 train_fn: TrainFn = train_spec, progress: bool | None = None,
+                 train_fn: TrainFn = train_model, progress: bool | None = None,
                  artifacts: str | Path | None = None):
         self.folds = list(folds)
         self.store = None
@@ -262,7 +269,7 @@ class ConfirmRunner:
             for i, (fold, candidate) in enumerate(todo, start=1):
                 bar.set_description(f"confirm {candidate.key} r{fold.repeat}f{fold.fold}")
                 companion.optimize(lambda trial, f=fold, c=candidate: self._objective(trial, c, f, bar),
-                                   n_trials=1, catch=(_RunFailed,))
+                                   n_trials=1, catch=(KnownFailure,))
                 trial = companion.get_trials(deepcopy=False)[self.running]
                 self.running = None
                 line = _run_line(trial, candidate, fold)
@@ -278,40 +285,27 @@ class ConfirmRunner:
 
     def _objective(self, trial: optuna.Trial, candidate: Candidate, fold: ConfirmFold, bar) -> float:
         self.running = trial.number
-        record_worker(trial)
         seed = run_seed(self.settings, fold.repeat, fold.fold)
-        for key, value in (("candidate", candidate.key), ("search_trial", candidate.trial), ("repeat", fold.repeat),
-                           ("fold", fold.fold), ("seed", seed), (schema.SPEC, candidate.spec.to_dict()),
-                           (schema.TRAIN_SPEC, candidate.train.to_dict()), (schema.DEVICE, device_name(self.device)),
-                           ("n_train", len(fold.train)), ("n_val", len(fold.val))):
-            trial.set_user_attr(key, value)
 
         def on_epoch(result: EpochResult) -> None:
             bar.set_postfix(epoch=f"{result.epoch}/{self.settings.epochs}", loss=f"{result.train_loss:.3f}")
 
-        try:
-            trained = self.train_fn(candidate.spec, candidate.train, fold.train, None, epochs=self.settings.epochs,
-                                    device=self.device, seed=seed, amp=self.amp, on_epoch=on_epoch)
-            recomputed = recalibrate_batchnorm(trained.model, fold.train, self.device, candidate.train.batch_size)
+        with trial_run(trial) as run:
+            run.set({schema.CANDIDATE: candidate.key, schema.SEARCH_TRIAL: candidate.trial, schema.REPEAT: fold.repeat,
+                     schema.FOLD: fold.fold, schema.SEED: seed, schema.SPEC: candidate.spec.to_dict(),
+                     schema.TRAIN_SPEC: candidate.train_spec.to_dict(), schema.DEVICE: device_name(self.device),
+                     schema.N_TRAIN: len(fold.train), schema.N_VAL: len(fold.val)})
+            trained = self.train_fn(candidate.spec, candidate.train_spec, fold.train, None,
+                                    epochs=self.settings.epochs, device=self.device, seed=seed, amp=self.amp,
+                                    on_epoch=on_epoch)
+            recomputed = recalibrate_batchnorm(trained.model, fold.train, self.device, candidate.train_spec.batch_size)
             probs = predict_finite(trained, fold.val.volumes, self.device, amp=self.amp)
-        except TrainingFailed as e:
-            if e.kind == "out_of_memory":
-                trial.set_user_attr(schema.FAIL_REASON, str(e))
-                raise _RunFailed(str(e)) from None
-            # Pruned, not failed: the same seed would diverge again, so a resume does not redo it.
-            trial.set_user_attr(schema.PRUNE_REASON, str(e))
-            raise optuna.TrialPruned(str(e)) from None
-        except KeyboardInterrupt:
-            trial.set_user_attr(schema.FAIL_REASON, INTERRUPTED)
-            raise
         labels = fold.val.labels.cpu().numpy().astype(int)
         auc = binary_metrics(labels, probs).auc
-        trial.set_user_attr("auc", auc)
-        trial.set_user_attr("labels", labels.tolist())
-        trial.set_user_attr("probs", [round(float(p), 6) for p in probs])
-        trial.set_user_attr(schema.TRAIN_SECONDS, round(trained.fitted.train_seconds, 2))
-        trial.set_user_attr(schema.TRAIN_LOSS, [round(e.train_loss, 5) for e in trained.fitted.history])
-        trial.set_user_attr(schema.BN_RECOMPUTED, recomputed)
+        run.set({schema.AUC: auc, schema.LABELS: labels.tolist(), schema.PROBS: [round(float(p), 6) for p in probs],
+                 schema.TRAIN_SECONDS: round(trained.fitted.train_seconds, 2),
+                 schema.TRAIN_LOSS: [round(e.train_loss, 5) for e in trained.fitted.history],
+                 schema.BN_RECOMPUTED: recomputed})
         if self.store is not None:
             trial.set_user_attr(schema.WEIGHTS_ARTIFACT, self._keep_weights(trial, trained.model))
         return auc
@@ -322,10 +316,6 @@ class ConfirmRunner:
             path = Path(tmp) / f"confirm-{trial.number}.safetensors"
             save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(path))
             return upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
-
-
-class _RunFailed(Exception):
-    """A confirmation run failed for a known reason (out of memory); recorded on its trial."""
 
 
 def _run_line(trial: FrozenTrial, candidate: Candidate, fold: ConfirmFold) -> str:
@@ -348,9 +338,141 @@ def _paired_bootstrap(runs_a: Sequence[RunResult], runs_b: Sequence[RunResult], 
     return total / max(len(runs_a), 1)
 
 
+def _to_json(value):
+    """Tuples to lists, all the way down: the stored decision is plain JSON."""
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+# What a row or a recommendation stored by an older lungct-nas lacks, and what that means (before 912791f
+# the confirmation kept no fold models).
+OLDER_DECISIONS_LACK = {"members": None}
+
+
+def _fields_from(cls, d: dict, older_lack: dict) -> dict:
+    """``d``'s known fields, with what a decision stored by an older lungct-nas lacks filled in."""
+    d = {**older_lack, **d}
+    return {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One candidate's confirmation: its fold AUCs, its confirmed score and how it compares to the baseline.
+
+    Attributes:
+        key: ``baseline`` or ``trial<n>``.
+        trial: The search trial it came from (None: the baseline had no trial).
+        baseline: Whether it is the seed baseline.
+        spec: ``ArchSpec.to_dict()`` of what was trained.
+        train_spec: ``TrainSpec.to_dict()``.
+        search_score: Its score in the search (None: no complete trial).
+        search_se: That score's standard error.
+        fold_aucs: Its AUC on each fresh fold, in fold order (None: that run is missing or diverged).
+        confirmed: The mean of its fold AUCs (None: not every run finished).
+        members: Artifact ids of its fold models' weights (None: not kept, or an older confirmation).
+        difference: Its confirmed score minus the baseline's (None for the baseline, or when unscored).
+        difference_low: The one-sided lower bound of the paired difference.
+        beats_baseline: Whether that lower bound is above 0.
+        reason: Why it has no confirmed score (None when it has one).
+    """
+
+    key: str
+    trial: int | None
+    baseline: bool
+    spec: dict
+    train_spec: dict
+    search_score: float | None
+    search_se: float | None
+    fold_aucs: tuple[float | None, ...]
+    confirmed: float | None
+    members: tuple[str, ...] | None
+    difference: float | None
+    difference_low: float | None
+    beats_baseline: bool
+    reason: str | None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CandidateResult:
+        """Read a stored row."""
+        f = _fields_from(cls, d, OLDER_DECISIONS_LACK)
+        f["fold_aucs"] = tuple(f["fold_aucs"])
+        f["members"] = None if f["members"] is None else tuple(f["members"])
+        return cls(**f)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The candidate the rule recommends, and why."""
+
+    key: str
+    trial: int | None
+    baseline: bool
+    confirmed: float | None
+    spec: dict
+    train_spec: dict
+    members: tuple[str, ...] | None
+    why: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recommendation:
+        """Read a stored recommendation."""
+        f = _fields_from(cls, d, OLDER_DECISIONS_LACK)
+        f["members"] = None if f["members"] is None else tuple(f["members"])
+        return cls(**f)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The confirmation's result, stored on the search study as its ``confirmation`` user attr.
+
+    Attributes:
+        rule: The rule applied, in words.
+        settings: What the confirmation ran with.
+        folds: The (repeat, fold) pairs every candidate ran on.
+        candidates: The baseline first, then the search's candidates.
+        recommended: What the rule recommends.
+        companion_study: The study that holds the runs (None until :func:`confirm` stores the decision).
+    """
+
+    rule: str
+    settings: ConfirmSettings
+    folds: tuple[tuple[int, int], ...]
+    candidates: tuple[CandidateResult, ...]
+    recommended: Recommendation
+    companion_study: str | None = None
+
+    def to_dict(self) -> dict:
+        """The stored, JSON-ready form (``companion_study`` only once it is known)."""
+        d = _to_json(dataclasses.asdict(self))
+        if d["companion_study"] is None:
+            del d["companion_study"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Decision:
+        """Read a stored decision, including one stored by an older lungct-nas."""
+        return cls(rule=d["rule"], settings=ConfirmSettings.from_dict(d["settings"]),
+                   folds=tuple((int(r), int(f)) for r, f in d["folds"]),
+                   candidates=tuple(CandidateResult.from_dict(r) for r in d["candidates"]),
+                   recommended=Recommendation.from_dict(d["recommended"]), companion_study=d.get("companion_study"))
+
+    def candidate(self, key: str) -> CandidateResult | None:
+        """The row of candidate ``key``, if it was confirmed."""
+        return next((r for r in self.candidates if r.key == key), None)
+
+
+def stored_decision(study: optuna.Study) -> Decision | None:
+    """The confirmation's decision stored on ``study``, or None when it has not been confirmed yet."""
+    d = study.user_attrs.get(schema.STUDY_CONFIRMATION)
+    return Decision.from_dict(d) if d else None
+
+
 def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], RunResult],
-           folds: Sequence[tuple[int, int]], settings: ConfirmSettings) -> dict:
-    """Apply the rule (module docstring) to finished runs; return the JSON-ready decision.
+           folds: Sequence[tuple[int, int]], settings: ConfirmSettings) -> Decision:
+    """Apply the rule (module docstring) to finished runs.
 
     Args:
         candidates: The baseline first, then the search's candidates.
@@ -360,49 +482,51 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
     """
     k = max(len(candidates) - 1, 1)
     level = settings.alpha / k
-    rows = []
+    rows: list[CandidateResult] = []
     base_runs = [runs.get((BASELINE_KEY, r, f)) for r, f in folds]
     base_ok = all(run is not None and math.isfinite(run.auc) for run in base_runs)
     for c in candidates:
         mine = [runs.get((c.key, r, f)) for r, f in folds]
         ok = all(run is not None and math.isfinite(run.auc) for run in mine)
-        row = {"key": c.key, "trial": c.trial, "baseline": c.key == BASELINE_KEY, "spec": c.spec.to_dict(),
-               "train_spec": c.train.to_dict(), "search_score": c.search_score, "search_se": c.search_se,
-               "fold_aucs": [None if run is None else _finite(run.auc) for run in mine],
-               "confirmed": float(np.mean([run.auc for run in mine])) if ok else None,
-               "members": [run.weights for run in mine] if ok and all(run.weights for run in mine) else None,
-               "difference": None, "difference_low": None, "beats_baseline": False,
-               "reason": None if ok else next((run.reason for run in mine if run is not None and run.reason),
-                                              "runs missing or diverged")}
+        confirmed = float(np.mean([run.auc for run in mine])) if ok else None
+        difference = difference_low = None
         if ok and base_ok and c.key != BASELINE_KEY:
             replicates = _paired_bootstrap(mine, base_runs, settings.resamples, settings.seed)
             replicates = replicates[np.isfinite(replicates)]
-            row["difference"] = row["confirmed"] - float(np.mean([run.auc for run in base_runs]))
-            row["difference_low"] = float(np.quantile(replicates, level)) if replicates.size else None
-            row["beats_baseline"] = row["difference_low"] is not None and row["difference_low"] > 0.0
-        rows.append(row)
-    winners = [r for r in rows if r["beats_baseline"]]
+            difference = confirmed - float(np.mean([run.auc for run in base_runs]))
+            difference_low = float(np.quantile(replicates, level)) if replicates.size else None
+        rows.append(CandidateResult(
+            key=c.key, trial=c.trial, baseline=c.key == BASELINE_KEY, spec=c.spec.to_dict(),
+            train_spec=c.train_spec.to_dict(), search_score=c.search_score, search_se=c.search_se,
+            fold_aucs=tuple(None if run is None else _finite(run.auc) for run in mine), confirmed=confirmed,
+            members=tuple(run.weights for run in mine) if ok and all(run.weights for run in mine) else None,
+            difference=difference, difference_low=difference_low,
+            beats_baseline=difference_low is not None and difference_low > 0.0,
+            reason=None if ok else next((run.reason for run in mine if run is not None and run.reason),
+                                        "runs missing or diverged")))
+    winners = [r for r in rows if r.beats_baseline]
     if winners:
-        chosen = max(winners, key=lambda r: r["confirmed"])
-        why = (f"{chosen['key']} beats the seed baseline by {chosen['difference']:+.3f} AUC; its one-sided "
-               f"{100 * (1 - level):.1f}% lower bound ({chosen['difference_low']:+.3f}) is above 0")
+        chosen = max(winners, key=lambda r: r.confirmed)
+        why = (f"{chosen.key} beats the seed baseline by {chosen.difference:+.3f} AUC; its one-sided "
+               f"{100 * (1 - level):.1f}% lower bound ({chosen.difference_low:+.3f}) is above 0")
     elif base_ok:
         chosen = rows[0]
         why = ("no candidate beats the seed baseline by more than the paired noise (one-sided "
                f"{100 * (1 - level):.1f}% lower bound of the difference above 0), so the baseline stays")
     else:
-        scored = [r for r in rows if r["confirmed"] is not None]
+        scored = [r for r in rows if r.confirmed is not None]
         if not scored:
             raise ValueError("confirmation: no candidate finished its runs; nothing can be recommended")
-        chosen = max(scored, key=lambda r: r["confirmed"])
+        chosen = max(scored, key=lambda r: r.confirmed)
         why = "the seed baseline's runs diverged or are missing; the best confirmed candidate is recommended"
-    return {"rule": (f"recommend the best-confirmed candidate whose paired AUC difference to the seed baseline has "
-                     f"a one-sided {100 * (1 - level):.1f}% lower bound above 0 (alpha {settings.alpha} over {k} "
-                     "candidates, Bonferroni); else the seed baseline"),
-            "settings": settings.to_dict(), "folds": [list(f) for f in folds], "candidates": rows,
-            "recommended": {"key": chosen["key"], "trial": chosen["trial"], "baseline": chosen["baseline"],
-                            "confirmed": chosen["confirmed"], "spec": chosen["spec"],
-                            "train_spec": chosen["train_spec"], "members": chosen["members"], "why": why}}
+    rule = (f"recommend the best-confirmed candidate whose paired AUC difference to the seed baseline has "
+            f"a one-sided {100 * (1 - level):.1f}% lower bound above 0 (alpha {settings.alpha} over {k} "
+            "candidates, Bonferroni); else the seed baseline")
+    recommended = Recommendation(key=chosen.key, trial=chosen.trial, baseline=chosen.baseline,
+                                 confirmed=chosen.confirmed, spec=chosen.spec, train_spec=chosen.train_spec,
+                                 members=chosen.members, why=why)
+    return Decision(rule=rule, settings=settings, folds=tuple((int(r), int(f)) for r, f in folds),
+                    candidates=tuple(rows), recommended=recommended)
 
 
 def _finite(value: float) -> float | None:
@@ -411,8 +535,8 @@ def _finite(value: float) -> float | None:
 
 def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Sequence[ConfirmFold],
             settings: ConfirmSettings, size: tuple[int, int, int], device, amp: bool = False,
-            train_fn: TrainFn = train_spec, progress: bool | None = None,
-            artifacts: str | Path | None = None) -> dict:
+            train_fn: TrainFn = train_model, progress: bool | None = None,
+            artifacts: str | Path | None = None) -> Decision:
     """Run (or resume) the confirmation of ``study`` and store the decision on it.
 
     ``artifacts`` is the artifact store's folder where each run's weights are kept (see
@@ -429,23 +553,25 @@ def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Se
         print(f"confirmation: {line}", file=sys.stderr)
     runner = ConfirmRunner(folds, settings, device, amp, train_fn, progress, artifacts)
     runs = runner.run(companion, candidates)
-    decision = decide(candidates, runs, [(f.repeat, f.fold) for f in folds], settings)
-    decision["companion_study"] = companion.study_name
-    study.set_user_attr(schema.STUDY_CONFIRMATION, decision)
+    decision = dataclasses.replace(decide(candidates, runs, [(f.repeat, f.fold) for f in folds], settings),
+                                   companion_study=companion.study_name)
+    study.set_user_attr(schema.STUDY_CONFIRMATION, decision.to_dict())
     return decision
 
 
-def format_decision(decision: dict) -> str:
-    """The confirmation in a few lines, for the console."""
-    lines = [f"confirmation ({decision['settings']['folds']}-fold x {decision['settings']['repeats']} on fresh folds, "
-             f"{decision['settings']['epochs']} epochs, new seeds):"]
+def format_decision(decision: Decision | dict) -> str:
+    """The confirmation in a few lines, for the console (a stored dict is read first)."""
+    if isinstance(decision, dict):
+        decision = Decision.from_dict(decision)
+    s = decision.settings
+    lines = [f"confirmation ({s.folds}-fold x {s.repeats} on fresh folds, {s.epochs} epochs, new seeds):"]
     lines.append(f"  {'candidate':<12} {'search':>7} {'confirmed':>9} {'vs baseline':>11} {'lower bound':>11}")
-    for r in decision["candidates"]:
-        search = f"{r['search_score']:.3f}" if r["search_score"] is not None else "-"
-        confirmed = f"{r['confirmed']:.3f}" if r["confirmed"] is not None else "failed"
-        diff = f"{r['difference']:+.3f}" if r["difference"] is not None else "-"
-        low = f"{r['difference_low']:+.3f}" if r["difference_low"] is not None else "-"
-        lines.append(f"  {r['key']:<12} {search:>7} {confirmed:>9} {diff:>11} {low:>11}")
-    rec = decision["recommended"]
-    lines.append(f"recommended: {rec['key']} ({rec['why']})")
+    for r in decision.candidates:
+        search = f"{r.search_score:.3f}" if r.search_score is not None else "-"
+        confirmed = f"{r.confirmed:.3f}" if r.confirmed is not None else "failed"
+        diff = f"{r.difference:+.3f}" if r.difference is not None else "-"
+        low = f"{r.difference_low:+.3f}" if r.difference_low is not None else "-"
+        lines.append(f"  {r.key:<12} {search:>7} {confirmed:>9} {diff:>11} {low:>11}")
+    rec = decision.recommended
+    lines.append(f"recommended: {rec.key} ({rec.why})")
     return "\n".join(lines)

@@ -34,14 +34,12 @@ import torch
 from search import schema
 from search.data import Tensors
 from search.metrics import binary_metrics
-from search.recovery import INTERRUPTED, record_worker
 from search.train import EpochResult, FitResult, device_name, place, recalibrate_batchnorm
-from search.trainer import TrainingFailed, auc_standard_error, predict_finite, train_spec
+from search.trainer import OUT_OF_MEMORY, TrainingFailed, auc_standard_error, predict_finite, train_model
+from search.trial_run import KnownFailure, TrialRun, trial_run
 from space import SpaceBounds, cost, fit_cost, fit_sampled, sample
 
-
-class TrialFailed(Exception):
-    """A trial failed for a known reason (recorded as its ``fail_reason``); the study goes on."""
+TrialFailed = KnownFailure  # the old name, still imported by search.run and search.parallel
 
 
 @dataclass(frozen=True)
@@ -128,21 +126,18 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.running = trial.number
-        record_worker(trial)
         try:
-            value = self._run(trial)
-        except KeyboardInterrupt:  # ``running`` stays: the caller fails the trial, and may queue it again
-            trial.set_user_attr(schema.FAIL_REASON, INTERRUPTED)
-            raise
-        except Exception:  # pruned or failed: finished by Optuna
-            self.running = None
+            with trial_run(trial) as run:
+                value = self._run(run)
+        except Exception:  # pruned or failed: finished by Optuna (after Ctrl-C ``running`` stays: the caller
+            self.running = None  # fails the trial, and may queue it again)
             raise
         self.running = None
         return value
 
-    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        s = self.settings
-        sampled, train_settings = sample(trial, s.bounds)
+    def _run(self, run: TrialRun) -> float | tuple[float, float]:
+        s, trial = self.settings, run.trial
+        sampled, train_spec = sample(trial, s.bounds)
         arch, note = fit_sampled(sampled, s.size)
         if note:
             trial.set_user_attr(schema.PADDING_FALLBACK, note)
@@ -152,14 +147,13 @@ class Objective:
         if note:
             trial.set_user_attr(schema.COST_FALLBACK, note)
         spec_cost = cost(arch, s.size)
-        for key, value in ((schema.SPEC, arch.to_dict()), (schema.TRAIN_SPEC, train_settings.to_dict()),
-                           (schema.PARAMS, spec_cost.params), (schema.KERAS_PARAMS, spec_cost.keras_params),
-                           (schema.GFLOPS, spec_cost.gflops), (schema.DEVICE, device_name(s.device)),
-                           (schema.AMP_BF16, s.amp), (schema.N_VAL, [len(f.val) for f in self.folds])):
-            trial.set_user_attr(key, value)
+        run.set({schema.SPEC: arch.to_dict(), schema.TRAIN_SPEC: train_spec.to_dict(),
+                 schema.PARAMS: spec_cost.params, schema.KERAS_PARAMS: spec_cost.keras_params,
+                 schema.GFLOPS: spec_cost.gflops, schema.DEVICE: device_name(s.device), schema.AMP_BF16: s.amp,
+                 schema.N_VAL: [len(f.val) for f in self.folds]})
         if s.max_gflops is not None and spec_cost.gflops > s.max_gflops and not is_baseline:
-            self._prune(trial, f"too costly for this fidelity: {spec_cost.gflops:.1f} GFLOPs/sample, above the cap "
-                               f"of {s.max_gflops:g} (--max-gflops)")
+            run.prune(f"too costly for this fidelity: {spec_cost.gflops:.1f} GFLOPs/sample, above the cap "
+                      f"of {s.max_gflops:g} (--max-gflops)")
 
         single = len(s.objectives) == 1
         fits: list[FitResult] = []
@@ -167,32 +161,32 @@ class Objective:
         ses: list[float] = []
         start = time.perf_counter()
         model = None
-        for fold in self.folds:
-            history: list[EpochResult] = []
+        history: list[EpochResult] = []  # the running fold's epochs
 
-            def on_epoch(result: EpochResult, history=history) -> None:
-                history.append(result)
-                if self.on_epoch is not None:
-                    self.on_epoch(trial, result)
+        def on_epoch(result: EpochResult) -> None:
+            history.append(result)
+            if self.on_epoch is not None:
+                self.on_epoch(trial, result)
 
-            try:
-                trained = train_spec(arch, train_settings, fold.train, None, epochs=s.epochs, device=s.device,
-                                     seed=fold_seed(s.seed, trial.number, fold.index), amp=s.amp, on_epoch=on_epoch)
-                model = trained.model
-                fits.append(trained.fitted)
-                if s.recompute_bn:
-                    recomputed = recalibrate_batchnorm(model, fold.train, s.device, train_settings.batch_size)
-                    trial.set_user_attr(schema.BN_RECOMPUTED, recomputed)
-                probs = predict_finite(trained, fold.val.volumes, s.device, amp=s.amp)
-            except TrainingFailed as e:
-                if history and len(fits) == len(aucs):
-                    fits.append(FitResult(history=history))
-                self._record(trial, fits, aucs, ses, start)
-                if e.kind == "out_of_memory":
-                    trial.set_user_attr(schema.FAIL_REASON, str(e))
-                    raise TrialFailed(str(e)) from None
+        def on_failure(error: TrainingFailed) -> None:
+            if history and len(fits) == len(aucs):  # the failing fold's epochs, unless it trained to the end
+                fits.append(FitResult(history=history))
+            self._record(trial, fits, aucs, ses, start)
+            if error.kind != OUT_OF_MEMORY:  # a pruned trial keeps what it trained; a failed one does not
                 self._finish(trial, fits, model)
-                self._prune(trial, f"fold {fold.index + 1}: {e}")
+
+        run.on_failure = on_failure
+        for fold in self.folds:
+            history = []
+            run.where = f"fold {fold.index + 1}"
+            trained = train_model(arch, train_spec, fold.train, None, epochs=s.epochs, device=s.device,
+                                  seed=fold_seed(s.seed, trial.number, fold.index), amp=s.amp, on_epoch=on_epoch)
+            model = trained.model
+            fits.append(trained.fitted)
+            if s.recompute_bn:
+                recomputed = recalibrate_batchnorm(model, fold.train, s.device, train_spec.batch_size)
+                trial.set_user_attr(schema.BN_RECOMPUTED, recomputed)
+            probs = predict_finite(trained, fold.val.volumes, s.device, amp=s.amp)
             labels = fold.val.labels.cpu().numpy()
             aucs.append(binary_metrics(labels, probs).auc)
             ses.append(auc_standard_error(labels, probs, seed=fold.index))
@@ -202,9 +196,9 @@ class Objective:
                 if trial.should_prune():
                     self._record(trial, fits, aucs, ses, start)
                     self._finish(trial, fits, model)
-                    self._prune(trial, f"pruned after fold {fold.index + 1} of {len(self.folds)}: mean AUC "
-                                       f"{mean:.3f} on {sum(len(f.val) for f in self.folds[:len(aucs)])} "
-                                       "validation scans, below the pruner's bar")
+                    run.prune(f"pruned after fold {fold.index + 1} of {len(self.folds)}: mean AUC "
+                              f"{mean:.3f} on {sum(len(f.val) for f in self.folds[:len(aucs)])} "
+                              "validation scans, below the pruner's bar")
         self._record(trial, fits, aucs, ses, start)
         self._finish(trial, fits, model)
         value, _ = score_of(aucs, ses)
@@ -212,10 +206,6 @@ class Objective:
             trial.report(value, len(self.folds))
             return value
         return value, float(spec_cost.params if s.objectives[1] == "params" else spec_cost.gflops)
-
-    def _prune(self, trial: optuna.Trial, reason: str) -> None:
-        trial.set_user_attr(schema.PRUNE_REASON, reason)
-        raise optuna.TrialPruned(reason)
 
     def _record(self, trial: optuna.Trial, fits: list[FitResult], aucs: list[float], ses: list[float],
                 start: float) -> None:

@@ -25,7 +25,8 @@ FOLD_AUCS = "fold_aucs"  # final-epoch validation AUC of each fold trained, in f
 FOLD_SES = "fold_ses"  # bootstrap standard error of each of those AUCs
 SCORE = "score"  # mean of FOLD_AUCS over all folds: the trial's value
 SCORE_SE = "score_se"  # standard error of SCORE (scan sampling, folds independent)
-N_VAL = "n_val"  # validation scans per fold
+N_VAL = "n_val"  # validation scans per fold (a confirmation or ablation run: of its one fold)
+N_TRAIN = "n_train"  # training scans of a confirmation or ablation run's fold
 FOLDS_FILE = "folds_file"
 
 # -- how it went --------------------------------------------------------------------------------------
@@ -42,7 +43,24 @@ WORKER = "worker"  # who runs it: {"host", "boot_id", "pid"}, so a run on the sa
 RETRY_OF = "retry_of"  # the trial this one runs again (its worker died, or Ctrl-C stopped the seed baseline)
 RETRY_REASON = "retry_reason"  # why that trial was run again
 
-# -- a confirmation run ---------------------------------------------------------------------------------
+# -- one run of a companion study: a confirmation's (candidate, repeat, fold), an ablation's (variant, ...) ----
+REPEAT = "repeat"  # the repeat of the fresh cross-validation the run's fold belongs to
+FOLD = "fold"  # the fold within that repeat
+SEED = "seed"  # the run's training seed
+AUC = "auc"  # its validation AUC after the last epoch (the run's score)
+CANDIDATE = "candidate"  # confirmation: the candidate's key ("baseline" or "trial<n>")
+SEARCH_TRIAL = "search_trial"  # confirmation: the search trial the candidate came from (None: the baseline)
+LABELS = "labels"  # confirmation: the validation scans' labels, in order (for the paired bootstrap)
+PROBS = "probs"  # confirmation: the model's probabilities for them
+VARIANT = "variant"  # ablation: the variant's name
+SPEC_KEY = "spec_key"  # ablation: a hash of the variant's spec and training settings
+ORIGIN = "origin"  # ablation: where the variant's spec came from
+PADDING = "padding"  # ablation: how the variant's padding was fitted to the input size
+ACCURACY = "accuracy"  # ablation: last-epoch validation accuracy at threshold 0.5
+SENSITIVITY = "sensitivity"
+SPECIFICITY = "specificity"
+AUC_BEST_EPOCH = "auc_best_epoch"  # ablation: the best epoch's validation AUC, for reference only (never the score)
+BEST_EPOCH = "best_epoch"  # ablation: that epoch (1-based)
 BN_RECOMPUTED = "batchnorm_recomputed"  # its batch-norm statistics were recomputed before it was scored
 WEIGHTS_ARTIFACT = "weights_artifact"  # artifact id of its trained weights (safetensors), for export --ensemble
 

@@ -1,12 +1,13 @@
 """One training unit: build a spec, train it with its `TrainSpec`, map known failures one way.
 
 The search's objective, the confirmation stage, the ablation and export all train through
-:func:`train_spec`, so they seed, clean up and report failures alike:
+:func:`train_model`, so they seed, clean up and report failures alike:
 
-- a non-finite training loss raises :class:`TrainingFailed` with ``kind == "non_finite"``;
-- running out of memory (GPU or CPU) raises it with ``kind == "out_of_memory"``;
+- a non-finite training loss raises :class:`TrainingFailed` with ``kind == NON_FINITE``;
+- running out of memory (GPU or CPU) raises it with ``kind == OUT_OF_MEMORY``;
 
-each caller decides what that means for it (a pruned trial, a failed run, a one-line export error).
+the trial runners map it one way (``search.trial_run``: a pruned or a failed trial), export to a one-line
+error.
 The model's GPU memory is released whatever happens.
 """
 
@@ -25,13 +26,15 @@ from search.train import EpochResult, FitResult, NonFiniteLossError, TrainingOut
 from space import ArchSpec, TrainSpec, build
 
 SE_RESAMPLES = 500  # bootstrap resamples for a fold AUC's standard error; ample for a standard error
+NON_FINITE = "non_finite"
+OUT_OF_MEMORY = "out_of_memory"
 
 
 class TrainingFailed(RuntimeError):
     """Training could not finish for a known reason.
 
     Attributes:
-        kind: ``"non_finite"`` (the loss became NaN or infinite) or ``"out_of_memory"``.
+        kind: :data:`NON_FINITE` (the loss became NaN or infinite) or :data:`OUT_OF_MEMORY`.
     """
 
     def __init__(self, kind: str, message: str):
@@ -47,10 +50,10 @@ class Trained:
     fitted: FitResult
 
 
-def train_spec(
+def train_model(
     arch: ArchSpec,
-    train_settings: TrainSpec,
-    train: Tensors,
+    train_spec: TrainSpec,
+    data: Tensors,
     val: Tensors | None,
     *,
     epochs: int,
@@ -59,12 +62,12 @@ def train_spec(
     amp: bool | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> Trained:
-    """Build ``arch`` from ``seed`` and train it on ``train`` for ``epochs`` epochs.
+    """Build ``arch`` from ``seed`` and train it on ``data`` for ``epochs`` epochs.
 
     Args:
         arch: What to build.
-        train_settings: Optimiser, learning rate, weight decay, batch size.
-        train: Training set (augmented).
+        train_spec: Optimiser, learning rate, weight decay, batch size.
+        data: Training set (augmented).
         val: Scored after every epoch when given.
         epochs: Epochs to train (``on_epoch`` may stop earlier by raising, e.g. ``optuna.TrialPruned``).
         device: Where to train.
@@ -82,14 +85,14 @@ def train_spec(
     model = build(arch)
     ok = False
     try:
-        fitted = fit(model, train, val, optimizer=train_settings.optimizer, lr=train_settings.lr,
-                     weight_decay=train_settings.weight_decay, batch_size=train_settings.batch_size, epochs=epochs,
+        fitted = fit(model, data, val, optimizer=train_spec.optimizer, lr=train_spec.lr,
+                     weight_decay=train_spec.weight_decay, batch_size=train_spec.batch_size, epochs=epochs,
                      device=device, seed=seed, amp=amp, on_epoch=on_epoch)
         ok = True
     except NonFiniteLossError as e:
-        raise TrainingFailed("non_finite", str(e)) from None
+        raise TrainingFailed(NON_FINITE, str(e)) from None
     except TrainingOutOfMemory as e:
-        raise TrainingFailed("out_of_memory", str(e)) from None
+        raise TrainingFailed(OUT_OF_MEMORY, str(e)) from None
     finally:
         model.to("cpu")  # release the GPU copy even while a caller still holds the module
         if not ok:
@@ -99,21 +102,24 @@ def train_spec(
     return Trained(model.eval(), fitted)
 
 
+train_spec = train_model  # the old name, still imported by search.export; removed once it imports train_model
+
+
 def predict_finite(trained: Trained, volumes: torch.Tensor, device: torch.device, amp: bool = False) -> np.ndarray:
     """Probabilities of a trained model, in the precision it trained in.
 
     Raises:
-        TrainingFailed: ``kind == "non_finite"`` when a probability is NaN: weights that went non-finite
+        TrainingFailed: ``kind == NON_FINITE`` when a probability is NaN: weights that went non-finite
             in the last steps give no loss to catch, only predictions that no score can be computed on.
     """
     bf16 = amp and trained.fitted.precision == "bf16"
-    # train_spec hands the model back on the CPU; score it where it trained, then release the device copy.
+    # train_model hands the model back on the CPU; score it where it trained, then release the device copy.
     try:
         probs = predict_probs(trained.model.to(device), volumes, device, amp=bf16)
     finally:
         trained.model.to("cpu")
     if not np.all(np.isfinite(probs)):
-        raise TrainingFailed("non_finite", f"non-finite predictions ({int(np.sum(~np.isfinite(probs)))} of "
+        raise TrainingFailed(NON_FINITE, f"non-finite predictions ({int(np.sum(~np.isfinite(probs)))} of "
                                            f"{probs.size} validation scans) after training")
     return probs
 

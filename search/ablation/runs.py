@@ -1,9 +1,10 @@
 """One ablation run, (variant, repeat, fold), as one trial of the ablation's study; its record; the progress.
 
-A run trains a variant on the fold's training part through ``search.trainer.train_spec`` (as the search,
-the confirmation and export do) and is scored on the fold's validation part after its last epoch. The
-trial holds everything the outputs need, so an interrupted ablation resumes from its study: finished runs
-(complete, or pruned for a non-finite loss, which the same seed would repeat) are never redone.
+A run trains a variant on the fold's training part through ``search.trainer.train_model`` inside
+``search.trial_run.trial_run`` (as the search and the confirmation do) and is scored on the fold's
+validation part after its last epoch. The trial holds everything the outputs need, so an interrupted
+ablation resumes from its study: finished runs (complete, or pruned for a non-finite loss, which the same
+seed would repeat) are never redone.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from search import schema
 from search.ablation.settings import AblationSettings
 from search.ablation.variants import Variant
 from search.data import PreparedData
-from search.recovery import INTERRUPTED
 from search.study import fail_running
 from search.train import EpochResult, Tensors, device_name
-from search.trainer import TrainingFailed, train_spec
+from search.trainer import train_model
+from search.trial_run import KnownFailure, TrialRun, trial_run
 from space import cost
 
 RUN_COLUMNS = (
@@ -68,14 +69,15 @@ class RunRecord:
         a = trial.user_attrs
         nan = math.nan
         return cls(
-            variant=a["variant"], repeat=int(a["repeat"]), fold=int(a["fold"]), seed=int(a["seed"]),
-            state=trial.state.name.lower(), auc=a.get("auc", nan), accuracy=a.get("accuracy", nan),
-            sensitivity=a.get("sensitivity", nan), specificity=a.get("specificity", nan),
-            auc_best_epoch=a.get("auc_best_epoch", nan), best_epoch=a.get("best_epoch", 0),
-            epochs=a.get("epochs_run", 0), train_seconds=a.get("train_seconds", nan),
-            n_train=a.get("n_train", 0), n_val=a.get("n_val", 0), params=a.get("params", 0),
-            gflops=a.get("gflops", nan), device=a.get("device", ""), trial=trial.number,
-            reason=a.get("prune_reason", a.get("fail_reason", "")),
+            variant=a[schema.VARIANT], repeat=int(a[schema.REPEAT]), fold=int(a[schema.FOLD]),
+            seed=int(a[schema.SEED]), state=trial.state.name.lower(), auc=a.get(schema.AUC, nan),
+            accuracy=a.get(schema.ACCURACY, nan), sensitivity=a.get(schema.SENSITIVITY, nan),
+            specificity=a.get(schema.SPECIFICITY, nan), auc_best_epoch=a.get(schema.AUC_BEST_EPOCH, nan),
+            best_epoch=a.get(schema.BEST_EPOCH, 0), epochs=a.get(schema.EPOCHS_RUN, 0),
+            train_seconds=a.get(schema.TRAIN_SECONDS, nan), n_train=a.get(schema.N_TRAIN, 0),
+            n_val=a.get(schema.N_VAL, 0), params=a.get(schema.PARAMS, 0), gflops=a.get(schema.GFLOPS, nan),
+            device=a.get(schema.DEVICE, ""), trial=trial.number,
+            reason=a.get(schema.PRUNE_REASON, a.get(schema.FAIL_REASON, "")),
         )
 
     @property
@@ -88,8 +90,7 @@ class RunRecord:
         return {c: getattr(self, c) for c in RUN_COLUMNS}
 
 
-class RunFailed(Exception):
-    """A run failed for a known reason (out of memory); it is redone when the ablation is run again."""
+RunFailed = KnownFailure  # the old name; a run failed for a known reason is redone when the ablation runs again
 
 
 def run_seed(base: int, repeat: int, fold: int) -> int:
@@ -110,8 +111,8 @@ def finished_runs(study: optuna.Study) -> dict[RunKey, FrozenTrial]:
     done: dict[RunKey, FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         a = t.user_attrs
-        if {"variant", "spec_key", "repeat", "fold"} <= a.keys():
-            done.setdefault((a["variant"], a["spec_key"], int(a["repeat"]), int(a["fold"])), t)
+        if {schema.VARIANT, schema.SPEC_KEY, schema.REPEAT, schema.FOLD} <= a.keys():
+            done.setdefault((a[schema.VARIANT], a[schema.SPEC_KEY], int(a[schema.REPEAT]), int(a[schema.FOLD])), t)
     return done
 
 
@@ -177,9 +178,9 @@ class AblationRunner:
         """The fold's training and validation tensors (kept while the same fold runs for every variant)."""
         if self._fold is None or self._fold[0] != (fold.repeat, fold.fold):
             self._fold = None  # free the previous fold's copy before making the next
-            train = Tensors(*self.prepared.loaded.select(fold.train))
+            data = Tensors(*self.prepared.loaded.select(fold.train))
             val = Tensors(*self.prepared.loaded.select(fold.val))
-            self._fold = ((fold.repeat, fold.fold), train, val)
+            self._fold = ((fold.repeat, fold.fold), data, val)
         return self._fold[1], self._fold[2]
 
     def run(self, study: optuna.Study, variant: Variant, fold: Fold) -> RunRecord:
@@ -188,34 +189,29 @@ class AblationRunner:
         Optuna's own loop runs the trial, so its heartbeat marks a run failed if this process is killed,
         and a Ctrl-C fails the trial before it propagates.
         """
-        study.optimize(lambda trial: self._objective(trial, variant, fold), n_trials=1, catch=(RunFailed,))
+        study.optimize(lambda trial: self._objective(trial, variant, fold), n_trials=1, catch=(KnownFailure,))
         number = self.running
         self.running = None
         return RunRecord.from_trial(study.get_trials(deepcopy=False)[number])
 
     def _objective(self, trial: optuna.Trial, variant: Variant, fold: Fold) -> float:
         self.running = trial.number
-        try:
-            return self._train(trial, variant, fold)
-        except KeyboardInterrupt:
-            trial.set_user_attr(schema.FAIL_REASON, INTERRUPTED)
-            raise
+        with trial_run(trial) as run:
+            return self._train(run, variant, fold)
 
-    def _train(self, trial: optuna.Trial, variant: Variant, fold: Fold) -> float:
-        s = self.settings
+    def _train(self, run: TrialRun, variant: Variant, fold: Fold) -> float:
+        s, trial = self.settings, run.trial
         seed = run_seed(s.seed, fold.repeat, fold.fold)
-        train, val = self.fold_data(fold)
+        data, val = self.fold_data(fold)
         spec_cost = cost(variant.spec, s.size)
-        attrs = {
-            "variant": variant.name, "repeat": fold.repeat, "fold": fold.fold, "seed": seed,
-            "spec_key": variant.key, "spec": variant.spec.to_dict(), "train_spec": variant.train.to_dict(),
-            "origin": variant.origin, "padding": variant.padding, "params": spec_cost.params,
-            "gflops": spec_cost.gflops, "n_train": len(train), "n_val": len(val),
-            "device": device_name(self.device), "amp_bf16": s.amp,
-        }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-
+        run.set({
+            schema.VARIANT: variant.name, schema.REPEAT: fold.repeat, schema.FOLD: fold.fold, schema.SEED: seed,
+            schema.SPEC_KEY: variant.key, schema.SPEC: variant.spec.to_dict(),
+            schema.TRAIN_SPEC: variant.train_spec.to_dict(), schema.ORIGIN: variant.origin,
+            schema.PADDING: variant.padding, schema.PARAMS: spec_cost.params, schema.GFLOPS: spec_cost.gflops,
+            schema.N_TRAIN: len(data), schema.N_VAL: len(val), schema.DEVICE: device_name(self.device),
+            schema.AMP_BF16: s.amp,
+        })
         history: list[EpochResult] = []
 
         def on_epoch(result: EpochResult) -> None:
@@ -225,29 +221,17 @@ class AblationRunner:
             if self.on_epoch is not None:
                 self.on_epoch(result)
 
-        try:
-            fitted = train_spec(variant.spec, variant.train, train, val, epochs=s.epochs, device=self.device,
-                                seed=seed, amp=s.amp, on_epoch=on_epoch).fitted
-        except TrainingFailed as e:
-            self._record_curve(trial, history)
-            if e.kind == "out_of_memory":
-                trial.set_user_attr(schema.FAIL_REASON, str(e))
-                raise RunFailed(str(e)) from None
-            # Pruned, not failed: the same seed would diverge again, so a resume does not redo it.
-            trial.set_user_attr(schema.PRUNE_REASON, str(e))
-            raise optuna.TrialPruned(str(e)) from None
+        run.on_failure = lambda _: self._record_curve(trial, history)
+        fitted = train_model(variant.spec, variant.train_spec, data, val, epochs=s.epochs, device=self.device,
+                             seed=seed, amp=s.amp, on_epoch=on_epoch).fitted
         self._record_curve(trial, history)
         last = fitted.history[-1].val
         assert last is not None
         # The fold's score is the last epoch's: choosing the best epoch on the fold being scored would
         # bias every variant upward. The best-epoch AUC is kept for reference only.
-        trial.set_user_attr("auc", last.auc)
-        trial.set_user_attr("accuracy", last.accuracy)
-        trial.set_user_attr("sensitivity", last.sensitivity)
-        trial.set_user_attr("specificity", last.specificity)
-        trial.set_user_attr("auc_best_epoch", fitted.best_auc)
-        trial.set_user_attr("best_epoch", fitted.best_epoch)
-        trial.set_user_attr(schema.TRAIN_SECONDS, round(fitted.train_seconds, 2))
+        run.set({schema.AUC: last.auc, schema.ACCURACY: last.accuracy, schema.SENSITIVITY: last.sensitivity,
+                 schema.SPECIFICITY: last.specificity, schema.AUC_BEST_EPOCH: fitted.best_auc,
+                 schema.BEST_EPOCH: fitted.best_epoch, schema.TRAIN_SECONDS: round(fitted.train_seconds, 2)})
         return last.auc
 
     def _record_curve(self, trial: optuna.Trial, history: list[EpochResult]) -> None:

@@ -54,7 +54,8 @@ def summarize(variant_list: Sequence[Variant], runs: Sequence[RunRecord], folds:
             "acc_mean": acc.mean, "acc_ci_low": acc.low, "acc_ci_high": acc.high,
             "params": spec_cost.params, "gflops": spec_cost.gflops,
             "train_seconds_mean": mean_ci([r.train_seconds for r in scored]).mean,
-            "padding": v.padding, "architecture": describe_spec(v.spec.to_dict()), "training": training_text(v.train),
+            "padding": v.padding, "architecture": describe_spec(v.spec.to_dict()),
+            "training": training_text(v.train_spec),
         }
         if v.name == BASELINE:
             row.update(auc_diff_vs_baseline=0.0, auc_diff_ci_low=0.0, auc_diff_ci_high=0.0, n_pairs=len(scored),

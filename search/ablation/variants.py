@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from search import schema
+from search.confirm import stored_decision
 from search.study import load_existing_study
 from search.trials import ranked_trials
 from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, fit_to_size, variants
@@ -30,21 +31,21 @@ class Variant:
     Attributes:
         name: ``baseline``, a modification's name, or ``study_best``.
         spec: The architecture as trained (after fitting it to the input size).
-        train: Optimiser settings.
+        train_spec: Optimiser settings.
         padding_note: Why 'same' padding replaced the spec's own, or None.
         origin: Where the spec comes from, in words.
     """
 
     name: str
     spec: ArchSpec
-    train: TrainSpec
+    train_spec: TrainSpec
     padding_note: str | None
     origin: str
 
     @property
     def key(self) -> str:
         """A hash of spec and training settings: a stored run counts only for the spec it trained."""
-        text = json.dumps({"spec": self.spec.to_dict(), "train": self.train.to_dict()}, sort_keys=True)
+        text = json.dumps({"spec": self.spec.to_dict(), "train": self.train_spec.to_dict()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -89,14 +90,14 @@ class StudyBest:
 
     Attributes:
         spec: Its architecture.
-        train: Its optimiser settings.
+        train_spec: Its optimiser settings.
         origin: Where it comes from, in words.
         split_seed: The seed of the study's train/val/test split (None if the study does not say), so
             that the ablation keeps that study's test part locked too.
     """
 
     spec: ArchSpec
-    train: TrainSpec
+    train_spec: TrainSpec
     origin: str
     split_seed: int | None
 
@@ -108,28 +109,28 @@ def load_study_best(name: str, storage_url: str) -> StudyBest:
         ValueError: No such study, no complete trial with a spec, or a stored spec that no longer parses.
     """
     study = load_existing_study(name, storage_url)
-    decision = study.user_attrs.get(schema.STUDY_CONFIRMATION)
-    if decision and not decision["recommended"]["baseline"]:
+    decision = stored_decision(study)
+    if decision and not decision.recommended.baseline:
         # What search.export ships: the confirmation's recommendation.
-        rec = decision["recommended"]
-        spec, train = ArchSpec.from_dict(rec["spec"]), TrainSpec.from_dict(rec["train_spec"])
-        origin = (f"recommended trial ({rec['trial']}) of study {name!r}, confirmed AUC {rec['confirmed']:.3f}")
+        rec = decision.recommended
+        spec, train_spec = ArchSpec.from_dict(rec.spec), TrainSpec.from_dict(rec.train_spec)
+        origin = f"recommended trial ({rec.trial}) of study {name!r}, confirmed AUC {rec.confirmed:.3f}"
     else:
         # No confirmation yet, or it kept the baseline: the search's best-scored trial is the candidate.
-        complete = [t for t in ranked_trials(study) if {"spec", "train_spec"} <= t.user_attrs.keys()]
+        complete = [t for t in ranked_trials(study) if {schema.SPEC, schema.TRAIN_SPEC} <= t.user_attrs.keys()]
         if not complete:
             raise ValueError(f"--study: study {name!r} has no complete trial yet (run python -m search.run first)")
         best = complete[0]
         try:
             spec = ArchSpec.from_dict(best.user_attrs[schema.SPEC])
-            train = TrainSpec.from_dict(best.user_attrs[schema.TRAIN_SPEC])
+            train_spec = TrainSpec.from_dict(best.user_attrs[schema.TRAIN_SPEC])
         except ValueError as e:
             raise ValueError(f"--study: trial {best.number} of study {name!r} holds a spec that does not parse: "
                              f"{e}") from None
         origin = f"best trial ({best.number}) of study {name!r}, search CV AUC {best.values[0]:.3f}"
     stored = study.user_attrs.get(schema.STUDY_SETTINGS) or {}
     seed = stored.get("split_seed", stored.get("seed"))
-    return StudyBest(spec, train, origin, int(seed) if seed is not None else None)
+    return StudyBest(spec, train_spec, origin, int(seed) if seed is not None else None)
 
 
 def make_variants(names: Sequence[str], size: tuple[int, int, int],
@@ -143,15 +144,15 @@ def make_variants(names: Sequence[str], size: tuple[int, int, int],
     todo = [(n, specs[n], baseline_train(), "the seed model" if n == BASELINE else f"the seed with {n}")
             for n in names]
     if study_best is not None:
-        todo.append((STUDY_BEST, study_best.spec, study_best.train, study_best.origin))
+        todo.append((STUDY_BEST, study_best.spec, study_best.train_spec, study_best.origin))
     out = []
-    for name, spec, train, origin in todo:
+    for name, spec, train_spec, origin in todo:
         try:
             fitted, note = fit_to_size(spec, size)
         except SpecInputError as e:
             raise ValueError(f"--size: variant {name} cannot run at {'x'.join(map(str, size))} voxels: {e}") \
                 from None
-        out.append(Variant(name, fitted, train, note, origin))
+        out.append(Variant(name, fitted, train_spec, note, origin))
     return out
 
 
@@ -162,6 +163,7 @@ def padding_lines(variant_list: Sequence[Variant]) -> list[str]:
             for note in notes]
 
 
-def training_text(train: TrainSpec) -> str:
+def training_text(train_spec: TrainSpec) -> str:
     """``adam lr 0.0001, weight decay 0, batch 2``."""
-    return f"{train.optimizer} lr {train.lr:g}, weight decay {train.weight_decay:g}, batch {train.batch_size}"
+    t = train_spec
+    return f"{t.optimizer} lr {t.lr:g}, weight decay {t.weight_decay:g}, batch {t.batch_size}"

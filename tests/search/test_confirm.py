@@ -1,4 +1,6 @@
+import copy
 import dataclasses
+import json
 
 import numpy as np
 import optuna
@@ -14,10 +16,13 @@ from search.confirm import (
     Candidate,
     ConfirmFold,
     ConfirmSettings,
+    Decision,
     RunResult,
     confirm,
     decide,
+    format_decision,
     select_candidates,
+    stored_decision,
 )
 from search.train import FitResult, Tensors
 from search.trainer import Trained, TrainingFailed
@@ -56,7 +61,7 @@ def test_confirm_keeps_the_baseline_when_candidates_are_only_noise():
     for seed in range(40):
         runs = _runs(np.random.default_rng(seed), {c.key: 1.5 for c in candidates})
         decision = decide(candidates, runs, FOLDS, settings)
-        switched += not decision["recommended"]["baseline"]
+        switched += not decision.recommended.baseline
     # Bonferroni over 3 candidates keeps the family-wise rate at 5%: about 2 of 40 by chance, never many.
     assert switched <= 4
 
@@ -67,7 +72,7 @@ def test_confirm_recommends_a_candidate_that_is_clearly_better():
     chosen = []
     for seed in range(10):
         runs = _runs(np.random.default_rng(seed), {BASELINE_KEY: 0.5, "trial1": 0.5, "trial2": 3.0, "trial3": 0.5})
-        chosen.append(decide(candidates, runs, FOLDS, settings)["recommended"]["key"])
+        chosen.append(decide(candidates, runs, FOLDS, settings).recommended.key)
     assert chosen.count("trial2") >= 9
 
 
@@ -75,12 +80,12 @@ def test_confirm_decision_states_the_rule_and_each_candidates_numbers():
     candidates = _candidates(2)
     runs = _runs(np.random.default_rng(0), {c.key: 1.0 for c in candidates})
     decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
-    assert "Bonferroni" in decision["rule"] and decision["recommended"]["why"]
-    rows = decision["candidates"]
-    assert [r["key"] for r in rows] == [BASELINE_KEY, "trial1", "trial2"]
+    assert "Bonferroni" in decision.rule and decision.recommended.why
+    rows = decision.candidates
+    assert [r.key for r in rows] == [BASELINE_KEY, "trial1", "trial2"]
     for r in rows[1:]:
-        assert r["difference_low"] <= r["difference"]
-        assert r["confirmed"] == pytest.approx(np.mean(r["fold_aucs"]))
+        assert r.difference_low <= r.difference
+        assert r.confirmed == pytest.approx(np.mean(r.fold_aucs))
 
 
 def test_confirm_a_diverged_candidate_is_never_recommended():
@@ -88,8 +93,8 @@ def test_confirm_a_diverged_candidate_is_never_recommended():
     runs = _runs(np.random.default_rng(0), {BASELINE_KEY: 0.5, "trial1": 4.0})
     runs[("trial1", 0, 1)] = RunResult("trial1", 0, 1, float("nan"), (), (), "non-finite training loss")
     decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
-    assert decision["recommended"]["baseline"]
-    assert decision["candidates"][1]["reason"] == "non-finite training loss"
+    assert decision.recommended.baseline
+    assert decision.candidates[1].reason == "non-finite training loss"
 
 
 def _search_study(specs: list[tuple[float, ArchSpec]]) -> optuna.Study:
@@ -150,11 +155,11 @@ def test_confirm_stores_its_decision_and_resumes_without_retraining():
     decision = confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=fake_train,
                        progress=False)
     assert len(calls) == 6  # 3 candidates x 2 folds
-    assert study.user_attrs["confirmation"]["recommended"] == decision["recommended"]
-    assert decision["recommended"]["baseline"]  # identical models: nothing beats the baseline
+    assert study.user_attrs["confirmation"] == decision.to_dict()
+    assert decision.recommended.baseline  # identical models: nothing beats the baseline
     again = confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=fake_train,
                     progress=False)
-    assert len(calls) == 6 and again["recommended"] == decision["recommended"]
+    assert len(calls) == 6 and again.recommended == decision.recommended
 
 
 def test_confirm_ctrl_c_fails_the_running_run_and_a_rerun_finishes_it():
@@ -190,8 +195,8 @@ def test_confirm_a_diverging_run_is_recorded_not_retried():
     settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
     decision = confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=diverging,
                        progress=False)
-    assert decision["recommended"]["baseline"]
-    assert decision["candidates"][1]["reason"].startswith("non-finite training loss")
+    assert decision.recommended.baseline
+    assert decision.candidates[1].reason.startswith("non-finite training loss")
 
 
 class _LaggingNorm(torch.nn.Module):
@@ -216,9 +221,9 @@ def test_confirm_recomputes_batch_norm_before_scoring_and_keeps_each_runs_weight
                        artifacts=tmp_path)
     store = FileSystemArtifactStore(str(tmp_path))
     companion = optuna.load_study(study_name=settings.study_name(study.study_name), storage=study._storage)
-    for row in decision["candidates"]:
-        assert len(row["members"]) == len(folds)
-        for artifact in row["members"]:
+    for row in decision.candidates:
+        assert len(row.members) == len(folds)
+        for artifact in row.members:
             path = tmp_path / f"{artifact}.safetensors"
             download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
             kept = load_file(str(path))
@@ -226,7 +231,7 @@ def test_confirm_recomputes_batch_norm_before_scoring_and_keeps_each_runs_weight
             # The stored statistics are the training scans' (mean about 0.75 here), not the stale 100.
             assert kept["norm.running_mean"].item() == pytest.approx(float(data.mean()), abs=1e-3)
     assert all(t.user_attrs[schema.BN_RECOMPUTED] for t in companion.trials)
-    assert decision["recommended"]["members"] == decision["candidates"][0]["members"]  # the baseline stays
+    assert decision.recommended.members == decision.candidates[0].members  # the baseline stays
 
 
 def test_confirm_without_an_artifact_folder_keeps_no_weights():
@@ -234,4 +239,65 @@ def test_confirm_without_an_artifact_folder_keeps_no_weights():
     settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
     decision = confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"),
                        train_fn=lambda *a, **k: Trained(_Scaled(1.0), FitResult()), progress=False)
-    assert decision["recommended"]["members"] is None
+    assert decision.recommended.members is None
+
+
+# A decision as search.confirm stores it (the study's "confirmation" user attr), field for field.
+STORED_DECISION = {
+    "rule": "recommend the best-confirmed candidate whose paired AUC difference to the seed baseline has a one-sided "
+            "95.0% lower bound above 0 (alpha 0.05 over 1 candidates, Bonferroni); else the seed baseline",
+    "settings": {"epochs": 2, "seed": 0, "folds": 2, "repeats": 1, "fold_seed": 1, "top_k": 1, "alpha": 0.05,
+                 "resamples": 200},
+    "folds": [[0, 0], [0, 1]],
+    "candidates": [
+        {"key": "baseline", "trial": 0, "baseline": True, "spec": {"padding": "valid"}, "train_spec": {"lr": 1e-4},
+         "search_score": 0.6, "search_se": None, "fold_aucs": [0.7, 0.8], "confirmed": 0.75,
+         "members": ["a0", "a1"], "difference": None, "difference_low": None, "beats_baseline": False,
+         "reason": None},
+        {"key": "trial1", "trial": 1, "baseline": False, "spec": {"padding": "same"}, "train_spec": {"lr": 1e-3},
+         "search_score": 0.9, "search_se": 0.05, "fold_aucs": [0.9, None], "confirmed": None, "members": None,
+         "difference": None, "difference_low": None, "beats_baseline": False,
+         "reason": "non-finite training loss (nan) at epoch 1, step 1"},
+    ],
+    "recommended": {"key": "baseline", "trial": 0, "baseline": True, "confirmed": 0.75,
+                    "spec": {"padding": "valid"}, "train_spec": {"lr": 1e-4}, "members": ["a0", "a1"],
+                    "why": "no candidate beats the seed baseline"},
+    "companion_study": "lungct:confirm2-k2r1-e2-s0-f1",
+}
+
+
+def test_confirm_decision_as_stored_round_trips():
+    decision = Decision.from_dict(json.loads(json.dumps(STORED_DECISION)))
+    assert decision.recommended.members == ("a0", "a1") and decision.candidates[1].fold_aucs == (0.9, None)
+    assert decision.settings == ConfirmSettings(epochs=2, seed=0, top_k=1, resamples=200)
+    assert decision.to_dict() == STORED_DECISION
+    assert json.loads(json.dumps(decision.to_dict())) == STORED_DECISION
+
+
+def test_confirm_decision_stored_before_fold_models_were_kept_loads():
+    old = copy.deepcopy(STORED_DECISION)  # what the confirmation stored before it kept each run's weights
+    for row in (*old["candidates"], old["recommended"]):
+        del row["members"]
+    decision = Decision.from_dict(old)
+    assert decision.recommended.members is None and all(r.members is None for r in decision.candidates)
+    assert decision.recommended.key == "baseline" and decision.companion_study == old["companion_study"]
+
+
+def test_confirm_decision_without_a_companion_study_stores_none():
+    d = {k: v for k, v in STORED_DECISION.items() if k != "companion_study"}
+    decision = Decision.from_dict(d)
+    assert decision.companion_study is None and decision.to_dict() == d
+
+
+def test_confirm_format_decision_reads_the_record_and_a_stored_dict_alike():
+    text = format_decision(Decision.from_dict(STORED_DECISION))
+    assert text == format_decision(STORED_DECISION)
+    assert "2-fold x 1 on fresh folds, 2 epochs" in text and "failed" in text
+    assert text.endswith("recommended: baseline (no candidate beats the seed baseline)")
+
+
+def test_confirm_stored_decision_is_none_before_a_confirmation():
+    study = optuna.create_study()
+    assert stored_decision(study) is None
+    study.set_user_attr(schema.STUDY_CONFIRMATION, STORED_DECISION)
+    assert stored_decision(study) == Decision.from_dict(STORED_DECISION)
