@@ -16,8 +16,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lungct.phantom import MARKER_NAME
 from search import schema
+from search.confirm import BASELINE_KEY
 from search.data import PreparedData, Tensors
-from search.export_models import Choice, ExportSettings, Trained
+from search.export_models import Choice, ExportSettings, Shipped
 from search.figures import curve_metrics
 from search.intervals import Interval, bootstrap_auc, bootstrap_auc_difference, wilson
 from search.metrics import BinaryMetrics
@@ -41,7 +42,7 @@ def rates(m: BinaryMetrics) -> dict:
     }
 
 
-def evaluate(model: Trained, base: Trained | None, test: Tensors, n_resamples: int, seed: int) -> dict:
+def evaluate(model: Shipped, base: Shipped | None, test: Tensors, n_resamples: int, seed: int) -> dict:
     """Test metrics of the model (and the baseline) with 95% CIs, and the paired difference in AUC.
 
     Each model's entry also holds the numbers its pictures are drawn from (``search.figures.curve_metrics``:
@@ -69,22 +70,22 @@ def selection_entry(choice: Choice, result: dict) -> dict:
              "optimism": None}
     decision = choice.confirmation
     if decision:
-        entry["rule"] = decision.get("rule")
-        rows = {r["key"]: r for r in decision.get("candidates", [])}
-        key = "baseline" if choice.is_baseline else next(
-            (k for k, r in rows.items() if choice.trial is not None and r.get("trial") == choice.trial.number), None)
-        if key in rows:
-            entry["confirmed_score"] = rows[key]["confirmed"]
-        if "baseline" in rows:
-            entry["baseline_confirmed_score"] = rows["baseline"]["confirmed"]
+        entry["rule"] = decision.rule
+        base = decision.candidate(BASELINE_KEY)
+        mine = base if choice.is_baseline else next(
+            (r for r in decision.candidates if choice.trial is not None and r.trial == choice.trial.number), None)
+        if mine is not None:
+            entry["confirmed_score"] = mine.confirmed
+        if base is not None:
+            entry["baseline_confirmed_score"] = base.confirmed
         if choice.how.startswith("the confirmation"):
-            entry["why"] = decision["recommended"].get("why")
+            entry["why"] = decision.recommended.why
         if entry["confirmed_score"] is not None:
             entry["optimism"] = entry["confirmed_score"] - entry["test_auc"]
     return entry
 
 
-def training_entry(s: ExportSettings, model: Trained) -> dict:
+def training_entry(s: ExportSettings, model: Shipped) -> dict:
     """How the shipped weights were trained, in words and numbers."""
     if model.members > 1:
         data = (f"an ensemble of {model.members} fold models from the confirmation stage, each trained on its "
@@ -110,7 +111,7 @@ def versions() -> dict:
     return found
 
 
-def model_entry(t: Trained, trial: FrozenTrial | None, size: tuple[int, int, int]) -> dict:
+def model_entry(t: Shipped, trial: FrozenTrial | None, size: tuple[int, int, int]) -> dict:
     c = cost(t.spec, size)
     entry = {
         "trial": t.trial, "spec": t.spec.to_dict(), "architecture": describe_spec(t.spec.to_dict()),
@@ -140,7 +141,7 @@ def shareable_settings(settings: dict) -> dict:
     return settings | ({"data": Path(settings["data"]).name} if settings.get("data") else {})
 
 
-def test_predictions(ids: list[str], test: Tensors, model: Trained, base: Trained | None) -> list[dict]:
+def test_predictions(ids: list[str], test: Tensors, model: Shipped, base: Shipped | None) -> list[dict]:
     """Per test scan: study id, label, and each model's probability (for ROC curves made elsewhere)."""
     rows = []
     for i, (sid, label) in enumerate(zip(ids, test.labels.tolist(), strict=True)):

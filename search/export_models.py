@@ -3,13 +3,14 @@
 ``choose`` reads the confirmation's recommendation (or ``--trial``); ``retrain`` trains a spec on the
 train and validation parts from the seed its trial used and scores the locked test part once;
 ``assemble`` instead loads the confirmation's fold models of a spec as one ``Ensemble``. Each gives a
-:class:`Trained`: the model, its test probabilities and metrics, and how it was trained.
+:class:`Shipped`: the model, its test probabilities and metrics, and how it was trained.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from search import schema
 from search.artifacts import artifact_dir
+from search.confirm import Decision, stored_decision
 from search.data import Tensors
 from search.metrics import BinaryMetrics, binary_metrics
 from search.model_dir import (
@@ -34,8 +36,7 @@ from search.model_dir import (
 from search.precision import device_precision
 from search.run import RunSettings
 from search.train import EpochResult, predict_probs, recalibrate_batchnorm
-from search.trainer import TrainingFailed
-from search.trainer import train_spec as train_spec_unit
+from search.trainer import NON_FINITE, TrainingFailed, train_model
 from space import ArchSpec, TrainSpec, baseline, baseline_train, build, describe_spec, fit_to_size
 
 
@@ -68,7 +69,7 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
-class Trained:
+class Shipped:
     """A model to ship (trained on train+val, or the confirmation's fold models as an ensemble) and its test scores."""
 
     role: str
@@ -90,6 +91,9 @@ class Trained:
         return members_of(self.model)
 
 
+Trained = Shipped  # the old name, still imported by search.export
+
+
 @dataclass(frozen=True)
 class Choice:
     """What export trains: the confirmation's recommendation or a trial asked for with ``--trial``."""
@@ -99,8 +103,8 @@ class Choice:
     trial: FrozenTrial | None
     is_baseline: bool
     how: str
-    confirmation: dict | None = None
-    members: list[str] | None = None  # artifact ids of the confirmation's fold models of this spec
+    confirmation: Decision | None = None
+    members: tuple[str, ...] | None = None  # artifact ids of the confirmation's fold models of this spec
 
 
 def choose(study: optuna.Study, number: int | None, size: tuple[int, int, int]) -> Choice:
@@ -110,7 +114,7 @@ def choose(study: optuna.Study, number: int | None, size: tuple[int, int, int]) 
         ValueError: No such trial, it did not complete, or the study has no confirmation yet.
     """
     trials = study.get_trials(deepcopy=False)
-    decision = study.user_attrs.get(schema.STUDY_CONFIRMATION)
+    decision = stored_decision(study)
     if number is not None:
         if not 0 <= number < len(trials):
             raise ValueError(f"--trial: study {study.study_name!r} has trials 0..{len(trials) - 1}, not {number}")
@@ -124,14 +128,14 @@ def choose(study: optuna.Study, number: int | None, size: tuple[int, int, int]) 
     if not decision:
         raise ValueError(f"study: {study.study_name!r} has no confirmation yet, so nothing is recommended; run "
                          f"python -m search.run --confirm-only --study {study.study_name} (or pass --trial N)")
-    rec = decision["recommended"]
-    trial = trials[rec["trial"]] if rec.get("trial") is not None and rec["trial"] < len(trials) else None
-    if rec["baseline"]:
+    rec = decision.recommended
+    trial = trials[rec.trial] if rec.trial is not None and rec.trial < len(trials) else None
+    if rec.baseline:
         spec, _ = fit_to_size(baseline(), size)
         return Choice(spec, baseline_train(), trial, True, "the confirmation's recommendation: the seed baseline",
-                      decision, rec.get("members"))
-    return Choice(ArchSpec.from_dict(rec["spec"]), TrainSpec.from_dict(rec["train_spec"]), trial, False,
-                  f"the confirmation's recommendation: {rec['key']}", decision, rec.get("members"))
+                      decision, rec.members)
+    return Choice(ArchSpec.from_dict(rec.spec), TrainSpec.from_dict(rec.train_spec), trial, False,
+                  f"the confirmation's recommendation: {rec.key}", decision, rec.members)
 
 
 def epoch_printer(label: str, epochs: int):
@@ -151,7 +155,7 @@ def epoch_printer(label: str, epochs: int):
 
 
 def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec, epochs: int, epochs_rule: str,
-            trainval: Tensors, test: Tensors, s: ExportSettings, note: str | None = None) -> Trained:
+            trainval: Tensors, test: Tensors, s: ExportSettings, note: str | None = None) -> Shipped:
     """Train ``spec`` on train+val from the seed its trial used, then score the test part once.
 
     Raises:
@@ -165,10 +169,10 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
           flush=True)
     on_epoch, close = epoch_printer(role, epochs)
     try:
-        trained = train_spec_unit(spec, train_spec, trainval, None, epochs=epochs, device=s.device, seed=seed, amp=amp,
-                                  on_epoch=on_epoch)
+        trained = train_model(spec, train_spec, trainval, None, epochs=epochs, device=s.device, seed=seed, amp=amp,
+                              on_epoch=on_epoch)
     except TrainingFailed as e:
-        hint = "try --epochs or another --trial" if e.kind == "non_finite" else "try --device cpu"
+        hint = "try --epochs or another --trial" if e.kind == NON_FINITE else "try --device cpu"
         raise ExportError(f"training the {role}: {e}; {hint}") from None
     finally:
         close()
@@ -179,22 +183,24 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
     # Test in float32 on the CPU: the numbers then describe the exported weights as predict runs them.
     probs = predict_probs(model, test.volumes, torch.device("cpu"), amp=False)
     metrics = binary_metrics(test.labels.numpy(), probs)
-    return Trained(role, trial, spec, train_spec, epochs, epochs_rule, model, probs, metrics,
+    return Shipped(role, trial, spec, train_spec, epochs, epochs_rule, model, probs, metrics,
                    round(fitted.train_seconds, 2), note)
 
 
-def member_runs(storage: str, decision: dict) -> dict[str, dict]:
+def member_runs(storage: str, decision: Decision) -> dict[str, dict]:
     """The confirmation runs that kept weights, keyed by artifact id: their user attrs."""
+    if decision.companion_study is None:
+        return {}
     try:
-        companion = optuna.load_study(study_name=decision["companion_study"], storage=storage)
+        companion = optuna.load_study(study_name=decision.companion_study, storage=storage)
     except KeyError:
         return {}
     return {t.user_attrs[schema.WEIGHTS_ARTIFACT]: t.user_attrs for t in companion.get_trials(deepcopy=False)
             if t.user_attrs.get(schema.WEIGHTS_ARTIFACT)}
 
 
-def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec, ids: list[str], decision: dict,
-             test: Tensors, s: ExportSettings, note: str | None = None) -> Trained:
+def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec, ids: Sequence[str],
+             decision: Decision, test: Tensors, s: ExportSettings, note: str | None = None) -> Shipped:
     """The confirmation's fold models of ``spec`` as one :class:`Ensemble`, scored on the test part once.
 
     Raises:
@@ -204,9 +210,8 @@ def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec
     store_dir = artifact_dir(s.studies_dir, s.study)
     store = FileSystemArtifactStore(str(store_dir))
     runs = member_runs(s.storage, decision)
-    epochs = int(decision["settings"]["epochs"])
-    folds = int(decision["settings"]["folds"])
-    n_train = tuple(int(runs.get(i, {}).get("n_train", 0)) for i in ids)
+    epochs, folds = decision.settings.epochs, decision.settings.folds
+    n_train = tuple(int(runs.get(i, {}).get(schema.N_TRAIN, 0)) for i in ids)
     print(f"assembling the {role} ({describe_spec(spec.to_dict())}): the {len(ids)} fold models the confirmation "
           f"trained ({folds}-fold, {epochs} epochs, {'/'.join(map(str, n_train))} training scans) and scored",
           flush=True)
@@ -233,11 +238,11 @@ def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec
     metrics = binary_metrics(test.labels.numpy(), probs)
     seconds = sum(float(runs.get(i, {}).get(schema.TRAIN_SECONDS, 0.0)) for i in ids)
     rule = f"the confirmation's fold models, {epochs} epochs each"
-    return Trained(role, trial, spec, train_spec, epochs, rule, model, probs, metrics, round(seconds, 2), note,
+    return Shipped(role, trial, spec, train_spec, epochs, rule, model, probs, metrics, round(seconds, 2), note,
                    member_train_scans=n_train)
 
 
-def epochs_for(s: ExportSettings, stored: dict, decision: dict | None) -> tuple[int, str]:
+def epochs_for(s: ExportSettings, stored: dict, decision: Decision | None) -> tuple[int, str]:
     """``--epochs``, else the confirmation's epochs per run, and the rule in words.
 
     The confirmation measured every candidate and the baseline at that budget; training longer or
@@ -246,6 +251,6 @@ def epochs_for(s: ExportSettings, stored: dict, decision: dict | None) -> tuple[
     if s.epochs is not None:
         return s.epochs, "as given by --epochs"
     if decision:
-        return int(decision["settings"]["epochs"]), "the confirmation's epochs per run"
+        return decision.settings.epochs, "the confirmation's epochs per run"
     return RunSettings.from_dict(stored).confirm_epochs, "the study's confirmation epochs per run"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import plotly.graph_objects as go
 
-from search import schema
+from search.confirm import Decision, stored_decision
 from search.html import figure, fmt, note, table
 from search.intervals import Interval
 from search.model_dir import MAX_METRICS_BYTES, METRICS, ModelDirError, read_json
@@ -35,7 +35,7 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def confirmation_figure(decision: dict) -> go.Figure:
+def confirmation_figure(decision: Decision) -> go.Figure:
     """Each candidate's search score (+- SE) beside its confirmed fold AUCs and their mean.
 
     A candidate's search score was the best of many noisy trials, so it tends to sit above what fresh
@@ -43,33 +43,33 @@ def confirmation_figure(decision: dict) -> go.Figure:
     (the rule asks more of a candidate than to clear it: a paired lower bound above 0), and the
     recommended candidate's name is marked.
     """
-    rows = decision["candidates"]
-    recommended = decision["recommended"]["key"]
+    rows = decision.candidates
+    recommended = decision.recommended.key
     fig = go.Figure()
     fig.add_trace(go.Scatter(
-        x=[i - 0.18 for i in range(len(rows))], y=[_number(r["search_score"]) for r in rows],
-        error_y={"type": "data", "array": [_number(r["search_se"]) for r in rows], "width": 6},
+        x=[i - 0.18 for i in range(len(rows))], y=[_number(r.search_score) for r in rows],
+        error_y={"type": "data", "array": [_number(r.search_se) for r in rows], "width": 6},
         mode="markers", name=f"{AUC_NAME} in the search, +- SE", marker={"symbol": "diamond-open", "size": 11,
                                                                           "color": "#52606d"}))
     folds_x, folds_y = [], []
     for i, r in enumerate(rows):
-        aucs = [v for v in map(_number, r["fold_aucs"]) if v is not None]
+        aucs = [v for v in map(_number, r.fold_aucs) if v is not None]
         folds_x += [i + 0.12 + 0.1 * (j / max(len(aucs) - 1, 1) - 0.5) for j in range(len(aucs))]
         folds_y += aucs
     fig.add_trace(go.Scatter(x=folds_x, y=folds_y, mode="markers", name="confirmed: one fresh fold each",
                              marker={"color": "#4c78a8", "size": 7, "opacity": 0.7}))
     fig.add_trace(go.Scatter(
-        x=[i + 0.12 for i in range(len(rows))], y=[_number(r["confirmed"]) for r in rows], mode="markers",
+        x=[i + 0.12 for i in range(len(rows))], y=[_number(r.confirmed) for r in rows], mode="markers",
         name="confirmed: mean", marker={"symbol": "line-ew", "size": 30, "color": "#1f4e79",
                                         "line": {"width": 3, "color": "#1f4e79"}}))
     for i, r in enumerate(rows):
-        if r.get("baseline"):
+        if r.baseline:
             fig.add_vrect(x0=i - 0.45, x1=i + 0.45, fillcolor=BASELINE_COLOUR, opacity=0.15, line_width=0,
                           layer="below")
-            if _number(r["confirmed"]) is not None:
-                fig.add_hline(y=r["confirmed"], line={"dash": "dash", "color": BASELINE_COLOUR, "width": 1})
-    names = [("seed baseline" if r.get("baseline") else r["key"])
-             + ("<br><b>recommended</b>" if r["key"] == recommended else "") for r in rows]
+            if _number(r.confirmed) is not None:
+                fig.add_hline(y=r.confirmed, line={"dash": "dash", "color": BASELINE_COLOUR, "width": 1})
+    names = [("seed baseline" if r.baseline else r.key) + ("<br><b>recommended</b>" if r.key == recommended else "")
+             for r in rows]
     fig.update_layout(title="Confirmation on fresh folds", yaxis_title="ROC AUC",
                       legend={"orientation": "h", "y": -0.2},
                       xaxis={"tickmode": "array", "tickvals": list(range(len(rows))), "ticktext": names,
@@ -79,21 +79,21 @@ def confirmation_figure(decision: dict) -> go.Figure:
 
 def confirmation_section(study: optuna.Study) -> str:
     """The confirmation stage's figure, decision and table, or why there is none."""
-    decision = study.user_attrs.get(schema.STUDY_CONFIRMATION)
+    decision = stored_decision(study)
     if not decision:
         return note("No confirmation yet: run python -m search.run --confirm-only (export needs it).")
     rows = []
-    for r in decision["candidates"]:
-        rows.append([html.escape(r["key"]), fmt(r["search_score"]), fmt(r["search_se"]),
-                     " / ".join(fmt(v) for v in r["fold_aucs"]), fmt(r["confirmed"]), fmt(r["difference"], "+.3f"),
-                     fmt(r["difference_low"], "+.3f"), "yes" if r["beats_baseline"] else "no",
-                     html.escape(describe_spec(r["spec"]))])
+    for r in decision.candidates:
+        rows.append([html.escape(r.key), fmt(r.search_score), fmt(r.search_se),
+                     " / ".join(fmt(v) for v in r.fold_aucs), fmt(r.confirmed), fmt(r.difference, "+.3f"),
+                     fmt(r.difference_low, "+.3f"), "yes" if r.beats_baseline else "no",
+                     html.escape(describe_spec(r.spec))])
     cells_table = table(["candidate", AUC_NAME + " (search)", "+- SE", "fold AUCs (fresh folds)", "confirmed",
                          "minus baseline", "lower bound", "beats baseline", "architecture"], rows, "confirmation-table")
-    rec = decision["recommended"]
-    words = (f"<p><b>Recommended: {html.escape(rec['key'])}</b>: {html.escape(rec['why'])}.</p>"
-             + note(f"Rule: {decision['rule']}. Settings: {decision['settings']}. Runs are trials of the study "
-                    f"{decision.get('companion_study', '-')!r} in the same storage (see optuna-dashboard)."))
+    rec = decision.recommended
+    words = (f"<p><b>Recommended: {html.escape(rec.key)}</b>: {html.escape(rec.why)}.</p>"
+             + note(f"Rule: {decision.rule}. Settings: {decision.settings.to_dict()}. Runs are trials of the study "
+                    f"{decision.companion_study or '-'!r} in the same storage (see optuna-dashboard)."))
     plot = figure(confirmation_figure(decision), "fig-confirmation")
     return f'<div class="row"><div class="col">{plot}</div><div class="col">{words}</div></div>{cells_table}'
 
