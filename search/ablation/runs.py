@@ -90,9 +90,6 @@ class RunRecord:
         return {c: getattr(self, c) for c in RUN_COLUMNS}
 
 
-RunFailed = KnownFailure  # the old name; a run failed for a known reason is redone when the ablation runs again
-
-
 def run_seed(base: int, repeat: int, fold: int) -> int:
     """The seed of run (repeat, fold), the same for every variant."""
     return base + 1000 * repeat + fold
