@@ -21,10 +21,10 @@ import torch
 from search import cli
 from search.ablation import AblationJob, AblationSettings, run_ablation
 from search.ablation.variants import STUDY_BEST, parse_variants
+from search.errors import UsageError
 from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity, device_defaults
 from search.names import study_name
 from search.study import redact
-from search.train import resolve_device
 from space import variants
 
 
@@ -65,26 +65,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _at_least(flag: str, value: int, least: int) -> None:
     if value < least:
-        raise ValueError(f"{flag}: expected at least {least}, got {value}")
+        raise UsageError(f"{flag}: expected at least {least}, got {value}")
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def parse_flags(args: argparse.Namespace) -> tuple[AblationSettings, AblationJob, torch.device]:
+    """The flags as the settings every run shares (the device's default fidelity where a flag is not given),
+    the job, and the device.
+
+    Raises:
+        UsageError: A flag's value is out of range, or ``--variants`` names no variant.
+    """
     _at_least("--folds", args.folds, 2)
     cli.positive("--repeats", args.repeats)
     cli.positive("--epochs", args.epochs)
     if args.size is not None and min(args.size) < 4:
-        raise ValueError(f"--size: expected three voxel counts of at least 4, got {args.size}")
+        raise UsageError(f"--size: expected three voxel counts of at least 4, got {args.size}")
     _at_least("--phantoms", args.phantoms, 10)
-
-
-def build_settings(args: argparse.Namespace, device: torch.device) -> AblationSettings:
-    """The settings every run shares: the flags, and the device's default fidelity where a flag is not given."""
+    try:
+        names, added = parse_variants(args.variants)
+    except ValueError as e:  # parse_variants refuses only the flag's text
+        raise UsageError(str(e)) from None
+    device = cli.device_flag(args.device)
+    job = AblationJob(variants=tuple(names), baseline_added=added, study=args.study,
+                      study_storage=args.study_storage, storage=args.storage, out=args.out,
+                      studies_dir=args.studies_dir, workers=args.workers)
     epochs = args.epochs or device_defaults(device)["ablate_epochs"]
     fidelity = choose_fidelity(device, tuple(args.size) if args.size else None, epochs, args.phantoms)
-    return AblationSettings(data=str(Path(args.data).resolve()) if args.data else None, task=args.task,
-                            size=fidelity.size, epochs=fidelity.epochs, folds=args.folds, repeats=args.repeats,
-                            seed=args.seed, split_seed=args.split_seed, n_phantoms=fidelity.n_phantoms,
-                            amp=fidelity.amp)
+    settings = AblationSettings(data=str(Path(args.data).resolve()) if args.data else None, task=args.task,
+                                size=fidelity.size, split_seed=args.split_seed, n_phantoms=fidelity.n_phantoms,
+                                epochs=fidelity.epochs, folds=args.folds, repeats=args.repeats, seed=args.seed,
+                                amp=fidelity.amp)
+    return settings, job, device
 
 
 def resume_hint(argv: list[str]) -> str:
@@ -101,13 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines replace Optuna's per-trial logs
 
     def body() -> None:
-        _check_args(args)
-        names, added = parse_variants(args.variants)
-        device = resolve_device(args.device)
-        job = AblationJob(variants=tuple(names), baseline_added=added, study=args.study,
-                          study_storage=args.study_storage, storage=args.storage, out=args.out,
-                          studies_dir=args.studies_dir, workers=args.workers)
-        run_ablation(build_settings(args, device), job, device)
+        run_ablation(*parse_flags(args))
 
     return cli.exit_code(body, interrupted=resume_hint(argv))
 

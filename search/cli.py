@@ -22,11 +22,15 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+import torch
+
 from lungct.errors import DataError, printable
 from lungct.records import TASKS
 from lungct.signals import EXIT_TERMINATED, Terminated, exit_status, sigterm_as_interrupt
+from search.errors import UsageError
 from search.faults import StorageError, storage_fault
 from search.names import study_name
+from search.train import resolve_device
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -108,10 +112,22 @@ def positive(flag: str, value: int | float | None, what: str = "a positive count
     """Refuse a flag's value that is given and not positive, naming the flag.
 
     Raises:
-        ValueError: ``value`` is not None and not above 0.
+        UsageError: ``value`` is not None and not above 0.
     """
     if value is not None and value <= 0:
-        raise ValueError(f"{flag}: expected {what}, got {value}")
+        raise UsageError(f"{flag}: expected {what}, got {value}")
+
+
+def device_flag(name: str) -> torch.device:
+    """``--device``'s value as the torch device to use.
+
+    Raises:
+        UsageError: ``cuda`` where torch sees no GPU.
+    """
+    try:
+        return resolve_device(name)
+    except ValueError as e:  # resolve_device refuses only the flag's value
+        raise UsageError(str(e)) from None
 
 
 def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseException], ...] = (),

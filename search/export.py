@@ -24,6 +24,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,10 +47,12 @@ from search.cli import (
     add_study_flags,
     add_workers_flag,
     command_parser,
+    device_flag,
     exit_code,
     positive,
 )
 from search.data import Tensors, prepare_data, resolve_data_root
+from search.errors import UsageError
 from search.export_metrics import (
     data_entry,
     evaluate,
@@ -81,10 +84,9 @@ from search.model_dir import (
     save_model,
     write_json,
 )
-from search.run import RunSettings
 from search.saliency import write_examples
+from search.settings import stored_settings
 from search.study import default_storage, load_existing_study, redact, shareable_storage
-from search.train import resolve_device
 from search.trials import baseline_trial
 from space import ArchSpec, SpecInputError, baseline, baseline_train, build, fit_to_size
 
@@ -126,34 +128,88 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    positive("--epochs", args.epochs)
-    if args.ensemble and args.trial is not None:
-        raise ValueError("--ensemble: ships the confirmation's fold models of its recommendation; a --trial is "
+@dataclass(frozen=True, kw_only=True)
+class ExportJob:
+    """What ``python -m search.export`` was asked for; the rest comes from the study's stored settings.
+
+    Attributes:
+        study: The study's name.
+        storage: Its storage URL (None: ``sqlite:///<studies_dir>/<study>.db``).
+        studies_dir: Where studies, caches and splits live.
+        data: The data folder (None: the one the study searched on).
+        out: The model folder to write (None: ``<studies_dir>/<study>/model``).
+        trial: Export this complete trial instead of the confirmation's recommendation.
+        ensemble: Ship the confirmation's fold models of the recommendation.
+        epochs: Training epochs on train+val (None: the confirmation's).
+        device: The torch device to train on.
+        bootstrap: Stratified bootstrap resamples for the test AUC's CI.
+        include_scan_ids: Also write the test part's study ids and probabilities into metrics.json.
+        force: Replace an earlier export in ``out``.
+        workers: Processes decoding scans on a cold cache (None: all cores).
+    """
+
+    study: str = "lungct"
+    storage: str | None = None
+    studies_dir: str = "studies"
+    data: str | None = None
+    out: str | None = None
+    trial: int | None = None
+    ensemble: bool = False
+    epochs: int | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    bootstrap: int = DEFAULT_RESAMPLES
+    include_scan_ids: bool = False
+    force: bool = False
+    workers: int | None = None
+
+
+def parse_flags(args: argparse.Namespace) -> ExportJob:
+    """The flags as an :class:`ExportJob`.
+
+    Raises:
+        UsageError: A flag's value is out of range, or two flags exclude each other.
+    """
+    job = ExportJob(study=args.study, storage=args.storage, studies_dir=args.studies_dir, data=args.data,
+                    out=args.out, trial=args.trial, ensemble=args.ensemble, epochs=args.epochs,
+                    device=device_flag(args.device), bootstrap=args.bootstrap,
+                    include_scan_ids=args.include_scan_ids, force=args.force, workers=args.workers)
+    check_flags(job)
+    return job
+
+
+def check_flags(job: ExportJob) -> None:
+    """Refuse what no export can do, naming the flag.
+
+    Raises:
+        UsageError: The first such flag.
+    """
+    positive("--epochs", job.epochs)
+    if job.ensemble and job.trial is not None:
+        raise UsageError("--ensemble: ships the confirmation's fold models of its recommendation; a --trial is "
                          "trained on train+val instead, so pass one or the other")
-    if args.ensemble and args.epochs is not None:
-        raise ValueError("--epochs: the fold models --ensemble ships trained for the confirmation's epochs, and the "
+    if job.ensemble and job.epochs is not None:
+        raise UsageError("--epochs: the fold models --ensemble ships trained for the confirmation's epochs, and the "
                          "baseline beside them trains for as many; pass one or the other")
-    if args.bootstrap < 100:
-        raise ValueError(f"--bootstrap: expected at least 100 resamples, got {args.bootstrap}")
+    if job.bootstrap < 100:
+        raise UsageError(f"--bootstrap: expected at least 100 resamples, got {job.bootstrap}")
 
 
 def check_out_dir(out: Path, force: bool) -> None:
     """Refuse to write over anything but an empty folder, or an earlier export with ``--force``.
 
     Raises:
-        ValueError: ``out`` is a file, a non-empty folder that is not an export, or an export without force.
+        UsageError: ``out`` is a file, a non-empty folder that is not an export, or an export without force.
     """
     if not out.exists():
         return
     if not out.is_dir():
-        raise ValueError(f"--out: {out} is a file, not a folder")
+        raise UsageError(f"--out: {out} is a file, not a folder")
     if not any(out.iterdir()):
         return
     if not is_model_dir(out):
-        raise ValueError(f"--out: {out} is a non-empty folder that holds no exported model; choose another --out")
+        raise UsageError(f"--out: {out} is a non-empty folder that holds no exported model; choose another --out")
     if not force:
-        raise ValueError(f"--out: {out} already holds an exported model; add --force to replace it")
+        raise UsageError(f"--out: {out} already holds an exported model; add --force to replace it")
 
 
 def _check_export(directory: Path, model: torch.nn.Module, size: tuple[int, int, int]) -> dict:
@@ -188,7 +244,7 @@ def check_out_writable(out: Path, need_bytes: int) -> None:
 
     Raises:
         StorageError: The location is read-only, or its disk has less than ``need_bytes`` free.
-        ValueError: The folder cannot be created or written for another reason.
+        UsageError: The folder cannot be created or written for another reason.
     """
     parent = out.parent
     try:
@@ -199,7 +255,7 @@ def check_out_writable(out: Path, need_bytes: int) -> None:
         fault = storage_fault(e, parent)
         if fault is not None:
             raise StorageError(fault.kind, parent, fault.reason) from None
-        raise ValueError(f"--out: cannot write in {parent}: {e.strerror or e}") from None
+        raise UsageError(f"--out: cannot write in {parent}: {e.strerror or e}") from None
     if free < need_bytes:
         raise StorageError(FULL, parent, f"{free / 1e6:.1f} MB free, the model folder needs about "
                            f"{need_bytes / 1e6:.0f} MB; nothing was trained")
@@ -218,44 +274,44 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_settings(args: argparse.Namespace) -> tuple[optuna.Study, ExportSettings]:
-    """The study and what to export from it: the flags, then the settings the study was run with.
+def export_settings(job: ExportJob) -> tuple[optuna.Study, ExportSettings]:
+    """The study and what to export from it: the job, then the settings the study was run with.
 
     Raises:
-        ValueError: No such study, or one that ``search.run`` did not make.
+        UsageError: No such study, or one that ``search.run`` did not make.
     """
-    storage = args.storage or default_storage(args.study, args.studies_dir)
-    study = load_existing_study(args.study, storage)
-    stored = study.user_attrs.get(schema.STUDY_SETTINGS)
-    if not stored:
-        raise ValueError(f"study: {args.study!r} has no stored settings (was it made by python -m search.run?)")
-    run = RunSettings.from_dict(stored)
+    storage = job.storage or default_storage(job.study, job.studies_dir)
+    study = load_existing_study(job.study, storage)
+    run = stored_settings(study)
     return study, ExportSettings(
-        study=args.study, storage=storage, studies_dir=Path(args.studies_dir),
-        out=Path(args.out) if args.out else Path(args.studies_dir) / args.study / "model",
-        data=args.data or run.data, task=run.task, size=run.size, seed=run.seed, split_seed=run.split_seed,
-        n_phantoms=run.n_phantoms, epochs=args.epochs, bootstrap=args.bootstrap, device=resolve_device(args.device),
-        force=args.force, include_scan_ids=args.include_scan_ids, ensemble=args.ensemble, trial=args.trial,
-        workers=args.workers)
+        study=job.study, storage=storage, studies_dir=Path(job.studies_dir),
+        out=Path(job.out) if job.out else Path(job.studies_dir) / job.study / "model",
+        data=job.data or run.data, task=run.task, size=run.size, seed=run.seed, split_seed=run.split_seed,
+        n_phantoms=run.n_phantoms, epochs=job.epochs, bootstrap=job.bootstrap, device=job.device,
+        force=job.force, include_scan_ids=job.include_scan_ids, ensemble=job.ensemble, trial=job.trial,
+        workers=job.workers)
 
 
 def run_export(study: optuna.Study, s: ExportSettings) -> Path:
     """Everything after parsing: choose, train (or assemble), test, write. Returns the folder written.
 
     Raises:
-        ValueError, DataError: Bad flags, unusable data.
+        UsageError, DataError: Bad flags, unusable data.
         ExportError: Training or the export check failed.
     """
     stored = study.user_attrs[schema.STUDY_SETTINGS]
     check_out_dir(s.out, s.force)
-    choice = choose(study, s.trial, s.size)
+    try:
+        choice = choose(study, s.trial, s.size)
+    except ValueError as e:  # choose refuses only a --trial, or a study, that has nothing to export
+        raise UsageError(str(e)) from None
     chosen, spec, train_spec = choice.trial, choice.spec, choice.train_spec
     # A kept seed baseline is not a search result: no maximum over noisy scores chose it, so nothing asks for
     # the fold models the confirmation scored, and the course trains it on all its scans. Measured on fresh
     # phantoms: its refit beat its own fold ensemble by +0.036 AUC (CI +0.008 to +0.067).
     ensemble = s.ensemble and not choice.is_baseline
     if ensemble and not choice.members:
-        raise ValueError(f"--ensemble: the confirmation of {s.study!r} kept no fold models of its recommendation "
+        raise UsageError(f"--ensemble: the confirmation of {s.study!r} kept no fold models of its recommendation "
                          "(it was confirmed by an older lungct-nas); rerun python -m search.run --confirm-only, or "
                          "export without --ensemble")
     base_spec = None if choice.is_baseline else _baseline_spec(s.size)
@@ -412,8 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
     def body() -> None:
-        _check_args(args)
-        out = run_export(*export_settings(args))
+        out = run_export(*export_settings(parse_flags(args)))
         print(f"\nwrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
         print(f"read {out / CARD}; predict on a scan with:\n  python -m search.predict {out} SCAN.nii.gz")
 

@@ -32,6 +32,7 @@ from lungct.errors import ScanError, printable
 from lungct.nifti import coverage_warning, preprocess, read_scan
 from lungct.records import PreprocessConfig
 from search.cli import EXIT_FAILED, EXIT_OK, command_parser, exit_code
+from search.errors import UsageError
 from search.model_dir import MEMORY_SHARE, ModelInfo, OptionalFiles, load_model, read_optional
 from search.routing import DISCLAIMER, ROUTING, decision_text, decisions
 from search.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure
@@ -176,7 +177,7 @@ def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = Non
     Raises:
         ModelDirError: The model folder is unusable, or its network needs more than ``max_memory_bytes``
             (None: half this machine's memory) for one scan.
-        ValueError: ``saliency_dir`` cannot be created.
+        UsageError: ``saliency_dir`` cannot be created.
     """
     model, config, info = load_model(model_dir, max_memory_bytes, gradients=bool(saliency_dir))
     saliency = None
@@ -184,7 +185,7 @@ def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = Non
         try:
             Path(saliency_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ValueError(f"--saliency: cannot create {saliency_dir}: {e.strerror or e}") from None
+            raise UsageError(f"--saliency: cannot create {saliency_dir}: {e.strerror or e}") from None
         saliency = Saliency(model, Path(saliency_dir))
     predictions: list[Prediction] = []
     errors: list[dict] = []
@@ -199,22 +200,23 @@ def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = Non
     return info, predictions, errors
 
 
-def print_results(args: argparse.Namespace, info: ModelInfo, predictions: list[Prediction], errors: list[dict]) -> None:
-    """The table (or with ``--json`` one JSON object) on stdout."""
-    optional = read_optional(args.model_dir)
-    if args.json:
+def print_results(model_dir: str, info: ModelInfo, predictions: list[Prediction], errors: list[dict], *,
+                  as_json: bool = False, saliency_dir: str | None = None) -> None:
+    """The table (or, ``as_json``, one JSON object) on stdout."""
+    optional = read_optional(model_dir)
+    if as_json:
         print(json.dumps({
-            "disclaimer": DISCLAIMER, "model_dir": args.model_dir, "task": info.task, "classes": list(info.classes),
+            "disclaimer": DISCLAIMER, "model_dir": model_dir, "task": info.task, "classes": list(info.classes),
             "threshold": info.threshold, "trained_on_phantoms": optional.trained_on_phantoms,
             "notes": list(optional.notes), "results": [p.to_dict() for p in predictions], "errors": errors,
         }, indent=2, allow_nan=False, default=_json_number))
         return
-    print(_header(args.model_dir, info, optional))
+    print(_header(model_dir, info, optional))
     if predictions:
         print()
         print(format_table(predictions, info))
-    if args.saliency and predictions:
-        print(f"\nsaliency montages ({METHOD}) in {args.saliency}: "
+    if saliency_dir and predictions:
+        print(f"\nsaliency montages ({METHOD}) in {saliency_dir}: "
               + ", ".join(Path(p.saliency).name for p in predictions))
 
 
@@ -224,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.max_memory_gb is not None and not (math.isfinite(args.max_memory_gb) and args.max_memory_gb > 0):
-            raise ValueError(f"--max-memory-gb: expected a positive number of GB, got {args.max_memory_gb}")
+            raise UsageError(f"--max-memory-gb: expected a positive number of GB, got {args.max_memory_gb}")
         cap = None if args.max_memory_gb is None else int(args.max_memory_gb * 1e9)
         info, predictions, errors = predict_all(args.model_dir, args.scans, args.saliency, cap)
-        print_results(args, info, predictions, errors)
+        print_results(args.model_dir, info, predictions, errors, as_json=args.json, saliency_dir=args.saliency)
         return EXIT_FAILED if errors else EXIT_OK
 
     return exit_code(body, interrupted="interrupted: the scans listed above were predicted")

@@ -32,6 +32,7 @@ from lungct.files import atomic_write_text
 from search import schema
 from search.artifacts import artifact_dir
 from search.cli import add_studies_dir_flag, add_study_flags, command_parser, exit_code, positive
+from search.errors import UsageError
 from search.faults import StorageError, storage_fault
 from search.html import figure, fmt, note, page, table
 from search.report_validation import AUC_NAME, confirmation_section, export_command, validation_section
@@ -399,7 +400,7 @@ def write_page(study: optuna.Study, storage: str, studies_dir: str, top: int, mo
     """Render the page and write it atomically; returns its size in bytes.
 
     Raises:
-        ValueError: ``out`` cannot be written.
+        UsageError: ``out`` cannot be written.
     """
     text = render_report(study, storage, studies_dir, top, model)
     try:
@@ -408,7 +409,7 @@ def write_page(study: optuna.Study, storage: str, studies_dir: str, top: int, mo
         fault = storage_fault(e, out)
         if fault is not None:  # a full disk, a read-only folder: the line says what to do
             raise StorageError(fault.kind, out, fault.reason) from None
-        raise ValueError(f"--out: cannot write {out}: {e.strerror or e}") from None
+        raise UsageError(f"--out: cannot write {out}: {e.strerror or e}") from None
     return len(text.encode())
 
 
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         positive("--top", args.top)
         if args.model is not None and not Path(args.model).is_dir():
-            raise ValueError(f"--model: {args.model} is not a folder; pass the folder python -m search.export wrote")
+            raise UsageError(f"--model: {args.model} is not a folder; pass the folder python -m search.export wrote")
         storage = args.storage or default_storage(args.study, args.studies_dir)
         study = load_existing_study(args.study, storage)
         out = Path(args.out) if args.out else Path(args.studies_dir) / args.study / "report.html"

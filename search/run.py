@@ -12,23 +12,17 @@ Trial 0 of every new study is the course's seed model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from lungct.records import PreprocessConfig
-from search import schema
+from search import cli, schema
 from search.artifacts import TrialArtifacts, artifact_dir
 from search.budget import SAFETY, BudgetStop, Plan, Workload, measure_speed, plan
 from search.budget import now as budget_now
@@ -59,12 +53,21 @@ from search.confirm import (
     select_candidates,
 )
 from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
-from search.fidelity import choose_fidelity
+from search.errors import NoRecommendation, UsageError
 from search.objective import DEFAULT_SCORE, SCORES, FoldData, Objective, SearchSettings, TrialFailed
 from search.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
 from search.precision import device_precision
 from search.progress import SearchProgress, summary_table
 from search.recovery import recover_trials, requeue_interrupted_baseline, requeue_lost_baseline
+from search.settings import (
+    CONFIRM_SETTINGS,
+    DataSettings,
+    GivenSettings,
+    RunJob,
+    RunSettings,
+    load_space_file,
+    resolve_settings,
+)
 from search.study import (
     PRUNERS,
     SAMPLERS,
@@ -75,13 +78,10 @@ from search.study import (
     parse_objectives,
     redact,
 )
-from search.train import resolve_device
-from space import SpaceBounds, SpecInputError, bounds_for_size
 
 SETTINGS_ATTR = schema.STUDY_SETTINGS
 # The CPU default: what a student on a 2-core laptop-class CPU can wait for; a GPU run has no default budget.
 DEFAULT_CPU_BUDGET_MIN = 30.0
-CONFIRM_SETTINGS = ("confirm_epochs", "confirm_top", "confirm_folds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,152 +157,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """The settings a study is run with; stored on the study so a resumed run keeps them."""
-
-    data: str | None
-    task: str
-    size: tuple[int, int, int]
-    epochs: int
-    seed: int
-    split_seed: int
-    n_phantoms: int
-    max_gflops: float
-    folds: int = 2
-    confirm_epochs: int = 0
-    confirm_top: int = DEFAULT_TOP_K
-    confirm_folds: int = DEFAULT_CONFIRM_FOLDS
-    bounds: dict = field(default_factory=lambda: SpaceBounds().to_dict())
-    score: str = DEFAULT_SCORE
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return {"data": self.data, "task": self.task, "size": list(self.size), "epochs": self.epochs,
-                "seed": self.seed, "split_seed": self.split_seed, "n_phantoms": self.n_phantoms,
-                "max_gflops": self.max_gflops, "folds": self.folds, "confirm_epochs": self.confirm_epochs,
-                "confirm_top": self.confirm_top, "confirm_folds": self.confirm_folds, "bounds": self.bounds,
-                "score": self.score}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunSettings:
-        """Read :meth:`to_dict` output; settings older studies lack take the values those studies ran with."""
-        epochs = int(d["epochs"])
-        return cls(data=d.get("data"), task=d.get("task", "course"), size=tuple(d["size"]), epochs=epochs,
-                   seed=int(d.get("seed", 0)), split_seed=int(d.get("split_seed", d.get("seed", 0))),
-                   n_phantoms=int(d.get("n_phantoms", 200)), max_gflops=float(d.get("max_gflops", 0.0)),
-                   folds=int(d.get("folds", 2)), confirm_epochs=int(d.get("confirm_epochs") or 2 * epochs),
-                   confirm_top=int(d.get("confirm_top", DEFAULT_TOP_K)),
-                   confirm_folds=int(d.get("confirm_folds") or d.get("folds", 2)),
-                   # Studies made before the space was stored sampled the full space.
-                   bounds=d.get("bounds") or SpaceBounds.full().to_dict(),
-                   # Studies made before the score was stored scored with batch-norm statistics as training left them.
-                   score=d.get("score", "auc"))
-
-    def space(self) -> SpaceBounds:
-        """The stored bounds, fitted to the input size (the space never proposes a spec that cannot run)."""
-        return bounds_for_size(SpaceBounds.from_dict(self.bounds), self.size)
-
-
-def load_space_file(path: str) -> dict:
-    """``--space FILE.toml`` as a validated SpaceBounds dict.
+def parse_flags(args: argparse.Namespace) -> tuple[GivenSettings, RunJob]:
+    """The flags as the study settings they ask for and the job.
 
     Raises:
-        ValueError: The file cannot be read or parsed, or a field is unknown or out of range (named).
+        UsageError: A flag's value is out of range, or the ``--space`` file does not parse.
     """
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as e:
-        raise ValueError(f"--space: cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"--space: {path} is not valid TOML: {e}") from None
-    try:
-        return SpaceBounds.from_dict(data).to_dict()
-    except ValueError as e:
-        raise ValueError(f"--space: {path}: {e}") from None
+    device = cli.device_flag(args.device)
+    given = GivenSettings(
+        data=args.data, task=args.task, size=tuple(args.size) if args.size else None, split_seed=args.split_seed,
+        n_phantoms=args.phantoms, epochs=args.epochs, seed=args.seed, max_gflops=args.max_gflops, folds=args.folds,
+        confirm_epochs=args.confirm_epochs, confirm_top=args.confirm_top, confirm_folds=args.confirm_folds,
+        score=args.score)
+    job = RunJob(study=args.study, storage=args.storage, studies_dir=args.studies_dir, trials=args.trials,
+                 jobs=args.jobs, timeout_s=args.timeout, budget_min=budget_minutes(args.budget, device),
+                 sampler=args.sampler, pruner=args.pruner, objectives=parse_objectives(args.objectives),
+                 confirm=not args.no_confirm, confirm_only=args.confirm_only, device=device, workers=args.workers)
+    check_flags(given, job)
+    if args.space:
+        given = dataclasses.replace(given, bounds=load_space_file(args.space))
+    return given, job
 
 
-def resolve_settings(args: argparse.Namespace, stored: dict | None, device) -> tuple[RunSettings, str]:
-    """Settings from the flags, the stored study, then the device's default fidelity, and the fidelity line.
+def check_flags(given: GivenSettings, job: RunJob) -> None:
+    """Refuse a flag's value that no run can use, naming the flag.
 
     Raises:
-        ValueError: A flag contradicts the settings the existing study was run with.
+        UsageError: The first such flag.
     """
-    given = {"data": args.data, "task": args.task, "size": list(args.size) if args.size else None,
-             "epochs": args.epochs, "seed": args.seed, "split_seed": args.split_seed, "n_phantoms": args.phantoms,
-             "max_gflops": args.max_gflops, "folds": args.folds, "confirm_epochs": args.confirm_epochs,
-             "confirm_top": args.confirm_top, "confirm_folds": args.confirm_folds,
-             "bounds": load_space_file(args.space) if args.space else None, "score": args.score}
-    if stored:
-        stored = RunSettings.from_dict(stored).to_dict() | {k: v for k, v in stored.items() if k == "data"}
-        # The confirmation's settings may change on a resumed study (e.g. --confirm-only --confirm-folds 5):
-        # each setting confirms in its own companion study, and the decision records what it used.
-        clash = [k for k, v in given.items() if v is not None and k in stored and v != stored[k]
-                 and k not in CONFIRM_SETTINGS
-                 and not (k == "data" and Path(v).resolve() == Path(stored[k] or "").resolve())]
-        if clash:
-            was = ", ".join(f"{k}={stored[k]}" for k in clash if k != "bounds")
-            if "bounds" in clash:
-                was = (was + ", " if was else "") + "another --space"
-            raise ValueError(f"study settings: this study was run with {was}; a study must keep one setting "
-                             "(to compare trials fairly): drop those flags, or start a new --study NAME")
-        merged = {k: (v if v is not None else stored.get(k)) for k, v in given.items()}
-    else:
-        merged = given
-    fidelity = choose_fidelity(device, merged["size"], merged["epochs"], merged["n_phantoms"], merged["max_gflops"],
-                               given_by="by the study" if stored else "on the command line")
-    settings = RunSettings(
-        data=str(Path(merged["data"]).resolve()) if merged["data"] else None,
-        task=merged["task"] or "course",
-        size=fidelity.size,
-        epochs=fidelity.epochs,
-        seed=merged["seed"] if merged["seed"] is not None else 0,
-        split_seed=merged["split_seed"] if merged["split_seed"] is not None else 0,
-        n_phantoms=fidelity.n_phantoms,
-        max_gflops=fidelity.max_gflops or 0.0,  # stored 0 = no cap, so a resumed run does not add one
-        folds=merged["folds"] or 2,
-        confirm_epochs=merged["confirm_epochs"] or fidelity.confirm_epochs,
-        confirm_top=merged["confirm_top"] if merged["confirm_top"] is not None else DEFAULT_TOP_K,
-        confirm_folds=merged["confirm_folds"] or DEFAULT_CONFIRM_FOLDS,
-        bounds=merged["bounds"] or SpaceBounds().to_dict(),
-        score=merged["score"] or DEFAULT_SCORE,
-    )
-    try:
-        settings.space()
-    except SpecInputError as e:
-        raise ValueError(f"--size: {e}") from None
-    scored = " with batch-norm statistics recomputed" if settings.score == "auc_bn" else ""
-    line = (f"{fidelity.reason}; each trial scored by {settings.folds}-fold cross-validation at its last epoch"
-            f"{scored}; "
-            f"confirmation of the top {settings.confirm_top} at {settings.confirm_epochs} epochs"
-            + (", kept from the study" if stored else ""))
-    return settings, line
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    positive("--trials", args.trials)
-    positive("--epochs", args.epochs)
-    if args.size is not None and min(args.size) < 4:
-        raise ValueError(f"--size: expected three voxel counts of at least 4, got {args.size}")
-    if args.phantoms is not None and args.phantoms < 10:
-        raise ValueError(f"--phantoms: expected at least 10, got {args.phantoms}")
-    positive("--timeout", args.timeout, "a positive number of seconds")
-    if args.folds is not None and not 2 <= args.folds <= 10:
-        raise ValueError(f"--folds: expected 2 to 10 folds, got {args.folds}")
-    if args.confirm_folds is not None and not 2 <= args.confirm_folds <= 10:
-        raise ValueError(f"--confirm-folds: expected 2 to 10 folds, got {args.confirm_folds}")
-    positive("--confirm-top", args.confirm_top)
-    positive("--confirm-epochs", args.confirm_epochs)
-    positive("--jobs", args.jobs, "a positive count of worker processes")
-    budget_minutes(args.budget, resolve_device(args.device))
+    positive("--trials", job.trials)
+    positive("--epochs", given.epochs)
+    if given.size is not None and min(given.size) < 4:
+        raise UsageError(f"--size: expected three voxel counts of at least 4, got {list(given.size)}")
+    if given.n_phantoms is not None and given.n_phantoms < 10:
+        raise UsageError(f"--phantoms: expected at least 10, got {given.n_phantoms}")
+    positive("--timeout", job.timeout_s, "a positive number of seconds")
+    if given.folds is not None and not 2 <= given.folds <= 10:
+        raise UsageError(f"--folds: expected 2 to 10 folds, got {given.folds}")
+    if given.confirm_folds is not None and not 2 <= given.confirm_folds <= 10:
+        raise UsageError(f"--confirm-folds: expected 2 to 10 folds, got {given.confirm_folds}")
+    positive("--confirm-top", given.confirm_top)
+    positive("--confirm-epochs", given.confirm_epochs)
+    positive("--jobs", job.jobs, "a positive count of worker processes")
 
 
 def budget_minutes(value: str | None, device) -> float | None:
     """``--budget`` in minutes: None for 'none', the device's default when not given.
 
     Raises:
-        ValueError: Not a positive number of minutes or 'none'.
+        UsageError: Not a positive number of minutes or 'none'.
     """
     if value is None:
         return None if device.type == "cuda" else DEFAULT_CPU_BUDGET_MIN
@@ -313,69 +216,74 @@ def budget_minutes(value: str | None, device) -> float | None:
     except ValueError:
         minutes = math.nan
     if not math.isfinite(minutes) or minutes <= 0:
-        raise ValueError(f"--budget: expected a positive number of minutes or 'none', got {value!r}")
+        raise UsageError(f"--budget: expected a positive number of minutes or 'none', got {value!r}")
     return minutes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Started:
-    """A run ready to search: its study, settings and data, as :func:`start` made them."""
+    """A run ready to search: its job, its study, settings and data, as :func:`start` made them."""
 
+    job: RunJob
     study: optuna.Study
     storage: optuna.storages.BaseStorage
     storage_url: str
     settings: RunSettings
     prepared: PreparedData
     folds: list
-    device: torch.device
-    objectives: tuple[str, ...]
     created: bool
     stored: dict | None
     began: float = field(default_factory=time.monotonic)  # when the command started, for its time budget
 
 
-def start(args: argparse.Namespace) -> Started:
+def start(given: GivenSettings, job: RunJob) -> Started:
     """Open (or create) the study, settle its settings against the flags, load the data and make the folds.
 
     Raises:
-        ValueError, DataError: Bad flags, a flag that contradicts the study, unusable data.
+        UsageError, DataError: A flag that contradicts the study, no study to confirm, unusable data.
     """
     began = time.monotonic()
-    _check_args(args)
-    objectives = parse_objectives(args.objectives)
-    device = resolve_device(args.device)
-    storage_url = args.storage or default_storage(args.study, args.studies_dir)
+    storage_url = job.storage or default_storage(job.study, job.studies_dir)
     storage = open_storage(storage_url)
-    stored = _stored_settings(storage, args.study)
-    if args.confirm_only and stored is None:
-        raise ValueError(f"--confirm-only: no study {args.study!r} in {redact(storage_url)} to confirm "
+    stored = _stored_settings(storage, job.study)
+    if job.confirm_only and stored is None:
+        raise UsageError(f"--confirm-only: no study {job.study!r} in {redact(storage_url)} to confirm "
                          "(run python -m search.run first)")
-    settings, fidelity_line = resolve_settings(args, stored, device)
-    prepared = _prepare(args, settings)
+    settings, fidelity_line = resolve_settings(given, stored, job.device)
+    prepared = _prepare(settings, job)
     # Creating the study and storing its settings is one step (search.study.create_or_load_study).
     study, created = create_or_load_study(
-        args.study, storage, seed=settings.seed, pruner=args.pruner, max_folds=settings.folds,
-        objectives=objectives, bounds=settings.space(), sampler=args.sampler,
+        job.study, storage, seed=settings.seed, pruner=job.pruner, max_folds=settings.folds,
+        objectives=job.objectives, bounds=settings.space(), sampler=job.sampler,
         attrs={schema.STUDY_DATA_SUMMARY: prepared.summary(), schema.STUDY_BOUNDS: settings.space().to_dict(),
                SETTINGS_ATTR: settings.to_dict()})
     if not created and not stored:
         # Another run created the study while this one loaded its data: the study's settings hold, and a
         # flag that contradicts them is the usual one-line error.
         stored = study.user_attrs.get(SETTINGS_ATTR) or {}
-        joined, fidelity_line = resolve_settings(args, stored, device)
-        if _data_key(joined) != _data_key(settings):
-            prepared = _prepare(args, joined)
+        joined, fidelity_line = resolve_settings(given, stored, job.device)
+        if joined.data_settings() != settings.data_settings():
+            prepared = _prepare(joined, job)
         settings = joined
-    print(f"study {args.study!r} in {redact(storage_url)} ({'new' if created else 'resumed'})")
+    print(f"study {job.study!r} in {redact(storage_url)} ({'new' if created else 'resumed'})")
     print(fidelity_line)
     print(describe(prepared))
-    folds = search_folds(prepared, settings.folds, args.studies_dir, settings.split_seed)
-    return Started(study, storage, storage_url, settings, prepared, folds, device, objectives, created, stored, began)
+    folds = search_folds(prepared, settings.folds, job.studies_dir, settings.split_seed)
+    return Started(job, study, storage, storage_url, settings, prepared, folds, created, stored, began)
 
 
-def run_search(args: argparse.Namespace, r: Started) -> int:
+def run_study(given: GivenSettings, job: RunJob) -> int:
+    """Run (or continue) a search and its confirmation. Returns the exit code (0, 2, or 130).
+
+    Raises:
+        UsageError, DataError: Bad settings or data, before any trial runs.
+    """
+    return run_search(start(given, job))
+
+
+def run_search(r: Started) -> int:
     """The search, then the confirmation, on a started run. Returns the exit code (0, 2, or 130)."""
-    study, settings = r.study, r.settings
+    job, study, settings = r.job, r.study, r.settings
     if r.created and study.user_attrs.get(schema.STUDY_BASELINE_NOTE):
         print(f"note: {study.user_attrs[schema.STUDY_BASELINE_NOTE]}")
     if not r.created and (not r.stored or any(r.stored.get(k) != settings.to_dict()[k] for k in CONFIRM_SETTINGS)):
@@ -385,12 +293,12 @@ def run_search(args: argparse.Namespace, r: Started) -> int:
         if line:
             print(line)
 
-    amp = device_precision(r.device).amp
+    amp = device_precision(job.device).amp
     interrupted = stage = None
-    if not args.confirm_only:
-        budget = _budget(args, r, amp)
-        run_trials = _search_parallel if args.jobs > 1 else _search
-        interrupted = run_trials(args, study, settings, r.folds, r.device, amp, r.objectives, budget)
+    if not job.confirm_only:
+        budget = _budget(r, amp)
+        run_trials = _search_parallel if job.jobs > 1 else _search
+        interrupted = run_trials(r, amp, budget)
         if interrupted is None:
             return EXIT_BAD_INPUT
         stage = "search"
@@ -398,16 +306,16 @@ def run_search(args: argparse.Namespace, r: Started) -> int:
         print(summary_table(study))
         if budget.stop is not None and budget.stop.stopped:
             print(budget.stop.stopped)
-    if not interrupted and not args.no_confirm and len(r.objectives) == 1:
-        interrupted = _confirm(args, study, r.storage, r.prepared, settings, r.device, amp)
+    if not interrupted and job.confirm and len(job.objectives) == 1:
+        interrupted = _confirm(r, amp)
         stage = "confirmation"
-    _print_next_steps(args, r.storage_url)
+    _print_next_steps(job, r.storage_url)
     if interrupted:
-        flags = " ".join(f"--{k} {v}" for k, v in (("study", args.study), ("storage", redact(args.storage or "")),
-                                                   ("studies-dir", args.studies_dir if args.studies_dir != "studies"
+        flags = " ".join(f"--{k} {v}" for k, v in (("study", job.study), ("storage", redact(job.storage or "")),
+                                                   ("studies-dir", job.studies_dir if job.studies_dir != "studies"
                                                     else "")) if v)
         again = "--trials N" if stage == "search" else "--confirm-only"
-        what = ("trials are" if args.jobs > 1 else "trial is") if stage == "search" else "confirmation run is"
+        what = ("trials are" if job.jobs > 1 else "trial is") if stage == "search" else "confirmation run is"
         print(f"\nInterrupted: the running {what} marked failed, finished ones are kept. Resume with:\n"
               f"  python -m search.run {again} {flags}".rstrip(), file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -420,15 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines replace Optuna's per-trial logs
     # Ctrl-C during a trial or a confirmation run is handled where it lands (the run is failed and can be
     # resumed); one that reaches here came while the data loaded or between stages.
-    return exit_code(lambda: run_search(args, start(args)),
+    return exit_code(lambda: run_study(*parse_flags(args)),
                      interrupted="interrupted: finished trials are kept; run the same command again to continue")
 
 
-def _trial_settings(settings: RunSettings, device, amp: bool, objectives: tuple[str, ...]) -> SearchSettings:
+def _trial_settings(r: Started, amp: bool) -> SearchSettings:
     """What every trial of this run shares."""
-    return SearchSettings(size=settings.size, epochs=settings.epochs, device=device, seed=settings.seed, amp=amp,
-                          objectives=objectives, bounds=settings.space(), max_gflops=settings.max_gflops or None,
-                          recompute_bn=settings.score == "auc_bn")
+    s = r.settings
+    return SearchSettings(size=s.size, epochs=s.epochs, device=r.job.device, seed=s.seed, amp=amp,
+                          objectives=r.job.objectives, bounds=s.space(), max_gflops=s.max_gflops or None,
+                          recompute_bn=s.score == "auc_bn")
 
 
 @dataclass
@@ -439,22 +348,22 @@ class Budget:
     stop: BudgetStop | None
 
 
-def _workload(args: argparse.Namespace, r: Started) -> Workload:
+def _workload(r: Started) -> Workload:
     s = r.settings
     fold_train = sum(len(train) for _, train, _ in r.folds) / max(len(r.folds), 1)
-    confirms = not args.no_confirm and len(r.objectives) == 1
+    confirms = r.job.confirm and len(r.job.objectives) == 1
     non_test = len(r.prepared.split.train) + len(r.prepared.split.val)
     # Every candidate (the top trunks and the baseline) trains once per fresh fold on (k-1)/k of the non-test scans.
     confirm = (s.confirm_top + 1) * s.confirm_epochs * non_test * (s.confirm_folds - 1)
-    return Workload(args.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0,
+    return Workload(r.job.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0,
                     s.confirm_top + 1)
 
 
-def _budget(args: argparse.Namespace, r: Started, amp: bool) -> Budget:
+def _budget(r: Started, amp: bool) -> Budget:
     """Measure this machine's speed, print what the run will take here, and arm the budget's stop rule."""
-    work = _workload(args, r)
-    speed = measure_speed(r.settings.size, r.device, amp)
-    minutes = budget_minutes(args.budget, r.device)
+    work = _workload(r)
+    speed = measure_speed(r.settings.size, r.job.device, amp)
+    minutes = r.job.budget_min
     budget_s = None if minutes is None else 60.0 * minutes
     if speed is None:
         print("time: not measured (the seed baseline could not train in the measurement); no --budget stop")
@@ -471,18 +380,17 @@ def _budget(args: argparse.Namespace, r: Started, amp: bool) -> Budget:
                                         lambda study: [c.trial for c in select_candidates(study, size, top)]))
 
 
-def _search(args: argparse.Namespace, study: optuna.Study, settings: RunSettings, folds: list, device, amp: bool,
-            objectives: tuple[str, ...], budget: Budget) -> bool:
+def _search(r: Started, amp: bool, budget: Budget) -> bool:
     """The trials. Returns whether Ctrl-C stopped them."""
-    run = _trial_settings(settings, device, amp, objectives)
-    progress = SearchProgress(args.trials, settings.epochs * settings.folds)
-    artifacts = TrialArtifacts(artifact_dir(args.studies_dir, args.study))
-    objective = Objective([FoldData(f.fold, train, val) for f, train, val in folds], run,
+    job, study, settings = r.job, r.study, r.settings
+    progress = SearchProgress(job.trials, settings.epochs * settings.folds)
+    artifacts = TrialArtifacts(artifact_dir(job.studies_dir, job.study))
+    objective = Objective([FoldData(f.fold, train, val) for f, train, val in r.folds], _trial_settings(r, amp),
                           on_epoch=progress.on_epoch, on_trial_end=artifacts)
     interrupted = False
     try:
         callbacks = [progress.on_trial_end, *([budget.stop] if budget.stop is not None else [])]
-        study.optimize(objective, n_trials=args.trials, timeout=args.timeout, catch=(TrialFailed,),
+        study.optimize(objective, n_trials=job.trials, timeout=job.timeout_s, catch=(TrialFailed,),
                        callbacks=callbacks)
     except KeyboardInterrupt:
         interrupted = True
@@ -496,26 +404,24 @@ def _search(args: argparse.Namespace, study: optuna.Study, settings: RunSettings
     return interrupted
 
 
-def _search_parallel(args: argparse.Namespace, study: optuna.Study, settings: RunSettings, folds: list, device,
-                     amp: bool, objectives: tuple[str, ...], budget: Budget) -> bool | None:
+def _search_parallel(r: Started, amp: bool, budget: Budget) -> bool | None:
     """The trials on ``--jobs`` worker processes. Returns whether Ctrl-C stopped them; None when every worker
     failed with an error (printed)."""
-    jobs = min(args.jobs, args.trials)
-    storage_url = args.storage or default_storage(args.study, args.studies_dir)
-    run = _trial_settings(settings, device, amp, objectives)
+    job, settings = r.job, r.settings
+    jobs = min(job.jobs, job.trials)
     threads = threads_per_worker(jobs)
-    plan = WorkerPlan(study=args.study, storage_url=storage_url, studies_dir=args.studies_dir,
-                      data_root=str(resolve_data_root(settings.data, args.studies_dir, settings.n_phantoms, 0)),
-                      task=settings.task, split_seed=settings.split_seed, folds=settings.folds, sampler=args.sampler,
-                      pruner=args.pruner, search=run, threads=threads,
-                      deadline=_parallel_deadline(args.timeout, budget.plan))
-    devices = worker_devices(device, jobs)
+    plan = WorkerPlan(study=job.study, storage_url=r.storage_url, studies_dir=job.studies_dir,
+                      data_root=str(resolve_data_root(settings.data, job.studies_dir, settings.n_phantoms, 0)),
+                      task=settings.task, split_seed=settings.split_seed, folds=settings.folds, sampler=job.sampler,
+                      pruner=job.pruner, search=_trial_settings(r, amp), threads=threads,
+                      deadline=_parallel_deadline(job.timeout_s, budget.plan))
+    devices = worker_devices(job.device, jobs)
     where = ", ".join(sorted({str(d) for d in devices}))
-    per_worker = f", {threads} CPU thread{'s' if threads > 1 else ''} each" if device.type == "cpu" else ""
+    per_worker = f", {threads} CPU thread{'s' if threads > 1 else ''} each" if job.device.type == "cpu" else ""
     print(f"{jobs} workers on {where}{per_worker}")
-    progress = SearchProgress(args.trials, settings.epochs * settings.folds)
+    progress = SearchProgress(job.trials, settings.epochs * settings.folds)
     try:
-        result = run_parallel(plan, devices, study, args.trials, progress)
+        result = run_parallel(plan, devices, r.study, job.trials, progress)
     finally:
         progress.close()
     for error in result.errors:
@@ -537,42 +443,41 @@ def _parallel_deadline(timeout: float | None, time_plan: Plan) -> float | None:
     return min(ends) if ends else None
 
 
-def _confirm(args: argparse.Namespace, study: optuna.Study, storage, prepared: PreparedData, settings: RunSettings,
-             device, amp: bool) -> bool:
-    """The confirmation stage (resumable). Returns whether Ctrl-C stopped it."""
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+def _confirm(r: Started, amp: bool) -> bool:
+    """The confirmation stage (resumable). Returns whether Ctrl-C stopped it.
+
+    Nothing to recommend (every candidate's runs failed, each failure recorded on its run) is said in one
+    line, and the search stays as it is; any other error propagates.
+    """
+    job, settings = r.job, r.settings
+    if not any(t.state == TrialState.COMPLETE for t in r.study.get_trials(deepcopy=False)):
         print("\nconfirmation skipped: no complete trial yet")
         return False
     # Fresh folds: another assignment than the search's (seed + 1), new training seeds.
-    fresh = search_folds(prepared, settings.confirm_folds, args.studies_dir, settings.split_seed + 1)
+    fresh = search_folds(r.prepared, settings.confirm_folds, job.studies_dir, settings.split_seed + 1)
     confirm_settings = ConfirmSettings(epochs=settings.confirm_epochs, seed=settings.seed,
                                        folds=settings.confirm_folds, fold_seed=settings.split_seed + 1,
                                        top_k=settings.confirm_top)
     print(f"\nconfirming the top {settings.confirm_top} distinct specs and the seed baseline on fresh "
           f"{settings.confirm_folds}-fold splits at {settings.confirm_epochs} epochs")
     try:
-        decision = confirm(study, storage, [ConfirmFold(0, f.fold, train, val) for f, train, val in fresh],
-                           confirm_settings, settings.size, device, amp,
-                           artifacts=artifact_dir(args.studies_dir, args.study))
+        decision = confirm(r.study, r.storage, [ConfirmFold(0, f.fold, train, val) for f, train, val in fresh],
+                           confirm_settings, settings.size, job.device, amp,
+                           artifacts=artifact_dir(job.studies_dir, job.study))
     except KeyboardInterrupt:
         return True
-    except ValueError as e:
-        print(f"confirmation: {e}", file=sys.stderr)
+    except NoRecommendation as e:
+        print(e, file=sys.stderr)
         return False
     print(format_decision(decision))
     return False
 
 
-def _prepare(args: argparse.Namespace, settings: RunSettings) -> PreparedData:
+def _prepare(data: DataSettings, job: RunJob) -> PreparedData:
     """The study's data: train and validation parts only, at its size, task and split."""
-    root = resolve_data_root(settings.data, args.studies_dir, settings.n_phantoms, 0)
-    return prepare_data(root, PreprocessConfig(size=settings.size), task=settings.task, seed=settings.split_seed,
-                        studies_dir=args.studies_dir, workers=args.workers, progress=sys.stderr.isatty())
-
-
-def _data_key(settings: RunSettings) -> tuple:
-    """The settings that decide which data is loaded, and how."""
-    return settings.data, settings.n_phantoms, settings.task, settings.size, settings.split_seed
+    root = resolve_data_root(data.data, job.studies_dir, data.n_phantoms, 0)
+    return prepare_data(root, PreprocessConfig(size=data.size), task=data.task, seed=data.split_seed,
+                        studies_dir=job.studies_dir, workers=job.workers, progress=sys.stderr.isatty())
 
 
 def _stored_settings(storage, name: str) -> dict | None:
@@ -583,13 +488,13 @@ def _stored_settings(storage, name: str) -> dict | None:
     return None
 
 
-def _print_next_steps(args: argparse.Namespace, storage_url: str) -> None:
-    artifacts = artifact_dir(args.studies_dir, args.study)
-    study_flags = "" if args.study == "lungct" and not args.storage else f" --study {args.study}"
-    if args.storage:
+def _print_next_steps(job: RunJob, storage_url: str) -> None:
+    artifacts = artifact_dir(job.studies_dir, job.study)
+    study_flags = "" if job.study == "lungct" and not job.storage else f" --study {job.study}"
+    if job.storage:
         study_flags += f" --storage {redact(storage_url)}"
-    if args.studies_dir != "studies":
-        study_flags += f" --studies-dir {args.studies_dir}"
+    if job.studies_dir != "studies":
+        study_flags += f" --studies-dir {job.studies_dir}"
     print("\nnext:")
     print(f"  optuna-dashboard {redact(storage_url)} --artifact-dir {artifacts}   # live view, learning curves")
     print(f"  python -m search.report{study_flags}   # offline HTML report: importance, Pareto front")

@@ -195,10 +195,10 @@ def _raise_storage_faults(engine: sqlalchemy.engine.Engine, url: str) -> None:
             raise fault from context.original_exception
 
 
-def _open_error(url: str, error: Exception) -> ValueError:
+def _open_error(url: str, error: Exception) -> UsageError:
     # SQLAlchemy's messages run over several lines ("(Background on this error at: ...)").
     reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-    return ValueError(_scrub(f"storage: cannot open {redact(url)}: {reason}", url))
+    return UsageError(_scrub(f"storage: cannot open {redact(url)}: {reason}", url))
 
 
 def make_pruner(name: str, max_folds: int) -> optuna.pruners.BasePruner:

@@ -25,6 +25,7 @@ from search.ablation.settings import SETTINGS_ATTR, AblationJob, AblationSetting
 from search.ablation.summary import summarize, val_train_ratio
 from search.ablation.variants import Variant, load_study_best, make_variants, padding_lines
 from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
+from search.errors import UsageError
 from search.study import default_storage, open_storage, redact
 from search.train import device_name
 
@@ -56,16 +57,19 @@ def run_ablation(settings: AblationSettings, job: AblationJob, device: torch.dev
     """Run (or resume) an ablation and write its outputs.
 
     Raises:
-        ValueError, lungct.errors.DataError: Bad input (a study, a size, the data), before any run starts.
+        UsageError, lungct.errors.DataError: Bad input (a study, a size, the data), before any run starts.
         KeyboardInterrupt: Ctrl-C; the running run's trial is marked failed, finished runs are kept.
     """
     requested_split = settings.split_seed
     best = None
-    if job.study:
-        best = load_study_best(job.study, job.study_storage or default_storage(job.study, job.studies_dir))
-        if best.split_seed is not None:
-            settings = dataclasses.replace(settings, split_seed=best.split_seed)
-    variant_list = make_variants(job.variants, settings.size, best)
+    try:  # both refuse only a --study, or a --size, they cannot run
+        if job.study:
+            best = load_study_best(job.study, job.study_storage or default_storage(job.study, job.studies_dir))
+            if best.split_seed is not None:
+                settings = dataclasses.replace(settings, split_seed=best.split_seed)
+        variant_list = make_variants(job.variants, settings.size, best)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     storage_url = job.storage or default_storage("ablation", job.studies_dir)
     storage = open_storage(storage_url)
     root = resolve_data_root(settings.data, job.studies_dir, settings.n_phantoms, 0)

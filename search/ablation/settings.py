@@ -7,29 +7,28 @@ which changes what a run computes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from search.settings import NOT_STORED, DataSettings, settings_dict
 
 SETTINGS_ATTR = "settings"  # the study user attr that holds AblationSettings.to_dict()
 
 
-@dataclass(frozen=True)
-class AblationSettings:
+@dataclass(frozen=True, kw_only=True)
+class AblationSettings(DataSettings):
     """What every run of an ablation shares; it names the study, with the fingerprint of the scans it folds.
 
-    ``split_seed`` picks the train/val/test split whose test part stays locked (the search study's, with
-    --study); the fingerprint of the train+val scans already tells one split from another.
+    The data settings (:class:`search.settings.DataSettings`) are those of ``search.run`` and export: the
+    same flags find the same scans. ``split_seed`` picks the train/val/test split whose test part stays
+    locked (the search study's, with --study); the fingerprint of the train+val scans already tells one
+    split from another.
     """
 
-    data: str | None
-    task: str
-    size: tuple[int, int, int]
     epochs: int
     folds: int
     repeats: int
     seed: int
-    split_seed: int
-    n_phantoms: int
-    amp: bool
+    amp: bool = field(default=False, metadata=NOT_STORED)  # the device's precision, not a setting of the study
 
     def study_name(self, data_fingerprint: str) -> str:
         """``ablation-<fingerprint>-<task>-<DxHxW>-e<E>-k<K>r<R>-s<seed>``: other settings, another study."""
@@ -37,10 +36,8 @@ class AblationSettings:
                 f"-k{self.folds}r{self.repeats}-s{self.seed}")
 
     def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return {"data": self.data, "task": self.task, "size": list(self.size), "epochs": self.epochs,
-                "folds": self.folds, "repeats": self.repeats, "seed": self.seed, "split_seed": self.split_seed,
-                "n_phantoms": self.n_phantoms}
+        """JSON-ready dict: the stored fields (``amp`` is not one)."""
+        return settings_dict(self)
 
 
 @dataclass(frozen=True)
