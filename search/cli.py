@@ -7,17 +7,23 @@ through :func:`exit_code`, so every command answers bad input, failure and Ctrl-
 
 - 0: done;
 - 1: the work failed (training diverged, the export check failed, a scan could not be read);
-- 2: bad input: flags, data, study, folders (``ValueError``, ``lungct.errors.DataError``), and a storage
-  location that cannot be used: a damaged database, a full disk, a read-only folder
-  (``search.faults.StorageError``, or the fault found behind what Optuna raised), one line;
+- 2: bad input, one line: flags, settings, study (``search.errors.UsageError``), data
+  (``lungct.errors.DataError``), a model folder (``search.model_dir.ModelDirError``), a spec
+  (``space.SpecInputError``), and a storage location that cannot be used: a damaged database, a full disk,
+  a read-only folder (``search.faults.StorageError``, or the fault found behind what Optuna raised);
 - 130: interrupted by Ctrl-C, with what was kept and how to resume;
 - 143: stopped by SIGTERM (a scheduler's time limit, ``timeout``, ``kill``), handled as Ctrl-C is: the same
   cleanup, the same resumable state (``lungct.signals``).
+
+Any other exception is a bug, and shows its traceback (exit 1): a plain ``ValueError`` from numpy, torch or
+the library is not the user's mistake. ``LUNGCT_DEBUG=1`` in the environment re-raises everything, bad
+input included, so its traceback shows where it was raised.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -29,14 +35,19 @@ from lungct.records import TASKS
 from lungct.signals import EXIT_TERMINATED, Terminated, exit_status, sigterm_as_interrupt
 from search.errors import UsageError
 from search.faults import StorageError, storage_fault
+from search.model_dir import ModelDirError
 from search.names import study_name
 from search.train import resolve_device
+from space import SpecInputError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 DEVICES = ("auto", "cpu", "cuda")
+DEBUG_ENV = "LUNGCT_DEBUG"  # set to 1: every error re-raised with its traceback, bad input included
+# What the user can fix: one line and exit 2. Anything else is a bug and keeps its traceback.
+BAD_INPUT = (UsageError, DataError, ModelDirError, SpecInputError, StorageError)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -118,6 +129,11 @@ def positive(flag: str, value: int | float | None, what: str = "a positive count
         raise UsageError(f"{flag}: expected {what}, got {value}")
 
 
+def debugging() -> bool:
+    """Whether ``LUNGCT_DEBUG=1`` asks for every error's traceback."""
+    return os.environ.get(DEBUG_ENV, "").strip() == "1"
+
+
 def device_flag(name: str) -> torch.device:
     """``--device``'s value as the torch device to use.
 
@@ -136,19 +152,26 @@ def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseExcept
 
     SIGTERM raises ``lungct.signals.Terminated`` (a ``KeyboardInterrupt``) while the body runs, so every
     Ctrl-C path inside it does its cleanup; a body that answers the interrupt itself with 130 exits 143.
+    Only :data:`BAD_INPUT` (and a storage fault behind another exception) is exit 2, and ``failures`` exit 1;
+    any other exception propagates with its traceback, and under ``LUNGCT_DEBUG=1`` every one does.
 
     Args:
         body: The work; returns its own exit code (None for 0).
         failures: Exception types that mean "the work failed" (exit 1); their message is the line shown.
         interrupted: What Ctrl-C leaves behind, said on stderr before exit 130 (143 after SIGTERM).
     """
+    debug = debugging()
     with sigterm_as_interrupt():
         try:
             code = body()
-        except (DataError, ValueError, StorageError) as e:
+        except BAD_INPUT as e:
+            if debug:
+                raise
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except failures as e:
+            if debug:
+                raise
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
         except KeyboardInterrupt as e:
@@ -158,7 +181,7 @@ def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseExcept
             # Optuna and the drivers raise a storage fault as StorageInternalError, or an AssertionError from
             # its trial bookkeeping when the final write failed: the fault in its chain is the line to show.
             fault = storage_fault(e)
-            if fault is None:
+            if fault is None or debug:
                 raise
             print(f"error: {fault}", file=sys.stderr)
             return EXIT_BAD_INPUT

@@ -6,11 +6,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import search.confirm
 import search.objective
 import search.run
 import search.trainer
 from lungct.discover import discover
 from lungct.splits import load_or_make_split
+from search.errors import NoRecommendation
 from search.run import main
 from search.study import redact
 from search.train import NonFiniteLossError
@@ -473,3 +475,32 @@ def test_run_keeps_the_score_of_a_study_made_before_it_was_stored(tiny_data, tmp
     capsys.readouterr()
     assert main(_args(tiny_data, tmp_path, "--trials", "1", "--score", "auc_bn")) == 2
     assert "score=auc" in capsys.readouterr().err
+
+
+def _confirming(tiny_data, tmp_path) -> list[str]:
+    """One trial, then a one-epoch confirmation of the top candidate."""
+    return [a for a in _args(tiny_data, tmp_path, "--trials", "1", "--epochs", "1", "--confirm-top", "1",
+                             "--confirm-epochs", "1") if a != "--no-confirm"]
+
+
+def test_run_value_error_inside_the_confirmation_is_a_bug_with_its_traceback(tiny_data, tmp_path, monkeypatch):
+    def bug(*args, **kwargs):
+        raise ValueError("bug")
+
+    monkeypatch.setattr(search.run, "measure_speed", lambda *a, **k: None)
+    monkeypatch.setattr(search.confirm, "select_candidates", bug)
+    with pytest.raises(ValueError, match=r"^bug$"):
+        main(_confirming(tiny_data, tmp_path))
+
+
+def test_run_confirmation_with_nothing_to_recommend_is_one_line_and_the_search_is_kept(tiny_data, tmp_path,
+                                                                                        monkeypatch, capsys):
+    def nothing(*args, **kwargs):
+        raise NoRecommendation("confirmation: no candidate finished its runs; nothing can be recommended")
+
+    monkeypatch.setattr(search.run, "measure_speed", lambda *a, **k: None)
+    monkeypatch.setattr(search.confirm, "select_candidates", nothing)
+    assert main(_confirming(tiny_data, tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert err.count("confirmation: no candidate finished its runs") == 1
+    assert _study(tmp_path).trials[0].state == TrialState.COMPLETE
