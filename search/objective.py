@@ -15,9 +15,9 @@ it was not trained on:
 The spec is fitted to the input size before anything is built (``space.fit_sampled``): the space never
 trains a spec that cannot run; and to the cost cap (``space.fit_cost``): a spec above it trains narrower,
 with the reason recorded, instead of spending the trial slot on nothing. Known failures are caught by
-type and recorded on the trial as a reason: a spec that no narrowing brings under the cost cap is pruned
-untrained, a non-finite training loss prunes the trial, running out
-of memory fails it, and the study goes on.
+type and recorded on the trial as a reason (``search.trial_run``, as in the confirmation and the ablation):
+a spec that no narrowing brings under the cost cap is pruned untrained, a non-finite training loss prunes
+the trial, running out of memory fails it, and the study goes on.
 """
 
 from __future__ import annotations
@@ -125,12 +125,12 @@ class Objective:
         self.running: int | None = None  # the trial number in progress, for cleanup after Ctrl-C
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        self.running = trial.number
+        self.running = trial.number  # after Ctrl-C it stays: the caller fails the trial, and may queue it again
         try:
             with trial_run(trial) as run:
                 value = self._run(run)
-        except Exception:  # pruned or failed: finished by Optuna (after Ctrl-C ``running`` stays: the caller
-            self.running = None  # fails the trial, and may queue it again)
+        except Exception:  # pruned or failed: finished by Optuna
+            self.running = None
             raise
         self.running = None
         return value
