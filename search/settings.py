@@ -62,7 +62,7 @@ def from_fields(cls: type, d: Mapping[str, Any]) -> Any:
     values = {}
     for name, value in d.items():
         if name in known:
-            kind = str(known[name].type)
+            kind = getattr(known[name].type, "__name__", str(known[name].type))  # "int", "tuple[int, ...]"
             values[name] = (tuple(value) if kind.startswith("tuple") and value is not None
                             else int(value) if kind == "int" else float(value) if kind == "float" else value)
     return cls(**values)
