@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from search import schema
 from search.artifacts import AtomicArtifactStore
 from search.data import Tensors
+from search.errors import NoRecommendation
 from search.intervals import auc_rows, stratified_resamples
 from search.metrics import binary_metrics
 from search.recovery import recover_trials
@@ -479,6 +480,9 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
         runs: Finished runs keyed by (candidate, repeat, fold).
         folds: The (repeat, fold) pairs that every candidate should have run.
         settings: The rule's alpha and resamples.
+
+    Raises:
+        NoRecommendation: No candidate finished all its runs.
     """
     k = max(len(candidates) - 1, 1)
     level = settings.alpha / k
@@ -516,7 +520,7 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
     else:
         scored = [r for r in rows if r.confirmed is not None]
         if not scored:
-            raise ValueError("confirmation: no candidate finished its runs; nothing can be recommended")
+            raise NoRecommendation("confirmation: no candidate finished its runs; nothing can be recommended")
         chosen = max(scored, key=lambda r: r.confirmed)
         why = "the seed baseline's runs diverged or are missing; the best confirmed candidate is recommended"
     rule = (f"recommend the best-confirmed candidate whose paired AUC difference to the seed baseline has "

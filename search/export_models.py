@@ -28,13 +28,14 @@ from search import schema
 from search.artifacts import artifact_dir
 from search.confirm import Decision, stored_decision
 from search.data import Tensors
+from search.errors import UsageError
 from search.metrics import BinaryMetrics, binary_metrics
 from search.model_dir import (
     Ensemble,
     members_of,
 )
 from search.precision import device_precision
-from search.run import RunSettings
+from search.settings import RunSettings
 from search.train import EpochResult, predict_probs, recalibrate_batchnorm
 from search.trainer import NON_FINITE, TrainingFailed, train_model
 from space import ArchSpec, TrainSpec, baseline, baseline_train, build, describe_spec, fit_to_size
@@ -111,22 +112,22 @@ def choose(study: optuna.Study, number: int | None, size: tuple[int, int, int]) 
     """The trial asked for, else the confirmation's recommendation.
 
     Raises:
-        ValueError: No such trial, it did not complete, or the study has no confirmation yet.
+        UsageError: No such trial, it did not complete, or the study has no confirmation yet.
     """
     trials = study.get_trials(deepcopy=False)
     decision = stored_decision(study)
     if number is not None:
         if not 0 <= number < len(trials):
-            raise ValueError(f"--trial: study {study.study_name!r} has trials 0..{len(trials) - 1}, not {number}")
+            raise UsageError(f"--trial: study {study.study_name!r} has trials 0..{len(trials) - 1}, not {number}")
         trial = trials[number]
         if trial.state != TrialState.COMPLETE or schema.SPEC not in trial.user_attrs:
-            raise ValueError(f"--trial: trial {number} is {trial.state.name.lower()}; only complete trials can be "
+            raise UsageError(f"--trial: trial {number} is {trial.state.name.lower()}; only complete trials can be "
                              "exported")
         return Choice(ArchSpec.from_dict(trial.user_attrs[schema.SPEC]),
                       TrainSpec.from_dict(trial.user_attrs[schema.TRAIN_SPEC]), trial,
                       bool(trial.user_attrs.get(schema.BASELINE)), f"trial {number}, as given by --trial", decision)
     if not decision:
-        raise ValueError(f"study: {study.study_name!r} has no confirmation yet, so nothing is recommended; run "
+        raise UsageError(f"study: {study.study_name!r} has no confirmation yet, so nothing is recommended; run "
                          f"python -m search.run --confirm-only --study {study.study_name} (or pass --trial N)")
     rec = decision.recommended
     trial = trials[rec.trial] if rec.trial is not None and rec.trial < len(trials) else None
@@ -204,7 +205,7 @@ def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec
     """The confirmation's fold models of ``spec`` as one :class:`Ensemble`, scored on the test part once.
 
     Raises:
-        ValueError: A fold model's weights are missing or unreadable in the artifact store.
+        UsageError: A fold model's weights are missing or unreadable in the artifact store.
         ExportError: They do not fit the spec.
     """
     store_dir = artifact_dir(s.studies_dir, s.study)
@@ -223,7 +224,7 @@ def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec
                 download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
                 state = load_file(str(path))
             except (OSError, SafetensorError, ArtifactNotFound) as e:
-                raise ValueError(f"artifacts: fold model {i} of the {role} ({artifact}) is missing or unreadable in "
+                raise UsageError(f"artifacts: fold model {i} of the {role} ({artifact}) is missing or unreadable in "
                                  f"{store_dir} ({type(e).__name__}); rerun python -m search.run --confirm-only, or "
                                  "export without --ensemble") from None
             net = build(spec)
