@@ -301,10 +301,7 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
     """
     stored = study.user_attrs[schema.STUDY_SETTINGS]
     check_out_dir(s.out, s.force)
-    try:
-        choice = choose(study, s.trial, s.size)
-    except ValueError as e:  # choose refuses only a --trial, or a study, that has nothing to export
-        raise UsageError(str(e)) from None
+    choice = choose(study, s.trial, s.size)
     chosen, spec, train_spec = choice.trial, choice.spec, choice.train_spec
     # A kept seed baseline is not a search result: no maximum over noisy scores chose it, so nothing asks for
     # the fold models the confirmation scored, and the course trains it on all its scans. Measured on fresh
