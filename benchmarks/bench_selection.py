@@ -57,6 +57,7 @@ from lungct.phantom import (
 )
 from lungct.records import PreprocessConfig
 from search.cli import exit_code
+from search.errors import UsageError
 from search.intervals import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference
 from search.model_dir import METRICS, ModelDirError, ModelInfo, load_model, members_of
 from search.precision import cpu_model
@@ -73,10 +74,6 @@ BOOTSTRAP_SEED = 0
 PHANTOM_CPU_S = 0.38
 # The folder name the default phantom set gets (lungct.default_data): its seed is in the name.
 _DEFAULT_SET_NAME = re.compile(r"^phantoms-v\d+-n\d+-seed(\d+)$")
-
-
-class UsageError(ValueError):
-    """A bad flag; printed as one line, exit code 2 (``search.cli.exit_code``)."""
 
 
 class _Parser(argparse.ArgumentParser):

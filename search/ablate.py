@@ -81,10 +81,7 @@ def parse_flags(args: argparse.Namespace) -> tuple[AblationSettings, AblationJob
     if args.size is not None and min(args.size) < 4:
         raise UsageError(f"--size: expected three voxel counts of at least 4, got {args.size}")
     _at_least("--phantoms", args.phantoms, 10)
-    try:
-        names, added = parse_variants(args.variants)
-    except ValueError as e:  # parse_variants refuses only the flag's text
-        raise UsageError(str(e)) from None
+    names, added = parse_variants(args.variants)
     device = cli.device_flag(args.device)
     job = AblationJob(variants=tuple(names), baseline_added=added, study=args.study,
                       study_storage=args.study_storage, storage=args.storage, out=args.out,

@@ -140,10 +140,7 @@ def device_flag(name: str) -> torch.device:
     Raises:
         UsageError: ``cuda`` where torch sees no GPU.
     """
-    try:
-        return resolve_device(name)
-    except ValueError as e:  # resolve_device refuses only the flag's value
-        raise UsageError(str(e)) from None
+    return resolve_device(name)
 
 
 def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseException], ...] = (),

@@ -64,7 +64,7 @@ from search.export_metrics import (
     training_entry,
     versions,
 )
-from search.export_models import ExportError, ExportSettings, Trained, assemble, choose, epochs_for, retrain
+from search.export_models import ExportError, ExportSettings, Shipped, assemble, choose, epochs_for, retrain
 from search.faults import FULL, StorageError, storage_fault
 from search.figures import CALIBRATION_PNG, ROC_PNG, write_model_figures
 from search.intervals import DEFAULT_RESAMPLES
@@ -420,7 +420,7 @@ def _baseline_spec(size: tuple[int, int, int]) -> ArchSpec | None:
 DASHBOARD_PICTURES = (ROC_PNG, CALIBRATION_PNG)  # from the model folder
 
 
-def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial | None, model: Trained,
+def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial | None, model: Shipped,
                     test: Tensors, info: ModelInfo) -> list[str]:
     """Attach the test ROC, the calibration and saliency examples to the study for optuna-dashboard.
 

@@ -92,7 +92,6 @@ class Shipped:
         return members_of(self.model)
 
 
-Trained = Shipped  # the old name, still imported by search.export
 
 
 @dataclass(frozen=True)

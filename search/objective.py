@@ -36,10 +36,8 @@ from search.data import Tensors
 from search.metrics import binary_metrics
 from search.train import EpochResult, FitResult, device_name, place, recalibrate_batchnorm
 from search.trainer import OUT_OF_MEMORY, TrainingFailed, auc_standard_error, predict_finite, train_model
-from search.trial_run import KnownFailure, TrialRun, trial_run
+from search.trial_run import TrialRun, trial_run
 from space import SpaceBounds, cost, fit_cost, fit_sampled, sample
-
-TrialFailed = KnownFailure  # the old name, still imported by search.run and search.parallel
 
 
 @dataclass(frozen=True)

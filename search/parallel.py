@@ -38,11 +38,13 @@ from lungct.records import PreprocessConfig
 from lungct.signals import raise_terminated, terminated
 from search.artifacts import TrialArtifacts, artifact_dir
 from search.data import prepare_data, search_folds
+from search.errors import UsageError
 from search.faults import StorageError
-from search.objective import FoldData, Objective, SearchSettings, TrialFailed
+from search.objective import FoldData, Objective, SearchSettings
 from search.progress import SearchProgress
 from search.recovery import recover_trials, requeue_interrupted_baseline
 from search.study import fail_running, make_pruner, make_sampler, open_storage
+from search.trial_run import KnownFailure
 
 STOP_WAIT_S = 120.0  # after Ctrl-C, how long the workers get to fail their trials before they are killed
 POLL_S = 0.5
@@ -145,11 +147,11 @@ def _worker(plan: WorkerPlan, index: int, device: torch.device, budget, events, 
         while _claim(budget, plan.deadline, parent_pid):
             for line in recover_trials(study):  # a sibling that died: its trial is run again at once
                 events.put(("note", line))
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,),
+            study.optimize(objective, n_trials=1, catch=(KnownFailure,),
                            callbacks=[lambda _, trial: events.put(("trial", trial.number))])
     except KeyboardInterrupt:
         code = 130
-    except (DataError, ValueError) as e:
+    except (DataError, UsageError) as e:  # the user's mistake; any other error is a bug: its traceback shows
         events.put(("error", f"worker {index}: {e}"))
         code = 2
     except StorageError as e:  # a damaged database, a full disk (search.faults)

@@ -54,7 +54,7 @@ from search.confirm import (
 )
 from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
 from search.errors import NoRecommendation, UsageError
-from search.objective import DEFAULT_SCORE, SCORES, FoldData, Objective, SearchSettings, TrialFailed
+from search.objective import DEFAULT_SCORE, SCORES, FoldData, Objective, SearchSettings
 from search.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
 from search.precision import device_precision
 from search.progress import SearchProgress, summary_table
@@ -78,6 +78,7 @@ from search.study import (
     parse_objectives,
     redact,
 )
+from search.trial_run import KnownFailure
 
 SETTINGS_ATTR = schema.STUDY_SETTINGS
 # The CPU default: what a student on a 2-core laptop-class CPU can wait for; a GPU run has no default budget.
@@ -390,7 +391,7 @@ def _search(r: Started, amp: bool, budget: Budget) -> bool:
     interrupted = False
     try:
         callbacks = [progress.on_trial_end, *([budget.stop] if budget.stop is not None else [])]
-        study.optimize(objective, n_trials=job.trials, timeout=job.timeout_s, catch=(TrialFailed,),
+        study.optimize(objective, n_trials=job.trials, timeout=job.timeout_s, catch=(KnownFailure,),
                        callbacks=callbacks)
     except KeyboardInterrupt:
         interrupted = True

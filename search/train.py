@@ -26,6 +26,7 @@ from torch import nn
 
 from lungct.augment import AugmentConfig, augment_batch
 from search.data import Tensors  # the data code's type; imported from here by older callers
+from search.errors import UsageError
 from search.metrics import BinaryMetrics, binary_metrics
 from search.precision import Precision, choose_precision
 
@@ -98,9 +99,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: --device cuda was asked for, but torch sees no CUDA GPU")
+        raise UsageError("device: --device cuda was asked for, but torch sees no CUDA GPU")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected auto, cpu or cuda, got {name!r}")
+        raise UsageError(f"device: expected auto, cpu or cuda, got {name!r}")
     return torch.device(name)
 
 

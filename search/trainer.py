@@ -102,7 +102,6 @@ def train_model(
     return Trained(model.eval(), fitted)
 
 
-train_spec = train_model  # the old name, still imported by search.export; removed once it imports train_model
 
 
 def predict_finite(trained: Trained, volumes: torch.Tensor, device: torch.device, amp: bool = False) -> np.ndarray:

@@ -25,7 +25,6 @@ from search.ablation.settings import SETTINGS_ATTR, AblationJob, AblationSetting
 from search.ablation.summary import summarize, val_train_ratio
 from search.ablation.variants import Variant, load_study_best, make_variants, padding_lines
 from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
-from search.errors import UsageError
 from search.study import default_storage, open_storage, redact
 from search.train import device_name
 
@@ -62,14 +61,11 @@ def run_ablation(settings: AblationSettings, job: AblationJob, device: torch.dev
     """
     requested_split = settings.split_seed
     best = None
-    try:  # both refuse only a --study, or a --size, they cannot run
-        if job.study:
-            best = load_study_best(job.study, job.study_storage or default_storage(job.study, job.studies_dir))
-            if best.split_seed is not None:
-                settings = dataclasses.replace(settings, split_seed=best.split_seed)
-        variant_list = make_variants(job.variants, settings.size, best)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    if job.study:
+        best = load_study_best(job.study, job.study_storage or default_storage(job.study, job.studies_dir))
+        if best.split_seed is not None:
+            settings = dataclasses.replace(settings, split_seed=best.split_seed)
+    variant_list = make_variants(job.variants, settings.size, best)
     storage_url = job.storage or default_storage("ablation", job.studies_dir)
     storage = open_storage(storage_url)
     root = resolve_data_root(settings.data, job.studies_dir, settings.n_phantoms, 0)
@@ -124,7 +120,7 @@ def open_ablation_study(storage: optuna.storages.BaseStorage, settings: Ablation
                                 pruner=optuna.pruners.NopPruner(), load_if_exists=True)
     if SETTINGS_ATTR not in study.user_attrs:
         study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
-        study.set_user_attr("folds_file", str(folds_path))
+        study.set_user_attr(schema.FOLDS_FILE, str(folds_path))
         study.set_user_attr(schema.STUDY_DATA_SUMMARY, prepared.summary())
     return study
 

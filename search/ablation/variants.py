@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from search import schema
 from search.confirm import stored_decision
+from search.errors import UsageError
 from search.study import load_existing_study
 from search.trials import ranked_trials
 from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, fit_to_size, variants
@@ -73,13 +74,13 @@ def parse_variants(text: str) -> tuple[list[str], bool]:
         if name in known:
             continue
         if name == STUDY_BEST:
-            raise ValueError(f"--variants: {STUDY_BEST} is added by --study NAME (the search study whose best "
+            raise UsageError(f"--variants: {STUDY_BEST} is added by --study NAME (the search study whose best "
                              "trial to cross-validate), not by --variants")
         close = difflib.get_close_matches(name, [*known, "all"], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"--variants: unknown variant {name!r}{hint} (choose from all, {', '.join(known)})")
+        raise UsageError(f"--variants: unknown variant {name!r}{hint} (choose from all, {', '.join(known)})")
     if not names:
-        raise ValueError(f"--variants: expected all or a list of {', '.join(known)}, got {text!r}")
+        raise UsageError(f"--variants: expected all or a list of {', '.join(known)}, got {text!r}")
     added = BASELINE not in names
     return [n for n in known if n in names or n == BASELINE], added
 
@@ -119,13 +120,13 @@ def load_study_best(name: str, storage_url: str) -> StudyBest:
         # No confirmation yet, or it kept the baseline: the search's best-scored trial is the candidate.
         complete = [t for t in ranked_trials(study) if {schema.SPEC, schema.TRAIN_SPEC} <= t.user_attrs.keys()]
         if not complete:
-            raise ValueError(f"--study: study {name!r} has no complete trial yet (run python -m search.run first)")
+            raise UsageError(f"--study: study {name!r} has no complete trial yet (run python -m search.run first)")
         best = complete[0]
         try:
             spec = ArchSpec.from_dict(best.user_attrs[schema.SPEC])
             train_spec = TrainSpec.from_dict(best.user_attrs[schema.TRAIN_SPEC])
         except ValueError as e:
-            raise ValueError(f"--study: trial {best.number} of study {name!r} holds a spec that does not parse: "
+            raise UsageError(f"--study: trial {best.number} of study {name!r} holds a spec that does not parse: "
                              f"{e}") from None
         origin = f"best trial ({best.number}) of study {name!r}, search CV AUC {best.values[0]:.3f}"
     stored = study.user_attrs.get(schema.STUDY_SETTINGS) or {}
@@ -150,7 +151,7 @@ def make_variants(names: Sequence[str], size: tuple[int, int, int],
         try:
             fitted, note = fit_to_size(spec, size)
         except SpecInputError as e:
-            raise ValueError(f"--size: variant {name} cannot run at {'x'.join(map(str, size))} voxels: {e}") \
+            raise UsageError(f"--size: variant {name} cannot run at {'x'.join(map(str, size))} voxels: {e}") \
                 from None
         out.append(Variant(name, fitted, train_spec, note, origin))
     return out

@@ -50,7 +50,3 @@ def test_predict_finite_a_nan_probability_is_a_non_finite_failure():
     with pytest.raises(TrainingFailed, match="non-finite predictions") as caught:
         predict_finite(Trained(Nan(), FitResult()), _data().volumes, torch.device("cpu"))
     assert caught.value.kind == NON_FINITE
-
-
-def test_trainer_old_name_train_spec_is_train_model():
-    assert search.trainer.train_spec is train_model
