@@ -44,7 +44,7 @@ import torch
 from lungct.dataset import LoadedScans, load_scans
 from lungct.default_data import DEFAULT_SEED
 from lungct.discover import Discovery, discover
-from lungct.errors import DataError
+from lungct.errors import DataError, UsageError
 from lungct.files import atomic_write_text
 from lungct.phantom import (
     GENERATOR_VERSION,
@@ -57,7 +57,6 @@ from lungct.phantom import (
 )
 from lungct.records import PreprocessConfig
 from search.cli import exit_code
-from search.errors import UsageError
 from search.intervals import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference
 from search.model_dir import METRICS, ModelDirError, ModelInfo, load_model, members_of
 from search.precision import cpu_model

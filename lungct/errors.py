@@ -1,4 +1,4 @@
-"""The two kinds of expected bad input (a whole data set we cannot use, one scan we must skip), and how to show them.
+"""Expected bad input (a flag or setting, a data set we cannot use, a scan we must skip), and how to show it.
 
 File names, folder names and CSV cells come from whoever made the data; a control character in one
 (an escape sequence, a newline, a right-to-left override) must not reach the terminal raw, and a
@@ -31,3 +31,15 @@ class DataError(_OneLineError):
 
 class ScanError(_OneLineError):
     """One scan cannot be used; its message is the reason, shown next to the path when it is skipped."""
+
+
+class UsageError(_OneLineError, ValueError):
+    """A flag, a setting or a named study a command cannot use; the message names it, in one line.
+
+    Raised by the checks of flags and settings (a value out of range, a flag that contradicts a study's
+    stored settings, a ``--space`` file that does not parse, a study that does not exist).
+    ``search.cli.exit_code`` answers it, and the data, model-folder, spec-input and storage errors, with
+    one line and exit 2; any other exception, a plain ``ValueError`` included, is a bug and shows its
+    traceback. A ``ValueError`` so that callers that caught the plain ``ValueError`` these checks raised
+    before keep working.
+    """

@@ -18,10 +18,10 @@ from pathlib import Path
 import optuna
 import torch
 
+from lungct.errors import UsageError
 from search import cli
 from search.ablation import AblationJob, AblationSettings, run_ablation
 from search.ablation.variants import STUDY_BEST, parse_variants
-from search.errors import UsageError
 from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity, device_defaults
 from search.names import study_name
 from search.study import redact

@@ -7,7 +7,7 @@ through :func:`exit_code`, so every command answers bad input, failure and Ctrl-
 
 - 0: done;
 - 1: the work failed (training diverged, the export check failed, a scan could not be read);
-- 2: bad input, one line: flags, settings, study (``search.errors.UsageError``), data
+- 2: bad input, one line: flags, settings, study (``lungct.errors.UsageError``), data
   (``lungct.errors.DataError``), a model folder (``search.model_dir.ModelDirError``), a spec
   (``space.SpecInputError``), and a storage location that cannot be used: a damaged database, a full disk,
   a read-only folder (``search.faults.StorageError``, or the fault found behind what Optuna raised);
@@ -30,10 +30,9 @@ from typing import NoReturn
 
 import torch
 
-from lungct.errors import DataError, printable
+from lungct.errors import DataError, UsageError, printable
 from lungct.records import TASKS
 from lungct.signals import EXIT_TERMINATED, Terminated, exit_status, sigterm_as_interrupt
-from search.errors import UsageError
 from search.faults import StorageError, storage_fault
 from search.model_dir import ModelDirError
 from search.names import study_name

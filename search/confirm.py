@@ -48,7 +48,6 @@ from tqdm.auto import tqdm
 from search import schema
 from search.artifacts import AtomicArtifactStore
 from search.data import Tensors
-from search.errors import NoRecommendation
 from search.intervals import auc_rows, stratified_resamples
 from search.metrics import binary_metrics
 from search.recovery import recover_trials
@@ -58,6 +57,16 @@ from search.trainer import Trained, predict_finite, train_model
 from search.trial_run import KnownFailure, trial_run
 from search.trials import ranked_trials
 from space import ArchSpec, TrainSpec, baseline, baseline_train, fit_to_size
+
+
+class NoRecommendation(ValueError):
+    """The confirmation finished without a candidate whose runs all finished: nothing can be recommended.
+
+    Not a bug: every run of every candidate diverged or ran out of memory (each failure is recorded on
+    its run); the search's trials are kept and the confirmation can be resumed with other settings.
+    ``search.run`` says so in one line; a ``ValueError`` as the plain one raised before it was.
+    """
+
 
 BASELINE_KEY = "baseline"
 CONFIRM_SEED_OFFSET = 500_000  # training seeds of the confirmation: far from every search trial's seeds

@@ -35,7 +35,7 @@ from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial
 from safetensors import SafetensorError
 
-from lungct.errors import DataError
+from lungct.errors import DataError, UsageError
 from lungct.files import make_shareable
 from lungct.records import PreprocessConfig, get_task
 from search import schema
@@ -52,7 +52,6 @@ from search.cli import (
     positive,
 )
 from search.data import Tensors, prepare_data, resolve_data_root
-from search.errors import UsageError
 from search.export_metrics import (
     data_entry,
     evaluate,

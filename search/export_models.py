@@ -24,11 +24,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from lungct.errors import UsageError
 from search import schema
 from search.artifacts import artifact_dir
 from search.confirm import Decision, stored_decision
 from search.data import Tensors
-from search.errors import UsageError
 from search.metrics import BinaryMetrics, binary_metrics
 from search.model_dir import (
     Ensemble,

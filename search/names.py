@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.errors import UsageError
+from lungct.errors import UsageError
 
 MAX_LENGTH = 100  # "<name>-artifacts" stays far below the 255 bytes of a file name, in UTF-8 too
 PUNCTUATION = "_.-+=@"  # beside letters and digits (any script)

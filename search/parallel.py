@@ -33,12 +33,11 @@ import optuna
 import torch
 from sqlalchemy.exc import SQLAlchemyError
 
-from lungct.errors import DataError
+from lungct.errors import DataError, UsageError
 from lungct.records import PreprocessConfig
 from lungct.signals import raise_terminated, terminated
 from search.artifacts import TrialArtifacts, artifact_dir
 from search.data import prepare_data, search_folds
-from search.errors import UsageError
 from search.faults import StorageError
 from search.objective import FoldData, Objective, SearchSettings
 from search.progress import SearchProgress

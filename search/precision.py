@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.errors import UsageError
+from lungct.errors import UsageError
 
 PRECISION_ENV = "LUNGCT_PRECISION"
 PRECISION_CHOICES = ("auto", "float32", "bf16")

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungct.errors import ScanError, printable
+from lungct.errors import ScanError, UsageError, printable
 from lungct.nifti import coverage_warning, preprocess, read_scan
 from lungct.records import PreprocessConfig
 from search.cli import EXIT_FAILED, EXIT_OK, command_parser, exit_code
-from search.errors import UsageError
 from search.model_dir import MEMORY_SHARE, ModelInfo, OptionalFiles, load_model, read_optional
 from search.routing import DISCLAIMER, ROUTING, decision_text, decisions
 from search.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure

@@ -28,11 +28,11 @@ import plotly.graph_objects as go
 from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
+from lungct.errors import UsageError
 from lungct.files import atomic_write_text
 from search import schema
 from search.artifacts import artifact_dir
 from search.cli import add_studies_dir_flag, add_study_flags, command_parser, exit_code, positive
-from search.errors import UsageError
 from search.faults import StorageError, storage_fault
 from search.html import figure, fmt, note, page, table
 from search.report_validation import AUC_NAME, confirmation_section, export_command, validation_section

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
+from lungct.errors import UsageError
 from lungct.records import PreprocessConfig
 from search import cli, schema
 from search.artifacts import TrialArtifacts, artifact_dir
@@ -48,12 +49,12 @@ from search.confirm import (
     DEFAULT_TOP_K,
     ConfirmFold,
     ConfirmSettings,
+    NoRecommendation,
     confirm,
     format_decision,
     select_candidates,
 )
 from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
-from search.errors import NoRecommendation, UsageError
 from search.objective import DEFAULT_SCORE, SCORES, FoldData, Objective, SearchSettings
 from search.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
 from search.precision import device_precision

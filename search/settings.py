@@ -29,9 +29,9 @@ except ModuleNotFoundError:  # Python 3.10
 import optuna
 import torch
 
+from lungct.errors import UsageError
 from search import schema
 from search.confirm import DEFAULT_CONFIRM_FOLDS, DEFAULT_TOP_K
-from search.errors import UsageError
 from search.fidelity import choose_fidelity
 from search.objective import DEFAULT_SCORE
 from space import SpaceBounds, SpecInputError, bounds_for_size

@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
+from lungct.errors import UsageError
 from search import schema
-from search.errors import UsageError
 from search.faults import StorageError, classify, storage_fault
 from search.names import check_study_name
 from search.recovery import requeue_stale_trial as _requeue_stale

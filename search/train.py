@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lungct.augment import AugmentConfig, augment_batch
+from lungct.errors import UsageError
 from search.data import Tensors  # the data code's type; imported from here by older callers
-from search.errors import UsageError
 from search.metrics import BinaryMetrics, binary_metrics
 from search.precision import Precision, choose_precision
 

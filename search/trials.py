@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lungct.errors import UsageError
 from search import schema
-from search.errors import UsageError
 from search.study import BASELINE_ATTR
 
 COSTS = {"params": "parameters", "gflops": "GFLOPs"}

@@ -5,9 +5,8 @@ import torch
 
 import search.predict
 import search.run
-from lungct.errors import DataError
+from lungct.errors import DataError, UsageError
 from search.cli import DEBUG_ENV, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, device_flag, exit_code, positive
-from search.errors import UsageError
 from search.faults import READ_ONLY, StorageError
 from search.model_dir import ModelDirError
 from space import SpecInputError

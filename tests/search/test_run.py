@@ -12,7 +12,7 @@ import search.run
 import search.trainer
 from lungct.discover import discover
 from lungct.splits import load_or_make_split
-from search.errors import NoRecommendation
+from search.confirm import NoRecommendation
 from search.run import main
 from search.study import redact
 from search.train import NonFiniteLossError

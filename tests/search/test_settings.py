@@ -6,8 +6,8 @@ import optuna
 import pytest
 import torch
 
+from lungct.errors import UsageError
 from search.ablation.settings import AblationSettings
-from search.errors import UsageError
 from search.settings import (
     OLDER_STUDIES,
     DataSettings,

@@ -1,6 +1,7 @@
-"""search.errors: the user's mistakes are ValueErrors too, so callers that caught ValueError keep working."""
+"""lungct.errors.UsageError: the user's mistakes are ValueErrors too, so callers that caught ValueError keep working."""
 
-from search.errors import NoRecommendation, UsageError
+from lungct.errors import UsageError
+from search.confirm import NoRecommendation
 
 
 def test_usage_error_is_a_value_error():
@@ -10,3 +11,7 @@ def test_usage_error_is_a_value_error():
 def test_no_recommendation_is_not_a_usage_error():
     # The confirmation says it in one line and the run goes on; it is not bad input to answer with exit 2.
     assert issubclass(NoRecommendation, ValueError) and not issubclass(NoRecommendation, UsageError)
+
+
+def test_usage_error_is_one_printable_line():
+    assert str(UsageError("--study: bad\x1b[31m name")) == "--study: bad\\x1b[31m name"
