@@ -49,12 +49,12 @@ from scipy import stats
 from lungct.dataset import load_scans
 from lungct.discover import discover
 from lungct.records import PreprocessConfig
-from search.data import Tensors, prepare_data, resolve_data_root, search_folds
-from search.fidelity import CPU_COST_CAP, baseline_gflops
-from search.metrics import binary_metrics
-from search.objective import fold_seed
-from search.precision import device_precision
-from search.train import fit, predict_probs, recalibrate_batchnorm
+from search.selection.objective import fold_seed
+from search.stats.metrics import binary_metrics
+from search.training.data import Tensors, prepare_data, resolve_data_root, search_folds
+from search.training.fidelity import CPU_COST_CAP, baseline_gflops
+from search.training.loop import fit, predict_probs, recalibrate_batchnorm
+from search.training.precision import device_precision
 from space import (
     ArchSpec,
     SpaceBounds,
@@ -455,7 +455,7 @@ def confirmation_power(noise: dict, delta: float, folds: int, repeats: int, k: i
                        n_scans: int = 130) -> float:
     """P(the confirmation recommends a candidate truly ``delta`` AUC better than the baseline).
 
-    The rule (search.confirm): the one-sided lower bound, at level alpha/k, of the paired difference's mean
+    The rule (search.selection.confirm): the one-sided lower bound, at level alpha/k, of the paired difference's mean
     over folds x repeats, from a bootstrap over each fold's validation scans, is above 0.
 
     Noise model: a fold validates on ``n_scans / folds`` scans, and an AUC's variance goes as one over the

@@ -3,7 +3,7 @@
 On phantoms the generator knows where the lungs and the lesions are (``lungct.phantom_masks`` renders
 them again from the set's seed and each scan's index). For each scan of the task in a phantom set the
 exported model never saw, this script computes the Grad-CAM++ map that ``python -m search.predict
---saliency`` draws (``search.saliency``) and measures the share of its mass inside the lungs and
+--saliency`` draws (``search.model.saliency``) and measures the share of its mass inside the lungs and
 inside the lesions, against the share of the volume they fill: a map blind to them would put about
 their volume share there. The enrichment (mass share / volume share) is reported with a 95% bootstrap
 interval of its mean over scans, by class, and drawn as a figure (``--figure``): mass share against
@@ -36,10 +36,10 @@ from lungct.nifti import preprocess, read_scan
 from lungct.phantom import MARKER_NAME, assign_categories
 from lungct.phantom_masks import load_phantom_masks
 from lungct.records import get_task
-from search.model_dir import ModelDirError, build_model, load_model, members_of
-from search.precision import cpu_model
-from search.saliency import METHOD, SaliencyMapper, plot_montage, region_shares, save_figure
-from search.train import predict_probs
+from search.model.folder import ModelDirError, build_model, load_model, members_of
+from search.model.saliency import METHOD, SaliencyMapper, plot_montage, region_shares, save_figure
+from search.training.loop import predict_probs
+from search.training.precision import cpu_model
 
 CPU = torch.device("cpu")
 

@@ -6,9 +6,9 @@ default) from a phantom seed that no study used, scores each exported model fold
 folder's own preprocessing (input size, HU window, task), and compares every model with a reference
 on the same scans.
 
-- Per model: ROC AUC with a 95% stratified bootstrap interval (``search.intervals.bootstrap_auc``).
+- Per model: ROC AUC with a 95% stratified bootstrap interval (``search.stats.intervals.bootstrap_auc``).
 - Per model against the reference (default: the first MODEL_DIR): the paired bootstrap interval of
-  the difference in AUC, model minus reference (``search.intervals.bootstrap_auc_difference``); an
+  the difference in AUC, model minus reference (``search.stats.intervals.bootstrap_auc_difference``); an
   interval wholly above or below 0 is "significantly better" or "significantly worse".
 - Beside each model, what its metrics.json claims (the locked-test AUC, a confirmed score), and the
   optimism of a confirmed score: confirmed score minus fresh AUC.
@@ -57,10 +57,16 @@ from lungct.phantom import (
 )
 from lungct.records import PreprocessConfig
 from search.cli import exit_code
-from search.intervals import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval, bootstrap_auc, bootstrap_auc_difference
-from search.model_dir import METRICS, ModelDirError, ModelInfo, load_model, members_of
-from search.precision import cpu_model
-from search.train import predict_probs
+from search.model.folder import METRICS, ModelDirError, ModelInfo, load_model, members_of
+from search.stats.intervals import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    Interval,
+    bootstrap_auc,
+    bootstrap_auc_difference,
+)
+from search.training.loop import predict_probs
+from search.training.precision import cpu_model
 from space import count_params
 
 DEFAULT_N = 300

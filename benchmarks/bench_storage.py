@@ -8,7 +8,7 @@ real search trial: the TPE sampler over the real search space (``space.sample``)
 attrs, one report per fold and a pruning check, around ``--train-s`` seconds of simulated training. Each
 trial records which worker and which of its trials it is, so a lost or duplicated trial shows.
 
-Storages: SQLite as ``search.run`` opens it (``search.study.open_storage``: heartbeats, 60 s busy
+Storages: SQLite as ``search.run`` opens it (``search.study.storage.open_storage``: heartbeats, 60 s busy
 timeout), Optuna's journal file (no heartbeats), and PostgreSQL when ``--postgres`` is given. Printed
 per storage: finished trials against those asked for, trials lost or duplicated, lock or storage errors,
 and the overhead per trial (wall seconds of a trial minus its simulated training: storage and sampler).
@@ -34,10 +34,9 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search import schema
-from search.precision import cpu_model
-from search.recovery import record_worker
-from search.study import make_pruner, make_sampler, open_storage
+from search.study.recovery import record_worker
+from search.study.storage import make_pruner, make_sampler, open_storage, schema
+from search.training.precision import cpu_model
 from space import SpaceBounds, sample
 
 KINDS = ("sqlite", "journal", "postgresql")

@@ -1,6 +1,6 @@
 """Benchmark: training speed of the seed baseline and of searched models, the way search.run trains them.
 
-Times search.train.fit on random volumes (speed only; the data's content does not matter) with batch
+Times search.training.loop.fit on random volumes (speed only; the data's content does not matter) with batch
 size 2, one warm-up epoch on 4 scans, then ``--epochs`` timed epochs of ``--scans`` scans, and prints
 ms per sample and the share of the step spent making batches (gather, cast, augment). With ``--keras
 PYTHON`` it runs the seed's own Keras pipeline (../shared/peers/keras_seed.py, in that interpreter's
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from search.data import Tensors
-from search.fidelity import CPU_DEFAULT, choose_fidelity
-from search.precision import cpu_model
-from search.train import fit, resolve_device
+from search.training.data import Tensors
+from search.training.fidelity import CPU_DEFAULT, choose_fidelity
+from search.training.loop import fit, resolve_device
+from search.training.precision import cpu_model
 from space import ArchSpec, LevelSpec, baseline, baseline_train, build, fit_to_size
 
 KERAS_SEED = Path(__file__).resolve().parents[2] / "shared" / "peers" / "keras_seed.py"

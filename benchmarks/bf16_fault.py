@@ -4,7 +4,7 @@ Trains one Conv3d(128, 256, 3, padding=1) a step at a time under CPU bf16 autoca
 and weights each time, at the spatial shapes of the fault report (2x4x4, where the seed baseline's last
 level runs at a 16x32x32 input) and two controls (1x2x2, 4x8x8), in the default and the channels-last
 layouts. Per shape it prints the largest difference between the repeats' weight gradients, whether they
-were all finite, and the first run's relative error against float32. search.precision explains what
+were all finite, and the first run's relative error against float32. search.training.precision explains what
 the policy does about it.
 
     python benchmarks/bf16_fault.py

@@ -22,9 +22,9 @@ from lungct.errors import UsageError
 from search import cli
 from search.ablation import AblationJob, AblationSettings, run_ablation
 from search.ablation.variants import STUDY_BEST, parse_variants
-from search.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity, device_defaults
-from search.names import study_name
-from search.study import redact
+from search.study.names import study_name
+from search.study.storage import redact
+from search.training.fidelity import CPU_DEFAULT, GPU_DEFAULT, choose_fidelity, device_defaults
 from space import variants
 
 

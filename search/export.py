@@ -1,7 +1,7 @@
 """``python -m search.export``: train the recommended model, test it once on the locked test part, write a model folder.
 
 The search saw only the train and validation parts. Export takes the confirmation stage's
-recommendation (``search.confirm``: the seed baseline unless a candidate beat it by more than the paired
+recommendation (``search.selection.confirm``: the seed baseline unless a candidate beat it by more than the paired
 noise), trains it on train + validation for the confirmation's epoch count, and evaluates it once on the
 test part, which nothing else reads. The seed baseline is trained and tested the same way beside it, so
 what the search gained is measured on scans neither model has seen, and metrics.json records the
@@ -9,9 +9,9 @@ confirmed score, the test AUC and their difference (the optimism). ``--ensemble`
 fold models the confirmation trained and scored for a searched spec, as an ensemble that averages their
 probabilities: the model whose out-of-fold score chose it (measured: 0.011-0.012 AUC below the refit on
 fresh phantoms, at three times the inference, with an optimism near 0; benchmarks/RESULTS.md). The folder
-it writes (see ``search.model_dir``) is what ``python -m search.predict`` reads; the baseline's weights go
+it writes (see ``search.model.folder``) is what ``python -m search.predict`` reads; the baseline's weights go
 to its ``baseline/`` subfolder, a model folder of its own, so both can be scored on new scans. Pictures of
-the test evaluation (ROC with its bootstrap band, calibration, confusion counts; ``search.figures``) are
+the test evaluation (ROC with its bootstrap band, calibration, confusion counts; ``search.shipping.figures``) are
 drawn from metrics.json into the folder beside the model card that embeds them; the ROC, the calibration
 and Grad-CAM++ saliency montages of the surest test scan of each outcome are also attached to the study
 for optuna-dashboard, named after the exported trial (its artifact store, not the shared folder: they
@@ -38,8 +38,6 @@ from safetensors import SafetensorError
 from lungct.errors import DataError, UsageError
 from lungct.files import make_shareable
 from lungct.records import PreprocessConfig, get_task
-from search import schema
-from search.artifacts import AtomicArtifactStore, artifact_dir
 from search.cli import (
     add_data_flag,
     add_device_flag,
@@ -51,24 +49,7 @@ from search.cli import (
     exit_code,
     positive,
 )
-from search.data import Tensors, prepare_data, resolve_data_root
-from search.export_metrics import (
-    data_entry,
-    evaluate,
-    model_entry,
-    print_test,
-    selection_entry,
-    shareable_settings,
-    test_predictions,
-    training_entry,
-    versions,
-)
-from search.export_models import ExportError, ExportSettings, Shipped, assemble, choose, epochs_for, retrain
-from search.faults import FULL, StorageError, storage_fault
-from search.figures import CALIBRATION_PNG, ROC_PNG, write_model_figures
-from search.intervals import DEFAULT_RESAMPLES
-from search.model_card import render_model_card
-from search.model_dir import (
+from search.model.folder import (
     CARD,
     METRICS,
     ONNX,
@@ -83,10 +64,28 @@ from search.model_dir import (
     save_model,
     write_json,
 )
-from search.saliency import write_examples
-from search.settings import stored_settings
-from search.study import default_storage, load_existing_study, redact, shareable_storage
-from search.trials import baseline_trial
+from search.model.saliency import write_examples
+from search.selection.settings import stored_settings
+from search.shipping.figures import CALIBRATION_PNG, ROC_PNG, write_model_figures
+from search.shipping.metrics import (
+    data_entry,
+    evaluate,
+    model_entry,
+    print_test,
+    selection_entry,
+    shareable_settings,
+    test_predictions,
+    training_entry,
+    versions,
+)
+from search.shipping.model_card import render_model_card
+from search.shipping.models import ExportError, ExportSettings, Shipped, assemble, choose, epochs_for, retrain
+from search.stats.intervals import DEFAULT_RESAMPLES
+from search.study.artifacts import AtomicArtifactStore, artifact_dir
+from search.study.faults import FULL, StorageError, storage_fault
+from search.study.storage import default_storage, load_existing_study, redact, schema, shareable_storage
+from search.study.trials import baseline_trial
+from search.training.data import Tensors, prepare_data, resolve_data_root
 from space import ArchSpec, SpecInputError, baseline, baseline_train, build, fit_to_size
 
 BASELINE_DIR = "baseline"  # the seed baseline trained beside the model, a model folder of its own
@@ -426,7 +425,7 @@ def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial |
     Optuna keeps a finished trial immutable (``upload_artifact`` on it raises, and the dashboard refuses
     uploads to finished trials too), so the pictures are study artifacts, their names starting with the
     exported trial: ``export_trial<N>_roc.png``, ``export_trial<N>_saliency_<outcome>.png``. The saliency
-    examples are the surest test scan of each outcome (``search.saliency.write_examples``); they show
+    examples are the surest test scan of each outcome (``search.model.saliency.write_examples``); they show
     scans, so they stay in the study's own artifact store (``studies/<study>-artifacts``), never in the
     model folder, which is meant to be shared. A failed upload is a warning: the folder is written.
 

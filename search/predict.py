@@ -6,9 +6,9 @@ class at the model's threshold, and the decision that the course's severity tabl
 A binary model cannot tell CT-2 from CT-3, so a positive scan gets both decisions. A scan that cannot
 be read is reported on one line and skipped; the others are still predicted. ``--saliency OUT_DIR``
 also writes, per scan, a PNG montage of axial slices with a Grad-CAM++ map of where the evidence for
-the positive class sits (``search.saliency``).
+the positive class sits (``search.model.saliency``).
 
-The model folder is untrusted input (``search.model_dir.load_model``): a file that is not a regular file
+The model folder is untrusted input (``search.model.folder.load_model``): a file that is not a regular file
 inside the folder, a field out of range, a task whose classes contradict it, weights that are not the
 spec's, or a network that would need more memory than ``--max-memory-gb`` (default: half this
 machine's) is refused with one line naming the file and the field, before the network is built. A scan
@@ -32,10 +32,10 @@ from lungct.errors import ScanError, UsageError, printable
 from lungct.nifti import coverage_warning, preprocess, read_scan
 from lungct.records import PreprocessConfig
 from search.cli import EXIT_FAILED, EXIT_OK, command_parser, exit_code
-from search.model_dir import MEMORY_SHARE, ModelInfo, OptionalFiles, load_model, read_optional
-from search.routing import DISCLAIMER, ROUTING, decision_text, decisions
-from search.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure
-from search.train import predict_probs
+from search.model.folder import MEMORY_SHARE, ModelInfo, OptionalFiles, load_model, read_optional
+from search.model.routing import DISCLAIMER, ROUTING, decision_text, decisions
+from search.model.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure
+from search.training.loop import predict_probs
 
 CPU = torch.device("cpu")
 

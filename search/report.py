@@ -30,14 +30,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lungct.errors import UsageError
 from lungct.files import atomic_write_text
-from search import schema
-from search.artifacts import artifact_dir
 from search.cli import add_studies_dir_flag, add_study_flags, command_parser, exit_code, positive
-from search.faults import StorageError, storage_fault
-from search.html import figure, fmt, note, page, table
-from search.report_validation import AUC_NAME, confirmation_section, export_command, validation_section
-from search.study import default_storage, load_existing_study, redact
-from search.trials import COSTS, TrialPoint, non_dominated, ranked_trials, trial_points
+from search.pages.html import figure, fmt, note, page, table
+from search.pages.validation import AUC_NAME, confirmation_section, export_command, validation_section
+from search.study.artifacts import artifact_dir
+from search.study.faults import StorageError, storage_fault
+from search.study.storage import default_storage, load_existing_study, redact, schema
+from search.study.trials import COSTS, TrialPoint, non_dominated, ranked_trials, trial_points
 from space import describe_spec
 
 TOP_N = 10

@@ -4,7 +4,7 @@ Samples architectures from the ``space`` package with a seeded TPE sampler and s
 cross-validation over the non-test scans (mean final-epoch ROC AUC over the folds, with its standard
 error); the pruner stops poor trials after a whole fold. Then the top specs and the seed baseline are
 re-evaluated on fresh folds with new seeds, and the baseline stays recommended unless a candidate beats
-it by more than the paired noise (search.confirm). Everything is stored in an Optuna study (SQLite under
+it by more than the paired noise (search.selection.confirm). Everything is stored in an Optuna study (SQLite under
 ``studies/`` by default). Running it again continues the same study: ``--trials N`` adds N trials.
 Trial 0 of every new study is the course's seed model.
 """
@@ -23,10 +23,7 @@ from optuna.trial import TrialState
 
 from lungct.errors import UsageError
 from lungct.records import PreprocessConfig
-from search import cli, schema
-from search.artifacts import TrialArtifacts, artifact_dir
-from search.budget import SAFETY, BudgetStop, Plan, Workload, measure_speed, plan
-from search.budget import now as budget_now
+from search import cli
 from search.cli import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -44,7 +41,9 @@ from search.cli import (
     exit_code,
     positive,
 )
-from search.confirm import (
+from search.selection.budget import SAFETY, BudgetStop, Plan, Workload, measure_speed, plan
+from search.selection.budget import now as budget_now
+from search.selection.confirm import (
     DEFAULT_CONFIRM_FOLDS,
     DEFAULT_TOP_K,
     ConfirmFold,
@@ -54,13 +53,10 @@ from search.confirm import (
     format_decision,
     select_candidates,
 )
-from search.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
-from search.objective import DEFAULT_SCORE, SCORES, FoldData, Objective, SearchSettings
-from search.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
-from search.precision import device_precision
-from search.progress import SearchProgress, summary_table
-from search.recovery import recover_trials, requeue_interrupted_baseline, requeue_lost_baseline
-from search.settings import (
+from search.selection.objective import DEFAULT_SCORE, SCORES, FoldData, Objective, SearchSettings
+from search.selection.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
+from search.selection.progress import SearchProgress, summary_table
+from search.selection.settings import (
     CONFIRM_SETTINGS,
     DataSettings,
     GivenSettings,
@@ -69,7 +65,10 @@ from search.settings import (
     load_space_file,
     resolve_settings,
 )
-from search.study import (
+from search.study import schema
+from search.study.artifacts import TrialArtifacts, artifact_dir
+from search.study.recovery import recover_trials, requeue_interrupted_baseline, requeue_lost_baseline
+from search.study.storage import (
     PRUNERS,
     SAMPLERS,
     create_or_load_study,
@@ -79,7 +78,9 @@ from search.study import (
     parse_objectives,
     redact,
 )
-from search.trial_run import KnownFailure
+from search.study.trial_run import KnownFailure
+from search.training.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
+from search.training.precision import device_precision
 
 SETTINGS_ATTR = schema.STUDY_SETTINGS
 # The CPU default: what a student on a 2-core laptop-class CPU can wait for; a GPU run has no default budget.
@@ -253,7 +254,7 @@ def start(given: GivenSettings, job: RunJob) -> Started:
                          "(run python -m search.run first)")
     settings, fidelity_line = resolve_settings(given, stored, job.device)
     prepared = _prepare(settings, job)
-    # Creating the study and storing its settings is one step (search.study.create_or_load_study).
+    # Creating the study and storing its settings is one step (search.study.storage.create_or_load_study).
     study, created = create_or_load_study(
         job.study, storage, seed=settings.seed, pruner=job.pruner, max_folds=settings.folds,
         objectives=job.objectives, bounds=settings.space(), sampler=job.sampler,
@@ -344,7 +345,7 @@ def _trial_settings(r: Started, amp: bool) -> SearchSettings:
 
 @dataclass
 class Budget:
-    """A run's time plan (search.budget) and, under a budget, the callback that stops the search in time."""
+    """A run's time plan (search.selection.budget) and, under a budget, the callback that stops the search in time."""
 
     plan: Plan
     stop: BudgetStop | None
@@ -437,7 +438,7 @@ def _parallel_deadline(timeout: float | None, time_plan: Plan) -> float | None:
     """When workers stop taking trials (wall clock): --timeout, or the budget less the confirmation's estimate.
 
     The workers cannot see the parent's per-trial stop rule, so the confirmation is reserved from the plan's
-    estimate (padded by search.budget.SAFETY) and the slowest worker's last trial may run past it.
+    estimate (padded by search.selection.budget.SAFETY) and the slowest worker's last trial may run past it.
     """
     ends = [time.time() + timeout] if timeout else []
     if time_plan.deadline is not None:

@@ -19,7 +19,7 @@ so the figure is the usual "GFLOPs" of papers (2 x MACs), not a runtime predicti
 `memory` runs the same meta-device forward pass and follows every tensor it makes from creation until
 Python drops it, so it knows how many activation bytes are alive at once (what an inference needs) and
 how many are made in all (an upper bound on what autograd keeps for a backward pass), without allocating
-any of them. A model folder is checked with it before its network is built (`search.model_dir`).
+any of them. A model folder is checked with it before its network is built (`search.model.folder`).
 """
 
 from __future__ import annotations

@@ -18,15 +18,14 @@ import torch
 
 from lungct.records import PreprocessConfig
 from lungct.splits import Fold, fingerprint, load_or_make_folds
-from search import schema
 from search.ablation.outputs import methods_text, page_html, print_summary, write_outputs
 from search.ablation.runs import AblationProgress, AblationRunner, RunRecord, finished_runs, run_all, run_key
 from search.ablation.settings import SETTINGS_ATTR, AblationJob, AblationSettings
 from search.ablation.summary import summarize, val_train_ratio
 from search.ablation.variants import Variant, load_study_best, make_variants, padding_lines
-from search.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
-from search.study import default_storage, open_storage, redact
-from search.train import device_name
+from search.study.storage import default_storage, open_storage, redact, schema
+from search.training.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
+from search.training.loop import device_name
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What an ablation writes: ablation.csv and runs.csv, the console table and verdicts, and the HTML page.
 
-The page is built with the toolkit of every page of this project (``search.html``: one style sheet,
+The page is built with the toolkit of every page of this project (``search.pages.html``: one style sheet,
 plotly.js inlined once, figures fitted to their panel), and every file is written atomically
 (``lungct.files.atomic_write_text``).
 """
@@ -21,9 +21,9 @@ from search.ablation.runs import RUN_COLUMNS, RunRecord
 from search.ablation.settings import AblationSettings
 from search.ablation.summary import ALPHA, SUMMARY_COLUMNS
 from search.ablation.variants import BASELINE, Variant, padding_lines
-from search.html import figure, note, page, table
-from search.stats import MIN_WILCOXON_PAIRS
-from search.study import redact
+from search.pages.html import figure, note, page, table
+from search.stats.paired import MIN_WILCOXON_PAIRS
+from search.study.storage import redact
 from space import describe_spec
 
 

@@ -1,7 +1,7 @@
 """One ablation run, (variant, repeat, fold), as one trial of the ablation's study; its record; the progress.
 
-A run trains a variant on the fold's training part through ``search.trainer.train_model`` inside
-``search.trial_run.trial_run`` (as the search and the confirmation do) and is scored on the fold's
+A run trains a variant on the fold's training part through ``search.training.unit.train_model`` inside
+``search.study.trial_run.trial_run`` (as the search and the confirmation do) and is scored on the fold's
 validation part after its last epoch. The trial holds everything the outputs need, so an interrupted
 ablation resumes from its study: finished runs (complete, or pruned for a non-finite loss, which the same
 seed would repeat) are never redone.
@@ -20,14 +20,13 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from lungct.splits import Fold
-from search import schema
 from search.ablation.settings import AblationSettings
 from search.ablation.variants import Variant
-from search.data import PreparedData
-from search.study import fail_running
-from search.train import EpochResult, Tensors, device_name
-from search.trainer import train_model
-from search.trial_run import KnownFailure, TrialRun, trial_run
+from search.study.storage import fail_running, schema
+from search.study.trial_run import KnownFailure, TrialRun, trial_run
+from search.training.data import PreparedData
+from search.training.loop import EpochResult, Tensors, device_name
+from search.training.unit import train_model
 from space import cost
 
 RUN_COLUMNS = (
@@ -241,7 +240,7 @@ def run_all(study: optuna.Study, todo: Sequence[tuple[Fold, Variant]], runner: A
             progress: AblationProgress) -> None:
     """Run ``todo`` in order, one trial each.
 
-    A Ctrl-C fails the running run's trial (``search.study.fail_running``, as every command that runs
+    A Ctrl-C fails the running run's trial (``search.study.storage.fail_running``, as every command that runs
     trials does) and propagates; finished runs stay in the study, so running again resumes.
     """
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from search.settings import NOT_STORED, DataSettings, settings_dict
+from search.selection.settings import NOT_STORED, DataSettings, settings_dict
 
 SETTINGS_ATTR = "settings"  # the study user attr that holds AblationSettings.to_dict()
 
@@ -18,7 +18,7 @@ SETTINGS_ATTR = "settings"  # the study user attr that holds AblationSettings.to
 class AblationSettings(DataSettings):
     """What every run of an ablation shares; it names the study, with the fingerprint of the scans it folds.
 
-    The data settings (:class:`search.settings.DataSettings`) are those of ``search.run`` and export: the
+    The data settings (:class:`search.selection.settings.DataSettings`) are those of ``search.run`` and export: the
     same flags find the same scans. ``split_seed`` picks the train/val/test split whose test part stays
     locked (the search study's, with --study); the fingerprint of the train+val scans already tells one
     split from another.

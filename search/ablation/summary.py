@@ -2,7 +2,7 @@
 
 A row holds the mean and 95% CI of the fold AUCs and accuracies, the costs, and, for every variant but
 the baseline, the fold-by-fold AUC difference from the baseline with its interval, a paired test
-(``search.stats``), the corrected resampled t-test of Nadeau and Bengio, and a verdict at :data:`ALPHA`.
+(``search.stats.paired``), the corrected resampled t-test of Nadeau and Bengio, and a verdict at :data:`ALPHA`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from lungct.splits import Fold
 from search.ablation.runs import RunRecord
 from search.ablation.variants import BASELINE, Variant, training_text
-from search.stats import PairedTest, corrected_resampled_ttest, mean_ci, paired_test, verdict
+from search.stats.paired import PairedTest, corrected_resampled_ttest, mean_ci, paired_test, verdict
 from space import cost, describe_spec
 
 ALPHA = 0.05

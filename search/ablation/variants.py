@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lungct.errors import UsageError
-from search import schema
-from search.confirm import stored_decision
-from search.study import load_existing_study
-from search.trials import ranked_trials
+from search.selection.confirm import stored_decision
+from search.study.storage import load_existing_study, schema
+from search.study.trials import ranked_trials
 from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, fit_to_size, variants
 
 BASELINE = "baseline"

@@ -162,6 +162,10 @@ def test_decoding_workers_leave_ctrl_c_and_sigterm_to_the_parent():
     # Both signals go to the whole process group; a worker killed mid-write would leave a cache .tmp behind.
     import multiprocessing
     import signal
+    from concurrent.futures import ProcessPoolExecutor
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        assert pool.map(_signals_after_worker_init, [0]) == [(signal.SIG_IGN, signal.SIG_IGN)]
+    # As load_scans does: the executor's shutdown tells the worker to exit. (multiprocessing.Pool's exit
+    # sends SIGTERM, which the worker now ignores: that hung this test whenever the worker had not yet
+    # read its stop sentinel.)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(_signals_after_worker_init, 0).result(timeout=120) == (signal.SIG_IGN, signal.SIG_IGN)

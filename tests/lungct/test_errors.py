@@ -1,7 +1,7 @@
 """lungct.errors.UsageError: the user's mistakes are ValueErrors too, so callers that caught ValueError keep working."""
 
 from lungct.errors import UsageError
-from search.confirm import NoRecommendation
+from search.selection.confirm import NoRecommendation
 
 
 def test_usage_error_is_a_value_error():

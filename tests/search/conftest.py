@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import lungct.nifti
-import search.data
+import search.training.data
 from lungct.discover import discover
-from search.precision import PRECISION_ENV
+from search.training.precision import PRECISION_ENV
 from tests.conftest import make_mosmed
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -59,7 +59,7 @@ class ScanSpy:
     def __init__(self, monkeypatch):
         self.asked: set[str] = set()
         self.read: set[str] = set()
-        real_load, real_read = search.data.load_scans, lungct.nifti.read_scan
+        real_load, real_read = search.training.data.load_scans, lungct.nifti.read_scan
 
         def load(records, *args, **kwargs):
             self.asked |= {r.study_id for r in records}
@@ -69,7 +69,7 @@ class ScanSpy:
             self.read.add(str(path))
             return real_read(path, *args, **kwargs)
 
-        monkeypatch.setattr(search.data, "load_scans", load)
+        monkeypatch.setattr(search.training.data, "load_scans", load)
         monkeypatch.setattr(lungct.nifti, "read_scan", read)
 
 

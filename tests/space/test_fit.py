@@ -251,7 +251,7 @@ def test_fit_cost_says_when_nothing_brings_a_spec_under_the_cap():
 @pytest.mark.parametrize("size", [(32, 64, 64), (16, 32, 32)])
 @pytest.mark.parametrize("block", ["plain", "residual", "residual_inception"])
 def test_fit_cost_brings_the_costliest_default_specs_under_the_cpu_cap(size, block):
-    # The CPU cap is 0.6x the seed baseline's cost (search.fidelity); every default-space spec, up to the
+    # The CPU cap is 0.6x the seed baseline's cost (search.training.fidelity); every default-space spec, up to the
     # widest of each depth, must train under it: no trial slot is left to a spec that trains nothing.
     cap = 0.6 * cost(fit_sampled(baseline(), size)[0], size).gflops
     for n_levels in range(2, max_levels(size) + 1):

@@ -1,0 +1,273 @@
+"""A run's time budget: how fast this machine trains, what the trials and the confirmation will take here,
+and when the search must stop adding trials so that the confirmation still ends inside the budget.
+
+The CPUs this project runs on differ by about 8x for the same study (an AVX2-only AMD EPYC trains in
+float32; AVX512-BF16 and AMX machines in bf16 where the probe allows it), so no fixed trial count can
+promise a duration. Instead a run measures:
+
+- before the first trial, the seed baseline's training speed at the study's input size (a few training
+  steps: :func:`measure_speed`), from which :func:`plan` states, in one line, what the run will take here
+  and, under a budget, until when the search runs;
+- after every trial, the trials' own wall times and the measured speed of the specs the confirmation
+  would train now (:class:`BudgetStop`), so the search stops adding trials as soon as one more trial plus
+  that confirmation would end past the deadline.
+
+Every time this module reads comes from :func:`now` (the monotonic clock), so tests drive the rule with
+a stubbed clock instead of timing anything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial
+
+from search.study import schema
+from search.training.data import Tensors
+from search.training.loop import NonFiniteLossError, TrainingOutOfMemory, fit
+from search.training.precision import cpu_model
+from space import baseline, baseline_train, build, fit_to_size
+
+Clock = Callable[[], float]
+
+
+def now() -> float:
+    """The clock budgets run on (monotonic seconds); tests replace it."""
+    return time.monotonic()
+
+# Measured on this project's 2-core Intel Xeon (AMX) with the fidelity audit running beside it
+# (benchmarks/RESULTS.md, "Time budget"): the three-step measurement gave 59 ms/sample, the seed baseline's
+# own search trial then trained at 77 ms/sample (45 s for 8 epochs of 65 scans, scoring included): 1.4x.
+STEP_TO_TRIAL = 1.4
+# A study's trials are a mix of specs; since space.fit_cost every one trains (none is pruned untrained).
+# The mix's mean time per sample-epoch relative to the baseline's is assumed 1.2 (residual-inception nets
+# train 1.6x slower per sample, narrowed specs faster); only the start line uses it: the stop rule reads
+# the trials' own durations and the candidates' own speeds.
+MIX = 1.2
+# A confirmation run also recomputes batch-norm statistics, scores and stores its weights: the baseline's
+# three confirmation runs took 284 s against 241 s of training at its trial's speed, 1.18x.
+CONFIRM_OVERHEAD = 1.2
+# Each trial also scores its folds and writes the study: overhead on top of its training steps.
+TRIAL_OVERHEAD_S = 2.0
+# The confirmation is reserved out of the budget at this multiple of its estimate (the start line and
+# the stop rule alike).
+SAFETY = 1.25
+MEASURE_STEPS = 3
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The seed baseline's training speed on this machine at one input size.
+
+    Attributes:
+        seconds_per_sample: Training time per sample (forward, backward, augmentation) at batch 2.
+        precision: What the measured steps trained in (``bf16`` or ``float32``).
+        machine: The CPU or GPU it was measured on, in words.
+    """
+
+    seconds_per_sample: float
+    precision: str
+    machine: str
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def measure_speed(size: tuple[int, int, int], device: torch.device, amp: bool,
+                  steps: int = MEASURE_STEPS) -> Speed | None:
+    """Time ``steps`` training steps of the seed baseline at ``size`` after one warm-up step (about 1-5 s on a
+    CPU), exactly as a trial trains it (``search.training.loop.fit``: augmentation, channels-last, the bf16 probe).
+
+    Returns None when the baseline cannot train here (out of memory, a non-finite loss on random data): the
+    run then says it could not measure, and its trials report their own failures.
+    """
+    try:
+        return _measure(size, device, amp, steps)
+    except (TrainingOutOfMemory, NonFiniteLossError):
+        return None
+
+
+def _measure(size: tuple[int, int, int], device: torch.device, amp: bool, steps: int) -> Speed:
+    spec, _ = fit_to_size(baseline(), size)
+    train = baseline_train()
+    generator = torch.Generator().manual_seed(0)
+    n = train.batch_size * (steps + 1)
+    data = Tensors(torch.rand((n, 1, *size), generator=generator).half(), (torch.arange(n) % 2).float())
+    torch.manual_seed(0)
+    model = build(spec)
+    warm = Tensors(data.volumes[: train.batch_size], data.labels[: train.batch_size])
+    fit(model, warm, None, optimizer=train.optimizer, lr=train.lr, weight_decay=train.weight_decay,
+        batch_size=train.batch_size, epochs=1, device=device, seed=0, amp=amp)
+    fitted = fit(model, data, None, optimizer=train.optimizer, lr=train.lr, weight_decay=train.weight_decay,
+                 batch_size=train.batch_size, epochs=1, device=device, seed=0, amp=amp)
+    return Speed(fitted.train_seconds / n, fitted.precision, _machine(device))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a run will train, in sample-epochs of the seed baseline's speed.
+
+    Attributes:
+        trials: Trials this run adds.
+        trial_samples: Sample-epochs one unpruned trial trains (folds x epochs x training scans per fold).
+        confirm_samples: Sample-epochs of the whole confirmation (candidates x folds x epochs x scans); 0 when
+            the run does not confirm.
+        confirm_candidates: How many specs the confirmation trains (the top trunks and the baseline).
+    """
+
+    trials: int
+    trial_samples: int
+    confirm_samples: int
+    confirm_candidates: int = 3
+
+
+def trial_seconds(speed: Speed, work: Workload) -> float:
+    """The expected wall time of one trial here."""
+    return work.trial_samples * speed.seconds_per_sample * STEP_TO_TRIAL * MIX + TRIAL_OVERHEAD_S
+
+
+def confirm_seconds(speed: Speed, work: Workload) -> float:
+    """The expected wall time of the confirmation here, before any trial has measured a candidate."""
+    return work.confirm_samples * speed.seconds_per_sample * STEP_TO_TRIAL * MIX * CONFIRM_OVERHEAD
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _at(wall_epoch: float) -> str:
+    return time.strftime("%H:%M", time.localtime(wall_epoch))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run expects to take here, and, under a budget, its deadline.
+
+    Attributes:
+        search_s: Expected wall time of all the run's trials.
+        confirm_s: Expected wall time of the confirmation (0 without one).
+        budget_s: The run's budget in seconds, None for no budget.
+        deadline: The budget's end on the run's clock (``clock() + remaining``), None for no budget.
+        line: The sentence the run prints at its start.
+    """
+
+    search_s: float
+    confirm_s: float
+    budget_s: float | None
+    deadline: float | None
+    line: str
+
+
+def plan(speed: Speed, work: Workload, budget_s: float | None, elapsed_s: float, clock: Clock | None = None,
+         wall: Clock = time.time) -> Plan:
+    """The run's expected duration and deadline, and the line that says them.
+
+    Args:
+        speed: The seed baseline's speed here.
+        work: What the run trains.
+        budget_s: The time budget of the whole command (None: no budget).
+        elapsed_s: Seconds the command has already spent (data generation, loading, the measurement).
+        clock: The clock the deadline is on (default :func:`now`).
+        wall: The wall clock, for the times of day the line gives.
+    """
+    search_s = work.trials * trial_seconds(speed, work)
+    confirm_s = confirm_seconds(speed, work)
+    total = search_s + confirm_s
+    trials = f"{work.trials} trial{'s' * (work.trials != 1)}" + (" and the confirmation" * bool(work.confirm_samples))
+    verb = "take" if work.trials != 1 or work.confirm_samples else "takes"
+    head = (f"time: the seed baseline trains at {1000 * speed.seconds_per_sample:.0f} ms/sample here "
+            f"({speed.machine}, {speed.precision}; measured just now); {trials} {verb} about {_minutes(total)}")
+    if budget_s is None:
+        return Plan(search_s, confirm_s, None, None, head + " (no --budget)")
+    remaining = budget_s - elapsed_s
+    deadline = (clock or now)() + remaining
+    ends = _at(wall() + remaining)
+    if total <= remaining:
+        line = f"{head}, within the {_minutes(budget_s)} budget (--budget): done by {ends} at the latest"
+    else:
+        one = trial_seconds(speed, work)
+        fits = math.floor((remaining - SAFETY * confirm_s) / max(one, 1e-9))
+        if fits < 1:
+            # Not even the seed baseline and the confirmation fit: say what the run will really take.
+            least = one + confirm_s
+            line = (f"{head}, more than the {_minutes(budget_s)} budget (--budget): not even the seed baseline and "
+                    f"the confirmation fit in it here, so the run trains those two and ends at about "
+                    f"{_at(wall() + least)} ({_minutes(least)}); raise --budget, or lower --confirm-top or "
+                    "--confirm-epochs")
+        else:
+            line = (f"{head}, more than the {_minutes(budget_s)} budget (--budget): the search stops adding trials "
+                    f"when one more and the confirmation would end after {ends} (about {fits} of the "
+                    f"{work.trials} fit); --budget none runs them all")
+    return Plan(search_s, confirm_s, budget_s, deadline, line)
+
+
+def measured_confirm_seconds(study: optuna.Study, candidate_trials: list[int | None], work: Workload,
+                             speed: Speed) -> float:
+    """The confirmation's wall time from the measured training speed of the trials it would confirm now.
+
+    Each of ``work.confirm_candidates`` specs trains ``confirm_samples / confirm_candidates`` sample-epochs.
+    A slot the search has no candidate for yet (fewer complete trunks than ``--confirm-top``) counts at the
+    slowest known candidate's speed; one whose trial recorded no speed, at the start estimate's.
+    """
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rates = []
+    for number in candidate_trials[: work.confirm_candidates]:
+        t = trials.get(number) if number is not None else None
+        rate = t.user_attrs.get(schema.SAMPLES_PER_S) if t is not None else None
+        rates.append(1.0 / rate if rate else speed.seconds_per_sample * STEP_TO_TRIAL * MIX)
+    slowest = max(rates) if rates else speed.seconds_per_sample * STEP_TO_TRIAL * MIX
+    rates += [slowest] * (work.confirm_candidates - len(rates))
+    per_candidate = work.confirm_samples / max(work.confirm_candidates, 1)
+    return sum(per_candidate * r for r in rates) * CONFIRM_OVERHEAD
+
+
+class BudgetStop:
+    """Optuna callback: stop the search when one more trial and the confirmation would end past the deadline.
+
+    The next trial is expected to take as long as the slowest of this run's last ten trials (at least the
+    plan's estimate until one has run); the confirmation as :func:`measured_confirm_seconds` says for the
+    candidates it would take now, padded by SAFETY.
+
+    Args:
+        deadline: On ``clock``.
+        speed: The baseline's measured speed.
+        work: What the run trains.
+        candidates: The trial numbers the confirmation would train now (the baseline first), for a study.
+        clock: The clock (default :func:`now`).
+    """
+
+    def __init__(self, deadline: float, speed: Speed, work: Workload,
+                 candidates: Callable[[optuna.Study], list[int | None]], clock: Clock | None = None):
+        self.deadline = deadline
+        self.speed = speed
+        self.work = work
+        self.candidates = candidates
+        self.clock = clock or now
+        self.durations: list[float] = []
+        self.last = self.clock()
+        self.stopped: str | None = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        now = self.clock()
+        self.durations.append(now - self.last)
+        self.last = now
+        recent = self.durations[-10:]
+        next_trial = max(max(recent), trial_seconds(self.speed, self.work) if len(recent) < 3 else 0.0)
+        confirm_s = 0.0
+        if self.work.confirm_samples:
+            confirm_s = SAFETY * measured_confirm_seconds(study, self.candidates(study), self.work, self.speed)
+        left = self.deadline - now
+        if next_trial + confirm_s > left:
+            self.stopped = (f"time budget: the search stopped after this run's {len(self.durations)} trials, "
+                            f"{_minutes(max(left, 0))} before the deadline: one more trial (about "
+                            f"{_minutes(next_trial)}) and the confirmation (about {_minutes(confirm_s)}) would not "
+                            "fit (--budget)")
+            study.stop()

@@ -1,0 +1,237 @@
+"""``MODEL_CARD.md`` of an exported model, written from its ``metrics.json`` alone.
+
+Everything the card states comes from that one dict, so the card can be rebuilt from the folder and
+never says more than the export measured.
+"""
+
+from __future__ import annotations
+
+from search.model.routing import DISCLAIMER, ROUTING
+from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ROC_PNG
+from search.stats.intervals import Interval
+
+
+def _ci(entry: dict | None, key: str) -> str:
+    if not entry or entry.get(key) is None:
+        return "-"
+    return Interval(**entry[key]).text()
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def render_model_card(m: dict) -> str:
+    """The model card as Markdown, from the ``metrics.json`` dict that ``search.export`` writes."""
+    task, data, test, model, base = m["task"], m["data"], m["test"], m["model"], m["baseline"]
+    study, check, classes = m["study"], m["export_check"], task["classes"]
+    size = "x".join(map(str, data["size"]))
+    phantoms = data.get("phantoms", False)
+    base_test = test.get("baseline")
+    lines = [
+        f"# Model card: {classes[0]} vs {classes[1]} — trial {model['trial']} of study '{study['name']}'",
+        "",
+        f"> **{DISCLAIMER}**",
+    ]
+    if phantoms:
+        lines += [">", "> **Trained and tested on synthetic phantoms**, not on patients' scans: the numbers below "
+                  "say how well the search worked on the phantom set, nothing about real chest CT."]
+    lines += [
+        "",
+        "## Task",
+        "",
+        f"- {task['description']}: label 0 = **{classes[0]}**, label 1 = **{classes[1]}** (task `{task['name']}`).",
+        f"- Output: P(label 1) = sigmoid(logit); predicted class = label 1 when P >= {task['threshold']} "
+        "(not tuned or calibrated).",
+        "- A binary model cannot tell the categories inside a class apart (for the course task: CT-2 from CT-3).",
+        "- The course's routing table, which `python -m search.predict` applies to the predicted class:",
+        "",
+        "| category | decision |",
+        "| --- | --- |",
+        *[f"| {c} | {d} |" for c, d in ROUTING.items()],
+        "",
+        "## Model",
+        "",
+        f"- Architecture ({size} input): {model['architecture']}.",
+        *_size_lines(model),
+        f"- {_trained_on(model, data)} for {model['epochs']} "
+        f"epochs ({model['epochs_rule']}), optimiser {model['train_spec']['optimizer']}, learning rate "
+        f"{model['train_spec']['lr']:.3g}, weight decay {model['train_spec']['weight_decay']:g}, batch size "
+        f"{model['train_spec']['batch_size']}, on {m['training']['device']}, with {m['training']['augmentation']}; "
+        "batch-norm statistics recomputed over the training scans after training.",
+        "",
+        "## Data and split",
+        "",
+        f"- Data: `{data['root']}` ({data['layout']} layout); synthetic phantoms: {_yes(phantoms)}.",
+        f"- Preprocessing: HU window {data['hu_window'][0]:g} to {data['hu_window'][1]:g} scaled to [0, 1], "
+        f"resized to {size} voxels (D x H x W, RAS orientation); see `preprocess.json`.",
+        f"- Split (seed {data['split_seed']}, stratified, saved in `{data['split_file']}`): {data['n_train']} train, "
+        f"{data['n_val']} validation, {data['n_test']} test scans; {data['excluded']} scans outside the task, "
+        f"{data['skipped']} unreadable scans skipped.",
+        "- The search scored each trial by cross-validation over the train + validation parts and a confirmation "
+        "stage re-evaluated the best specs against the seed baseline on fresh folds; the test part was read only "
+        "by this export, once.",
+        "",
+        *_selection_lines(m.get("selection")),
+        "## Locked test evaluation",
+        "",
+        f"{test['n']} test scans: {test['n_negative']} {classes[0]}, {test['n_positive']} {classes[1]}.",
+        "",
+        "| metric | exported model | seed baseline |",
+        "| --- | --- | --- |",
+        *[f"| {label} | {_ci(test['model'], key)} | {_ci(base_test, key)} |"
+          for label, key in (("ROC AUC", "auc"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
+                             ("specificity", "specificity"))],
+    ]
+    cm = [e["confusion_matrix"] if e else None for e in (test["model"], base_test)]
+    cells = [f"{c['tn']} / {c['fp']} / {c['fn']} / {c['tp']}" if c else "-" for c in cm]
+    lines.append(f"| confusion matrix (TN / FP / FN / TP) | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    if test.get("auc_difference"):
+        lines.append(f"Difference in AUC, exported model minus seed baseline: {_ci(test, 'auc_difference')}; "
+                     "an interval that contains 0 means this test part cannot tell the two apart.")
+        lines.append("")
+    note = base.get("note")
+    if base_test is None:
+        lines += [f"Seed baseline: not trained ({note}).", ""]
+    else:
+        how = ("was trained the same way: same train + validation scans" if model.get("members", 1) == 1 else
+               f"was trained as the course trains it, on all {data['n_train'] + data['n_val']} train + validation "
+               "scans (the model you have without the search; the confirmation compared the two specs' fold "
+               "models)")
+        lines += [f"The seed baseline ({base['architecture']}) {how}, {base['epochs']} epochs ({base['epochs_rule']})"
+                  + (f"; {note}" if note else "") + ".", ""]
+    auc_method = test["model"]["auc"]["method"]
+    lines += [
+        f"Intervals are 95%: ROC AUC by {auc_method}; accuracy, sensitivity and specificity by Wilson score "
+        "intervals. On a test part this small they are wide; read them before the point estimates.",
+        "",
+    ]
+    if any(e and e["auc"]["estimate"] in (0.0, 1.0) for e in (test["model"], base_test)):
+        lines += ["An AUC of exactly 0 or 1 ranks every test scan correctly (or wrongly), so every bootstrap "
+                  "resample gives the same AUC and the interval collapses to a point: there it understates the "
+                  "uncertainty, which only a larger test part can measure.", ""]
+    lines += _figure_lines(test, task)
+    lines += [
+        "## Provenance",
+        "",
+        f"- Study `{study['name']}` in `{study['storage']}` ({study['n_trials']} trials, objectives "
+        f"{', '.join(study['objectives'])}); exported trial {model['trial']}, cross-validated AUC "
+        f"{model.get('search_cv_auc', float('nan')):.3f} in the search.",
+        f"- Exported {m['created']}. Export check on a fixed input: reloaded weights differ by "
+        f"{check['weights_max_abs_diff']:.1e}, ONNX by "
+        + (f"{check['onnx_max_abs_diff']:.1e}" if check["onnx_max_abs_diff"] is not None else check["onnx_runtime"])
+        + f" (tolerance {check['tolerance']:g}).",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        "",
+        "## Files",
+        "",
+        "- `spec.json`, `weights.safetensors`: rebuild with `space.build(ArchSpec.from_json(...))` and "
+        "`load_state_dict(safetensors.torch.load_file(...), strict=True)` (`search.model.folder.load_model`).",
+        *(["- `ensemble.json`: the member count; `weights.safetensors` names each member's tensors "
+            "`members.<i>.<layer>`, and `load_model` builds the `Ensemble` from the two."]
+          if model.get("members", 1) > 1 else []),
+        "- `model.onnx`: the same network for other runtimes; input `volume` (batch, 1, D, H, W) float32 "
+        "preprocessed as `preprocess.json` describes, output `logit` (batch).",
+        "- `preprocess.json`, `train_spec.json`, `metrics.json` ("
+        + ("with each test scan's study id, label and probabilities, as asked for by --include-scan-ids"
+           if m.get("test_predictions") else "counts, metrics and the curves behind the pictures only: no study id, "
+           "no local path")
+        + "), this card.",
+        *([f"- {', '.join(f'`{name}`' for name in FIGURES)}: the pictures above, drawn from `metrics.json` alone; "
+           "`search.shipping.figures.write_model_figures(metrics, folder)` "
+           "redraws them."] if _has_figures(test) else []),
+        "",
+        "Predict: `python -m search.predict MODEL_DIR SCAN.nii.gz [...] [--json]`; add `--saliency OUT_DIR` for "
+        "a Grad-CAM++ montage per scan of where the evidence for label 1 sits (coarse: the last level's map; on "
+        "phantoms it tells which lung, not which lesion). Montages of the surest test scan of each outcome are "
+        "in optuna-dashboard, as study artifacts named after this trial.",
+        "",
+        "## Limits",
+        "",
+        "- Research and teaching use only; not a medical device, not validated for clinical use.",
+        "- MosMedData comes from Moscow hospitals in 2020; other scanners, protocols, populations and "
+        "diseases than COVID-19 pneumonia are untested.",
+        "- The model sees a heavily downsampled volume and has no out-of-distribution check: a scan that is "
+        "not a chest CT still gets a probability.",
+    ]
+    if phantoms:
+        lines.append("- Trained on synthetic phantoms: its outputs on real scans are meaningless.")
+    return "\n".join(lines) + "\n"
+
+
+def _has_figures(test: dict) -> bool:
+    """Whether the export drew the pictures: a metrics.json of an older lungct-nas holds no curves."""
+    return "roc" in test["model"]
+
+
+def _figure_lines(test: dict, task: dict) -> list[str]:
+    """The three pictures, each with one sentence on how to read it, and a warning on a small test part."""
+    if not _has_figures(test):
+        return []
+    classes, threshold = task["classes"], task["threshold"]
+    return [
+        f"![ROC curves on the locked test part, with 95% bootstrap bands]({ROC_PNG})",
+        "",
+        f"`{ROC_PNG}`: each curve shows the share of {classes[1]} scans caught (sensitivity) against the share of "
+        f"{classes[0]} scans flagged (1 - specificity) as the threshold is lowered; the shaded band spans, at each "
+        "false positive rate, the middle 95% of the curves of bootstrap resamples of the test scans, the dot marks "
+        f"the threshold {threshold:g} and the dashed diagonal is chance.",
+        "",
+        f"![Reliability diagrams and predicted probabilities per class]({CALIBRATION_PNG})",
+        "",
+        f"`{CALIBRATION_PNG}`: each dot is the observed fraction of {classes[1]} among test scans of similar "
+        "predicted probability, with its 95% Wilson interval, so dots near the diagonal mean the probabilities can "
+        "be read as frequencies; beneath, how each class's probabilities spread, and the Brier score (lower is "
+        "better) in the title.",
+        "",
+        f"![Confusion counts at threshold {threshold:g}]({CONFUSION_PNG})",
+        "",
+        f"`{CONFUSION_PNG}`: the confusion counts of the table above as 2x2 tables, rows the true class and columns "
+        f"the class predicted at P >= {threshold:g}, shaded by the share of the row.",
+        "",
+        f"> On a small test part (this one has {test['n']} scans) the bands and intervals in these pictures are "
+        "wide: two models whose bands overlap are not shown to differ, and each step of a curve is one scan (or a "
+        "few tied ones).",
+        "",
+    ]
+
+
+def _size_lines(model: dict) -> list[str]:
+    """Parameters and cost, per member and in all for an ensemble."""
+    members = model.get("members", 1)
+    one = (f"{model['params']:,} trainable parameters ({model['keras_params']:,} as Keras counts them), "
+           f"{model['gflops']:.3f} GFLOPs per scan")
+    if members == 1:
+        return [f"- {one}."]
+    return [f"- An ensemble of {members} copies of this architecture, trained on different folds; it outputs the "
+            "logit of their mean probability (`search.model.folder.Ensemble`).",
+            f"- Each member: {one}; in all {members * model['params']:,} parameters and "
+            f"{members * model['gflops']:.3f} GFLOPs per scan."]
+
+
+def _trained_on(model: dict, data: dict) -> str:
+    n = data["n_train"] + data["n_val"]
+    if model.get("members", 1) == 1:
+        return f"Trained on the train + validation parts ({n} scans)"
+    scans = "/".join(map(str, model.get("member_train_scans") or [])) or "most"
+    return (f"Each member trained by the confirmation stage on one cross-validation fold's training scans ({scans} of "
+            f"the {n} train + validation scans) and scored on the rest")
+
+
+def _selection_lines(selection: dict | None) -> list[str]:
+    """How the model was chosen, and how optimistic its confirmed score was against the test part."""
+    if not selection:
+        return []
+    lines = ["## How this model was chosen", "", f"- {selection['how'][0].upper()}{selection['how'][1:]}."]
+    if selection.get("why"):
+        lines.append(f"- Why: {selection['why']}.")
+    if selection.get("rule"):
+        lines.append(f"- Rule: {selection['rule']}.")
+    if selection.get("confirmed_score") is not None:
+        lines.append(f"- Confirmed score (mean fold AUC on fresh folds): {selection['confirmed_score']:.3f}; "
+                     f"locked test AUC: {selection['test_auc']:.3f}; optimism (confirmed - test): "
+                     f"{selection['optimism']:+.3f}.")
+    if selection.get("baseline_confirmed_score") is not None and not selection.get("is_baseline"):
+        lines.append(f"- The seed baseline's confirmed score: {selection['baseline_confirmed_score']:.3f}.")
+    return [*lines, ""]

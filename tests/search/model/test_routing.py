@@ -1,0 +1,71 @@
+"""search.model.routing: class names of a task, the routing decisions of a predicted class, and the class check."""
+
+import pytest
+
+from lungct.records import TASKS
+from search.model.routing import ROUTING, check_classes, class_name, class_names, decision_text, decisions
+
+COURSE = TASKS["course"]
+
+
+@pytest.mark.parametrize("categories, expected", [
+    ((), ""), (("CT-0",), "CT-0"), (("CT-2", "CT-3"), "CT-2 or CT-3"),
+    (("CT-1", "CT-2", "CT-3", "CT-4"), "CT-1, CT-2, CT-3 or CT-4"),
+])
+def test_class_name_joins_categories_with_commas_and_a_final_or(categories, expected):
+    assert class_name(categories) == expected
+
+
+def test_class_names_are_label_0_then_label_1():
+    assert class_names(COURSE) == ("CT-0", "CT-2 or CT-3")
+    assert class_names(TASKS["severe"]) == ("CT-0 or CT-1", "CT-3 or CT-4")
+
+
+def test_routing_table_defines_only_ct0_ct2_and_ct3():
+    assert set(ROUTING) == {"CT-0", "CT-2", "CT-3"}
+
+
+def test_decisions_keep_only_the_categories_the_table_defines_in_order():
+    assert list(decisions(("CT-3", "CT-1", "CT-2"))) == ["CT-3", "CT-2"]
+    assert decisions(("CT-1", "CT-4")) == {}
+
+
+def test_decision_text_of_one_defined_category_is_its_decision_alone():
+    assert decision_text(("CT-0",)) == ROUTING["CT-0"]
+
+
+def test_decision_text_of_a_pooled_class_lists_each_category_decision():
+    assert decision_text(("CT-2", "CT-3")) == f"if CT-2: {ROUTING['CT-2']}; if CT-3: {ROUTING['CT-3']}"
+
+
+def test_decision_text_says_which_categories_have_no_decision():
+    text = decision_text(("CT-1", "CT-3", "CT-4"))
+    assert text == f"if CT-3: {ROUTING['CT-3']}; CT-1 / CT-4: no decision in the course's table"
+
+
+def test_decision_text_of_an_undefined_category_alone_invents_no_decision():
+    assert decision_text(("CT-1",)) == "CT-1: no decision in the course's table"
+
+
+def test_check_classes_accepts_the_tasks_own_fields():
+    check_classes(COURSE, ("CT-0",), ("CT-2", "CT-3"), ("CT-0", "CT-2 or CT-3"))
+
+
+def test_check_classes_refuses_an_unknown_category_naming_the_field():
+    with pytest.raises(ValueError, match=r"^negative: unknown categories \['CT-9'\]"):
+        check_classes(COURSE, ("CT-9",), ("CT-2", "CT-3"), ("CT-0", "CT-2 or CT-3"))
+
+
+def test_check_classes_refuses_a_positive_class_that_contradicts_the_task():
+    with pytest.raises(ValueError, match=r"^positive: \['CT-0'\] contradicts task 'course', whose label 1 is"):
+        check_classes(COURSE, ("CT-0",), ("CT-0",), ("CT-0", "CT-2 or CT-3"))
+
+
+def test_check_classes_refuses_swapped_negative_and_positive():
+    with pytest.raises(ValueError, match=r"^negative: .* whose label 0 is \['CT-0'\]"):
+        check_classes(COURSE, ("CT-2", "CT-3"), ("CT-0",), ("CT-0", "CT-2 or CT-3"))
+
+
+def test_check_classes_refuses_class_names_that_contradict_the_task():
+    with pytest.raises(ValueError, match=r"^classes: \['CT-2 or CT-3', 'CT-0'\] contradicts task 'course'"):
+        check_classes(COURSE, ("CT-0",), ("CT-2", "CT-3"), ("CT-2 or CT-3", "CT-0"))

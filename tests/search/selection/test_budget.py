@@ -1,0 +1,158 @@
+"""search.selection.budget: the time line a run prints at its start, and the rule that stops the search in time.
+
+No test here times anything: speeds are given, and the clock is stubbed.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import search.run
+import search.selection.budget
+from search.run import budget_minutes, main
+from search.selection.budget import (
+    SAFETY,
+    BudgetStop,
+    Speed,
+    Workload,
+    confirm_seconds,
+    measure_speed,
+    plan,
+    trial_seconds,
+)
+from search.study import schema
+from search.training.loop import resolve_device
+
+SPEED = Speed(0.1, "float32", "Test CPU (AVX-512: no)")
+WORK = Workload(trials=50, trial_samples=520, confirm_samples=9360)  # 52 s a trial and 936 s of baseline steps
+
+
+class FakeClock:
+    """Advances ``step`` seconds every time it is read."""
+
+    def __init__(self, start: float = 1000.0, step: float = 0.0):
+        self.t = start
+        self.step = step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def test_plan_within_the_budget_states_the_latest_end():
+    p = plan(SPEED, WORK, budget_s=3 * 3600, elapsed_s=60.0, clock=FakeClock(), wall=lambda: 0.0)
+    assert p.deadline == pytest.approx(1000.0 + 3 * 3600 - 60.0)
+    assert "52 ms" not in p.line and "100 ms/sample" in p.line and "Test CPU" in p.line
+    assert "within the 180 min budget" in p.line and "at the latest" in p.line
+    assert p.search_s == pytest.approx(50 * trial_seconds(SPEED, WORK))
+    assert trial_seconds(SPEED, WORK) > 52 and confirm_seconds(SPEED, WORK) > 936
+
+
+def test_plan_over_the_budget_says_how_many_trials_fit():
+    p = plan(SPEED, WORK, budget_s=3600, elapsed_s=0.0, clock=FakeClock(), wall=lambda: 0.0)
+    fits = int((3600 - SAFETY * confirm_seconds(SPEED, WORK)) // trial_seconds(SPEED, WORK))
+    assert fits > 1
+    assert "more than the 60 min budget" in p.line and f"about {fits} of the 50 fit" in p.line
+    assert "--budget none" in p.line
+
+
+def test_plan_says_when_not_even_the_baseline_and_the_confirmation_fit():
+    # Never a promise the machine cannot keep: the line gives the time the run will really take.
+    p = plan(SPEED, WORK, budget_s=600, elapsed_s=0.0, clock=FakeClock(), wall=lambda: 0.0)
+    least = trial_seconds(SPEED, WORK) + confirm_seconds(SPEED, WORK)
+    assert "not even the seed baseline and the confirmation fit" in p.line
+    assert f"({least / 60:.0f} min)" in p.line and "raise --budget" in p.line
+
+
+def test_plan_without_a_budget_has_no_deadline():
+    p = plan(SPEED, WORK, budget_s=None, elapsed_s=0.0)
+    assert p.deadline is None and "no --budget" in p.line
+
+
+def _study_with_trials(n: int, samples_per_s: float = 10.0) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    for i in range(n):
+        trial = study.ask()
+        trial.set_user_attr(schema.SAMPLES_PER_S, samples_per_s)
+        study.tell(trial, 0.5 + i / 100)
+    study.stopped = False
+    study.stop = lambda: setattr(study, "stopped", True)  # Study.stop works only inside optimize()
+    return study
+
+
+def test_budget_stop_stops_when_one_more_trial_and_the_confirmation_would_not_fit():
+    clock = FakeClock()
+    study = _study_with_trials(2)
+    work = Workload(trials=50, trial_samples=100, confirm_samples=3000, confirm_candidates=2)  # 300 s at 10/s
+    stop = BudgetStop(deadline=clock.t + 1000.0, speed=SPEED, work=work, candidates=lambda s: [0, 1], clock=clock)
+    first, second = study.trials
+    clock.t += 100.0  # the first trial took 100 s: 900 s left, 100 + 1.25 x 1.2 x 300 needed
+    stop(study, first)
+    assert stop.stopped is None and not study.stopped
+    clock.t += 500.0  # the second took 500 s: 400 s left, 500 + 450 needed
+    stop(study, second)
+    assert study.stopped and "time budget" in stop.stopped and "confirmation" in stop.stopped
+
+
+def test_budget_stop_counts_every_confirmation_slot_before_the_search_has_filled_them():
+    # One complete trial (the baseline) but three specs to confirm: the two unknown slots count at its speed,
+    # and the baseline's share is a third of the confirmation, not all of it.
+    study = _study_with_trials(1, samples_per_s=10.0)
+    work = Workload(trials=50, trial_samples=10, confirm_samples=3000, confirm_candidates=3)
+    seconds = search.selection.budget.measured_confirm_seconds(study, [0], work, SPEED)
+    assert seconds == pytest.approx(3000 / 10 * search.selection.budget.CONFIRM_OVERHEAD)
+
+
+def test_budget_stop_reads_the_confirmation_from_the_candidates_measured_speed():
+    clock = FakeClock()
+    slow = _study_with_trials(1, samples_per_s=1.0)  # a candidate that trains 10x slower than the other study's
+    fast = _study_with_trials(1, samples_per_s=10.0)
+    work = Workload(trials=50, trial_samples=10, confirm_samples=1000, confirm_candidates=1)
+    for study, stops in ((fast, False), (slow, True)):
+        stop = BudgetStop(deadline=clock.t + 500.0, speed=SPEED, work=work, candidates=lambda s: [0], clock=clock)
+        stop(study, study.trials[0])
+        assert (stop.stopped is not None) == stops == study.stopped
+
+
+def test_budget_minutes_defaults_by_device_and_refuses_nonsense():
+    cpu = resolve_device("cpu")
+    assert budget_minutes(None, cpu) == search.run.DEFAULT_CPU_BUDGET_MIN
+    assert budget_minutes("none", cpu) is None and budget_minutes("45", cpu) == 45.0
+    assert budget_minutes("90m", cpu) == 90.0
+    for bad in ("0", "-5", "soon", "nan", "inf"):
+        with pytest.raises(ValueError, match="--budget"):
+            budget_minutes(bad, cpu)
+
+
+def test_measure_speed_times_the_baseline_at_the_study_size():
+    speed = measure_speed((16, 16, 32), resolve_device("cpu"), amp=False, steps=1)
+    assert speed is not None and 0 < speed.seconds_per_sample < 10 and speed.precision == "float32"
+
+
+SMALL = ["--size", "16", "16", "32", "--epochs", "1", "--workers", "1", "--no-confirm", "--pruner", "none"]
+
+
+def test_run_under_a_slow_clock_stops_adding_trials_inside_its_budget(tiny_data, tmp_path, monkeypatch, capsys):
+    # Each read of the budget's clock advances it 40 s, so every trial "takes" 40 s of a 3-minute budget: the
+    # run must stop early, say why, leave nothing running, and exit 0.
+    monkeypatch.setattr(search.selection.budget, "now", FakeClock(step=40.0))
+    code = main(["--data", str(tiny_data), "--studies-dir", str(tmp_path), *SMALL, "--trials", "20",
+                 "--budget", "3"])
+    assert code == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{tmp_path}/lungct.db")
+    assert 1 <= len(study.trials) < 20
+    assert all(t.state != TrialState.RUNNING for t in study.trials)
+    assert "time: the seed baseline trains at" in out and "time budget: the search stopped" in out
+    assert study.user_attrs[schema.STUDY_TIME_PLAN]["budget_s"] == 180.0
+
+
+def test_run_states_its_time_at_the_start(tiny_data, tmp_path, capsys):
+    assert main(["--data", str(tiny_data), "--studies-dir", str(tmp_path), *SMALL, "--trials", "1",
+                 "--budget", "none"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("time:"))
+    assert "ms/sample here" in line and "1 trial takes about" in line and "no --budget" in line
+    assert out.index("time:") < out.index("trial 0")

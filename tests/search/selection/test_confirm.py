@@ -1,0 +1,303 @@
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.trial import TrialState
+from safetensors.torch import load_file
+
+from search.selection.confirm import (
+    BASELINE_KEY,
+    Candidate,
+    ConfirmFold,
+    ConfirmSettings,
+    Decision,
+    RunResult,
+    confirm,
+    decide,
+    format_decision,
+    select_candidates,
+    stored_decision,
+)
+from search.study import schema
+from search.training.loop import FitResult, Tensors
+from search.training.unit import Trained, TrainingFailed
+from space import ArchSpec, LevelSpec, TrainSpec, baseline, baseline_train, fit_to_size
+
+SIZE = (16, 16, 32)
+FOLDS = [(0, 0), (0, 1)]
+
+
+def _spec(width: int) -> ArchSpec:
+    return ArchSpec(levels=(LevelSpec(width), LevelSpec(width)), padding="same", head_units=())
+
+
+def _candidates(n: int) -> list[Candidate]:
+    base, _ = fit_to_size(baseline(), SIZE)
+    return [Candidate(BASELINE_KEY, 0, base, baseline_train()),
+            *[Candidate(f"trial{i}", i, _spec(4 * i), TrainSpec()) for i in range(1, n + 1)]]
+
+
+def _runs(rng: np.random.Generator, separation: dict[str, float], n_val: int = 60) -> dict:
+    """Each model's probabilities = label x separation + its own noise, per fold (same labels for all)."""
+    runs = {}
+    for repeat, fold in FOLDS:
+        labels = np.repeat([0, 1], n_val // 2)
+        for key, sep in separation.items():
+            probs = 1 / (1 + np.exp(-(sep * labels + rng.normal(size=labels.size))))
+            auc = float(np.mean(probs[labels == 1][:, None] > probs[labels == 0][None, :]))
+            runs[(key, repeat, fold)] = RunResult(key, repeat, fold, auc, tuple(labels.tolist()), tuple(probs.tolist()))
+    return runs
+
+
+def test_confirm_keeps_the_baseline_when_candidates_are_only_noise():
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=500)
+    candidates = _candidates(3)
+    switched = 0
+    for seed in range(40):
+        runs = _runs(np.random.default_rng(seed), {c.key: 1.5 for c in candidates})
+        decision = decide(candidates, runs, FOLDS, settings)
+        switched += not decision.recommended.baseline
+    # Bonferroni over 3 candidates keeps the family-wise rate at 5%: about 2 of 40 by chance, never many.
+    assert switched <= 4
+
+
+def test_confirm_recommends_a_candidate_that_is_clearly_better():
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=500)
+    candidates = _candidates(3)
+    chosen = []
+    for seed in range(10):
+        runs = _runs(np.random.default_rng(seed), {BASELINE_KEY: 0.5, "trial1": 0.5, "trial2": 3.0, "trial3": 0.5})
+        chosen.append(decide(candidates, runs, FOLDS, settings).recommended.key)
+    assert chosen.count("trial2") >= 9
+
+
+def test_confirm_decision_states_the_rule_and_each_candidates_numbers():
+    candidates = _candidates(2)
+    runs = _runs(np.random.default_rng(0), {c.key: 1.0 for c in candidates})
+    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
+    assert "Bonferroni" in decision.rule and decision.recommended.why
+    rows = decision.candidates
+    assert [r.key for r in rows] == [BASELINE_KEY, "trial1", "trial2"]
+    for r in rows[1:]:
+        assert r.difference_low <= r.difference
+        assert r.confirmed == pytest.approx(np.mean(r.fold_aucs))
+
+
+def test_confirm_a_diverged_candidate_is_never_recommended():
+    candidates = _candidates(1)
+    runs = _runs(np.random.default_rng(0), {BASELINE_KEY: 0.5, "trial1": 4.0})
+    runs[("trial1", 0, 1)] = RunResult("trial1", 0, 1, float("nan"), (), (), "non-finite training loss")
+    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
+    assert decision.recommended.baseline
+    assert decision.candidates[1].reason == "non-finite training loss"
+
+
+def _search_study(specs: list[tuple[float, ArchSpec]]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    base, _ = fit_to_size(baseline(), SIZE)
+    study.add_trial(optuna.trial.create_trial(value=0.6, user_attrs={"baseline": True, "spec": base.to_dict(),
+                                                                      "train_spec": baseline_train().to_dict()}))
+    for value, spec in specs:
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={
+            "spec": spec.to_dict(), "train_spec": TrainSpec().to_dict(), "score_se": 0.05}))
+    return study
+
+
+def test_confirm_candidates_are_the_baseline_then_the_best_distinct_specs():
+    study = _search_study([(0.9, _spec(8)), (0.95, _spec(8)), (0.7, _spec(16)), (0.8, _spec(4))])
+    candidates = select_candidates(study, SIZE, top_k=2)
+    assert [c.key for c in candidates] == [BASELINE_KEY, "trial2", "trial4"]  # trial1 repeats trial2's spec
+    assert candidates[1].search_score == 0.95 and candidates[1].search_se == 0.05
+
+
+def test_confirm_candidates_differ_in_their_trunk_not_only_in_head_or_dropout():
+    near_copy = dataclasses.replace(_spec(8), head_units=(64,), dropout=0.1)
+    study = _search_study([(0.9, _spec(8)), (0.88, near_copy), (0.7, _spec(16))])
+    candidates = select_candidates(study, SIZE, top_k=2)
+    # trial2 only changes trial1's head and dropout: the second slot goes to the next trunk, trial3.
+    assert [c.key for c in candidates] == [BASELINE_KEY, "trial1", "trial3"]
+
+
+class _Scaled(torch.nn.Module):
+    """A 'trained' model: logit = scale x mean voxel value."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return self.scale * x.mean(dim=(1, 2, 3, 4))
+
+
+def _folds() -> list[ConfirmFold]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0.0, 1.0] * 6)
+    volumes = (torch.rand(12, 1, 4, 4, 4, generator=g) + labels.view(-1, 1, 1, 1, 1)).half()
+    data = Tensors(volumes, labels)
+    return [ConfirmFold(0, f, data, data) for f in range(2)]
+
+
+def test_confirm_stores_its_decision_and_resumes_without_retraining():
+    study = _search_study([(0.9, _spec(8)), (0.8, _spec(4))])
+    storage = study._storage
+    calls = []
+
+    def fake_train(spec, train, data, val, **kwargs):
+        calls.append(spec.levels[0].filters)
+        return Trained(_Scaled(1.0), FitResult())
+
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=2, resamples=200)
+    decision = confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=fake_train,
+                       progress=False)
+    assert len(calls) == 6  # 3 candidates x 2 folds
+    assert study.user_attrs["confirmation"] == decision.to_dict()
+    assert decision.recommended.baseline  # identical models: nothing beats the baseline
+    again = confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=fake_train,
+                    progress=False)
+    assert len(calls) == 6 and again.recommended == decision.recommended
+
+
+def test_confirm_ctrl_c_fails_the_running_run_and_a_rerun_finishes_it():
+    study = _search_study([(0.9, _spec(8))])
+    storage = study._storage
+    calls = []
+
+    def interrupted_once(spec, train, data, val, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return Trained(_Scaled(1.0), FitResult())
+
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    with pytest.raises(KeyboardInterrupt):
+        confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=interrupted_once,
+                progress=False)
+    companion = optuna.load_study(study_name=settings.study_name(study.study_name), storage=storage)
+    assert not [t for t in companion.trials if t.state == TrialState.RUNNING]
+    assert "confirmation" not in study.user_attrs
+    confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=interrupted_once, progress=False)
+    assert len(calls) == 2 + 3  # the interrupted run and the two never started
+
+
+def test_confirm_a_diverging_run_is_recorded_not_retried():
+    study = _search_study([(0.9, _spec(8))])
+
+    def diverging(spec, train, data, val, **kwargs):
+        if spec.levels[0].filters == 8:
+            raise TrainingFailed("non_finite", "non-finite training loss (nan) at epoch 1, step 1")
+        return Trained(_Scaled(1.0), FitResult())
+
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    decision = confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=diverging,
+                       progress=False)
+    assert decision.recommended.baseline
+    assert decision.candidates[1].reason.startswith("non-finite training loss")
+
+
+class _LaggingNorm(torch.nn.Module):
+    """A 'trained' model with batch norm whose running statistics are far from its data's."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm3d(1)
+        with torch.no_grad():
+            self.norm.running_mean.fill_(100.0)
+
+    def forward(self, x):
+        return self.norm(x).mean(dim=(1, 2, 3, 4))
+
+
+def test_confirm_recomputes_batch_norm_before_scoring_and_keeps_each_runs_weights(tmp_path):
+    study = _search_study([(0.9, _spec(8))])
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    folds = _folds()
+    decision = confirm(study, study._storage, folds, settings, SIZE, torch.device("cpu"),
+                       train_fn=lambda *a, **k: Trained(_LaggingNorm(), FitResult()), progress=False,
+                       artifacts=tmp_path)
+    store = FileSystemArtifactStore(str(tmp_path))
+    companion = optuna.load_study(study_name=settings.study_name(study.study_name), storage=study._storage)
+    for row in decision.candidates:
+        assert len(row.members) == len(folds)
+        for artifact in row.members:
+            path = tmp_path / f"{artifact}.safetensors"
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
+            kept = load_file(str(path))
+            data = folds[0].train.volumes.float()
+            # The stored statistics are the training scans' (mean about 0.75 here), not the stale 100.
+            assert kept["norm.running_mean"].item() == pytest.approx(float(data.mean()), abs=1e-3)
+    assert all(t.user_attrs[schema.BN_RECOMPUTED] for t in companion.trials)
+    assert decision.recommended.members == decision.candidates[0].members  # the baseline stays
+
+
+def test_confirm_without_an_artifact_folder_keeps_no_weights():
+    study = _search_study([(0.9, _spec(8))])
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    decision = confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"),
+                       train_fn=lambda *a, **k: Trained(_Scaled(1.0), FitResult()), progress=False)
+    assert decision.recommended.members is None
+
+
+# A decision as search.selection.confirm stores it (the study's "confirmation" user attr), field for field.
+STORED_DECISION = {
+    "rule": "recommend the best-confirmed candidate whose paired AUC difference to the seed baseline has a one-sided "
+            "95.0% lower bound above 0 (alpha 0.05 over 1 candidates, Bonferroni); else the seed baseline",
+    "settings": {"epochs": 2, "seed": 0, "folds": 2, "repeats": 1, "fold_seed": 1, "top_k": 1, "alpha": 0.05,
+                 "resamples": 200},
+    "folds": [[0, 0], [0, 1]],
+    "candidates": [
+        {"key": "baseline", "trial": 0, "baseline": True, "spec": {"padding": "valid"}, "train_spec": {"lr": 1e-4},
+         "search_score": 0.6, "search_se": None, "fold_aucs": [0.7, 0.8], "confirmed": 0.75,
+         "members": ["a0", "a1"], "difference": None, "difference_low": None, "beats_baseline": False,
+         "reason": None},
+        {"key": "trial1", "trial": 1, "baseline": False, "spec": {"padding": "same"}, "train_spec": {"lr": 1e-3},
+         "search_score": 0.9, "search_se": 0.05, "fold_aucs": [0.9, None], "confirmed": None, "members": None,
+         "difference": None, "difference_low": None, "beats_baseline": False,
+         "reason": "non-finite training loss (nan) at epoch 1, step 1"},
+    ],
+    "recommended": {"key": "baseline", "trial": 0, "baseline": True, "confirmed": 0.75,
+                    "spec": {"padding": "valid"}, "train_spec": {"lr": 1e-4}, "members": ["a0", "a1"],
+                    "why": "no candidate beats the seed baseline"},
+    "companion_study": "lungct:confirm2-k2r1-e2-s0-f1",
+}
+
+
+def test_confirm_decision_as_stored_round_trips():
+    decision = Decision.from_dict(json.loads(json.dumps(STORED_DECISION)))
+    assert decision.recommended.members == ("a0", "a1") and decision.candidates[1].fold_aucs == (0.9, None)
+    assert decision.settings == ConfirmSettings(epochs=2, seed=0, top_k=1, resamples=200)
+    assert decision.to_dict() == STORED_DECISION
+    assert json.loads(json.dumps(decision.to_dict())) == STORED_DECISION
+
+
+def test_confirm_decision_stored_before_fold_models_were_kept_loads():
+    old = copy.deepcopy(STORED_DECISION)  # what the confirmation stored before it kept each run's weights
+    for row in (*old["candidates"], old["recommended"]):
+        del row["members"]
+    decision = Decision.from_dict(old)
+    assert decision.recommended.members is None and all(r.members is None for r in decision.candidates)
+    assert decision.recommended.key == "baseline" and decision.companion_study == old["companion_study"]
+
+
+def test_confirm_decision_without_a_companion_study_stores_none():
+    d = {k: v for k, v in STORED_DECISION.items() if k != "companion_study"}
+    decision = Decision.from_dict(d)
+    assert decision.companion_study is None and decision.to_dict() == d
+
+
+def test_confirm_format_decision_reads_the_record_and_a_stored_dict_alike():
+    text = format_decision(Decision.from_dict(STORED_DECISION))
+    assert text == format_decision(STORED_DECISION)
+    assert "2-fold x 1 on fresh folds, 2 epochs" in text and "failed" in text
+    assert text.endswith("recommended: baseline (no candidate beats the seed baseline)")
+
+
+def test_confirm_stored_decision_is_none_before_a_confirmation():
+    study = optuna.create_study()
+    assert stored_decision(study) is None
+    study.set_user_attr(schema.STUDY_CONFIRMATION, STORED_DECISION)
+    assert stored_decision(study) == Decision.from_dict(STORED_DECISION)
