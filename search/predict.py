@@ -33,7 +33,7 @@ from lungct.nifti import coverage_warning, preprocess, read_scan
 from lungct.records import PreprocessConfig
 from search.cli import EXIT_FAILED, EXIT_OK, command_parser, exit_code
 from search.model.folder import MEMORY_SHARE, ModelInfo, OptionalFiles, load_model, read_optional
-from search.model.routing import DISCLAIMER, ROUTING, decision_text, decisions
+from search.model.routing import CLINICAL_NOTE, DISCLAIMER, decision_text, decisions
 from search.model.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure
 from search.training.loop import predict_probs
 
@@ -160,9 +160,7 @@ def _header(model_dir: str, info: ModelInfo, optional: OptionalFiles) -> str:
     if optional.trained_on_phantoms:
         lines.append("this model was trained on synthetic phantoms: its probabilities on real scans mean nothing")
     lines += [printable(note) for note in optional.notes]
-    if any(c not in ROUTING for c in (*info.negative, *info.positive)):
-        lines.append(f"the course's routing table has decisions for {', '.join(ROUTING)} only; "
-                     "other categories get none")
+    lines.append(CLINICAL_NOTE)
     return "\n".join(lines)
 
 
@@ -205,7 +203,8 @@ def print_results(model_dir: str, info: ModelInfo, predictions: list[Prediction]
     optional = read_optional(model_dir)
     if as_json:
         print(json.dumps({
-            "disclaimer": DISCLAIMER, "model_dir": model_dir, "task": info.task, "classes": list(info.classes),
+            "disclaimer": DISCLAIMER, "routing_note": CLINICAL_NOTE,
+            "model_dir": model_dir, "task": info.task, "classes": list(info.classes),
             "threshold": info.threshold, "trained_on_phantoms": optional.trained_on_phantoms,
             "notes": list(optional.notes), "results": [p.to_dict() for p in predictions], "errors": errors,
         }, indent=2, allow_nan=False, default=_json_number))

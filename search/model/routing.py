@@ -1,11 +1,12 @@
-"""The course's severity routing table, and what it says for a class a binary model predicts.
+"""The course's severity routing table, and what it says for a class a model predicts.
 
-The course pairs each CT severity category with a routing decision. The table names CT-0, CT-2 and
-CT-3 only; CT-1 and CT-4 have no decision in it, so none is invented here. A binary model predicts a
-class that pools categories (the course task's positive class is CT-2 or CT-3, which it cannot tell
-apart), so the decision for a class lists the decision of every category in it that the table defines.
-A model folder's task, categories and class names are checked against each other
-(:func:`check_classes`) before a decision is drawn from them.
+The course pairs each CT severity grade (CT-0 to CT-4) with a routing decision; the table routes all
+five. A binary model predicts a class that pools grades (the course task's positive class is CT-2 or
+CT-3, which it cannot tell apart), so the decision for a class lists the decision of every grade in it.
+The table also weighs clinical data beside each grade (temperature, respiratory rate, SpO2, PaO2/FiO2),
+which a CT does not carry (:data:`CLINICAL_NOTE`): every output that gives a decision says so. A model
+folder's task, categories and class names are checked against each other (:func:`check_classes`)
+before a decision is drawn from them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ DISCLAIMER = ("Research use only: not a medical device; do not use these outputs
               "routing real patients.")
 
 ROUTING = {
-    "CT-0": "not consistent with pneumonia — inform the attending physician, refer to a specialist",
+    "CT-0": "not consistent with pneumonia (COVID-19 included): inform the attending physician; refer to a specialist",
+    "CT-1": "follow-up at home with telemedicine (mandatory telemonitoring)",
     "CT-2": "follow-up at home by a primary care physician",
-    "CT-3": "immediate admission to a COVID-specialised hospital",
+    "CT-3": "immediate admission to a COVID-specialised hospital; in hospital, immediate transfer to intensive care",
+    "CT-4": "emergency medical care; immediate admission to a specialised hospital; in hospital, transfer to "
+            "intensive care",
 }
+CLINICAL_NOTE = ("The course's routing table also weighs clinical data beside each grade (temperature, respiratory "
+                 "rate, SpO2, PaO2/FiO2), which a CT does not carry: the decision shown is the CT's part of it.")
 
 
 def class_name(categories: tuple[str, ...]) -> str:
@@ -35,20 +41,15 @@ def class_names(task: Task) -> tuple[str, str]:
 
 
 def decisions(categories: tuple[str, ...]) -> dict[str, str]:
-    """Category -> routing decision, for the categories of a class that the table defines."""
-    return {c: ROUTING[c] for c in categories if c in ROUTING}
+    """Grade -> routing decision, for each grade of a class, in the class's order."""
+    return {c: ROUTING[c] for c in categories}
 
 
 def decision_text(categories: tuple[str, ...]) -> str:
-    """One line: the table's decision(s) for a predicted class, and which categories it has none for."""
-    known = decisions(categories)
-    missing = [c for c in categories if c not in ROUTING]
-    if len(known) == 1 and not missing:
-        return next(iter(known.values()))
-    parts = [f"if {c}: {d}" for c, d in known.items()]
-    if missing:
-        parts.append(f"{' / '.join(missing)}: no decision in the course's table")
-    return "; ".join(parts)
+    """One line: the table's decision for a predicted class, or each pooled grade's (``if CT-2: ...; if CT-3: ...``)."""
+    if len(categories) == 1:
+        return ROUTING[categories[0]]
+    return "; ".join(f"if {c}: {d}" for c, d in decisions(categories).items())
 
 
 def check_classes(task: Task, negative: tuple[str, ...], positive: tuple[str, ...], classes: tuple[str, str]) -> None:

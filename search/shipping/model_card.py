@@ -6,7 +6,7 @@ never says more than the export measured.
 
 from __future__ import annotations
 
-from search.model.routing import DISCLAIMER, ROUTING
+from search.model.routing import CLINICAL_NOTE, DISCLAIMER, ROUTING
 from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ROC_PNG
 from search.stats.intervals import Interval
 
@@ -46,9 +46,11 @@ def render_model_card(m: dict) -> str:
         "- A binary model cannot tell the categories inside a class apart (for the course task: CT-2 from CT-3).",
         "- The course's routing table, which `python -m search.predict` applies to the predicted class:",
         "",
-        "| category | decision |",
+        "| grade | decision |",
         "| --- | --- |",
         *[f"| {c} | {d} |" for c, d in ROUTING.items()],
+        "",
+        f"- {CLINICAL_NOTE}",
         "",
         "## Model",
         "",

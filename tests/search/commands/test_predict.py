@@ -8,7 +8,7 @@ import torch
 import search.predict
 from lungct.records import PreprocessConfig, get_task
 from search.model.folder import MAX_INPUT_VOXELS, Ensemble, ModelInfo, load_model, save_model
-from search.model.routing import ROUTING
+from search.model.routing import CLINICAL_NOTE, ROUTING
 from search.predict import main
 from space import ArchSpec, LevelSpec, TrainSpec, build
 from tests.conftest import synthetic_ct, write_nifti
@@ -100,13 +100,23 @@ def test_predict_negative_course_class_gives_the_ct0_decision(tmp_path, capsys):
     assert result["predicted_class"] == "CT-0" and result["decision"] == ROUTING["CT-0"]
 
 
-def test_predict_other_task_says_where_the_table_has_no_decision(tmp_path, capsys):
+def test_predict_other_task_gives_the_decision_of_every_pooled_grade(tmp_path, capsys):
     model = _model_dir(tmp_path / "m", task="any", out_bias=10.0)
     scan = write_nifti(tmp_path / "s.nii.gz", synthetic_ct())
     assert main([str(model), str(scan), "--json"]) == 0
-    result = _json(capsys)["results"][0]
+    out = _json(capsys)
+    result = out["results"][0]
     assert result["predicted_class"] == "CT-1, CT-2, CT-3 or CT-4"
-    assert "CT-1 / CT-4: no decision in the course's table" in result["decision"]
+    assert result["decisions"] == {c: ROUTING[c] for c in ("CT-1", "CT-2", "CT-3", "CT-4")}
+    assert f"if CT-1: {ROUTING['CT-1']}" in result["decision"] and "no decision" not in result["decision"]
+    assert out["routing_note"] == CLINICAL_NOTE
+
+
+def test_predict_console_says_the_table_weighs_clinical_data(tmp_path, capsys):
+    model = _model_dir(tmp_path / "m")
+    scan = write_nifti(tmp_path / "s.nii.gz", synthetic_ct())
+    assert main([str(model), str(scan)]) == 0
+    assert CLINICAL_NOTE in capsys.readouterr().out
 
 
 def test_predict_missing_model_dir_exits_2_with_one_line(tmp_path, capsys):

@@ -2,8 +2,16 @@
 
 import pytest
 
-from lungct.records import TASKS
-from search.model.routing import ROUTING, check_classes, class_name, class_names, decision_text, decisions
+from lungct.records import CATEGORIES, TASKS
+from search.model.routing import (
+    CLINICAL_NOTE,
+    ROUTING,
+    check_classes,
+    class_name,
+    class_names,
+    decision_text,
+    decisions,
+)
 
 COURSE = TASKS["course"]
 
@@ -21,30 +29,31 @@ def test_class_names_are_label_0_then_label_1():
     assert class_names(TASKS["severe"]) == ("CT-0 or CT-1", "CT-3 or CT-4")
 
 
-def test_routing_table_defines_only_ct0_ct2_and_ct3():
-    assert set(ROUTING) == {"CT-0", "CT-2", "CT-3"}
+def test_routing_table_routes_every_grade():
+    assert list(ROUTING) == list(CATEGORIES) == ["CT-0", "CT-1", "CT-2", "CT-3", "CT-4"]
+    assert all(decision.strip() for decision in ROUTING.values())
+    assert "telemedicine" in ROUTING["CT-1"] and "emergency" in ROUTING["CT-4"]
 
 
-def test_decisions_keep_only_the_categories_the_table_defines_in_order():
-    assert list(decisions(("CT-3", "CT-1", "CT-2"))) == ["CT-3", "CT-2"]
-    assert decisions(("CT-1", "CT-4")) == {}
+def test_routing_note_says_the_table_weighs_clinical_data_a_ct_lacks():
+    assert "SpO2" in CLINICAL_NOTE and "a CT does not carry" in CLINICAL_NOTE
 
 
-def test_decision_text_of_one_defined_category_is_its_decision_alone():
+def test_decisions_keep_every_grade_of_a_class_in_its_order():
+    assert list(decisions(("CT-3", "CT-1", "CT-2"))) == ["CT-3", "CT-1", "CT-2"]
+    assert decisions(("CT-1", "CT-4")) == {"CT-1": ROUTING["CT-1"], "CT-4": ROUTING["CT-4"]}
+
+
+def test_decision_text_of_one_grade_is_its_decision_alone():
     assert decision_text(("CT-0",)) == ROUTING["CT-0"]
+    assert decision_text(("CT-1",)) == ROUTING["CT-1"]
 
 
-def test_decision_text_of_a_pooled_class_lists_each_category_decision():
+def test_decision_text_of_a_pooled_class_lists_each_grade_decision():
     assert decision_text(("CT-2", "CT-3")) == f"if CT-2: {ROUTING['CT-2']}; if CT-3: {ROUTING['CT-3']}"
-
-
-def test_decision_text_says_which_categories_have_no_decision():
     text = decision_text(("CT-1", "CT-3", "CT-4"))
-    assert text == f"if CT-3: {ROUTING['CT-3']}; CT-1 / CT-4: no decision in the course's table"
-
-
-def test_decision_text_of_an_undefined_category_alone_invents_no_decision():
-    assert decision_text(("CT-1",)) == "CT-1: no decision in the course's table"
+    assert text == f"if CT-1: {ROUTING['CT-1']}; if CT-3: {ROUTING['CT-3']}; if CT-4: {ROUTING['CT-4']}"
+    assert "no decision" not in text
 
 
 def test_check_classes_accepts_the_tasks_own_fields():

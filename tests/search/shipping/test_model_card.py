@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.model.routing import DISCLAIMER, ROUTING
+from search.model.routing import CLINICAL_NOTE, DISCLAIMER, ROUTING
 from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ROC_PNG
 from search.shipping.metrics import evaluate
 from search.shipping.model_card import render_model_card
@@ -126,6 +126,7 @@ def test_model_card_of_real_scans_has_no_phantoms_note(card):
 def test_model_card_lists_the_routing_table(card):
     for category, decision in ROUTING.items():
         assert f"| {category} | {decision} |" in card
+    assert len(ROUTING) == 5 and CLINICAL_NOTE in card  # every grade, and what the table weighs that a CT lacks
 
 
 def test_model_card_says_how_the_model_was_chosen_and_how_optimistic_its_score_was(card):
