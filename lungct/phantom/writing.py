@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from lungct.discover import REGISTRY_NAME
 from lungct.errors import DataError
