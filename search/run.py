@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -67,6 +68,7 @@ from search.selection.settings import (
 )
 from search.study import schema
 from search.study.artifacts import TrialArtifacts, artifact_dir
+from search.study.backup import BackupAfterEachRun, restore_if_missing, sqlite_file
 from search.study.recovery import recover_trials, requeue_interrupted_baseline, requeue_lost_baseline
 from search.study.storage import (
     PRUNERS,
@@ -152,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_phantoms_flag(p)
     add_studies_dir_flag(p, "where studies, caches, splits and artifacts are written")
     add_workers_flag(p)
+    p.add_argument("--backup-to", metavar="DIR",
+                   help="after every finished trial and confirmation run, copy the study's SQLite database to DIR "
+                   "(SQLite's online backup, never a half-written file: e.g. a Google Drive folder, while the study "
+                   "runs on local disk); a run whose database is missing restores it from DIR first and resumes "
+                   "(default: no copy)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="worker processes training trials of this study at once, the CPU cores divided among "
                    "them (one GPU each on a multi-GPU machine); run the same command on other machines with "
@@ -175,7 +182,8 @@ def parse_flags(args: argparse.Namespace) -> tuple[GivenSettings, RunJob]:
     job = RunJob(study=args.study, storage=args.storage, studies_dir=args.studies_dir, trials=args.trials,
                  jobs=args.jobs, timeout_s=args.timeout, budget_min=budget_minutes(args.budget, device),
                  sampler=args.sampler, pruner=args.pruner, objectives=parse_objectives(args.objectives),
-                 confirm=not args.no_confirm, confirm_only=args.confirm_only, device=device, workers=args.workers)
+                 confirm=not args.no_confirm, confirm_only=args.confirm_only, device=device, workers=args.workers,
+                 backup_to=args.backup_to)
     check_flags(given, job)
     if args.space:
         given = dataclasses.replace(given, bounds=load_space_file(args.space))
@@ -202,6 +210,8 @@ def check_flags(given: GivenSettings, job: RunJob) -> None:
     positive("--confirm-top", given.confirm_top)
     positive("--confirm-epochs", given.confirm_epochs)
     positive("--jobs", job.jobs, "a positive count of worker processes")
+    if job.backup_to is not None and job.jobs > 1:
+        raise UsageError("--backup-to: copies the database after each trial of one process; use it with --jobs 1")
 
 
 def budget_minutes(value: str | None, device) -> float | None:
@@ -237,6 +247,7 @@ class Started:
     created: bool
     stored: dict | None
     began: float = field(default_factory=time.monotonic)  # when the command started, for its time budget
+    backup: BackupAfterEachRun | None = None  # --backup-to
 
 
 def start(given: GivenSettings, job: RunJob) -> Started:
@@ -247,6 +258,7 @@ def start(given: GivenSettings, job: RunJob) -> Started:
     """
     began = time.monotonic()
     storage_url = job.storage or default_storage(job.study, job.studies_dir)
+    backup = _backup(job, storage_url)
     storage = open_storage(storage_url)
     stored = _stored_settings(storage, job.study)
     if job.confirm_only and stored is None:
@@ -272,7 +284,26 @@ def start(given: GivenSettings, job: RunJob) -> Started:
     print(fidelity_line)
     print(describe(prepared))
     folds = search_folds(prepared, settings.folds, job.studies_dir, settings.split_seed)
-    return Started(job, study, storage, storage_url, settings, prepared, folds, created, stored, began)
+    return Started(job, study, storage, storage_url, settings, prepared, folds, created, stored, began, backup)
+
+
+def _backup(job: RunJob, storage_url: str) -> BackupAfterEachRun | None:
+    """``--backup-to``: restore a missing database from the folder, and the callback that keeps it copied there.
+
+    Raises:
+        UsageError: The storage is not an SQLite file, or the folder's copy is not a database.
+    """
+    if job.backup_to is None:
+        return None
+    database = sqlite_file(storage_url)
+    if database is None:
+        raise UsageError(f"--backup-to: needs an SQLite study (sqlite:///FILE), not {redact(storage_url)}; "
+                         "a database server keeps its own backups")
+    folder = Path(job.backup_to)
+    restored = restore_if_missing(database, folder)
+    if restored is not None:
+        print(f"restored {database} from {restored} (--backup-to); resuming the study")
+    return BackupAfterEachRun(database, folder)
 
 
 def run_study(given: GivenSettings, job: RunJob) -> int:
@@ -312,11 +343,13 @@ def run_search(r: Started) -> int:
     if not interrupted and job.confirm and len(job.objectives) == 1:
         interrupted = _confirm(r, amp)
         stage = "confirmation"
+    if r.backup:  # the decision, a Ctrl-C's failed trial: what the last run's copy does not hold yet
+        r.backup()
     _print_next_steps(job, r.storage_url)
     if interrupted:
         flags = " ".join(f"--{k} {v}" for k, v in (("study", job.study), ("storage", redact(job.storage or "")),
                                                    ("studies-dir", job.studies_dir if job.studies_dir != "studies"
-                                                    else "")) if v)
+                                                    else ""), ("backup-to", job.backup_to or "")) if v)
         again = "--trials N" if stage == "search" else "--confirm-only"
         what = ("trials are" if job.jobs > 1 else "trial is") if stage == "search" else "confirmation run is"
         print(f"\nInterrupted: the running {what} marked failed, finished ones are kept. Resume with:\n"
@@ -392,7 +425,8 @@ def _search(r: Started, amp: bool, budget: Budget) -> bool:
                           on_epoch=progress.on_epoch, on_trial_end=artifacts)
     interrupted = False
     try:
-        callbacks = [progress.on_trial_end, *([budget.stop] if budget.stop is not None else [])]
+        callbacks = [progress.on_trial_end, *([r.backup] if r.backup else []),
+                     *([budget.stop] if budget.stop is not None else [])]
         study.optimize(objective, n_trials=job.trials, timeout=job.timeout_s, catch=(KnownFailure,),
                        callbacks=callbacks)
     except KeyboardInterrupt:
@@ -466,7 +500,8 @@ def _confirm(r: Started, amp: bool) -> bool:
     try:
         decision = confirm(r.study, r.storage, [ConfirmFold(0, f.fold, train, val) for f, train, val in fresh],
                            confirm_settings, settings.size, job.device, amp,
-                           artifacts=artifact_dir(job.studies_dir, job.study))
+                           artifacts=artifact_dir(job.studies_dir, job.study),
+                           callbacks=[r.backup] if r.backup else ())
     except KeyboardInterrupt:
         return True
     except NoRecommendation as e:

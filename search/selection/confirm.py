@@ -57,6 +57,8 @@ from search.training.loop import EpochResult, device_name, recalibrate_batchnorm
 from search.training.unit import Trained, predict_finite, train_model
 from space import ArchSpec, TrainSpec, baseline, baseline_train, fit_to_size
 
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]  # what study.optimize(callbacks=...) calls
+
 
 class NoRecommendation(ValueError):
     """The confirmation finished without a candidate whose runs all finished: nothing can be recommended.
@@ -268,8 +270,12 @@ class ConfirmRunner:
         self.interactive = sys.stderr.isatty() if progress is None else progress
         self.running: int | None = None
 
-    def run(self, companion: optuna.Study, candidates: Sequence[Candidate]) -> dict[tuple[str, int, int], RunResult]:
-        """Train what is missing; return every finished run. Ctrl-C fails the running trial and propagates."""
+    def run(self, companion: optuna.Study, candidates: Sequence[Candidate],
+            callbacks: Sequence[TrialCallback] = ()) -> dict[tuple[str, int, int], RunResult]:
+        """Train what is missing; return every finished run. Ctrl-C fails the running trial and propagates.
+
+        ``callbacks`` are Optuna trial callbacks, called after each finished run (e.g. a database backup).
+        """
         done = finished_runs(companion)
         todo = [(f, c) for f in self.folds for c in candidates if (c.key, f.repeat, f.fold) not in done]
         bar = tqdm(total=len(todo), desc="confirmation", unit="run", disable=not self.interactive,
@@ -278,7 +284,7 @@ class ConfirmRunner:
             for i, (fold, candidate) in enumerate(todo, start=1):
                 bar.set_description(f"confirm {candidate.key} r{fold.repeat}f{fold.fold}")
                 companion.optimize(lambda trial, f=fold, c=candidate: self._objective(trial, c, f, bar),
-                                   n_trials=1, catch=(KnownFailure,))
+                                   n_trials=1, catch=(KnownFailure,), callbacks=list(callbacks))
                 trial = companion.get_trials(deepcopy=False)[self.running]
                 self.running = None
                 line = _run_line(trial, candidate, fold)
@@ -548,8 +554,11 @@ def _finite(value: float) -> float | None:
 def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Sequence[ConfirmFold],
             settings: ConfirmSettings, size: tuple[int, int, int], device, amp: bool = False,
             train_fn: TrainFn = train_model, progress: bool | None = None,
-            artifacts: str | Path | None = None) -> Decision:
+            artifacts: str | Path | None = None,
+            callbacks: Sequence[TrialCallback] = ()) -> Decision:
     """Run (or resume) the confirmation of ``study`` and store the decision on it.
+
+    ``callbacks`` are Optuna trial callbacks, called after each finished confirmation run.
 
     ``artifacts`` is the artifact store's folder where each run's weights are kept (see
     :class:`ConfirmRunner`); the decision lists the artifact ids of every candidate's fold models.
@@ -564,7 +573,7 @@ def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Se
     for line in recover_trials(companion):  # a run whose process died: the runner trains that pair again
         print(f"confirmation: {line}", file=sys.stderr)
     runner = ConfirmRunner(folds, settings, device, amp, train_fn, progress, artifacts)
-    runs = runner.run(companion, candidates)
+    runs = runner.run(companion, candidates, callbacks)
     decision = dataclasses.replace(decide(candidates, runs, [(f.repeat, f.fold) for f in folds], settings),
                                    companion_study=companion.study_name)
     study.set_user_attr(schema.STUDY_CONFIRMATION, decision.to_dict())

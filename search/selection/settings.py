@@ -189,6 +189,8 @@ class RunJob:
         confirm_only: Run (or resume) only the confirmation of an existing study.
         device: The torch device trials train on.
         workers: Processes decoding scans on a cold cache (None: all cores).
+        backup_to: A folder the SQLite database is copied to after every trial and confirmation run, and
+            restored from when missing (``search.study.backup``); None: no copy.
     """
 
     study: str = "lungct"
@@ -205,6 +207,7 @@ class RunJob:
     confirm_only: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workers: int | None = None
+    backup_to: str | None = None
 
 
 def load_space_file(path: str | Path) -> dict:

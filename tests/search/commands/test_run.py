@@ -504,3 +504,25 @@ def test_run_confirmation_with_nothing_to_recommend_is_one_line_and_the_search_i
     err = capsys.readouterr().err
     assert err.count("confirmation: no candidate finished its runs") == 1
     assert _study(tmp_path).trials[0].state == TrialState.COMPLETE
+
+
+def test_run_backup_to_keeps_a_copy_and_a_lost_database_resumes_from_it(tiny_data, tmp_path, capsys):
+    drive = tmp_path / "drive"
+    assert main(_args(tiny_data, tmp_path, "--trials", "2", "--backup-to", str(drive))) == 0
+    copy = drive / "lungct.db"
+    assert len(optuna.load_study(study_name="lungct", storage=f"sqlite:///{copy}").trials) == 2
+    (tmp_path / "lungct.db").unlink()  # a Colab runtime reset: the local disk is gone
+    capsys.readouterr()
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--backup-to", str(drive))) == 0
+    assert f"restored {tmp_path / 'lungct.db'} from {copy}" in capsys.readouterr().out
+    resumed = optuna.load_study(study_name="lungct", storage=f"sqlite:///{tmp_path / 'lungct.db'}")
+    assert [t.number for t in resumed.trials] == [0, 1, 2]
+    assert len(optuna.load_study(study_name="lungct", storage=f"sqlite:///{copy}").trials) == 3
+
+
+def test_run_backup_to_refuses_a_database_server_and_several_jobs_in_one_line(tiny_data, tmp_path, capsys):
+    assert main(_args(tiny_data, tmp_path, "--trials", "1", "--backup-to", str(tmp_path / "d"),
+                      "--storage", "postgresql://u@localhost:1/x")) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --backup-to: needs an SQLite study")
+    assert main(_args(tiny_data, tmp_path, "--trials", "2", "--jobs", "2", "--backup-to", str(tmp_path / "d"))) == 2
+    assert "use it with --jobs 1" in capsys.readouterr().err

@@ -162,6 +162,17 @@ def test_confirm_stores_its_decision_and_resumes_without_retraining():
     assert len(calls) == 6 and again.recommended == decision.recommended
 
 
+def test_confirm_calls_its_callbacks_after_each_finished_run():
+    study = _search_study([(0.9, _spec(8))])
+    finished = []
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"),
+            train_fn=lambda *a, **k: Trained(_Scaled(1.0), FitResult()), progress=False,
+            callbacks=[lambda companion, trial: finished.append((companion.study_name, trial.state.name))])
+    assert len(finished) == 4  # 2 candidates (one and the baseline) x 2 folds, each once it has finished
+    assert {state for _, state in finished} == {"COMPLETE"} and len({name for name, _ in finished}) == 1
+
+
 def test_confirm_ctrl_c_fails_the_running_run_and_a_rerun_finishes_it():
     study = _search_study([(0.9, _spec(8))])
     storage = study._storage
