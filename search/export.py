@@ -65,6 +65,7 @@ from search.model.folder import (
     write_json,
 )
 from search.model.saliency import write_examples
+from search.selection.dashboard import write_study_note
 from search.selection.settings import stored_settings
 from search.shipping.figures import CALIBRATION_PNG, ROC_PNG, write_model_figures
 from search.shipping.metrics import (
@@ -399,12 +400,27 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
         raise StorageError(fault.kind, s.out.parent, f"{fault.reason}; nothing was written") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _note_export(study, chosen, result, s.out)
     try:
         upload_pictures(s, study, chosen, model, test, info)
     except KeyboardInterrupt:
         print(f"\ninterrupted while uploading pictures to optuna-dashboard; the model folder {s.out} is complete",
               file=sys.stderr)
     return s.out
+
+
+def _note_export(study: optuna.Study, chosen: FrozenTrial | None, result: dict, out: Path) -> None:
+    """Store what was shipped and its test AUC on the study, and rewrite the dashboard's study note from it."""
+    def auc(entry: dict | None) -> dict | None:
+        return entry["auc"] if entry else None
+
+    shipped_baseline = chosen is None or bool(chosen.user_attrs.get(schema.BASELINE))
+    study.set_user_attr(schema.STUDY_EXPORTED, {
+        "trial": None if chosen is None else chosen.number, "baseline": shipped_baseline, "folder": str(out),
+        "test": {"n": result["n"], "model": {"auc": auc(result["model"])},
+                 "baseline": {"auc": auc(result["baseline"])} if result["baseline"] else None,
+                 "baseline_is_model": result["baseline_is_model"], "auc_difference": result["auc_difference"]}})
+    write_study_note(study)
 
 
 def _baseline_spec(size: tuple[int, int, int]) -> ArchSpec | None:

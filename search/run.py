@@ -54,6 +54,7 @@ from search.selection.confirm import (
     format_decision,
     select_candidates,
 )
+from search.selection.dashboard import write_study_note
 from search.selection.objective import DEFAULT_SCORE, SCORES, FoldData, Objective, SearchSettings
 from search.selection.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
 from search.selection.progress import SearchProgress, summary_table
@@ -69,6 +70,7 @@ from search.selection.settings import (
 from search.study import schema
 from search.study.artifacts import TrialArtifacts, artifact_dir
 from search.study.backup import BackupAfterEachRun, restore_if_missing, sqlite_file
+from search.study.notes import TrialNote
 from search.study.recovery import recover_trials, requeue_interrupted_baseline, requeue_lost_baseline
 from search.study.storage import (
     PRUNERS,
@@ -343,6 +345,7 @@ def run_search(r: Started) -> int:
     if not interrupted and job.confirm and len(job.objectives) == 1:
         interrupted = _confirm(r, amp)
         stage = "confirmation"
+    write_study_note(study)  # optuna-dashboard's study note: the decision, not only the best search score
     if r.backup:  # the decision, a Ctrl-C's failed trial: what the last run's copy does not hold yet
         r.backup()
     _print_next_steps(job, r.storage_url)
@@ -425,7 +428,7 @@ def _search(r: Started, amp: bool, budget: Budget) -> bool:
                           on_epoch=progress.on_epoch, on_trial_end=artifacts)
     interrupted = False
     try:
-        callbacks = [progress.on_trial_end, *([r.backup] if r.backup else []),
+        callbacks = [progress.on_trial_end, TrialNote(), *([r.backup] if r.backup else []),
                      *([budget.stop] if budget.stop is not None else [])]
         study.optimize(objective, n_trials=job.trials, timeout=job.timeout_s, catch=(KnownFailure,),
                        callbacks=callbacks)

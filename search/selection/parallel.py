@@ -40,6 +40,7 @@ from search.selection.objective import FoldData, Objective, SearchSettings
 from search.selection.progress import SearchProgress
 from search.study.artifacts import TrialArtifacts, artifact_dir
 from search.study.faults import StorageError
+from search.study.notes import TrialNote
 from search.study.recovery import recover_trials, requeue_interrupted_baseline
 from search.study.storage import fail_running, make_pruner, make_sampler, open_storage
 from search.study.trial_run import KnownFailure
@@ -147,7 +148,7 @@ def _worker(plan: WorkerPlan, index: int, device: torch.device, budget, events, 
             for line in recover_trials(study):  # a sibling that died: its trial is run again at once
                 events.put(("note", line))
             study.optimize(objective, n_trials=1, catch=(KnownFailure,),
-                           callbacks=[lambda _, trial: events.put(("trial", trial.number))])
+                           callbacks=[TrialNote(), lambda _, trial: events.put(("trial", trial.number))])
     except KeyboardInterrupt:
         code = 130
     except (DataError, UsageError) as e:  # the user's mistake; any other error is a bug: its traceback shows

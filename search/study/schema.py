@@ -71,4 +71,5 @@ STUDY_DATA_SUMMARY = "data_summary"
 STUDY_BOUNDS = "space_bounds"  # SpaceBounds.to_dict() the study samples from
 STUDY_CONFIRMATION = "confirmation"  # the confirmation stage's result (see search.selection.confirm)
 STUDY_TIME_PLAN = "time_plan"  # the last run's measured speed, budget and promised time (search.selection.budget)
+STUDY_EXPORTED = "exported"  # what search.export shipped last and its locked-test AUC (search.export, dashboard note)
 STUDY_BASELINE_NOTE = "baseline_note"  # why the seed baseline is not a trial (an input too small for it)

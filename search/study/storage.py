@@ -18,6 +18,7 @@ from lungct.errors import UsageError
 from search.study import schema
 from search.study.faults import StorageError, classify, storage_fault
 from search.study.names import check_study_name
+from search.study.notes import name_objectives
 from search.study.recovery import requeue_stale_trial as _requeue_stale
 from search.study.recovery import worker_identity
 from space import SpaceBounds, baseline_params
@@ -281,6 +282,7 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, see
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another run created it since we looked: it is loaded below like any existing study
         else:
+            name_objectives(study, objectives)
             _initialise(study, objectives, bounds, attrs)
             return study, True
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler_obj, pruner=pruner_obj)
@@ -289,6 +291,7 @@ def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, *, see
     if stored != objectives:
         raise UsageError(f"objectives: study {name!r} was created with --objectives {','.join(stored)}; "
                          f"use that, or a new --study name")
+    name_objectives(study, stored)  # a study made before the dashboard showed names gets them now
     return study, False
 
 

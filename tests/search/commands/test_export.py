@@ -11,6 +11,7 @@ import optuna
 import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna_dashboard._note import get_note_from_system_attrs
 from safetensors.torch import load_file
 
 import search
@@ -436,3 +437,13 @@ def test_export_attaches_roc_calibration_and_saliency_examples_to_the_study_name
     # Other tests export this study again; each export attaches its own pictures, the folder's among them.
     assert (out / "roc.png").read_bytes() in rocs
     assert not any(p.name.startswith("saliency") for p in out.rglob("*"))  # scans stay out of the shared folder
+
+
+def test_export_records_what_it_shipped_on_the_study_and_its_dashboard_note(exported):
+    root, out, _ = exported
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{root}/lungct.db")
+    metrics = json.loads((out / "metrics.json").read_text())
+    shipped = study.user_attrs["exported"]
+    assert shipped["test"]["model"]["auc"] == metrics["test"]["model"]["auc"] and shipped["folder"] == str(out)
+    note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
+    assert "### Export" in note and f"({metrics['test']['n']} scans, evaluated once): AUC" in note

@@ -5,6 +5,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from optuna_dashboard._note import get_note_from_system_attrs
 
 import search.run
 import search.selection.confirm
@@ -52,6 +53,12 @@ def test_run_three_trials_store_the_baseline_first_with_costs(tiny_data, tmp_pat
     assert 0.0 <= first.value <= 1.0
     out = capsys.readouterr().out
     assert "study 'lungct'" in out and "optuna-dashboard sqlite:///" in out and "(seed baseline)" in out
+    study = _study(tmp_path)  # what optuna-dashboard shows: named objectives, a note per trial and on the study
+    notes = study._storage.get_study_system_attrs(study._study_id)
+    assert study.metric_names == ["CV AUC (search score)"]
+    for t in trials:
+        assert get_note_from_system_attrs(notes, t._trial_id)["body"].startswith(f"**Trial {t.number}")
+    assert "what lungct-nas recommends" in get_note_from_system_attrs(notes, None)["body"]
 
 
 def test_run_again_resumes_the_same_study_and_keeps_its_settings(tiny_data, tmp_path, capsys, float32):
