@@ -36,7 +36,7 @@ class Discovery:
         root: The folder (or the manifest file) discovered.
         layout: ``mosmeddata``, ``folders`` or ``manifest``.
         task: The task that labelled the records.
-        records: Scans the task uses (label 0 or 1), sorted by study id.
+        records: Scans the task uses (label 0 or 1, or a grade 0..K-1 under an ordinal task), sorted by study id.
         excluded: Scans whose category the task excludes (e.g. CT-1 under the course task).
         skipped: Files passed over before reading any image data, with the reason.
     """
@@ -74,7 +74,8 @@ def discover(root: str | Path, task: Task | str = "course") -> Discovery:
         The records the task uses, the ones it excludes, and the files skipped, with reasons.
 
     Raises:
-        DataError: The root is missing or empty, or its layout is not one of the accepted ones.
+        DataError: The root is missing or empty, or its layout is not one of the accepted ones, or it holds a
+            pooled folder (the Keras archives' CT-23) whose grades an ordinal task labels apart.
     """
     task = get_task(task) if isinstance(task, str) else task
     root = Path(root).expanduser()
@@ -90,6 +91,15 @@ def discover(root: str | Path, task: Task | str = "course") -> Discovery:
     for study_id, path, category, label in sorted(found, key=lambda f: (f[0], f[1])):
         if study_id in seen:
             result.skipped.append(Skipped(path, f"duplicate study id {study_id!r} (also {seen[study_id]})"))
+            continue
+        if category and task.splits_pooled(category):
+            pooled = POOLED_CATEGORIES[category]
+            raise DataError(f"{Path(path).parent}: {category} pools {' and '.join(pooled)}, which task {task.name} "
+                            f"grades apart; give each grade its own folder (the full MosMedData layout "
+                            f"studies/CT-0..CT-4) or choose a binary task")
+        if not category and task.ordinal:
+            result.skipped.append(Skipped(path, f"task {task.name} grades by category (CT-0..CT-4); a 0/1 label "
+                                                f"alone does not give the grade"))
             continue
         if category:
             # The category decides under the task; an explicit label that contradicts it is a data error.

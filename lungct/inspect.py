@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("root", metavar="ROOT_OR_MANIFEST",
                    help="data folder (MosMedData or category folders), CSV manifest, or one NIfTI scan")
-    p.add_argument("--task", default="course", choices=sorted(TASKS), help="which categories are labels 0 and 1")
+    p.add_argument("--task", default="course", choices=sorted(TASKS), help="which categories each label holds (lungct.records.TASKS)")
     p.add_argument("--cache-dir", default="studies/cache", help="where what was read is cached")
     p.add_argument("--workers", type=int, default=None, help="processes reading scans (default: all cores)")
     p.add_argument("--no-read", action="store_true", help="list files only; do not read and validate images")
@@ -63,9 +63,9 @@ def format_report(found: Discovery, metas: dict[str, ScanMeta | str] | None) -> 
             role = "given by the manifest"
         lines.append(f"{cat:<10}{by_cat[cat]:>7}{bad_by_cat[cat]:>12}  {role}")
     used = [r for r in found.records if r.path not in bad]
-    n0 = sum(r.label == 0 for r in used)
+    per_label = ", ".join(f"label {k}: {sum(r.label == k for r in used)}" for k in range(task.n_grades))
     lines.append(f"{'total':<10}{len(all_records):>7}{len(bad):>12}")
-    lines += ["", f"usable under the task: {len(used)} (label 0: {n0}, label 1: {len(used) - n0}); "
+    lines += ["", f"usable under the task: {len(used)} ({per_label}); "
               f"excluded by the task: {len(found.excluded)}; skipped: {len(found.skipped) + len(bad)}"]
     good = [m for m in (metas or {}).values() if isinstance(m, ScanMeta)]
     if good:

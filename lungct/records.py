@@ -21,7 +21,8 @@ class ScanRecord:
         path: Absolute path of the NIfTI file.
         category: ``CT-0``..``CT-4``, ``CT-23`` (the Keras archives' pooled CT-2/CT-3), or ``""`` where a
             manifest gives only a label.
-        label: The label under the task (0 or 1), or None when the task excludes the category.
+        label: The label under the task (0 or 1; a grade 0..K-1 under an ordinal task), or None when the task
+            excludes the category.
     """
 
     study_id: str
@@ -44,34 +45,81 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Task:
-    """A binary task: which categories are negative (label 0) and which positive (label 1).
+    """Which categories each label holds: a binary task (labels 0 and 1) or an ordinal grading (0 < 1 < ... < K-1).
 
-    Categories in neither tuple are excluded from the task and reported as excluded.
+    Categories in no grade are excluded from the task and reported as excluded.
+
+    Attributes:
+        name: The task's name (``--task``).
+        grades: The categories of label 0, label 1, ... in order; two for a binary task, more for an
+            ordinal one, whose labels are ordered grades.
+        description: One line for consoles and model cards.
     """
 
     name: str
-    negative: tuple[str, ...]
-    positive: tuple[str, ...]
+    grades: tuple[tuple[str, ...], ...]
     description: str = ""
 
+    def __post_init__(self) -> None:
+        grades = tuple(tuple(g) for g in self.grades)
+        if len(grades) < 2 or not all(grades):
+            raise ValueError(f"task {self.name!r}: needs at least two non-empty grades, got {self.grades!r}")
+        flat = [c for g in grades for c in g]
+        if len(flat) != len(set(flat)):
+            raise ValueError(f"task {self.name!r}: a category is in two grades: {self.grades!r}")
+        object.__setattr__(self, "grades", grades)
+
+    @property
+    def n_grades(self) -> int:
+        """K, the number of labels (2 for a binary task)."""
+        return len(self.grades)
+
+    @property
+    def ordinal(self) -> bool:
+        """Whether the labels are K > 2 ordered grades (trained with an ordinal head)."""
+        return self.n_grades > 2
+
+    @property
+    def negative(self) -> tuple[str, ...]:
+        """Categories of label 0."""
+        return self.grades[0]
+
+    @property
+    def positive(self) -> tuple[str, ...]:
+        """Categories of label 1 of a binary task (every grade above 0 for an ordinal one)."""
+        return tuple(c for g in self.grades[1:] for c in g)
+
     def label(self, category: str) -> int | None:
-        """The label of a category under this task, or None if the task excludes it."""
-        if category in self.negative:
-            return 0
-        if category in self.positive:
-            return 1
+        """The label of a category under this task, or None if the task excludes it.
+
+        A pooled folder (``CT-23``) takes a label only when all its grades share one.
+        """
+        for k, grade in enumerate(self.grades):
+            if category in grade:
+                return k
         pooled = POOLED_CATEGORIES.get(category)
-        if pooled and all(c in self.positive for c in pooled):
-            return 1
-        if pooled and all(c in self.negative for c in pooled):
-            return 0
+        if pooled:
+            labels = {self.label(c) for c in pooled}
+            if len(labels) == 1:
+                return labels.pop()
         return None
 
+    def splits_pooled(self, category: str) -> bool:
+        """Whether ``category`` is a pooled folder whose grades this task labels apart (CT-23 under severity)."""
+        pooled = POOLED_CATEGORIES.get(category)
+        return bool(pooled) and len({self.label(c) for c in pooled} - {None}) > 1
 
+
+# The severity grading pools CT-4 with CT-3: MosMedData holds 2 CT-4 studies among 1110, too few for a
+# stratified fold, a test part or a per-grade AUC, so a model could not learn CT-4 nor be checked on it.
+# Both grades route to immediate admission, so the pooled grade lists both decisions.
 TASKS = {
-    "course": Task("course", ("CT-0",), ("CT-2", "CT-3"), "CT-0 (normal) vs CT-2/CT-3 (25-75% involvement)"),
-    "any": Task("any", ("CT-0",), ("CT-1", "CT-2", "CT-3", "CT-4"), "CT-0 (normal) vs any COVID-19 finding"),
-    "severe": Task("severe", ("CT-0", "CT-1"), ("CT-3", "CT-4"), "CT-0/CT-1 vs CT-3/CT-4 (>= 50%)"),
+    "course": Task("course", (("CT-0",), ("CT-2", "CT-3")), "CT-0 (normal) vs CT-2/CT-3 (25-75% involvement)"),
+    "any": Task("any", (("CT-0",), ("CT-1", "CT-2", "CT-3", "CT-4")), "CT-0 (normal) vs any COVID-19 finding"),
+    "severe": Task("severe", (("CT-0", "CT-1"), ("CT-3", "CT-4")), "CT-0/CT-1 vs CT-3/CT-4 (>= 50%)"),
+    "severity": Task("severity", (("CT-0",), ("CT-1",), ("CT-2",), ("CT-3", "CT-4")),
+                     "severity grades CT-0 < CT-1 < CT-2 < CT-3/CT-4 (CT-4 pooled with CT-3: 2 of 1110 MosMedData "
+                     "studies)"),
 }
 
 

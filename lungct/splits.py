@@ -96,11 +96,13 @@ def fingerprint(records: list[ScanRecord]) -> str:
 def _check_class_sizes(records: list[ScanRecord], smallest_fraction: float, what: str) -> None:
     counts = Counter(r.label for r in records)
     need = max(2, math.ceil(1.0 / smallest_fraction))
-    for label in (0, 1):
+    labels = range(max([1, *counts]) + 1)  # 0 and 1, and every grade up to the highest one present
+    for label in labels:
         if counts.get(label, 0) < need:
+            every = ", ".join(f"label {k} = {counts.get(k, 0)}" for k in labels)
             raise DataError(
                 f"too few scans: label {label} has {counts.get(label, 0)} usable scans, {what} needs at least "
-                f"{need} per class (counts: label 0 = {counts.get(0, 0)}, label 1 = {counts.get(1, 0)})"
+                f"{need} per class (counts: {every})"
             )
 
 

@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -85,6 +86,7 @@ from search.study.storage import (
 from search.study.trial_run import KnownFailure
 from search.training.data import PreparedData, describe, prepare_data, resolve_data_root, search_folds
 from search.training.precision import device_precision
+from search.training.unit import train_model
 
 SETTINGS_ATTR = schema.STUDY_SETTINGS
 # The CPU default: what a student on a 2-core laptop-class CPU can wait for; a GPU run has no default budget.
@@ -376,7 +378,7 @@ def _trial_settings(r: Started, amp: bool) -> SearchSettings:
     s = r.settings
     return SearchSettings(size=s.size, epochs=s.epochs, device=r.job.device, seed=s.seed, amp=amp,
                           objectives=r.job.objectives, bounds=s.space(), max_gflops=s.max_gflops or None,
-                          recompute_bn=s.score == "auc_bn")
+                          recompute_bn=s.score == "auc_bn", grades=r.prepared.found.task.n_grades)
 
 
 @dataclass
@@ -503,6 +505,7 @@ def _confirm(r: Started, amp: bool) -> bool:
     try:
         decision = confirm(r.study, r.storage, [ConfirmFold(0, f.fold, train, val) for f, train, val in fresh],
                            confirm_settings, settings.size, job.device, amp,
+                           train_fn=partial(train_model, grades=r.prepared.found.task.n_grades),
                            artifacts=artifact_dir(job.studies_dir, job.study),
                            callbacks=[r.backup] if r.backup else ())
     except KeyboardInterrupt:

@@ -10,7 +10,16 @@ from space.baseline import (
     variants,
 )
 from space.bounds import SpaceBounds
-from space.build import SpecInputError, SpecNet, build, check_input_size, feature_shapes, last_block_name
+from space.build import (
+    OrdinalCuts,
+    SpecInputError,
+    SpecNet,
+    build,
+    check_input_size,
+    feature_shapes,
+    grade_probabilities,
+    last_block_name,
+)
 from space.cost import Cost, Memory, cost, count_flops, count_keras_params, count_params, memory
 from space.fit import bounds_for_size, fit_cost, fit_sampled, max_levels
 from space.sample import baseline_params, param_names, params_for, sample
@@ -22,6 +31,7 @@ __all__ = [
     "Cost",
     "LevelSpec",
     "Memory",
+    "OrdinalCuts",
     "SpaceBounds",
     "SpecInputError",
     "SpecNet",
@@ -42,6 +52,7 @@ __all__ = [
     "fit_cost",
     "fit_sampled",
     "fit_to_size",
+    "grade_probabilities",
     "last_block_name",
     "max_levels",
     "memory",

@@ -11,6 +11,13 @@ The model is `features -> head`:
   course's `dense100` modification (Dense(100) inserted before the output) adds exactly one layer.
 
 `forward` maps (B, C, D, H, W) to (B,) logits: the sigmoid lives in the loss (`BCEWithLogitsLoss`).
+For an ordinal task of K > 2 grades (`build(spec, grades=K)`), `out` stays the one-logit layer and
+gives each scan one severity score z, and `head.cuts` (:class:`OrdinalCuts`) turns it into K-1
+cumulative logits z + b_k for "grade >= k" (k = 1..K-1), with b_1 > b_2 > ... by construction: the
+proportional-odds (cumulative logit) model, CORAL's rank-consistent head (Cao, Mirjalili and Raschka
+2020) with its biases kept ordered. P(grade >= k) then falls with k for every scan, so the grade
+probabilities P(grade >= k) - P(grade >= k+1) are a proper distribution, and every "grade >= k" shares
+the ranking of z. `forward` returns (B, K-1) logits then; K = 2 is the binary model, unchanged.
 Widths follow from the running channel count; nothing is hard-coded. Convolution and dense weights
 start as Keras's do (Glorot uniform, zero bias), so the baseline starts as the seed does; batch norm
 uses Keras's epsilon and momentum (see `space.spec.NORMS`).
@@ -84,6 +91,40 @@ class Level(nn.Sequential):
         super().__init__(layers)
 
 
+class OrdinalCuts(nn.Module):
+    """K-1 ordered cutpoints: (B, 1) severity scores -> (B, K-1) logits of "grade >= k", k = 1..K-1.
+
+    ``b_1 = first`` and ``b_k = b_(k-1) - softplus(gaps_(k-1))``, so the cutpoints fall strictly with k
+    for any weights (CORAL's biases, kept ordered by the parametrisation instead of hoped for). They
+    start at ``0, -0.69, -1.39, ...`` (softplus(0) = ln 2): spread, so each threshold has its own
+    gradient from the first step.
+    """
+
+    def __init__(self, n_cuts: int):
+        super().__init__()
+        if n_cuts < 1:
+            raise ValueError(f"OrdinalCuts: needs at least one cutpoint, got {n_cuts}")
+        self.first = nn.Parameter(torch.zeros(1))
+        self.gaps = nn.Parameter(torch.zeros(n_cuts - 1))
+
+    def cutpoints(self) -> torch.Tensor:
+        """b_1 > b_2 > ... > b_(K-1), shape (K-1,)."""
+        steps = torch.cat([self.first, -nn.functional.softplus(self.gaps)])
+        return torch.cumsum(steps, dim=0)
+
+    def forward(self, score: torch.Tensor) -> torch.Tensor:
+        return score.reshape(-1, 1) + self.cutpoints().to(score.dtype)
+
+
+def grade_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K-1) cumulative logits -> (B, K) probabilities of grades 0..K-1 (each row sums to 1)."""
+    above = torch.sigmoid(logits.float())
+    ones = torch.ones_like(above[:, :1])
+    zeros = torch.zeros_like(above[:, :1])
+    at_least = torch.cat([ones, above, zeros], dim=1)
+    return (at_least[:, :-1] - at_least[:, 1:]).clamp_min(0.0)
+
+
 class SpecNet(nn.Module):
     """A 3D CNN built from an `ArchSpec`: (B, C, D, H, W) -> (B,) logits.
 
@@ -93,9 +134,10 @@ class SpecNet(nn.Module):
         head: Global average pooling, hidden dense layers, dropout and the output logit.
     """
 
-    def __init__(self, spec: ArchSpec, in_channels: int = 1, pool_first: bool = True):
+    def __init__(self, spec: ArchSpec, in_channels: int = 1, pool_first: bool = True, grades: int = 2):
         super().__init__()
         self.spec = spec
+        self.grades = grades
         levels = OrderedDict()
         channels = in_channels
         for i, level in enumerate(spec.levels, start=1):
@@ -113,11 +155,14 @@ class SpecNet(nn.Module):
         if not spec.head_units and spec.dropout > 0:
             head["drop"] = nn.Dropout(spec.dropout)
         head["out"] = nn.Linear(channels, 1)
+        if grades > 2:
+            head["cuts"] = OrdinalCuts(grades - 1)
         self.head = nn.Sequential(head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return one logit per scan: (B, C, D, H, W) -> (B,)."""
-        return self.head(self.features(x)).squeeze(1)
+        """One logit per scan, (B, C, D, H, W) -> (B,); for K > 2 grades, K-1 cumulative logits, (B, K-1)."""
+        out = self.head(self.features(x))
+        return out if self.grades > 2 else out.squeeze(1)
 
 
 def init_keras(model: nn.Module) -> None:
@@ -129,7 +174,7 @@ def init_keras(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def build(spec: ArchSpec, in_channels: int = 1, pool_first: bool = True) -> SpecNet:
+def build(spec: ArchSpec, in_channels: int = 1, pool_first: bool = True, grades: int = 2) -> SpecNet:
     """Build the model for a spec.
 
     Works under `with torch.device("meta"):` (for costing without allocating), and the model runs in
@@ -140,18 +185,23 @@ def build(spec: ArchSpec, in_channels: int = 1, pool_first: bool = True) -> Spec
         in_channels: Channels of the input volumes (1 for CT).
         pool_first: Run max pooling before the activation where that is exact (see `Level`); False
             builds the literal `block -> pool -> norm` order, the reference the tests compare with.
+        grades: Labels of the task: 2 for a binary task, K > 2 for an ordinal grading (the head then ends
+            in :class:`OrdinalCuts`).
 
     Returns:
-        The model, mapping (B, in_channels, D, H, W) to (B,) logits, in training mode.
+        The model, mapping (B, in_channels, D, H, W) to (B,) logits (binary) or (B, K-1) cumulative
+        logits (ordinal), in training mode.
 
     Raises:
-        ValueError: `spec` is not an `ArchSpec`, or `in_channels` is not a positive integer.
+        ValueError: `spec` is not an `ArchSpec`, or `in_channels` or `grades` is not an integer in range.
     """
     if not isinstance(spec, ArchSpec):
         raise ValueError(f"build: spec must be an ArchSpec, got {type(spec).__name__}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
         raise ValueError(f"build: in_channels must be a positive integer, got {in_channels!r}")
-    model = SpecNet(spec, int(in_channels), pool_first)
+    if isinstance(grades, bool) or not isinstance(grades, numbers.Integral) or grades < 2:
+        raise ValueError(f"build: grades must be an integer of at least 2, got {grades!r}")
+    model = SpecNet(spec, int(in_channels), pool_first, int(grades))
     init_keras(model)
     return model
 

@@ -101,9 +101,12 @@ def add_device_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_task_flag(p: argparse.ArgumentParser, default: str | None = "course") -> None:
-    """``--task``: which categories are labels 0 and 1."""
+    """``--task``: which categories each label holds (binary tasks, or the ordinal severity grading)."""
     p.add_argument("--task", default=default, choices=sorted(TASKS),
-                   help="which categories are labels 0 and 1 (default: course = CT-0 vs CT-2/CT-3)")
+                   help="course = CT-0 vs CT-2/CT-3; any = CT-0 vs CT-1..CT-4; severe = CT-0/1 vs CT-3/4; "
+                        "severity = the ordered grades CT-0 < CT-1 < CT-2 < CT-3/CT-4 with an ordinal head "
+                        "(CT-4 pooled with CT-3: 2 of MosMedData's 1110 studies; needs one folder per "
+                        "grade, not the Keras archives' pooled CT-23) (default: course)")
 
 
 def add_size_flag(p: argparse.ArgumentParser, default_text: str) -> None:

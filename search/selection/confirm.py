@@ -45,8 +45,8 @@ from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from search.stats.intervals import auc_rows, stratified_resamples
-from search.stats.metrics import binary_metrics
+from search.stats.intervals import grade_auc_rows, stratified_resamples
+from search.stats.metrics import severity_score, task_metrics
 from search.study.artifacts import AtomicArtifactStore
 from search.study.recovery import recover_trials
 from search.study.storage import fail_running, schema
@@ -316,8 +316,10 @@ class ConfirmRunner:
             recomputed = recalibrate_batchnorm(trained.model, fold.train, self.device, candidate.train_spec.batch_size)
             probs = predict_finite(trained, fold.val.volumes, self.device, amp=self.amp)
         labels = fold.val.labels.cpu().numpy().astype(int)
-        auc = binary_metrics(labels, probs).auc
-        run.set({schema.AUC: auc, schema.LABELS: labels.tolist(), schema.PROBS: [round(float(p), 6) for p in probs],
+        auc = task_metrics(labels, probs).auc
+        # One score per scan: P(label 1), or an ordinal model's expected grade, which ranks as every "grade >= k".
+        run.set({schema.AUC: auc, schema.LABELS: labels.tolist(),
+                 schema.PROBS: [round(float(p), 6) for p in severity_score(probs)],
                  schema.TRAIN_SECONDS: round(trained.fitted.train_seconds, 2),
                  schema.TRAIN_LOSS: [round(e.train_loss, 5) for e in trained.fitted.history],
                  schema.BN_RECOMPUTED: recomputed})
@@ -343,13 +345,16 @@ def _run_line(trial: FrozenTrial, candidate: Candidate, fold: ConfirmFold) -> st
 
 def _paired_bootstrap(runs_a: Sequence[RunResult], runs_b: Sequence[RunResult], n_resamples: int,
                       seed: int) -> np.ndarray:
-    """Bootstrap replicates of mean-over-folds (AUC a - AUC b), resampling each fold's scans, paired."""
+    """Bootstrap replicates of mean-over-folds (AUC a - AUC b), resampling each fold's scans, paired.
+
+    For ordinal grades the AUC is the mean "grade >= k" AUC of each run's stored expected grades.
+    """
     total = np.zeros(n_resamples)
     for f, (a, b) in enumerate(zip(runs_a, runs_b, strict=True)):
         labels = np.asarray(a.labels, dtype=int)
         rows = stratified_resamples(labels, n_resamples, seed + f)
         pa, pb = np.asarray(a.probs)[rows], np.asarray(b.probs)[rows]
-        total += auc_rows(labels[rows], pa) - auc_rows(labels[rows], pb)
+        total += grade_auc_rows(labels[rows], pa) - grade_auc_rows(labels[rows], pb)
     return total / max(len(runs_a), 1)
 
 

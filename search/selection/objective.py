@@ -31,7 +31,7 @@ import numpy as np
 import optuna
 import torch
 
-from search.stats.metrics import binary_metrics
+from search.stats.metrics import task_metrics
 from search.study import schema
 from search.study.trial_run import TrialRun, trial_run
 from search.training.data import Tensors
@@ -65,6 +65,8 @@ class SearchSettings:
             sample (None: no cap).
         recompute_bn: Recompute every batch-norm layer's statistics over the fold's training scans before
             scoring its validation part (the ``auc_bn`` score).
+        grades: The task's labels: 2 (binary: a fold's score is its ROC AUC), or K > 2 ordered grades (an
+            ordinal head; a fold's score is the mean "grade >= k" AUC, ``search.stats.metrics``).
     """
 
     size: tuple[int, int, int]
@@ -76,6 +78,7 @@ class SearchSettings:
     bounds: SpaceBounds = field(default_factory=SpaceBounds)
     max_gflops: float | None = None
     recompute_bn: bool = False
+    grades: int = 2
 
 
 # What a trial's fold is scored by (search.run --score). After 4 epochs of about 33 steps, batch norm's running
@@ -178,7 +181,8 @@ class Objective:
             history = []
             run.where = f"fold {fold.index + 1}"
             trained = train_model(arch, train_spec, fold.train, None, epochs=s.epochs, device=s.device,
-                                  seed=fold_seed(s.seed, trial.number, fold.index), amp=s.amp, on_epoch=on_epoch)
+                                  seed=fold_seed(s.seed, trial.number, fold.index), amp=s.amp, on_epoch=on_epoch,
+                                  grades=s.grades)
             model = trained.model
             fits.append(trained.fitted)
             if s.recompute_bn:
@@ -186,7 +190,7 @@ class Objective:
                 trial.set_user_attr(schema.BN_RECOMPUTED, recomputed)
             probs = predict_finite(trained, fold.val.volumes, s.device, amp=s.amp)
             labels = fold.val.labels.cpu().numpy()
-            aucs.append(binary_metrics(labels, probs).auc)
+            aucs.append(task_metrics(labels, probs).auc)
             ses.append(auc_standard_error(labels, probs, seed=fold.index))
             mean, _ = score_of(aucs, ses)
             if single and len(aucs) < len(self.folds):

@@ -74,7 +74,7 @@ class DataSettings:
 
     Attributes:
         data: The data folder or CSV manifest, resolved (None: the default phantom set).
-        task: Which categories are labels 0 and 1 (``lungct.records.TASKS``).
+        task: Which categories each label holds (``lungct.records.TASKS``; ``severity`` is ordinal).
         size: The input size (D, H, W) in voxels.
         split_seed: The seed of the train/val/test split, whose test part only export reads.
         n_phantoms: The size of the default phantom set (used when ``data`` is None).

@@ -51,12 +51,13 @@ def stratified_resamples(labels: np.ndarray, n_resamples: int, seed: int) -> np.
     """Row indices of ``n_resamples`` stratified bootstrap resamples, shape (n_resamples, N).
 
     Each row keeps the class counts of ``labels``: it draws the negatives' indices from the negatives
-    and the positives' from the positives, with replacement.
+    and the positives' from the positives (each grade's from that grade, for ordinal labels), with
+    replacement.
     """
     labels = np.asarray(labels).astype(int).ravel()
     rng = np.random.default_rng(seed)
     columns = [rng.choice(np.flatnonzero(labels == c), size=(n_resamples, int(np.sum(labels == c))))
-               for c in (0, 1) if np.any(labels == c)]
+               for c in np.unique(labels)]
     return np.concatenate(columns, axis=1) if columns else np.empty((n_resamples, 0), dtype=int)
 
 
@@ -75,6 +76,34 @@ def auc_rows(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
         return np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan)
 
 
+def grade_auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The mean of the "grade >= k" ROC AUCs of each row of (R, N) integer ``labels`` against ``scores``.
+
+    ``k`` runs over the grades present above the lowest one; for 0/1 labels that is k = 1 alone, so
+    this is :func:`auc_rows` exactly. It is the ordinal tasks' score: threshold-free, defined on any fold
+    that holds the lowest grade and one above it, and, since every "grade >= k" of a rank-consistent
+    head shares one ranking (``space.build.OrdinalCuts``), one score per scan (the expected grade) is
+    all it needs. A row whose labels hold one grade gives NaN.
+    """
+    labels = np.atleast_2d(np.asarray(labels)).astype(int)
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    present = np.unique(labels)
+    if present.size < 2:
+        return np.full(labels.shape[0], np.nan)
+    if present.size == 2 and present[0] == 0 and present[1] == 1:
+        return auc_rows(labels, scores)
+    ranks = rankdata(scores, axis=1)  # one ranking serves every threshold
+    per_k = []
+    for k in present[1:]:
+        above = labels >= k
+        n1 = above.sum(axis=1)
+        n0 = above.shape[1] - n1
+        u = (ranks * above).sum(axis=1) - n1 * (n1 + 1) / 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_k.append(np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan))
+    return np.mean(per_k, axis=0)
+
+
 def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -91,25 +120,31 @@ def _method(n_resamples: int, seed: int, paired: bool = False) -> str:
 
 def bootstrap_auc(labels: np.ndarray, probs: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES,
                   confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> Interval:
-    """ROC AUC of ``probs`` against 0/1 ``labels``, with a stratified bootstrap percentile interval."""
+    """ROC AUC of ``probs`` against 0/1 ``labels``, with a stratified bootstrap percentile interval.
+
+    For ordinal grades, the mean "grade >= k" AUC of a per-scan score (:func:`grade_auc_rows`).
+    """
     labels = np.asarray(labels).astype(int).ravel()
     probs = np.asarray(probs, dtype=np.float64).ravel()
-    estimate = float(auc_rows(labels, probs)[0])
+    estimate = float(grade_auc_rows(labels, probs)[0])
     rows = stratified_resamples(labels, n_resamples, seed)
-    low, high = _percentiles(auc_rows(labels[rows], probs[rows]), confidence)
+    low, high = _percentiles(grade_auc_rows(labels[rows], probs[rows]), confidence)
     return Interval(estimate, low, high, confidence, _method(n_resamples, seed))
 
 
 def bootstrap_auc_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
                              n_resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
                              seed: int = 0) -> Interval:
-    """AUC of ``probs_a`` minus AUC of ``probs_b`` on the same scans, with a paired bootstrap interval."""
+    """AUC of ``probs_a`` minus AUC of ``probs_b`` on the same scans, with a paired bootstrap interval.
+
+    For ordinal grades, the difference in mean "grade >= k" AUC (:func:`grade_auc_rows`).
+    """
     labels = np.asarray(labels).astype(int).ravel()
     a = np.asarray(probs_a, dtype=np.float64).ravel()
     b = np.asarray(probs_b, dtype=np.float64).ravel()
-    estimate = float(auc_rows(labels, a)[0] - auc_rows(labels, b)[0])
+    estimate = float(grade_auc_rows(labels, a)[0] - grade_auc_rows(labels, b)[0])
     rows = stratified_resamples(labels, n_resamples, seed)
-    differences = auc_rows(labels[rows], a[rows]) - auc_rows(labels[rows], b[rows])
+    differences = grade_auc_rows(labels[rows], a[rows]) - grade_auc_rows(labels[rows], b[rows])
     low, high = _percentiles(differences, confidence)
     return Interval(estimate, low, high, confidence, _method(n_resamples, seed, paired=True))
 

@@ -23,7 +23,7 @@ from lungct.splits import Split, load_or_make_folds, load_or_make_split
 
 @dataclass(frozen=True)
 class Tensors:
-    """A labelled set held in memory: (N, 1, D, H, W) float16 volumes and (N,) float32 0/1 labels."""
+    """A labelled set held in memory: (N, 1, D, H, W) float16 volumes and (N,) float32 labels (0/1, or grades)."""
 
     volumes: torch.Tensor
     labels: torch.Tensor
@@ -118,7 +118,7 @@ def prepare_data(
         root: Data folder or manifest.
         config: Preprocessing (window, size); also the cache key.
         parts: Which split parts to load; the search never asks for "test".
-        task: Task name (which categories are labels 0 and 1).
+        task: Task name (which categories each label holds; ``lungct.records.TASKS``).
         seed: Split seed.
         studies_dir: Where the cache and split files live.
         workers: Decoding processes.
@@ -134,12 +134,14 @@ def prepare_data(
     loaded = load_scans([r for r in records if r.study_id in wanted], config, Path(studies_dir) / "cache",
                         workers=workers, progress=progress)
     prepared = PreparedData(found, split, split_path, loaded, parts)
+    task_labels = range(found.task.n_grades)
     for part in parts:
         counts = prepared.counts(part)
-        if min(counts.get(0, 0), counts.get(1, 0)) < 1:
-            raise DataError(f"too few usable scans: the {part} part holds {counts.get(0, 0)} of label 0 and "
-                            f"{counts.get(1, 0)} of label 1 after skipping {len(loaded.skipped)} unreadable "
-                            f"scans; both labels are needed")
+        if min(counts.get(k, 0) for k in task_labels) < 1:
+            held = " and ".join(f"{counts.get(k, 0)} of label {k}" for k in task_labels)
+            every = "both labels are" if len(task_labels) == 2 else "every grade is"
+            raise DataError(f"too few usable scans: the {part} part holds {held} after skipping "
+                            f"{len(loaded.skipped)} unreadable scans; {every} needed")
     return prepared
 
 
@@ -147,8 +149,10 @@ def describe(prepared: PreparedData) -> str:
     """One line on what was loaded, for the console."""
     s = prepared.summary()
     skipped = f", {s['skipped']} skipped (see python -m lungct.inspect)" if s["skipped"] else ""
-    loaded = "; ".join(f"{part} {sum(c.values())} ({c.get(0, 0)}/{c.get(1, 0)})" for part, c in s["loaded"].items())
+    labels = range(prepared.found.task.n_grades)
+    loaded = "; ".join(f"{part} {sum(c.values())} ({'/'.join(str(c.get(k, 0)) for k in labels)})"
+                       for part, c in s["loaded"].items())
     return (f"data: {s['root']} [{s['layout']}], task {s['task']}, {'x'.join(map(str, s['size']))} voxels; "
-            f"loaded {loaded} (label 0/1){skipped}; test part ({s['n_test']}) held out")
+            f"loaded {loaded} (label {'/'.join(map(str, labels))}){skipped}; test part ({s['n_test']}) held out")
 
 

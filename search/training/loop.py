@@ -26,7 +26,7 @@ from torch import nn
 
 from lungct.augment import AugmentConfig, augment_batch
 from lungct.errors import UsageError
-from search.stats.metrics import BinaryMetrics, binary_metrics
+from search.stats.metrics import BinaryMetrics, OrdinalMetrics, task_metrics
 from search.training.data import Tensors  # the data code's type; imported from here by older callers
 from search.training.precision import Precision, choose_precision
 
@@ -64,7 +64,7 @@ class EpochResult:
 
     epoch: int
     train_loss: float
-    val: BinaryMetrics | None
+    val: BinaryMetrics | OrdinalMetrics | None
     seconds: float
 
 
@@ -165,16 +165,36 @@ def _autocast(device: torch.device, amp: bool):
 @torch.inference_mode()
 def predict_probs(model: nn.Module, volumes: torch.Tensor, device: torch.device, batch_size: int = 8,
                   amp: bool | None = None) -> np.ndarray:
-    """Sigmoid probabilities of a model over (N, 1, D, H, W) volumes, in eval mode, without augmentation."""
+    """Sigmoid probabilities of a model over (N, 1, D, H, W) volumes, in eval mode, without augmentation.
+
+    (N,) P(label 1) for a binary model; (N, K-1) cumulative P(grade >= k) for an ordinal one.
+    """
     amp = device.type == "cuda" if amp is None else amp
     model.eval()
     out = []
     for start in range(0, volumes.shape[0], batch_size):
         x = _to_input(volumes[start:start + batch_size], device)
         with _autocast(device, amp):
-            logits = model(x).reshape(-1)
+            logits = model(x)
+        if logits.ndim != 2:
+            logits = logits.reshape(-1)
         out.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of (B,) logits against 0/1 labels; for (B, K-1) cumulative logits, CORAL's loss.
+
+    The ordinal loss sums the binary cross-entropies of the K-1 "grade >= k" targets per scan (Cao et al.
+    2020), then averages over the batch: at K = 2 it is the binary loss, and each threshold's gradient
+    has the binary task's scale at any K.
+    """
+    logits = logits.float()
+    if logits.ndim == 1:
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    thresholds = torch.arange(1, logits.shape[1] + 1, device=logits.device, dtype=labels.dtype)
+    targets = (labels.reshape(-1, 1) >= thresholds).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1).mean()
 
 
 @torch.no_grad()
@@ -292,8 +312,8 @@ def _train(model: nn.Module, data: Tensors, val: Tensors | None, optimizer: str,
                 x = augment_batch(x, generator, augment).contiguous(memory_format=torch.channels_last_3d)
             result.data_seconds += time.perf_counter() - fetch
             with _autocast(device, amp):
-                logits = model(x).reshape(-1)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+                logits = model(x)
+            loss = task_loss(logits if logits.ndim == 2 else logits.reshape(-1), y)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise NonFiniteLossError(epoch, step, value)
@@ -307,7 +327,7 @@ def _train(model: nn.Module, data: Tensors, val: Tensors | None, optimizer: str,
         metrics = None
         if val is not None:
             probs = predict_probs(model, val.volumes, device, batch_size=max(2 * batch_size, 8), amp=amp)
-            metrics = binary_metrics(val.labels.cpu().numpy(), probs)
+            metrics = task_metrics(val.labels.cpu().numpy(), probs)
         entry = EpochResult(epoch, total / max(seen, 1), metrics, time.perf_counter() - start)
         result.history.append(entry)
         # Without validation the best epoch is the last; with it, the first epoch of the highest AUC.

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from search.stats.intervals import auc_rows, stratified_resamples
+from search.stats.intervals import grade_auc_rows, stratified_resamples
+from search.stats.metrics import severity_score
 from search.training.data import Tensors
 from search.training.loop import EpochResult, FitResult, NonFiniteLossError, TrainingOutOfMemory, fit, predict_probs
 from space import ArchSpec, TrainSpec, build
@@ -61,6 +62,7 @@ def train_model(
     seed: int,
     amp: bool | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    grades: int = 2,
 ) -> Trained:
     """Build ``arch`` from ``seed`` and train it on ``data`` for ``epochs`` epochs.
 
@@ -74,6 +76,7 @@ def train_model(
         seed: Seeds the initial weights, shuffling and augmentation.
         amp: bf16 autocast requested (see ``search.training.loop.fit``).
         on_epoch: Called after every epoch; what it raises propagates after the model is released.
+        grades: The task's labels: 2 (binary), or K > 2 for an ordinal head (``space.build``).
 
     Returns:
         The model (on the CPU, in eval mode) and the fit result.
@@ -82,7 +85,7 @@ def train_model(
         TrainingFailed: Non-finite loss or out of memory.
     """
     torch.manual_seed(seed)
-    model = build(arch)
+    model = build(arch, grades=grades)
     ok = False
     try:
         fitted = fit(model, data, val, optimizer=train_spec.optimizer, lr=train_spec.lr,
@@ -127,13 +130,15 @@ def auc_standard_error(labels: np.ndarray, probs: np.ndarray, seed: int = 0,
                        n_resamples: int = SE_RESAMPLES) -> float:
     """Standard error of a ROC AUC over the scans it was measured on (stratified bootstrap).
 
+    For an ordinal model's (N, K-1) probabilities, of the mean "grade >= k" AUC.
+
     It measures how much the AUC would move with another draw of scans of the same kind: the noise
     that decides whether two trials' scores differ at all.
     """
-    labels = np.asarray(labels).astype(int)
-    if min(np.sum(labels == 0), np.sum(labels == 1)) < 1:
+    labels = np.asarray(labels).astype(int).ravel()
+    if np.unique(labels).size < 2:
         return float("nan")
     rows = stratified_resamples(labels, n_resamples, seed)
-    values = auc_rows(labels[rows], np.asarray(probs, dtype=np.float64)[rows])
+    values = grade_auc_rows(labels[rows], severity_score(probs)[rows])
     values = values[np.isfinite(values)]
     return float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
