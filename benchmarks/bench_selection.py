@@ -64,7 +64,9 @@ from search.stats.intervals import (
     Interval,
     bootstrap_auc,
     bootstrap_auc_difference,
+    stratified_resamples,
 )
+from search.stats.metrics import ordinal_metrics, severity_score
 from search.training.loop import predict_probs
 from search.training.precision import cpu_model
 from space import count_params
@@ -266,9 +268,10 @@ def load_fresh(root: Path, info: ModelInfo, workers: int | None) -> FreshScans:
                         progress=sys.stderr.isatty())
     fresh = FreshScans(found, loaded)
     counts = fresh.counts()
-    if min(counts.get(0, 0), counts.get(1, 0)) < 1:
-        raise DataError(f"fresh set: {counts.get(0, 0)} scans of label 0 and {counts.get(1, 0)} of label 1 under "
-                        f"task {info.task} after {len(loaded.skipped)} skipped; raise --n")
+    labels = range(found.task.n_grades)
+    if min(counts.get(k, 0) for k in labels) < 1:
+        held = " and ".join(f"{counts.get(k, 0)} of label {k}" for k in labels)
+        raise DataError(f"fresh set: {held} under task {info.task} after {len(loaded.skipped)} skipped; raise --n")
     return fresh
 
 
@@ -283,7 +286,12 @@ def _config_text(config: PreprocessConfig) -> str:
 
 @dataclass
 class Scored:
-    """One model's predictions on the fresh set and its AUC."""
+    """One model's predictions on the fresh set and its AUC.
+
+    ``probs`` is (N,) P(label 1) for a binary model, (N, K-1) cumulative P(grade >= k) for a severity model,
+    whose ``auc`` is then the mean "grade >= k" AUC and ``ordinal`` holds QWK, MAE, macro AUC and balanced
+    accuracy with their intervals and the confusion matrix.
+    """
 
     model: LoadedModel
     study_ids: list[str]
@@ -291,6 +299,49 @@ class Scored:
     probs: np.ndarray
     auc: Interval
     seconds: float
+    ordinal: dict | None = None
+
+    @property
+    def scores(self) -> np.ndarray:
+        """One ranking score per scan (``search.stats.metrics.severity_score``)."""
+        return severity_score(self.probs)
+
+
+# The ordinal figures that get an interval, and how each is read from one resample.
+ORDINAL_FIGURES = ("qwk", "mae", "macro_auc", "balanced_accuracy")
+
+
+def _percentile_interval(estimate: float, values: np.ndarray, method: str) -> Interval:
+    values = values[np.isfinite(values)]
+    tail = 100 * (1 - DEFAULT_CONFIDENCE) / 2
+    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    return Interval(float(estimate), float(low), float(high), DEFAULT_CONFIDENCE, method)
+
+
+def ordinal_figures(labels: np.ndarray, cumulative: np.ndarray, n_resamples: int,
+                    others: np.ndarray | None = None) -> dict:
+    """QWK, MAE, macro AUC and balanced accuracy with stratified bootstrap intervals, and the confusion matrix;
+    with ``others`` (a reference's cumulative probabilities on the same scans), the paired differences instead."""
+    rows = stratified_resamples(labels, n_resamples, BOOTSTRAP_SEED)
+    whole = ordinal_metrics(labels, cumulative).to_dict()
+    if others is not None:
+        whole_ref = ordinal_metrics(labels, others).to_dict()
+    draws = {name: [] for name in ORDINAL_FIGURES}
+    for row in rows:
+        m = ordinal_metrics(labels[row], cumulative[row]).to_dict()
+        ref = ordinal_metrics(labels[row], others[row]).to_dict() if others is not None else None
+        for name in ORDINAL_FIGURES:
+            draws[name].append(m[name] - (ref[name] if ref else 0.0))
+    kind = "paired stratified bootstrap" if others is not None else "stratified bootstrap"
+    method = f"{kind}, percentile interval, {n_resamples} resamples, seed {BOOTSTRAP_SEED}"
+    out = {}
+    for name in ORDINAL_FIGURES:
+        estimate = whole[name] - (whole_ref[name] if others is not None else 0.0)
+        out[name] = _percentile_interval(estimate, np.asarray(draws[name], dtype=float), method).to_dict()
+    if others is None:
+        out["auc_at_least"] = whole["auc_at_least"]
+        out["confusion"] = whole["confusion"]
+    return out
 
 
 def score(model: LoadedModel, fresh: FreshScans, n_resamples: int) -> Scored:
@@ -299,8 +350,9 @@ def score(model: LoadedModel, fresh: FreshScans, n_resamples: int) -> Scored:
     probs = predict_probs(model.model, fresh.loaded.volumes, torch.device("cpu"), amp=False)
     seconds = time.perf_counter() - start
     labels = fresh.loaded.labels.numpy().astype(int)
+    ordinal = ordinal_figures(labels, probs, n_resamples) if probs.ndim == 2 else None
     return Scored(model, fresh.loaded.study_ids, labels, probs,
-                  bootstrap_auc(labels, probs, n_resamples, seed=BOOTSTRAP_SEED), seconds)
+                  bootstrap_auc(labels, severity_score(probs), n_resamples, seed=BOOTSTRAP_SEED), seconds, ordinal)
 
 
 def verdict(difference: Interval) -> str:
@@ -325,9 +377,13 @@ def compare(model: Scored, reference: Scored, n_resamples: int) -> dict:
     labels = reference.labels[ref_rows]
     if not np.array_equal(labels, model.labels[model_rows]):
         raise AssertionError("the same scans carry different labels under the same task")
-    difference = bootstrap_auc_difference(labels, model.probs[model_rows], reference.probs[ref_rows], n_resamples,
+    difference = bootstrap_auc_difference(labels, model.scores[model_rows], reference.scores[ref_rows], n_resamples,
                                           seed=BOOTSTRAP_SEED)
-    return entry | {"n": len(rows), "difference": difference.to_dict(), "verdict": verdict(difference)}
+    entry |= {"n": len(rows), "difference": difference.to_dict(), "verdict": verdict(difference)}
+    if model.ordinal is not None:
+        entry["ordinal_differences"] = ordinal_figures(labels, model.probs[model_rows], n_resamples,
+                                                       others=reference.probs[ref_rows])
+    return entry
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
@@ -347,7 +403,8 @@ def model_entry(s: Scored) -> dict:
         "n_positive": int(np.sum(s.labels == 1)), "fresh_auc": s.auc.to_dict(), "predict_seconds": s.seconds,
         **claims, "optimism": optimism, "locked_test_minus_fresh": test_gap,
         "predictions": [{"study_id": sid, "label": int(y), "p": round(float(p), 6)}
-                        for sid, y, p in zip(s.study_ids, s.labels, s.probs, strict=True)],
+                        for sid, y, p in zip(s.study_ids, s.labels, s.scores, strict=True)],
+        "ordinal": s.ordinal,
     }
 
 
@@ -435,7 +492,9 @@ def run(args: argparse.Namespace) -> dict:
     tasks = {}
     for (task, _), f in fresh.items():
         counts = Counter(r.label for r in f.found.records)
-        tasks[task] = {"description": f.found.task.description, "negative": list(f.found.task.negative),
+        grades = {str(k): counts.get(k, 0) for k in range(f.found.task.n_grades)}
+        tasks[task] = {"grades": grades, "description": f.found.task.description,
+                       "negative": list(f.found.task.negative),
                        "positive": list(f.found.task.positive), "n_negative": counts.get(0, 0),
                        "n_positive": counts.get(1, 0), "excluded": len(f.found.excluded),
                        "skipped": len(f.found.skipped) + len(f.loaded.skipped)}
@@ -471,10 +530,19 @@ def print_report(result: dict) -> None:
     print(f"\nmodels (fresh AUC: {round(100 * b['confidence'])}% stratified bootstrap CI, {b['resamples']} "
           f"resamples; optimism = confirmed_score - fresh AUC):")
     print(format_models(result["models"], result["reference"]))
+    for e in result["models"]:
+        if e.get("ordinal"):
+            o = e["ordinal"]
+            figures = ", ".join(f"{name} {Interval(**o[name]).text()}" for name in ORDINAL_FIGURES)
+            print(f"  {e['dir']}: {figures}; grade >= k AUCs {', '.join(_fmt(a) for a in o['auc_at_least'])}; "
+                  f"confusion (rows true grade) {o['confusion']}")
     if result["comparisons"]:
         print("\ncomparisons (difference in fresh AUC, model - reference, paired bootstrap on the same scans):")
         for c in result["comparisons"]:
             print(format_comparison(c))
+            for name, d in (c.get("ordinal_differences") or {}).items():
+                d = Interval(**d)
+                print(f"    {name}: {d.estimate:+.3f} ({round(100 * d.confidence)}% CI {d.low:+.3f} to {d.high:+.3f})")
 
 
 def main(argv: list[str] | None = None) -> int:

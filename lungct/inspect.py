@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("root", metavar="ROOT_OR_MANIFEST",
                    help="data folder (MosMedData or category folders), CSV manifest, or one NIfTI scan")
-    p.add_argument("--task", default="course", choices=sorted(TASKS), help="which categories each label holds (lungct.records.TASKS)")
+    p.add_argument("--task", default="course", choices=sorted(TASKS),
+                   help="which categories each label holds (lungct.records.TASKS)")
     p.add_argument("--cache-dir", default="studies/cache", help="where what was read is cached")
     p.add_argument("--workers", type=int, default=None, help="processes reading scans (default: all cores)")
     p.add_argument("--no-read", action="store_true", help="list files only; do not read and validate images")

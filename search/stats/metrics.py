@@ -13,6 +13,7 @@ one-vs-rest AUC and the K x K confusion matrix, all from scikit-learn.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -146,10 +147,19 @@ def ordinal_metrics(labels: np.ndarray, cumulative: np.ndarray) -> OrdinalMetric
     return OrdinalMetrics(
         auc=auc, auc_at_least=tuple(at_least), macro_auc=macro, qwk=qwk,
         mae=float(np.mean(np.abs(pred - labels))) if labels.size else math.nan,
-        balanced_accuracy=float(balanced_accuracy_score(labels, pred)) if labels.size else math.nan,
+        balanced_accuracy=_balanced_accuracy(labels, pred),
         confusion=tuple(tuple(int(v) for v in row) for row in confusion_matrix(labels, pred, labels=grades)),
         n=int(labels.size), grades=k,
     )
+
+
+def _balanced_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the grades present; a predicted grade absent from ``labels`` is no error here."""
+    if not labels.size:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(labels, pred))
 
 
 def task_metrics(labels: np.ndarray, probs: np.ndarray) -> BinaryMetrics | OrdinalMetrics:

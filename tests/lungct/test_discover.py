@@ -115,3 +115,45 @@ def test_discover_unusable_root_names_the_accepted_layouts(tmp_path, make, expec
 def test_discover_unknown_task_suggests_the_nearest(tmp_path):
     with pytest.raises(ValueError, match="did you mean 'course'"):
         discover(tmp_path, "corse")
+
+
+def test_discover_severity_labels_each_grade_and_pools_ct4_with_ct3(tmp_path):
+    found = discover(make_mosmed(tmp_path, {"CT-0": 1, "CT-1": 1, "CT-2": 1, "CT-3": 1, "CT-4": 1}), "severity")
+    assert [(r.category, r.label) for r in found.records] == [
+        ("CT-0", 0), ("CT-1", 1), ("CT-2", 2), ("CT-3", 3), ("CT-4", 3)]
+    assert not found.excluded and not found.skipped
+
+
+def test_discover_severity_refuses_the_keras_archives_pooled_ct23_folder_in_one_line(tmp_path):
+    write_nifti(tmp_path / "CT-0/a.nii.gz", synthetic_ct())
+    write_nifti(tmp_path / "CT-23/b.nii.gz", synthetic_ct())
+    with pytest.raises(DataError) as e:
+        discover(tmp_path, "severity")
+    message = str(e.value)
+    assert "\n" not in message and "CT-23" in message and "CT-2 and CT-3" in message
+    assert message.startswith(str(tmp_path / "CT-23"))
+    # the binary course task still pools it as its positive class
+    assert [r.label for r in discover(tmp_path, "course").records] == [0, 1]
+
+
+def test_discover_severity_skips_manifest_rows_with_a_label_but_no_grade(tmp_path):
+    write_nifti(tmp_path / "a.nii.gz", synthetic_ct())
+    write_nifti(tmp_path / "b.nii.gz", synthetic_ct())
+    (tmp_path / "m.csv").write_text("path,category,label\na.nii.gz,CT-1,\nb.nii.gz,,1\n")
+    found = discover(tmp_path / "m.csv", "severity")
+    assert [(r.study_id, r.label) for r in found.records] == [("a", 1)]
+    assert len(found.skipped) == 1 and "does not give the grade" in found.skipped[0].reason
+
+
+def test_task_grades_are_disjoint_ordered_and_binary_tasks_keep_their_classes():
+    severity = TASKS["severity"]
+    assert severity.ordinal and severity.n_grades == 4 and severity.label("CT-4") == 3
+    assert severity.splits_pooled("CT-23") and not TASKS["course"].splits_pooled("CT-23")
+    course = TASKS["course"]
+    assert not course.ordinal and course.negative == ("CT-0",) and course.positive == ("CT-2", "CT-3")
+    assert course.label("CT-1") is None and course.label("CT-23") == 1
+    from lungct.records import Task
+    with pytest.raises(ValueError, match="in two grades"):
+        Task("bad", (("CT-0",), ("CT-0", "CT-1")))
+    with pytest.raises(ValueError, match="at least two"):
+        Task("bad", (("CT-0",),))

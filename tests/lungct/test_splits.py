@@ -128,3 +128,35 @@ def test_kfold_is_reproducible_and_saved(tmp_path):
     folds, path = load_or_make_folds(records, tmp_path, k=3, repeats=1, seed=2)
     assert folds == kfold(records, k=3, seed=2)
     assert load_or_make_folds(records, tmp_path, k=3, repeats=1, seed=2) == (folds, path)
+
+
+def _graded(counts=(40, 20, 25, 15)):
+    records, i = [], 0
+    for grade, n in enumerate(counts):
+        for _ in range(n):
+            records.append(ScanRecord(f"study_{i:04d}", f"/x/{i}.nii.gz", f"CT-{grade}", grade))
+            i += 1
+    return records
+
+
+def test_split_and_folds_are_stratified_by_every_severity_grade():
+    records = _graded()
+    labels = {r.study_id: r.label for r in records}
+    split = make_split(records, 0.15, 0.15, seed=0)
+    for part in (split.train, split.val, split.test):
+        shares = Counter(labels[s] for s in part)
+        for grade, n in enumerate((40, 20, 25, 15)):
+            assert abs(shares[grade] / len(part) - n / 100) < 0.07, (grade, shares)
+    rest = [r for r in records if r.study_id not in split.test]
+    for fold in kfold(rest, k=3, seed=1):
+        held = Counter(labels[s] for s in fold.val)
+        assert set(held) == {0, 1, 2, 3}
+        for grade in range(4):
+            expected = sum(r.label == grade for r in rest) / 3
+            assert abs(held[grade] - expected) <= 1
+
+
+def test_split_with_too_few_scans_in_one_grade_names_that_grade():
+    with pytest.raises(DataError, match="label 2 has 3 usable scans") as e:
+        make_split(_graded((40, 20, 3, 15)))
+    assert "label 3 = 15" in str(e.value)

@@ -33,6 +33,13 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def severity_data(tmp_path_factory):
+    """32 scans in the MosMedData layout with every grade of the severity task: 8 CT-0, 8 CT-1, 8 CT-2, 8 CT-3/CT-4."""
+    return make_mosmed(tmp_path_factory.mktemp("severitydata"),
+                       {"CT-0": 8, "CT-1": 8, "CT-2": 8, "CT-3": 6, "CT-4": 2})
+
+
+@pytest.fixture(scope="session")
 def one_trial_study(tiny_data, tmp_path_factory):
     """A studies folder holding a one-trial study of ``tiny_data`` (the seed baseline, no confirmation), made once;
     tests that write into it work on a copy."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -269,3 +270,43 @@ def test_build_max_pool_keeps_bf16_under_autocast():
         y = pool(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y, torch.nn.functional.max_pool3d(x.float(), 2).bfloat16(), rtol=0, atol=0)
+
+
+# The ordinal head (severity): K-1 ordered cumulative logits of "grade >= k".
+
+def test_ordinal_head_outputs_k_minus_1_cumulative_logits_and_binary_stays_one_logit():
+    from space import OrdinalCuts
+    x = torch.randn(3, 1, *TINY_SIZE)
+    binary, ordinal = build(tiny_spec()), build(tiny_spec(), grades=4)
+    assert binary(x).shape == (3,) and ordinal(x).shape == (3, 3)
+    assert isinstance(ordinal.head.cuts, OrdinalCuts) and not hasattr(binary.head, "cuts")
+    # the same trunk and score layer: the ordinal state dict is the binary one plus the cutpoints
+    extra = set(ordinal.state_dict()) - set(binary.state_dict())
+    assert extra == {"head.cuts.first", "head.cuts.gaps"} and set(binary.state_dict()) <= set(ordinal.state_dict())
+    with pytest.raises(ValueError, match="grades"):
+        build(tiny_spec(), grades=1)
+
+
+def test_ordinal_probabilities_are_monotone_and_a_proper_distribution_for_any_weights():
+    from space import grade_probabilities
+    torch.manual_seed(0)
+    model = build(tiny_spec(), grades=5).eval()
+    for p in model.head.cuts.parameters():  # arbitrary, even hostile, cutpoint weights
+        p.data.normal_(0, 5)
+    with torch.no_grad():
+        logits = model(torch.randn(6, 1, *TINY_SIZE))
+        at_least = torch.sigmoid(logits)
+        probs = grade_probabilities(logits)
+    assert torch.all(at_least[:, 1:] < at_least[:, :-1])  # P(grade >= k) falls with k
+    assert probs.shape == (6, 5) and torch.all(probs >= 0)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(6), atol=1e-6)
+    cuts = model.head.cuts.cutpoints()
+    assert torch.all(cuts[1:] < cuts[:-1])
+    # every threshold shares the ranking of one severity score
+    order = torch.argsort(logits[:, 0])
+    assert all(torch.equal(torch.argsort(logits[:, k]), order) for k in range(4))
+
+
+def test_ordinal_head_cutpoints_start_spread_out():
+    cuts = build(tiny_spec(), grades=4).head.cuts.cutpoints().detach()
+    assert torch.allclose(cuts, torch.tensor([0.0, -math.log(2), -2 * math.log(2)]), atol=1e-6)

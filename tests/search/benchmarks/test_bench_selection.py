@@ -105,3 +105,23 @@ def test_bench_selection_bad_flag_is_a_one_line_error(models, capsys):
     assert bench.main([str(models[0]), "--n", "many"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: argument --n: invalid int value") and len(err.strip().splitlines()) == 1
+
+
+def test_ordinal_figures_bracket_their_estimates_and_a_paired_difference_sees_a_worse_model():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 120)
+    cuts = np.array([0.5, 1.5, 2.5])
+
+    def cumulative(noise):
+        z = labels + rng.normal(0, noise, labels.size)
+        return 1 / (1 + np.exp(-(z[:, None] - cuts)))
+
+    good, bad = cumulative(0.5), cumulative(2.5)
+    figures = bench.ordinal_figures(labels, good, 200)
+    for name in bench.ORDINAL_FIGURES:
+        f = figures[name]
+        assert f["low"] <= f["estimate"] <= f["high"], name
+    assert len(figures["confusion"]) == 4 and sum(map(sum, figures["confusion"])) == 120
+    paired = bench.ordinal_figures(labels, good, 200, others=bad)
+    assert paired["qwk"]["low"] > 0 and paired["mae"]["high"] < 0  # better kappa, fewer grades off

@@ -533,3 +533,43 @@ def test_run_backup_to_refuses_a_database_server_and_several_jobs_in_one_line(ti
     assert capsys.readouterr().err.strip().startswith("error: --backup-to: needs an SQLite study")
     assert main(_args(tiny_data, tmp_path, "--trials", "2", "--jobs", "2", "--backup-to", str(tmp_path / "d"))) == 2
     assert "use it with --jobs 1" in capsys.readouterr().err
+
+
+def test_run_severity_searches_and_confirms_ordinal_heads_on_the_mean_grade_auc(severity_data, tmp_path,
+                                                                                 monkeypatch, capsys):
+    built = []
+    real_build = search.training.unit.build
+
+    def spy(arch, grades=2):
+        built.append(grades)
+        return real_build(arch, grades=grades)
+
+    monkeypatch.setattr(search.training.unit, "build", spy)
+    args = [a for a in _args(severity_data, tmp_path, "--task", "severity", "--trials", "2", "--epochs", "1",
+                             "--confirm-top", "1", "--confirm-epochs", "1") if a != "--no-confirm"]
+    assert main(args) == 0
+    assert built and set(built) == {4}  # every trial and confirmation run trains the 4-grade ordinal head
+    study = _study(tmp_path)
+    first = study.trials[0]
+    assert first.user_attrs["baseline"] is True and 0.0 <= first.value <= 1.0
+    assert first.value == pytest.approx(sum(first.user_attrs["fold_aucs"]) / 2, abs=1e-4)
+    assert "confirmation" in study.user_attrs
+    companion = optuna.load_study(study_name=study.user_attrs["confirmation"]["companion_study"],
+                                  storage=f"sqlite:///{tmp_path}/lungct.db")
+    run = companion.trials[0]
+    assert set(run.user_attrs["labels"]) == {0, 1, 2, 3}  # each fresh fold holds every grade
+    scores = run.user_attrs["probs"]  # the stored per-scan score is the expected grade, in [0, 3]
+    assert all(0.0 <= s <= 3.0 for s in scores) and max(scores) > 1.0
+    assert "task severity" in capsys.readouterr().out
+
+
+def test_run_severity_on_the_keras_archives_pooled_folder_is_a_one_line_error(tmp_path, capsys):
+    from tests.conftest import synthetic_ct, write_nifti
+    data = tmp_path / "keras"
+    for i in range(8):
+        write_nifti(data / f"CT-0/a{i}.nii.gz", synthetic_ct(seed=i))
+        write_nifti(data / f"CT-23/b{i}.nii.gz", synthetic_ct(seed=10 + i))
+    assert main(["--data", str(data), "--studies-dir", str(tmp_path / "s"), "--task", "severity", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "CT-23 pools CT-2 and CT-3" in err

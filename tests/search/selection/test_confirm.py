@@ -312,3 +312,27 @@ def test_confirm_stored_decision_is_none_before_a_confirmation():
     assert stored_decision(study) is None
     study.set_user_attr(schema.STUDY_CONFIRMATION, STORED_DECISION)
     assert stored_decision(study) == Decision.from_dict(STORED_DECISION)
+
+
+def _graded_runs(rng: np.random.Generator, separation: dict[str, float], n_val: int = 60) -> dict:
+    """Ordinal runs: each model's stored score = grade x separation + noise, 4 grades, the same grades for all."""
+    runs = {}
+    for repeat, fold in FOLDS:
+        labels = np.repeat([0, 1, 2, 3], n_val // 4)
+        for key, sep in separation.items():
+            score = sep * labels + rng.normal(size=labels.size)
+            auc = float(np.mean([np.mean(score[labels >= k][:, None] > score[labels < k][None, :]) for k in (1, 2, 3)]))
+            runs[(key, repeat, fold)] = RunResult(key, repeat, fold, auc, tuple(labels.tolist()), tuple(score.tolist()))
+    return runs
+
+
+def test_confirm_on_grades_keeps_the_baseline_on_noise_and_takes_a_clearly_better_candidate():
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=500)
+    candidates = _candidates(2)
+    switched = sum(not decide(candidates, _graded_runs(np.random.default_rng(s), {c.key: 0.8 for c in candidates}),
+                              FOLDS, settings).recommended.baseline for s in range(30))
+    assert switched <= 3
+    chosen = [decide(candidates, _graded_runs(np.random.default_rng(s), {BASELINE_KEY: 0.3, "trial1": 0.3,
+                                                                         "trial2": 2.0}), FOLDS, settings)
+              .recommended.key for s in range(10)]
+    assert chosen.count("trial2") >= 9

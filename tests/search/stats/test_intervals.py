@@ -134,3 +134,36 @@ def test_interval_to_dict_round_trips_through_json():
     ci = bootstrap_auc(LABELS, PROBS, 100, seed=0)
     d = ci.to_dict()
     assert Interval(**json.loads(json.dumps(d))) == ci
+
+
+def test_grade_auc_rows_is_auc_rows_for_binary_labels_and_the_mean_threshold_auc_for_grades():
+    from search.stats.intervals import grade_auc_rows
+    assert np.array_equal(grade_auc_rows(LABELS, PROBS), auc_rows(LABELS, PROBS))
+    rng = np.random.default_rng(5)
+    grades = rng.integers(0, 4, 50)
+    score = grades + rng.normal(size=50)
+    expected = np.mean([roc_auc_score(grades >= k, score) for k in (1, 2, 3)])
+    assert grade_auc_rows(grades, score)[0] == pytest.approx(expected)
+    assert math.isnan(grade_auc_rows(np.zeros(5, int), np.arange(5.0))[0])
+
+
+def test_bootstrap_of_grades_keeps_every_grades_count_and_brackets_the_estimate():
+    rng = np.random.default_rng(6)
+    grades = rng.integers(0, 4, 60)
+    score = grades + rng.normal(size=60)
+    rows = stratified_resamples(grades, 200, seed=0)
+    for row in rows[:20]:
+        assert np.array_equal(np.bincount(grades[row], minlength=4), np.bincount(grades, minlength=4))
+    ci = bootstrap_auc(grades, score, n_resamples=500)
+    assert ci.low < ci.estimate < ci.high
+    worse = score + rng.normal(0, 3, 60)
+    diff = bootstrap_auc_difference(grades, score, worse, n_resamples=500)
+    assert diff.estimate > 0 and diff.low > 0  # much noisier scores rank the grades significantly worse
+
+
+def test_binary_bootstrap_intervals_are_unchanged_by_the_grade_generalisation():
+    # the resamples draw class 0 then class 1, as before: the same seeded rows and interval
+    rng = np.random.default_rng(0)
+    parts = [np.flatnonzero(LABELS == 0), np.flatnonzero(LABELS == 1)]
+    expected = np.concatenate([rng.choice(part, size=(100, part.size)) for part in parts], axis=1)
+    assert np.array_equal(stratified_resamples(LABELS, 100, seed=0), expected)

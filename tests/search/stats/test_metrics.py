@@ -58,3 +58,53 @@ def test_binary_metrics_to_dict_round_trips_through_json():
     assert json.loads(json.dumps(d)) == d
     assert set(d) == {"auc", "accuracy", "sensitivity", "specificity", "threshold", "n", "tp", "fp", "tn", "fn"}
     assert all(type(d[k]) is int for k in ("n", "tp", "fp", "tn", "fn"))
+
+
+# Ordinal grading: the mean "grade >= k" AUC and the reported metrics, against scikit-learn.
+
+def _graded(seed=0, n=60, k=4, noise=1.0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    z = labels + rng.normal(0, noise, n)
+    cuts = np.arange(k - 1) + 0.5
+    return labels, 1 / (1 + np.exp(-(z[:, None] - cuts)))
+
+
+def test_ordinal_metrics_match_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix
+
+    from search.stats.metrics import grade_distribution, ordinal_metrics, predicted_grade
+    labels, cum = _graded()
+    m = ordinal_metrics(labels, cum)
+    per_k = [roc_auc_score(labels >= k, cum[:, k - 1]) for k in (1, 2, 3)]
+    assert m.auc_at_least == pytest.approx(per_k) and m.auc == pytest.approx(np.mean(per_k))
+    pred = predicted_grade(cum)
+    assert np.array_equal(pred, (cum >= 0.5).sum(axis=1))
+    assert m.qwk == pytest.approx(cohen_kappa_score(labels, pred, weights="quadratic"))
+    assert m.mae == pytest.approx(np.mean(np.abs(pred - labels)))
+    assert m.balanced_accuracy == pytest.approx(balanced_accuracy_score(labels, pred))
+    assert m.confusion == tuple(map(tuple, confusion_matrix(labels, pred, labels=[0, 1, 2, 3]).tolist()))
+    dist = grade_distribution(cum)
+    assert np.allclose(dist.sum(axis=1), 1) and m.macro_auc == pytest.approx(
+        roc_auc_score(labels, dist, multi_class="ovr", average="macro"))
+    json.dumps(m.to_dict())  # JSON-ready
+
+
+def test_ordinal_auc_on_a_fold_missing_a_grade_averages_the_thresholds_it_holds():
+    from search.stats.metrics import ordinal_metrics
+    labels, cum = _graded(seed=1)
+    keep = labels != 2
+    m = ordinal_metrics(labels[keep], cum[keep])
+    # "grade >= 2" and "grade >= 3" are the same split of this fold: it counts once
+    expected = np.mean([roc_auc_score(labels[keep] >= k, cum[keep].sum(axis=1)) for k in (1, 3)])
+    assert m.auc == pytest.approx(expected) and math.isnan(m.macro_auc)
+
+
+def test_task_metrics_dispatch_and_binary_is_unchanged():
+    from search.stats.metrics import BinaryMetrics, OrdinalMetrics, severity_score, task_metrics
+    labels, cum = _graded()
+    assert isinstance(task_metrics(labels, cum), OrdinalMetrics)
+    y = (labels >= 2).astype(int)
+    p = cum[:, 1]
+    assert task_metrics(y, p) == binary_metrics(y, p) and isinstance(task_metrics(y, p), BinaryMetrics)
+    assert np.array_equal(severity_score(p), p) and np.allclose(severity_score(cum), cum.sum(axis=1))

@@ -99,3 +99,46 @@ def test_keep_freed_memory_is_taken_by_glibc_on_linux():
 
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected
+
+
+def test_task_loss_at_two_grades_is_the_binary_cross_entropy():
+    from search.training.loop import task_loss
+    logits, labels = torch.tensor([0.3, -1.2, 2.0]), torch.tensor([1.0, 0.0, 1.0])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    assert torch.equal(task_loss(logits, labels), expected)
+    # one cumulative logit (K = 2 as an ordinal head) gives the same loss
+    assert torch.allclose(task_loss(logits.reshape(-1, 1), labels), expected)
+
+
+def test_task_loss_for_grades_sums_the_threshold_losses_and_reaches_cutpoints_and_trunk():
+    from search.training.loop import task_loss
+    logits = torch.tensor([[2.0, 0.5, -1.0], [-0.5, -1.0, -3.0]])
+    labels = torch.tensor([2.0, 0.0])
+    targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    manual = -(targets * torch.nn.functional.logsigmoid(logits)
+               + (1 - targets) * torch.nn.functional.logsigmoid(-logits)).sum(dim=1).mean()
+    assert torch.allclose(task_loss(logits, labels), manual)
+    model = build(ArchSpec(levels=(LevelSpec(4),), padding="same", head_units=()), grades=4)
+    x = torch.rand(4, 1, 8, 12, 10)
+    task_loss(model(x), torch.tensor([0.0, 1.0, 2.0, 3.0])).backward()
+    for name in ("head.cuts.first", "head.cuts.gaps", "head.out.weight", "features.level1.block.conv1.conv.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+def test_fit_trains_an_ordinal_head_and_scores_the_mean_grade_auc():
+    from search.stats.metrics import OrdinalMetrics
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0.0, 1.0, 2.0, 3.0] * 4)
+    volumes = (torch.rand(16, 1, 8, 12, 10, generator=g) + labels.view(-1, 1, 1, 1, 1)).half()
+    data = Tensors(volumes, labels)
+    torch.manual_seed(0)
+    model = build(ArchSpec(levels=(LevelSpec(4),), padding="same", head_units=(), dropout=0.0), grades=4)
+    result = fit(model, data, data, optimizer="adam", lr=3e-3, weight_decay=0.0, batch_size=4, epochs=6,
+                 device=torch.device("cpu"), seed=0, augment=None)
+    metrics = result.history[-1].val
+    assert isinstance(metrics, OrdinalMetrics) and metrics.grades == 4
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert metrics.auc > 0.9  # the grade is the mean voxel value: trivially learnable
+    probs = search.training.loop.predict_probs(model, volumes, torch.device("cpu"))
+    assert probs.shape == (16, 3) and (probs[:, 1:] <= probs[:, :-1]).all()
