@@ -5,6 +5,8 @@ against its AUCs on fresh folds, and the recommendation. ``validation_section`` 
 and the seed baseline at each stage, from the search's cross-validated AUC to the confirmation and to the
 locked test part that python -m search.export scored once (read from the model folder's metrics.json), so
 the optimism of validation shows at a glance; or a note saying what to run when there is no export.
+Every AUC is named for the study's task (``search.study.notes.ScoreName``): the ROC AUC of a binary task,
+the mean "grade >= k" AUC of an ordinal one.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from search.model.folder import MAX_METRICS_BYTES, METRICS, ModelDirError, read_
 from search.pages.html import figure, fmt, note, table
 from search.selection.confirm import Decision, stored_decision
 from search.stats.intervals import Interval
+from search.study.notes import BINARY_SCORE, ScoreName, study_score_name
 from space import describe_spec
 
-AUC_NAME = "CV AUC"  # the whole report's name for the mean final-epoch validation AUC over the non-test folds
+AUC_NAME = BINARY_SCORE.cv  # a binary study's name for the mean final-epoch validation AUC over the non-test folds
 MODEL_COLOUR, BASELINE_COLOUR = "#e45756", "#f2b701"  # as the Pareto front and the seed baseline's star
 
 
@@ -35,7 +38,7 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def confirmation_figure(decision: Decision) -> go.Figure:
+def confirmation_figure(decision: Decision, score: ScoreName = BINARY_SCORE) -> go.Figure:
     """Each candidate's search score (+- SE) beside its confirmed fold AUCs and their mean.
 
     A candidate's search score was the best of many noisy trials, so it tends to sit above what fresh
@@ -49,7 +52,7 @@ def confirmation_figure(decision: Decision) -> go.Figure:
     fig.add_trace(go.Scatter(
         x=[i - 0.18 for i in range(len(rows))], y=[_number(r.search_score) for r in rows],
         error_y={"type": "data", "array": [_number(r.search_se) for r in rows], "width": 6},
-        mode="markers", name=f"{AUC_NAME} in the search, +- SE", marker={"symbol": "diamond-open", "size": 11,
+        mode="markers", name=f"{score.cv} in the search, +- SE", marker={"symbol": "diamond-open", "size": 11,
                                                                           "color": "#52606d"}))
     folds_x, folds_y = [], []
     for i, r in enumerate(rows):
@@ -70,7 +73,7 @@ def confirmation_figure(decision: Decision) -> go.Figure:
                 fig.add_hline(y=r.confirmed, line={"dash": "dash", "color": BASELINE_COLOUR, "width": 1})
     names = [("seed baseline" if r.baseline else r.key) + ("<br><b>recommended</b>" if r.key == recommended else "")
              for r in rows]
-    fig.update_layout(title="Confirmation on fresh folds", yaxis_title="ROC AUC",
+    fig.update_layout(title="Confirmation on fresh folds", yaxis_title=score.metric,
                       legend={"orientation": "h", "y": -0.2},
                       xaxis={"tickmode": "array", "tickvals": list(range(len(rows))), "ticktext": names,
                              "range": [-0.5, len(rows) - 0.5]})
@@ -82,19 +85,23 @@ def confirmation_section(study: optuna.Study) -> str:
     decision = stored_decision(study)
     if not decision:
         return note("No confirmation yet: run python -m search.run --confirm-only (export needs it).")
+    score = study_score_name(study)
     rows = []
     for r in decision.candidates:
         rows.append([html.escape(r.key), fmt(r.search_score), fmt(r.search_se),
                      " / ".join(fmt(v) for v in r.fold_aucs), fmt(r.confirmed), fmt(r.difference, "+.3f"),
                      fmt(r.difference_low, "+.3f"), "yes" if r.beats_baseline else "no",
                      html.escape(describe_spec(r.spec))])
-    cells_table = table(["candidate", AUC_NAME + " (search)", "+- SE", "fold AUCs (fresh folds)", "confirmed",
-                         "minus baseline", "lower bound", "beats baseline", "architecture"], rows, "confirmation-table")
+    cells_table = table(["candidate", score.cv + " (search)", "+- SE", f"fold {score.short}s (fresh folds)",
+                         "confirmed", "minus baseline", "lower bound", "beats baseline", "architecture"], rows,
+                        "confirmation-table")
     rec = decision.recommended
     words = (f"<p><b>Recommended: {html.escape(rec.key)}</b>: {html.escape(rec.why)}.</p>"
              + note(f"Rule: {decision.rule}. Settings: {decision.settings.to_dict()}. Runs are trials of the study "
                     f"{decision.companion_study or '-'!r} in the same storage (see optuna-dashboard)."))
-    plot = figure(confirmation_figure(decision), "fig-confirmation")
+    if score.ordinal:
+        words += note(f"Every AUC here, the paired difference too, is the {score.long}: {score.meaning}.")
+    plot = figure(confirmation_figure(decision, score), "fig-confirmation")
     return f'<div class="row"><div class="col">{plot}</div><div class="col">{words}</div></div>{cells_table}'
 
 
@@ -175,22 +182,28 @@ def export_scores(metrics: dict) -> list[Scores]:
                     test["baseline"])]
 
 
-STAGES = ("search<br>CV AUC +- SE", "confirmation<br>fresh folds", "locked test part<br>AUC, 95% CI")
+def stages(score: ScoreName = BINARY_SCORE) -> tuple[str, str, str]:
+    """The validation figure's three stages, their score named for the task."""
+    return (f"search<br>{score.cv} +- SE", "confirmation<br>fresh folds", f"locked test part<br>{score.short}, 95% CI")
+
+
+STAGES = stages()
 
 
 def _below(value: float | None, bound: float | None) -> float | None:
     return None if value is None or bound is None else value - bound
 
 
-def validation_figure(rows: list[Scores]) -> go.Figure:
+def validation_figure(rows: list[Scores], score: ScoreName = BINARY_SCORE) -> go.Figure:
     """Each model's AUC at the three stages, joined by a dotted line: its fall to the test AUC is the optimism."""
     fig = go.Figure()
+    names = stages(score)
     for i, r in enumerate(rows):
         shift = 0.1 * (2 * i - len(rows) + 1)  # model left of the stage, baseline right: their bars stay apart
         colour = BASELINE_COLOUR if r.is_baseline else MODEL_COLOUR
         y = [r.search, r.confirmed, r.test]
         fig.add_trace(go.Scatter(
-            x=[stage + shift for stage in range(len(STAGES))], y=y, name=r.label, mode="lines+markers+text",
+            x=[stage + shift for stage in range(len(names))], y=y, name=r.label, mode="lines+markers+text",
             line={"color": colour, "dash": "dot"}, cliponaxis=False,
             marker={"color": colour, "size": 14 if r.is_baseline else 10, "line": {"width": 1, "color": "#222"},
                     "symbol": "star" if r.is_baseline else "circle"},
@@ -202,38 +215,50 @@ def validation_figure(rows: list[Scores]) -> go.Figure:
             hovertemplate=f"{html.escape(r.label)}: %{{y:.3f}}<extra></extra>"))
     fig.add_hline(y=0.5, line={"dash": "dash", "color": "#9aa5b1", "width": 1}, annotation_text="chance",
                   annotation_position="bottom right")
-    fig.update_layout(title="ROC AUC from search to locked test", yaxis_title="ROC AUC", showlegend=True,
+    fig.update_layout(title=f"{score.metric} from search to locked test", yaxis_title=score.metric, showlegend=True,
                       legend={"orientation": "h", "y": -0.2},
-                      xaxis={"tickmode": "array", "tickvals": list(range(len(STAGES))), "ticktext": list(STAGES),
-                             "range": [-0.5, len(STAGES) - 0.5]})
+                      xaxis={"tickmode": "array", "tickvals": list(range(len(names))), "ticktext": list(names),
+                             "range": [-0.5, len(names) - 0.5]})
     return fig
 
 
-def _validation_table(rows: list[Scores]) -> str:
+def _validation_table(rows: list[Scores], score: ScoreName = BINARY_SCORE) -> str:
     cells = [[html.escape(r.label), f"{fmt(r.search)} +- {fmt(r.search_se)}", fmt(r.confirmed),
               f"<b>{fmt(r.test)}</b> ({fmt(r.test_low)} to {fmt(r.test_high)})", fmt(r.optimism, "+.3f")]
              for r in rows]
-    return table(["", f"{AUC_NAME} (search) +- SE", "confirmed", "test AUC (95% CI)", "optimism (confirmed - test)"],
+    return table(["", f"{score.cv} (search) +- SE", "confirmed", f"test {score.short} (95% CI)",
+                  "optimism (confirmed - test)"],
                  cells, "validation-table")
 
 
-def _test_part_lines(metrics: dict, n_trials: int) -> str:
+def _test_counts(test: dict, classes: list) -> str:
+    """`` (3 CT-0, 2 CT-2 or CT-3)`` for a binary test part; the scans per grade where the file gives them."""
+    if len(classes) <= 2:
+        return f" ({test['n_negative']} {classes[0]}, {test['n_positive']} {classes[1]})"
+    per_grade = test.get("n_per_grade")  # an ordinal export's counts, where it records them
+    if isinstance(per_grade, list) and len(per_grade) == len(classes):
+        return " (" + ", ".join(f"{n} {name}" for n, name in zip(per_grade, classes, strict=True)) + ")"
+    return ""
+
+
+def _test_part_lines(metrics: dict, n_trials: int, score: ScoreName = BINARY_SCORE) -> str:
     """The test part's size, the model-minus-baseline AUC difference, and whether the export is stale."""
     test = metrics["test"]
     classes = (metrics.get("task") or {}).get("classes") or ["negative", "positive"]
-    lines = [f"Locked test part: {test['n']} scans ({test['n_negative']} {classes[0]}, {test['n_positive']} "
-             f"{classes[1]}), scored once by python -m search.export ({metrics.get('created', 'date not recorded')})."]
+    lines = [f"Locked test part: {test['n']} scans{_test_counts(test, classes)}, scored once by python -m "
+             f"search.export ({metrics.get('created', 'date not recorded')})."]
     diff = test.get("auc_difference")
     if test["baseline_is_model"]:
-        lines.append("The exported model is the seed baseline itself: there is no difference in AUC to show.")
+        lines.append(f"The exported model is the seed baseline itself: there is no difference in {score.short} "
+                     "to show.")
     elif diff:
         interval = Interval(**diff)
         spans = interval.low <= 0 <= interval.high
-        lines.append(f"Difference in test AUC, model minus seed baseline: {interval.text()}"
+        lines.append(f"Difference in test {score.short}, model minus seed baseline: {interval.text()}"
                      + ("; the interval holds 0, so this test part cannot tell the two apart." if spans else "."))
     else:
         reason = (metrics.get("baseline") or {}).get("note") or "the seed baseline was not tested"
-        lines.append(f"No difference in AUC: {reason}.")
+        lines.append(f"No difference in {score.short}: {reason}.")
     exported_with = (metrics.get("study") or {}).get("n_trials")
     if exported_with is not None and exported_with != n_trials:
         lines.append(f"Exported when the study had {exported_with} trials; it has {n_trials} now, so the "
@@ -244,15 +269,16 @@ def _test_part_lines(metrics: dict, n_trials: int) -> str:
 def validation_section(study: optuna.Study, model_dir: Path, studies_dir: str) -> str:
     """The export's scores as a figure and a table, with the test part's size; or a note saying why not."""
     command = export_command(study.study_name, studies_dir)
+    score = study_score_name(study)
     try:
         metrics = load_export_metrics(model_dir, study.study_name, command)
         rows = export_scores(metrics)
-        lines = _test_part_lines(metrics, len(study.trials))
+        lines = _test_part_lines(metrics, len(study.trials), score)
     except NoExport as e:
         return note(str(e))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         return note(f"{model_dir / METRICS} lacks what this section needs ({type(e).__name__}: {e}); export "
                     f"again: {command}")
-    plot = figure(validation_figure(rows), "fig-validation")
-    return (f'<div class="row"><div class="col">{plot}</div><div class="col">{_validation_table(rows)}{lines}'
+    plot = figure(validation_figure(rows, score), "fig-validation")
+    return (f'<div class="row"><div class="col">{plot}</div><div class="col">{_validation_table(rows, score)}{lines}'
             f"{note(f'From {model_dir / METRICS}.')}</div></div>")

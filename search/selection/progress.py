@@ -14,12 +14,13 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from search.study import schema
+from search.study.notes import BINARY_SCORE, ScoreName, study_score_name
 from search.training.loop import EpochResult
 from space import describe_spec
 
 
-def trial_line(trial: FrozenTrial, total: int | None = None) -> str:
-    """One line about a finished trial."""
+def trial_line(trial: FrozenTrial, total: int | None = None, score: ScoreName = BINARY_SCORE) -> str:
+    """One line about a finished trial, its score named for the study's task (``CV AUC``, ``CV grade>=k AUC``)."""
     of = f"/{total}" if total else ""
     attrs = trial.user_attrs
     tag = " [baseline]" if attrs.get(schema.BASELINE) else ""
@@ -32,7 +33,7 @@ def trial_line(trial: FrozenTrial, total: int | None = None) -> str:
     if trial.state == TrialState.COMPLETE:
         value = trial.values[0]
         se = attrs.get(schema.SCORE_SE)
-        head = f"CV AUC {value:.3f}" + (f" +- {se:.3f}" if se is not None else "")
+        head = f"{score.cv} {value:.3f}" + (f" +- {se:.3f}" if se is not None else "")
     elif trial.state == TrialState.PRUNED:
         head = f"pruned ({attrs.get(schema.PRUNE_REASON, 'by the pruner')})"
     else:
@@ -76,12 +77,14 @@ class SearchProgress:
         """Optuna callback: print the trial's line, advance the bar, show the best AUC so far."""
         self._close_epoch_bar(trial.number)
         self.done += 1
-        line = trial_line(trial, None)
+        score = study_score_name(study)
+        line = trial_line(trial, None, score)
         if self.interactive:
             self.trials_bar.write(line)
             best = best_auc(study)
             if best is not None:
-                self.trials_bar.set_postfix(best_cv_auc=f"{best:.3f}")
+                key = "best_cv_grade_auc" if score.ordinal else "best_cv_auc"
+                self.trials_bar.set_postfix({key: f"{best:.3f}"})
             self.trials_bar.update()
         else:
             print(f"[{self.done}/{self.n_trials}] {line}", flush=True)
@@ -112,7 +115,11 @@ def best_auc(study: optuna.Study) -> float | None:
 
 
 def summary_table(study: optuna.Study, top: int = 5) -> str:
-    """The top trials by validation AUC, with costs and key choices, and the study's state counts."""
+    """The top trials by validation AUC, with costs and key choices, and the study's state counts.
+
+    The score is named for the study's task: ``CV AUC``, or ``CV grade>=k AUC`` for an ordinal one.
+    """
+    score = study_score_name(study)
     trials = study.get_trials(deepcopy=False)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.values[0])
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
@@ -120,18 +127,20 @@ def summary_table(study: optuna.Study, top: int = 5) -> str:
               + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ")")
     if not complete:
         return header + "\nno complete trial yet"
-    rows = [f"{'rank':>4} {'trial':>5} {'CV AUC':>7} {'+- SE':>6} {'params':>8} {'GFLOPs':>7}  architecture"]
+    width = max(7, len(score.cv))
+    rows = [f"{'rank':>4} {'trial':>5} {score.cv:>{width}} {'+- SE':>6} {'params':>8} {'GFLOPs':>7}  architecture"]
     for rank, t in enumerate(complete[:top], start=1):
         a = t.user_attrs
         tag = " (seed baseline)" if a.get(schema.BASELINE) else ""
         se = a.get(schema.SCORE_SE)
-        rows.append(f"{rank:>4} {t.number:>5} {t.values[0]:>7.3f} {se if se is not None else math.nan:>6.3f} "
+        rows.append(f"{rank:>4} {t.number:>5} {t.values[0]:>{width}.3f} {se if se is not None else math.nan:>6.3f} "
                     f"{a.get(schema.PARAMS, 0) / 1e6:>7.2f}M {a.get(schema.GFLOPS, math.nan):>7.2f}  "
                     f"{describe_spec(a.get(schema.SPEC))}{tag}")
     baseline = next((t for t in complete if t.user_attrs.get(schema.BASELINE)), None)
     if baseline is not None and baseline not in complete[:top]:
         rank = complete.index(baseline) + 1
-        rows.append(f"seed baseline: rank {rank}, trial {baseline.number}, CV AUC {baseline.values[0]:.3f}")
-    rows.append("CV AUC: mean final-epoch validation AUC over the folds of the non-test scans; the confirmation "
-                "stage, not this ranking, picks the recommended model")
+        rows.append(f"seed baseline: rank {rank}, trial {baseline.number}, {score.cv} {baseline.values[0]:.3f}")
+    what = f" ({score.long})" if score.ordinal else ""
+    rows.append(f"{score.cv}: mean final-epoch validation {score.short}{what} over the folds of the non-test scans; "
+                "the confirmation stage, not this ranking, picks the recommended model")
     return "\n".join([header, *rows])

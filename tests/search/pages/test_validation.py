@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from search.pages.validation import (
+    STAGES,
     NoExport,
     Scores,
     _number,
@@ -20,10 +21,12 @@ from search.pages.validation import (
     export_command,
     export_scores,
     load_export_metrics,
+    validation_figure,
     validation_section,
 )
 from search.selection.confirm import Decision
 from search.study import schema
+from search.study.notes import score_name
 from space import baseline, baseline_train, describe_spec, same_padding
 
 BASE_SPEC = baseline().to_dict()
@@ -254,3 +257,44 @@ def test_validation_section_table_shows_each_models_scores_and_optimism(tmp_path
     table = section.split('id="validation-table"')[1].split("</table>")[0]
     assert "<td>0.810 +- 0.040</td><td>0.770</td><td><b>0.600</b> (0.300 to 0.850)</td><td>+0.170</td>" in table
     assert "<td>0.620 +- 0.050</td><td>0.650</td><td><b>0.700</b> (0.400 to 0.900)</td><td>-0.050</td>" in table
+
+
+def _severity_study(decision: dict | None = None) -> optuna.Study:
+    study = _study(decision)
+    study.set_user_attr(schema.STUDY_SETTINGS, {"task": "severity"})
+    return study
+
+
+def test_confirmation_section_of_a_severity_study_names_and_defines_its_auc():
+    section = html.unescape(confirmation_section(_severity_study(_decision())))
+    assert "<th>CV grade>=k AUC (search)</th>" in section and "<th>fold grade>=k AUCs (fresh folds)</th>" in section
+    assert "Every AUC here, the paired difference too, is the mean AUC of grade >= k (k = 1..3)" in section
+    assert "<th>CV AUC (search)</th>" not in section
+
+
+def test_confirmation_figure_of_a_severity_study_names_its_axis_and_search_scores():
+    fig = confirmation_figure(Decision.from_dict(_decision()), score_name("severity"))
+    assert fig.layout.yaxis.title.text == "mean grade>=k AUC"
+    assert fig.data[0].name == "CV grade>=k AUC in the search, +- SE"
+    binary = confirmation_figure(Decision.from_dict(_decision()))
+    assert binary.layout.yaxis.title.text == "ROC AUC" and binary.data[0].name == "CV AUC in the search, +- SE"
+
+
+def test_validation_figure_of_a_severity_study_names_each_stage_and_axis():
+    fig = validation_figure(export_scores(_metrics()), score_name("severity"))
+    assert fig.layout.title.text == "mean grade>=k AUC from search to locked test"
+    assert list(fig.layout.xaxis.ticktext) == ["search<br>CV grade>=k AUC +- SE", "confirmation<br>fresh folds",
+                                               "locked test part<br>grade>=k AUC, 95% CI"]
+    assert list(validation_figure(export_scores(_metrics())).layout.xaxis.ticktext) == list(STAGES)
+
+
+def test_test_part_lines_of_an_ordinal_export_count_the_grades_it_gives_and_name_the_auc():
+    metrics = _metrics()
+    metrics["task"]["classes"] = ["CT-0", "CT-1", "CT-2", "CT-3 or CT-4"]
+    del metrics["test"]["n_negative"], metrics["test"]["n_positive"]
+    lines = html.unescape(_test_part_lines(metrics, 2, score_name("severity")))
+    assert "Locked test part: 7 scans, scored once" in lines
+    assert "Difference in test grade>=k AUC, model minus seed baseline" in lines
+    metrics["test"]["n_per_grade"] = [2, 2, 2, 1]
+    lines = html.unescape(_test_part_lines(metrics, 2, score_name("severity")))
+    assert "Locked test part: 7 scans (2 CT-0, 2 CT-1, 2 CT-2, 1 CT-3 or CT-4), scored once" in lines

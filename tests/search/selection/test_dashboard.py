@@ -52,3 +52,28 @@ def test_write_study_note_replaces_the_dashboards_study_note(tmp_path):
     write_study_note(study)
     stored = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)
     assert stored["body"] == study_note(study) and stored["version"] == 2
+
+
+def test_study_note_of_a_severity_study_says_which_auc_it_scores(tmp_path):
+    study = _confirmed_study(tmp_path)
+    study.set_user_attr(schema.STUDY_SETTINGS, {**study.user_attrs[schema.STUDY_SETTINGS], "task": "severity"})
+    auc = {"estimate": 0.7, "low": 0.6, "high": 0.8, "confidence": 0.95, "method": "stratified bootstrap"}
+    study.set_user_attr(schema.STUDY_EXPORTED, {
+        "trial": 0, "baseline": True, "folder": "m",
+        "test": {"n": 24, "model": {"auc": auc}, "baseline": {"auc": auc}, "baseline_is_model": True,
+                 "auc_difference": None}})
+    note = study_note(study)
+    assert "- Score: every AUC here (the search's, the confirmation's, the test's) is the mean AUC of grade >= k " \
+           "(k = 1..3)" in note
+    assert "locked test part (24 scans, evaluated once): grade>=k AUC 0.700" in note
+
+
+def test_study_note_of_a_binary_study_has_no_score_line(tmp_path):
+    assert "- Score:" not in study_note(_confirmed_study(tmp_path))
+
+
+def test_write_study_note_names_a_severity_studys_objectives_for_its_task(tmp_path):
+    study = _confirmed_study(tmp_path)
+    study.set_user_attr(schema.STUDY_SETTINGS, {**study.user_attrs[schema.STUDY_SETTINGS], "task": "severity"})
+    write_study_note(study)
+    assert study.metric_names == ["CV mean AUC of grade >= k (k = 1..3) (search score)"]

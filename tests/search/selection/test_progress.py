@@ -13,6 +13,7 @@ from optuna.trial import TrialState, create_trial
 
 from search.selection.progress import SearchProgress, best_auc, summary_table, trial_line
 from search.study import schema
+from search.study.notes import score_name
 from space import baseline, describe_spec
 
 SPEC = baseline().to_dict()
@@ -141,3 +142,35 @@ def test_summary_table_lists_at_most_top_trials(top):
     study = _study(*(_done(v) for v in (0.5, 0.6, 0.7, 0.8)))
     rows = [line for line in summary_table(study, top=top).splitlines() if line[:4].strip().isdigit()]
     assert len(rows) == top and not math.isnan(float(rows[0].split()[2]))
+
+
+def _severity(study: optuna.Study) -> optuna.Study:
+    study.set_user_attr(schema.STUDY_SETTINGS, {"task": "severity"})
+    return study
+
+
+def test_trial_line_of_a_severity_trial_names_the_mean_grade_auc():
+    trial = _frozen(value=0.7125, user_attrs={schema.SCORE_SE: 0.03})
+    assert trial_line(trial, score=score_name("severity")) == "trial 0: CV grade>=k AUC 0.713 +- 0.030"
+
+
+def test_search_progress_of_a_severity_study_names_its_score_in_lines_and_bar(capsys):
+    study = _severity(_study(_done(0.6), _done(0.75)))
+    logged = SearchProgress(n_trials=2, epochs=1, enabled=False)
+    logged.on_trial_end(study, study.trials[0])
+    assert capsys.readouterr().out == "[1/2] trial 0: CV grade>=k AUC 0.600, 1.50M params, 2.25 GFLOPs\n"
+    bars = SearchProgress(n_trials=2, epochs=1, enabled=True)
+    bars.on_trial_end(study, study.trials[1])
+    assert bars.trials_bar.postfix == "best_cv_grade_auc=0.750"
+    bars.close()
+    logged.close()
+
+
+def test_summary_table_of_a_severity_study_names_and_defines_its_score():
+    study = _severity(_study(_done(0.9), _done(0.8), _done(0.3, **{schema.BASELINE: True})))
+    lines = summary_table(study, top=2).splitlines()
+    assert lines[1].split()[:4] == ["rank", "trial", "CV", "grade>=k"]
+    assert lines[1].index("grade>=k AUC") + len("grade>=k AUC") == lines[2].index("0.900") + len("0.900")
+    assert "seed baseline: rank 3, trial 2, CV grade>=k AUC 0.300" in lines
+    assert lines[-1].startswith("CV grade>=k AUC: mean final-epoch validation grade>=k AUC (mean AUC of grade >= k "
+                                "(k = 1..3)) over the folds")
