@@ -33,6 +33,7 @@ so its probabilities equal predict's (``--device "$torch.device('cuda:0')"`` mov
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from importlib import metadata as package_metadata
@@ -49,6 +50,8 @@ from search.model.folder import (
     CARD,
     ENSEMBLE,
     MAX_CARD_BYTES,
+    MAX_METRICS_BYTES,
+    METRICS,
     PREPROCESS,
     SPEC,
     WEIGHTS,
@@ -57,6 +60,7 @@ from search.model.folder import (
     ModelInfo,
     load_model,
     read_file,
+    read_json,
     read_optional,
     write_json,
 )
@@ -70,6 +74,7 @@ INFERENCE = "configs/inference.json"
 MODELS = "models"
 MODEL_PT = "models/model.pt"
 README = "docs/README.md"
+LICENSE = "LICENSE"
 PREDICTIONS = "predictions.csv"
 IMAGE_KEY = "image"
 PRED_KEY = "pred"
@@ -205,7 +210,19 @@ def _channels(info: ModelInfo, grades: int) -> tuple[dict, dict]:
             {str(k): f"P(grade {k}{names[k]})" for k in range(grades)})
 
 
-def bundle_metadata(info: ModelInfo, grades: int, phantoms: bool | None) -> dict:
+def eval_metrics_of(model_dir: Path) -> dict:
+    """The locked-test figures of ``metrics.json`` for ``eval_metrics``; empty where it has none or is unreadable."""
+    try:
+        test = read_json(model_dir / METRICS, MAX_METRICS_BYTES).get("test")
+        auc = test["model"]["auc"]
+        found = {"test_auc": float(auc["estimate"]), "test_auc_ci": [float(auc["low"]), float(auc["high"])],
+                 "test_scans": int(test["n"])}
+    except (ModelDirError, AttributeError, KeyError, TypeError, ValueError):
+        return {}
+    return found if all(math.isfinite(v) for v in (found["test_auc"], *found["test_auc_ci"])) else {}
+
+
+def bundle_metadata(info: ModelInfo, grades: int, phantoms: bool | None, eval_metrics: dict | None = None) -> dict:
     """``configs/metadata.json``: MONAI's required fields plus the project's input and output description."""
     d, h, w = info.preprocess.size
     described = info.to_dict()
@@ -245,6 +262,7 @@ def bundle_metadata(info: ModelInfo, grades: int, phantoms: bool | None) -> dict
         "data_type": "nibabel",
         "image_classes": "one channel: CT in HU, windowed and scaled to [0, 1]",
         "pred_classes": "; ".join(prob_channels.values()),
+        "eval_metrics": eval_metrics or {},
         "references": ["Morozov et al., MosMedData: chest CT scans with COVID-19 related findings dataset, "
                        "medRxiv 2020, doi:10.1101/2020.05.20.20100362"],
         "lungct_nas": {"preprocess": described["preprocess"], "input_steps": described["input"]["steps"],
@@ -275,12 +293,16 @@ def bundle_metadata(info: ModelInfo, grades: int, phantoms: bool | None) -> dict
 def _readme(model_dir: Path) -> str:
     """``docs/README.md``: how to run the bundle, then the model card (a note where the folder has none)."""
     run = (f"# lungct-nas model as a MONAI bundle\n\n{DISCLAIMER}\n\n"
-           "Needs MONAI and lungct-nas installed. Predict every `*.nii`/`*.nii.gz` in a folder:\n\n"
+           "Needs MONAI and lungct-nas installed (MONAI's command line also needs `fire`). Predict every "
+           "`*.nii`/`*.nii.gz` in a folder:\n\n"
            "```bash\npython -m monai.bundle run --config_file configs/inference.json --meta_file "
            "configs/metadata.json \\\n    --bundle_root . --dataset_dir /path/to/scans --output_dir eval\n```\n\n"
            f"Each scan's probabilities go to `eval/{PREDICTIONS}` (its path, then the probabilities; see "
            "`configs/metadata.json`), equal to `python -m search.predict` on the same scans. A scan that is not a "
-           "usable chest CT stops the run with the reason (`search.predict` skips it and goes on).\n\n")
+           "usable chest CT stops the run with the reason (`search.predict` skips it and goes on). It runs on the "
+           "CPU, as predict does; `--device \"\\$torch.device('cuda:0')\"` moves it. From Python: "
+           "`monai.bundle.run(config_file=..., meta_file=..., bundle_root=..., dataset_dir=..., output_dir=...)`."
+           "\n\n")
     try:
         card = read_file(model_dir / CARD, MAX_CARD_BYTES).decode("utf-8")
     except (ModelDirError, UnicodeDecodeError) as e:
@@ -314,7 +336,9 @@ def write_bundle(model_dir: Path, bundle_dir: Path) -> Path:
             if (model_dir / name).is_file():  # load_model read and checked each one it needs
                 shutil.copyfile(model_dir / name, tmp / MODELS / name)
         torch.save({k: v.contiguous() for k, v in network.state_dict().items()}, tmp / MODEL_PT)
-        write_json(tmp / METADATA, bundle_metadata(info, grades, read_optional(model_dir).trained_on_phantoms))
+        write_json(tmp / METADATA, bundle_metadata(info, grades, read_optional(model_dir).trained_on_phantoms,
+                                                   eval_metrics_of(model_dir)))
+        (tmp / LICENSE).write_text(f"{LICENCE}\n\n{DISCLAIMER}\n")
         write_json(tmp / INFERENCE, inference_config(config, grades))
         (tmp / README).write_text(_readme(model_dir))
         if bundle_dir.exists():

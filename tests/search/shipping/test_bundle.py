@@ -10,7 +10,10 @@ scans of ``shared/data/real-ct`` (stored RAS) with an LPS copy of each where the
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -24,11 +27,12 @@ from monai.data import decollate_batch
 from lungct.nifti import preprocess, read_scan
 from lungct.phantom.writing import write_phantom
 from lungct.records import PreprocessConfig, get_task
-from search.model.folder import ModelDirError, ModelInfo, load_model, save_model
+from search.model.folder import Ensemble, ModelDirError, ModelInfo, load_model, save_model
 from search.model.routing import DISCLAIMER
 from search.predict import predict_all
 from search.shipping.bundle import (
     INFERENCE,
+    LICENSE,
     METADATA,
     MODEL_PT,
     MODELS,
@@ -75,7 +79,8 @@ def model_dir(scans, tmp_path_factory) -> Path:
         model.head.out.bias.sub_(z.mean()).mul_(scale)
     save_model(directory, model, _spec(), TrainSpec(), ModelInfo.for_task(get_task("course"), config))
     (directory / "MODEL_CARD.md").write_text(CARD_TEXT)
-    (directory / "metrics.json").write_text(json.dumps({"data": {"phantoms": True}}))
+    (directory / "metrics.json").write_text(json.dumps({"data": {"phantoms": True}, "test": {
+        "n": 40, "model": {"auc": {"estimate": 0.81, "low": 0.7, "high": 0.9, "confidence": 0.95}}}}))
     return directory
 
 
@@ -144,7 +149,7 @@ def predict_predictions(model_dir, scans) -> dict[str, float]:
 
 
 def test_bundle_holds_monai_layout_and_the_model_folder_files(bundle, model_dir):
-    for name in (METADATA, INFERENCE, MODEL_PT, README, f"{MODELS}/spec.json", f"{MODELS}/weights.safetensors",
+    for name in (METADATA, INFERENCE, MODEL_PT, README, LICENSE, f"{MODELS}/spec.json", f"{MODELS}/weights.safetensors",
                  f"{MODELS}/preprocess.json"):
         assert (bundle / name).is_file(), name
     assert not list(bundle.parent.glob(".bundle.tmp.*"))
@@ -164,6 +169,7 @@ def test_bundle_metadata_describes_input_output_licence_and_disclaimer(bundle):
     assert meta["disclaimer"] == DISCLAIMER and DISCLAIMER in meta["intended_use"]
     assert "Apache-2.0" in meta["license"] and "CC BY-NC-ND 3.0" in meta["license"]
     assert "synthetic phantoms" in meta["data_source"]
+    assert meta["eval_metrics"] == {"test_auc": 0.81, "test_auc_ci": [0.7, 0.9], "test_scans": 40}
     assert meta["schema"].endswith(SCHEMA_FILE.name)
 
 
@@ -210,6 +216,18 @@ def test_bundle_run_matches_predict_on_real_ct_and_its_lps_copy(real_ct_dir, ste
     for path in (str(scans[stem]), str(scans[f"{stem}_lps"])):
         assert abs(bundle_predictions[path] - predict_predictions[path]) <= TOLERANCE, path
     assert abs(bundle_predictions[str(scans[f"{stem}_lps"])] - bundle_predictions[str(scans[stem])]) <= TOLERANCE
+
+
+def test_bundle_runs_from_monais_command_line(bundle, scans, tmp_path):
+    pytest.importorskip("fire", reason="python -m monai.bundle needs the fire package")
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / INFERENCE),
+                           "--meta_file", str(bundle / METADATA), "--bundle_root", str(bundle), "--dataset_dir",
+                           str(scans["phantom"].parent), "--output_dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(read_predictions(tmp_path / PREDICTIONS, channels=1)) == {str(p) for p in scans.values()}
 
 
 def test_bundle_predictions_differ_across_scans_so_the_comparison_can_fail(bundle_predictions):
@@ -272,6 +290,18 @@ def test_write_bundle_replaces_an_earlier_bundle_and_refuses_another_folder(mode
     with pytest.raises(FileExistsError, match="not a MONAI bundle"):
         write_bundle(model_dir, tmp_path / "other")
     assert (tmp_path / "other" / "keep.txt").is_file()
+
+
+def test_bundle_of_an_ensemble_outputs_its_combined_logit(tmp_path):
+    torch.manual_seed(1)
+    ensemble = Ensemble([build(_spec()), build(_spec())]).eval()
+    save_model(tmp_path / "model", ensemble, _spec(), TrainSpec(),
+               ModelInfo.for_task(get_task("course"), PreprocessConfig(SIZE)))
+    bundle = write_bundle(tmp_path / "model", tmp_path / "bundle")
+    assert (bundle / MODELS / "ensemble.json").is_file()
+    x = torch.rand(2, 1, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(load_network(bundle / MODELS)(x), ensemble(x).reshape(2, 1))
 
 
 def test_write_bundle_refuses_an_invalid_model_folder(model_dir, tmp_path):
