@@ -52,6 +52,7 @@ from space import ArchSpec, LevelSpec, TrainSpec, build, grade_probabilities
 from tests.conftest import REAL_CT_DIR
 
 SIZE = (16, 24, 32)  # non-cubic, so an axis mix-up between the bundle and predict shows
+MIXED = (48, 24, 32)
 TOLERANCE = 1e-4
 REAL_SCANS = ("example_ct.nii.gz", "example_ct_sm.nii.gz")
 OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
@@ -62,16 +63,14 @@ def _spec() -> ArchSpec:
     return ArchSpec(levels=(LevelSpec(4), LevelSpec(8)), padding="same", head_units=(8,))
 
 
-@pytest.fixture(scope="module")
-def model_dir(scans, tmp_path_factory) -> Path:
+def _model_dir(directory: Path, scans: list[Path], size: tuple[int, int, int]) -> Path:
     """A model folder with seeded weights whose output layer is rescaled so that the scans' logits spread over
     [-2, 2]: seeded weights alone give P near 0.5 for every scan, where a wrong input would go unseen."""
-    directory = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     model = build(_spec()).eval()
-    config = PreprocessConfig(SIZE)
+    config = PreprocessConfig(size)
     volumes = torch.stack([torch.from_numpy(preprocess(read_scan(str(p))[0], config).astype(np.float32))[None]
-                           for p in scans.values()])  # (N, 1, D, H, W)
+                           for p in scans])  # (N, 1, D, H, W)
     with torch.no_grad():
         z = model(volumes)
         scale = 4.0 / float(z.max() - z.min())
@@ -82,6 +81,11 @@ def model_dir(scans, tmp_path_factory) -> Path:
     (directory / "metrics.json").write_text(json.dumps({"data": {"phantoms": True}, "test": {
         "n": 40, "model": {"auc": {"estimate": 0.81, "low": 0.7, "high": 0.9, "confidence": 0.95}}}}))
     return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(scans, tmp_path_factory) -> Path:
+    return _model_dir(tmp_path_factory.mktemp("model"), list(scans.values()), SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +232,23 @@ def test_bundle_runs_from_monais_command_line(bundle, scans, tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert set(read_predictions(tmp_path / PREDICTIONS, channels=1)) == {str(p) for p in scans.values()}
+
+
+def test_bundle_run_matches_predict_where_some_axes_shrink_and_others_grow(scans, tmp_path):
+    # The phantom is (D, H, W) = 41x64x64 and example_ct_sm 30x101x122: at 48x24x32 the depth grows while rows
+    # and columns shrink, the case that no single stock Resized mode reproduces.
+    chosen = [scans["phantom"], *([scans["example_ct_sm_lps"]] if "example_ct_sm_lps" in scans else [])]
+    model_dir = _model_dir(tmp_path / "model", chosen, MIXED)
+    bundle = write_bundle(model_dir, tmp_path / "bundle")
+    (tmp_path / "scans").mkdir()
+    copies = [Path(shutil.copyfile(p, tmp_path / "scans" / p.name)) for p in chosen]
+    run_bundle(config_file=str(bundle / INFERENCE), meta_file=str(bundle / METADATA), bundle_root=str(bundle),
+               dataset_dir=str(tmp_path / "scans"), output_dir=str(tmp_path / "eval"))
+    ran = read_predictions(tmp_path / "eval" / PREDICTIONS, channels=1)
+    _, predictions, _ = predict_all(str(model_dir), [str(p) for p in copies])
+    assert len(predictions) == len(copies) == len(ran)
+    for p in predictions:
+        assert abs(ran[p.path][0] - p.probability) <= TOLERANCE, p.path
 
 
 def test_bundle_predictions_differ_across_scans_so_the_comparison_can_fail(bundle_predictions):
