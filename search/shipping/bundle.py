@@ -72,6 +72,7 @@ from search.model.folder import (
 )
 from search.model.routing import CLINICAL_NOTE, DISCLAIMER
 
+BUNDLE_DIR = "bundle"  # where search.export puts the bundle inside the model folder
 BUNDLE_VERSION = "0.1.0"
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 SCHEMA_FILE = Path(__file__).with_name("meta_schema_20240725.json")  # verbatim copy, see its .NOTICE
