@@ -16,6 +16,14 @@ drawn from metrics.json into the folder beside the model card that embeds them; 
 and Grad-CAM++ saliency montages of the surest test scan of each outcome are also attached to the study
 for optuna-dashboard, named after the exported trial (its artifact store, not the shared folder: they
 show scans).
+
+For an ordinal task (``--task severity`` in the search) the model and the baseline are trained with the
+task's ordinal head (``space.build(spec, grades=K)``, K-1 cumulative logits), and metrics.json, the card
+and the pictures report the mean "grade >= k" AUC (the selection metric) with its interval and the
+paired difference from the baseline, QWK and MAE with intervals, the macro one-vs-rest AUC, the balanced
+accuracy, the K x K confusion matrix and each "grade >= k" ROC curve with its band
+(``search.shipping.metrics.evaluate_grades``); the dashboard's saliency examples are the surest correct
+scan of the lowest and of the highest grade and the worst miss.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ from search.model.folder import (
 from search.model.saliency import write_examples
 from search.selection.dashboard import write_study_note
 from search.selection.settings import stored_settings
-from search.shipping.figures import CALIBRATION_PNG, ROC_PNG, write_model_figures
+from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, ROC_PNG, write_model_figures
 from search.shipping.metrics import (
     data_entry,
     evaluate,
@@ -352,7 +360,7 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
             base_note = padding_note
 
     info = ModelInfo.for_task(get_task(s.task), prepared.loaded.config)
-    result = evaluate(model, base, test, s.bootstrap, seed=s.seed)
+    result = evaluate(model, base, test, s.bootstrap, seed=s.seed, classes=info.classes)
     print_test(result, info.classes)
 
     s.out.parent.mkdir(parents=True, exist_ok=True)
@@ -375,8 +383,7 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
             "study": {"name": s.study, "storage": shareable_storage(s.storage),
                       "objectives": study.user_attrs.get(schema.STUDY_OBJECTIVES, ["auc"]),
                       "n_trials": len(study.trials), "settings": shareable_settings(stored)},
-            "task": {"name": info.task, "description": info.task_description, "classes": list(info.classes),
-                     "threshold": info.threshold},
+            "task": task_entry(info),
             "test": result,
             "selection": selection_entry(choice, result),
             "model": model_entry(model, chosen, s.size),
@@ -409,6 +416,16 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
     return s.out
 
 
+def task_entry(info: ModelInfo) -> dict:
+    """metrics.json's task: its name, description, class names and threshold; an ordinal task's grades too."""
+    entry = {"name": info.task, "description": info.task_description, "classes": list(info.classes),
+             "threshold": info.threshold}
+    if info.ordinal:
+        entry |= {"ordinal": True, "grades": [list(g) for g in info.grades],
+                  "predicted_grade": "the median: the number of k with P(grade >= k) >= 0.5"}
+    return entry
+
+
 def _note_export(study: optuna.Study, chosen: FrozenTrial | None, result: dict, out: Path) -> None:
     """Store what was shipped and its test AUC on the study, and rewrite the dashboard's study note from it."""
     def auc(entry: dict | None) -> dict | None:
@@ -432,6 +449,7 @@ def _baseline_spec(size: tuple[int, int, int]) -> ArchSpec | None:
 
 
 DASHBOARD_PICTURES = (ROC_PNG, CALIBRATION_PNG)  # from the model folder
+ORDINAL_DASHBOARD_PICTURES = (ROC_PNG, CONFUSION_PNG)  # an ordinal export draws no calibration picture
 
 
 def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial | None, model: Shipped,
@@ -441,7 +459,8 @@ def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial |
     Optuna keeps a finished trial immutable (``upload_artifact`` on it raises, and the dashboard refuses
     uploads to finished trials too), so the pictures are study artifacts, their names starting with the
     exported trial: ``export_trial<N>_roc.png``, ``export_trial<N>_saliency_<outcome>.png``. The saliency
-    examples are the surest test scan of each outcome (``search.model.saliency.write_examples``); they show
+    examples are the surest test scan of each outcome (``search.model.saliency.write_examples``; for an
+    ordinal model the surest correct scan of the lowest and highest grade and the worst miss); they show
     scans, so they stay in the study's own artifact store (``studies/<study>-artifacts``), never in the
     model folder, which is meant to be shared. A failed upload is a warning: the folder is written.
 
@@ -455,7 +474,8 @@ def upload_pictures(s: ExportSettings, study: optuna.Study, trial: FrozenTrial |
         store_dir.mkdir(parents=True, exist_ok=True)
         store = AtomicArtifactStore(str(store_dir))
         with tempfile.TemporaryDirectory() as tmp:
-            pictures = [s.out / name for name in DASHBOARD_PICTURES if (s.out / name).is_file()]
+            shown = ORDINAL_DASHBOARD_PICTURES if info.ordinal else DASHBOARD_PICTURES
+            pictures = [s.out / name for name in shown if (s.out / name).is_file()]
             pictures += write_examples(model.model, test.volumes, test.labels.numpy(), model.probs, info.classes,
                                        info.threshold, Path(tmp))
             for picture in pictures:

@@ -8,6 +8,12 @@ be read is reported on one line and skipped; the others are still predicted. ``-
 also writes, per scan, a PNG montage of axial slices with a Grad-CAM++ map of where the evidence for
 the positive class sits (``search.model.saliency``).
 
+A severity model (an ordinal task, ``--task severity`` in the search) gives instead the probability of
+each grade, the predicted grade (the median of that distribution: the number of k with P(grade >= k) >=
+0.5, always one of the grades the model was trained on) and the routing decision for that grade; its
+top grade pools CT-3 with CT-4, so it lists both decisions. Its saliency maps the evidence for a higher
+grade: the one severity logit that every "grade >= k" shares.
+
 The model folder is untrusted input (``search.model.folder.load_model``): a file that is not a regular file
 inside the folder, a field out of range, a task whose classes contradict it, weights that are not the
 spec's, or a network that would need more memory than ``--max-memory-gb`` (default: half this
@@ -34,7 +40,16 @@ from lungct.records import PreprocessConfig
 from search.cli import EXIT_FAILED, EXIT_OK, command_parser, exit_code
 from search.model.folder import MEMORY_SHARE, ModelInfo, OptionalFiles, load_model, read_optional
 from search.model.routing import CLINICAL_NOTE, DISCLAIMER, decision_text, decisions
-from search.model.saliency import METHOD, SaliencyMapper, montage_name, plot_montage, save_figure
+from search.model.saliency import (
+    METHOD,
+    ORDINAL_TARGET,
+    SaliencyMapper,
+    grade_text,
+    montage_name,
+    plot_montage,
+    save_figure,
+)
+from search.stats.metrics import grade_distribution, predicted_grade, severity_score
 from search.training.loop import predict_probs
 
 CPU = torch.device("cpu")
@@ -50,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table (default: table)")
     p.add_argument("--saliency", metavar="OUT_DIR", help="also write per scan OUT_DIR/<scan>.saliency.png: axial "
                    "slices of what the model saw with a Grad-CAM++ map of where the evidence for the positive "
-                   "class sits, the probability and decision in the title (created if missing; default: off)")
+                   "class (a severity model: for a higher grade) sits, the probability and decision in the title "
+                   "(created if missing; default: off)")
     p.add_argument("--max-memory-gb", type=float, metavar="GB", help="the most memory (GB) the model may need "
                    "for one scan, weights and activations, as space.cost.memory counts them; a model folder "
                    f"asking for more is refused (default: {MEMORY_SHARE:g} of this machine's memory)")
@@ -63,9 +79,11 @@ class Prediction:
 
     Attributes:
         path: The scan as given.
-        probability: P(label 1), e.g. of CT-2 or CT-3 findings for the course task.
-        label: 1 when ``probability`` reaches the model's threshold, else 0.
-        predicted_class: The class name of ``label`` (``CT-0``, ``CT-2 or CT-3``).
+        probability: P(label 1), e.g. of CT-2 or CT-3 findings for the course task; for a severity model, the
+            probability of the predicted grade.
+        label: 1 when ``probability`` reaches the model's threshold, else 0; for a severity model, the
+            predicted grade 0..K-1 (the median grade).
+        predicted_class: The class name of ``label`` (``CT-0``, ``CT-2 or CT-3``; ``CT-3 or CT-4``).
         decision: The routing table's decision(s) for that class, as one line.
         decisions: Category -> decision, for the categories of the class that the table defines.
         shape: The scan's shape as stored (i, j, k).
@@ -74,6 +92,9 @@ class Prediction:
         saliency: The saliency montage written for it (``--saliency``), else None.
         body_axis_mm: How far the scan reaches along the body axis (``lungct.nifti.ScanMeta``).
         warnings: One line each about what makes this prediction doubtful (a scan shorter than a chest).
+        grade_probabilities: A severity model's P(grade) for each grade, by name; None for a binary model.
+        at_least: A severity model's P(grade >= k), k = 1..K-1, by the name of grade k.
+        expected_grade: A severity model's expected grade (0..K-1), the score that ranks scans.
     """
 
     path: str
@@ -88,9 +109,21 @@ class Prediction:
     saliency: str | None = None
     body_axis_mm: float | None = None
     warnings: tuple[str, ...] = ()
+    grade_probabilities: dict[str, float] | None = None
+    at_least: dict[str, float] | None = None
+    expected_grade: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
+        if self.grade_probabilities is not None:
+            return {"path": self.path, "grade_probabilities": self.grade_probabilities,
+                    "probability_at_least": self.at_least, "expected_grade": self.expected_grade,
+                    "predicted_grade": self.predicted_class, "grade": self.label,
+                    "grade_rule": "median: the number of k with P(grade >= k) >= 0.5",
+                    "probability": self.probability, "decision": self.decision, "decisions": self.decisions,
+                    "scan": {"shape": list(self.shape), "spacing_mm": list(self.spacing_mm),
+                             "orientation": self.orientation, "body_axis_mm": self.body_axis_mm},
+                    "saliency": self.saliency, "warnings": list(self.warnings)}
         return {"path": self.path, "probability": self.probability, "predicted_class": self.predicted_class,
                 "label": self.label, "decision": self.decision, "decisions": self.decisions,
                 "scan": {"shape": list(self.shape), "spacing_mm": list(self.spacing_mm),
@@ -108,17 +141,45 @@ def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelIn
     volume_hu, meta = read_scan(path)
     warning = coverage_warning(meta)
     volume = torch.from_numpy(preprocess(volume_hu, config))[None, None]  # (1, 1, D, H, W) float16, as in training
-    probability = float(predict_probs(model, volume, CPU, batch_size=1, amp=False)[0])
-    if not math.isfinite(probability):
-        raise ScanError(f"the model's output is not a finite number ({probability}) for this scan")
-    label = int(probability >= info.threshold)
-    categories = info.positive if label else info.negative
-    prediction = Prediction(path, probability, label, info.classes[label], decision_text(categories),
-                            decisions(categories), meta.shape, meta.spacing, meta.orientation,
-                            body_axis_mm=meta.body_axis_mm, warnings=(warning,) if warning else ())
+    probs = predict_probs(model, volume, CPU, batch_size=1, amp=False)  # (1,), or (1, K-1) P(grade >= k)
+    if info.ordinal:
+        if not np.all(np.isfinite(probs)):
+            raise ScanError(f"the model's outputs are not finite numbers ({probs.ravel().tolist()}) for this scan")
+        prediction = _graded(path, probs, info, meta, warning)
+    else:
+        probability = float(probs[0])
+        if not math.isfinite(probability):
+            raise ScanError(f"the model's output is not a finite number ({probability}) for this scan")
+        label = int(probability >= info.threshold)
+        categories = info.positive if label else info.negative
+        prediction = Prediction(path, probability, label, info.classes[label], decision_text(categories),
+                                decisions(categories), meta.shape, meta.spacing, meta.orientation,
+                                body_axis_mm=meta.body_axis_mm, warnings=(warning,) if warning else ())
     if saliency is None:
         return prediction
     return replace(prediction, saliency=str(saliency.write(path, volume, prediction, info)))
+
+
+def _graded(path: str, cumulative: np.ndarray, info: ModelInfo, meta, warning: str | None) -> Prediction:
+    """A severity model's prediction from its (1, K-1) P(grade >= k): the grade distribution and the median grade.
+
+    The grade is :func:`search.stats.metrics.predicted_grade`, a count of thresholds in 0..K-1, so it is always
+    one of the model's grades; its decision lists each category's of a pooled grade (CT-3 or CT-4).
+    """
+    cumulative = np.asarray(cumulative, dtype=np.float64).reshape(1, -1)
+    if cumulative.shape[1] != info.n_grades - 1:
+        raise ScanError(f"the model gives {cumulative.shape[1]} outputs per scan, its task {info.task!r} "
+                        f"{info.n_grades - 1}")
+    shares = grade_distribution(cumulative)[0]
+    grade = int(predicted_grade(cumulative)[0])
+    categories = info.grades[grade]
+    return Prediction(
+        path, round(float(shares[grade]), 6), grade, info.classes[grade], decision_text(categories),
+        decisions(categories), meta.shape, meta.spacing, meta.orientation, body_axis_mm=meta.body_axis_mm,
+        warnings=(warning,) if warning else (),
+        grade_probabilities={name: float(p) for name, p in zip(info.classes, shares, strict=True)},
+        at_least={name: float(p) for name, p in zip(info.classes[1:], cumulative[0], strict=True)},
+        expected_grade=float(severity_score(cumulative)[0]))
 
 
 class Saliency:
@@ -132,9 +193,14 @@ class Saliency:
     def write(self, path: str, volume: torch.Tensor, prediction: Prediction, info: ModelInfo) -> Path:
         """Compute the map of ``volume`` (1, 1, D, H, W), draw the montage, write it; the file written."""
         saliency = self.mapper(volume)
-        subtitle = (f"P({info.classes[1]}) = {prediction.probability:.3f}: predicted {prediction.predicted_class} "
-                    f"(threshold {info.threshold:g}) -> {prediction.decision}. {METHOD} of the "
-                    f"{info.classes[1]} logit at {self.mapper.layer}.")
+        if info.ordinal:
+            at_least = np.array(list(prediction.at_least.values()))
+            subtitle = (f"{grade_text(info.classes, at_least)}: median grade {prediction.predicted_class} -> "
+                        f"{prediction.decision}. {METHOD} of {ORDINAL_TARGET} at {self.mapper.layer}.")
+        else:
+            subtitle = (f"P({info.classes[1]}) = {prediction.probability:.3f}: predicted {prediction.predicted_class} "
+                        f"(threshold {info.threshold:g}) -> {prediction.decision}. {METHOD} of the "
+                        f"{info.classes[1]} logit at {self.mapper.layer}.")
         fig = plot_montage(volume[0, 0].float().numpy(), saliency, Path(path).name, subtitle)
         out = self.out_dir / montage_name(path, self.taken)
         save_figure(fig, out)
@@ -143,6 +209,8 @@ class Saliency:
 
 def format_table(predictions: list[Prediction], info: ModelInfo) -> str:
     """A table: scan, P(positive class), predicted class, decision."""
+    if info.ordinal:
+        return format_grade_table(predictions, info)
     headers = ("scan", f"P({info.classes[1]})", "predicted class", "decision")
     rows = [(p.path, f"{p.probability:.3f}", p.predicted_class, p.decision) for p in predictions]
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(3)]
@@ -152,11 +220,29 @@ def format_table(predictions: list[Prediction], info: ModelInfo) -> str:
     return "\n".join(lines)
 
 
+def format_grade_table(predictions: list[Prediction], info: ModelInfo) -> str:
+    """A severity model's table: scan, P(grade) for each grade, the median grade, its decision."""
+    headers = ("scan", *(f"P({name})" for name in info.classes), "median grade", "decision")
+    rows = [(p.path, *(f"{p.grade_probabilities[name]:.3f}" for name in info.classes), p.predicted_class, p.decision)
+            for p in predictions]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers) - 1)]
+    lines = []
+    for r in [headers, *rows]:
+        cells = [f"{r[0]:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(r[1:-2], widths[1:-1], strict=True)),
+                 f"{r[-2]:<{widths[-1]}}", r[-1]]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
 def _header(model_dir: str, info: ModelInfo, optional: OptionalFiles) -> str:
     size = "x".join(map(str, info.preprocess.size))
-    lines = [DISCLAIMER,
-             f"model: {printable(model_dir)} (task {info.task}: {info.classes[0]} vs {info.classes[1]}; {size} input; "
-             f"predicted class {info.classes[1]} when P >= {info.threshold:g})"]
+    if info.ordinal:
+        what = (f"task {info.task}: grades {' < '.join(info.classes)}; {size} input; predicted grade: the median "
+                "grade, the highest grade k with P(grade >= k) >= 0.5")
+    else:
+        what = (f"task {info.task}: {info.classes[0]} vs {info.classes[1]}; {size} input; "
+                f"predicted class {info.classes[1]} when P >= {info.threshold:g}")
+    lines = [DISCLAIMER, f"model: {printable(model_dir)} ({what})"]
     if optional.trained_on_phantoms:
         lines.append("this model was trained on synthetic phantoms: its probabilities on real scans mean nothing")
     lines += [printable(note) for note in optional.notes]
@@ -202,9 +288,11 @@ def print_results(model_dir: str, info: ModelInfo, predictions: list[Prediction]
     """The table (or, ``as_json``, one JSON object) on stdout."""
     optional = read_optional(model_dir)
     if as_json:
+        grades = ({"grades": [list(g) for g in info.grades],
+                   "grade_rule": "median: the number of k with P(grade >= k) >= 0.5"} if info.ordinal else {})
         print(json.dumps({
             "disclaimer": DISCLAIMER, "routing_note": CLINICAL_NOTE,
-            "model_dir": model_dir, "task": info.task, "classes": list(info.classes),
+            "model_dir": model_dir, "task": info.task, "classes": list(info.classes), **grades,
             "threshold": info.threshold, "trained_on_phantoms": optional.trained_on_phantoms,
             "notes": list(optional.notes), "results": [p.to_dict() for p in predictions], "errors": errors,
         }, indent=2, allow_nan=False, default=_json_number))

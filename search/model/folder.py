@@ -7,21 +7,24 @@ A model folder holds plain data only, so loading it never unpickles anything:
 - ``weights.safetensors``: the state dict, BatchNorm running statistics included.
 - ``ensemble.json`` (only for an ensemble): how many members of the spec the weights hold (names
   ``members.<i>.<layer>``) and how their outputs combine (:class:`Ensemble`).
-- ``preprocess.json``: the HU window and input size, the task, the class names and the threshold.
+- ``preprocess.json``: the HU window and input size, the task, the class names and the threshold; for an
+  ordinal task (severity grades), the categories and name of each grade, and the network outputs K-1
+  cumulative logits of "grade >= k" in place of one logit.
 - ``model.onnx``: the same network for deployment without this package (see :func:`export_onnx`).
 - ``metrics.json`` and ``MODEL_CARD.md``: the locked-test evaluation and the model card.
 
-Loading is ``build(spec)`` (or an :class:`Ensemble` of it) then ``load_state_dict(strict=True)`` from
+Loading is ``build(spec, grades=K)`` (or an :class:`Ensemble` of it) then ``load_state_dict(strict=True)`` from
 safetensors, never ``torch.load``.
 
 Model folders are shared (handed in, passed on), so :func:`load_model` reads one as untrusted input and
 checks it whole before it builds the network: each file it reads must be a regular file inside the
 folder (not a link out of it, a device or a FIFO) under a size cap; JSON may not nest deeper than
 :data:`MAX_JSON_DEPTH` or repeat a key; every field is typed and range-checked, the task, categories and
-class names agree (``search.model.routing.check_classes``); the network's memory at its input size
-(``space.cost.memory``) must fit a cap (half this machine's memory unless raised); and the weights'
-header must list exactly the spec's tensor names, shapes and dtypes before a tensor is read. A refusal is
-a :class:`ModelDirError` whose message starts with the file's path and the field.
+class names agree (``search.model.routing.check_classes``; for an ordinal task every grade's categories
+and name, ``check_grades``); the network's memory at its input size (``space.cost.memory``) must fit a
+cap (half this machine's memory unless raised); and the weights' header must list exactly the spec's
+tensor names, shapes and dtypes (an ordinal model's cutpoints included) before a tensor is read. A
+refusal is a :class:`ModelDirError` whose message starts with the file's path and the field.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from lungct.records import PreprocessConfig, Task, get_task
-from search.model.routing import check_classes, class_names
+from search.model.routing import check_classes, check_grades, class_names
 from space import ArchSpec, SpecInputError, SpecNet, TrainSpec, build, check_input_size, memory
 
 FORMAT_VERSION = 1
@@ -90,13 +93,17 @@ MEMORY_SHARE = 0.5
 class Ensemble(torch.nn.Module):
     """Several trained copies of one spec whose P(label 1) is averaged; it outputs the logit of that mean.
 
+    For an ordinal spec each member outputs (B, K-1) cumulative logits; the mean is taken elementwise,
+    per "grade >= k", and an average of probabilities that fall with k falls with k too, so the
+    ensemble's grade probabilities stay a proper distribution.
+
     The cross-validation fold models of the confirmation stage, shipped together (as nnU-Net ships its
     five fold models), so the exported model is the one whose out-of-fold score the confirmation
     measured. The logit of the mean probability is computed in log space,
     ``logsumexp(logsigmoid(z)) - logsumexp(logsigmoid(-z))``, exact where some probabilities round to 0
     or 1 in float32, and exported to ONNX from ops that onnxruntime computes to full relative precision
-    (:func:`_log_sigmoid`); one output per scan, so predict, the ONNX file and every metric treat it like a
-    single model.
+    (:func:`_log_sigmoid`); one output per scan (K-1 for an ordinal spec), so predict, the ONNX file and
+    every metric treat it like a single model.
     """
 
     def __init__(self, members: list[torch.nn.Module]):
@@ -105,9 +112,10 @@ class Ensemble(torch.nn.Module):
             raise ValueError("ensemble: needs at least one member")
         self.members = torch.nn.ModuleList(members)
         self.spec = getattr(members[0], "spec", None)  # every member is built from it
+        self.grades = getattr(members[0], "grades", 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.stack([m(x) for m in self.members]).float()
+        z = torch.stack([m(x) for m in self.members]).float()  # (M, B), or (M, B, K-1) for an ordinal spec
         return _logsumexp0(_log_sigmoid(z)) - _logsumexp0(_log_sigmoid(-z))
 
 
@@ -145,9 +153,12 @@ class ModelInfo:
         task: Task name (``lungct.records.TASKS``).
         task_description: The task in words.
         negative: Categories of label 0.
-        positive: Categories of label 1.
-        classes: Names of label 0 and label 1, e.g. ``("CT-0", "CT-2 or CT-3")``.
-        threshold: P(label 1) at or above which label 1 is predicted.
+        positive: Categories of label 1 (every grade above 0 for an ordinal task).
+        classes: Names of label 0 and label 1, e.g. ``("CT-0", "CT-2 or CT-3")``; for an ordinal task the
+            names of grades 0..K-1 (``("CT-0", "CT-1", "CT-2", "CT-3 or CT-4")``).
+        threshold: P(label 1) at or above which label 1 is predicted; for an ordinal task, P(grade >= k) at
+            or above which grade k is reached (0.5: the median grade, ``search.stats.metrics.predicted_grade``).
+        grades: The categories of each label in order (``Task.grades``); empty means ``(negative, positive)``.
     """
 
     preprocess: PreprocessConfig
@@ -155,26 +166,52 @@ class ModelInfo:
     task_description: str
     negative: tuple[str, ...]
     positive: tuple[str, ...]
-    classes: tuple[str, str]
+    classes: tuple[str, ...]
     threshold: float = 0.5
+    grades: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.grades:
+            object.__setattr__(self, "grades", (tuple(self.negative), tuple(self.positive)))
+
+    @property
+    def n_grades(self) -> int:
+        """K, the labels the model tells apart (2 for a binary model)."""
+        return len(self.grades)
+
+    @property
+    def ordinal(self) -> bool:
+        """Whether the model grades K > 2 ordered grades: it outputs K-1 cumulative logits."""
+        return self.n_grades > 2
 
     @classmethod
     def for_task(cls, task: Task, preprocess: PreprocessConfig, threshold: float = 0.5) -> ModelInfo:
         """The info of a model trained on ``task`` with ``preprocess``."""
         return cls(preprocess, task.name, task.description, tuple(task.negative), tuple(task.positive),
-                   class_names(task), threshold)
+                   class_names(task), threshold, task.grades)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict, with a description of the model's input and output for other runtimes."""
+        """JSON-ready dict, with a description of the model's input and output for other runtimes.
+
+        A binary model's dict is the one this format always had; an ordinal model's lists its grades (the
+        categories and the name of each) in place of negative and positive, and describes its K-1 outputs.
+        """
         d, h, w = self.preprocess.size
-        return {
-            "format_version": FORMAT_VERSION,
-            "preprocess": self.preprocess.to_dict(),
-            "task": self.task,
-            "task_description": self.task_description,
-            "negative": list(self.negative),
-            "positive": list(self.positive),
-            "classes": list(self.classes),
+        head = {"format_version": FORMAT_VERSION, "preprocess": self.preprocess.to_dict(), "task": self.task,
+                "task_description": self.task_description}
+        if self.ordinal:
+            head |= {"grades": [list(g) for g in self.grades], "classes": list(self.classes)}
+            cuts = self.n_grades - 1
+            output = {"name": ONNX_OUTPUT, "shape": ["batch", cuts],
+                      "meaning": f"cumulative logits of grade >= k, k = 1..{cuts} (one severity score plus "
+                                 "decreasing cutpoints); P(grade >= k) = sigmoid(logit[k-1]), P(grade = k) = "
+                                 "P(grade >= k) - P(grade >= k+1); predicted grade: the median, the number of k "
+                                 f"with P(grade >= k) >= {self.threshold:g}"}
+        else:
+            head |= {"negative": list(self.negative), "positive": list(self.positive), "classes": list(self.classes)}
+            output = {"name": ONNX_OUTPUT, "shape": ["batch"],
+                      "meaning": "logit of label 1; P(label 1) = sigmoid(logit)"}
+        return head | {
             "threshold": self.threshold,
             "input": {
                 "name": ONNX_INPUT, "shape": ["batch", 1, d, h, w], "dtype": "float32",
@@ -182,8 +219,7 @@ class ModelInfo:
                          "(z, y, x) = (D, H, W); clip to [hu_min, hu_max] and scale to [0, 1]; resize to size "
                          "(area averaging along axes that shrink, then trilinear along axes that grow)",
             },
-            "output": {"name": ONNX_OUTPUT, "shape": ["batch"],
-                       "meaning": "logit of label 1; P(label 1) = sigmoid(logit)"},
+            "output": output,
         }
 
     @classmethod
@@ -191,9 +227,11 @@ class ModelInfo:
         """Inverse of :meth:`to_dict`, checking every field that predict relies on.
 
         The format version must be :data:`FORMAT_VERSION`; the task must be known, and its categories,
-        class names and description must be the task's own (:func:`search.model.routing.check_classes`), so a
-        folder cannot relabel CT-0 as the positive class; the threshold lies strictly inside (0, 1),
-        since at 0 or 1 every scan gets the same class.
+        class names and description must be the task's own (:func:`search.model.routing.check_classes`; for an
+        ordinal task every grade's categories, in order, and name: :func:`search.model.routing.check_grades`),
+        so a folder cannot relabel CT-0 as the positive class or reorder the grades; the threshold lies
+        strictly inside (0, 1), since at 0 or 1 every scan gets the same class, and is 0.5 for an ordinal
+        task, whose predicted grade is the median.
 
         Raises:
             KeyError, TypeError, ValueError: A field is missing or invalid; a ValueError names the field.
@@ -215,10 +253,14 @@ class ModelInfo:
             raise ValueError(f"task: expected a task name, got {data['task']!r}")
         task = get_task(data["task"])
         classes = data["classes"]
-        if not isinstance(classes, list) or len(classes) != 2 or not all(isinstance(c, str) for c in classes):
-            raise ValueError(f"classes: expected the names of label 0 and label 1, got {classes!r}")
-        negative, positive = _names("negative", data["negative"]), _names("positive", data["positive"])
-        check_classes(task, negative, positive, (classes[0], classes[1]))
+        if task.ordinal:
+            grades, classes = _ordinal_classes(task, data)
+        else:
+            if not isinstance(classes, list) or len(classes) != 2 or not all(isinstance(c, str) for c in classes):
+                raise ValueError(f"classes: expected the names of label 0 and label 1, got {classes!r}")
+            negative, positive = _names("negative", data["negative"]), _names("positive", data["positive"])
+            check_classes(task, negative, positive, (classes[0], classes[1]))
+            grades, classes = (negative, positive), (classes[0], classes[1])
         description = data.get("task_description", task.description)
         if description != task.description:
             raise ValueError(f"task_description: {description!r} is not task {task.name!r}'s "
@@ -227,8 +269,33 @@ class ModelInfo:
         if threshold in (0.0, 1.0):
             raise ValueError(f"threshold: expected a number strictly between 0 and 1, got {threshold:g} "
                              "(every scan would get the same class)")
-        return cls(PreprocessConfig(size, hu_min, hu_max), task.name, task.description, negative, positive,
-                   (classes[0], classes[1]), threshold)
+        if task.ordinal and threshold != 0.5:
+            raise ValueError(f"threshold: an ordinal model predicts the median grade (P(grade >= k) >= 0.5), got "
+                             f"{threshold:g}")
+        return cls(PreprocessConfig(size, hu_min, hu_max), task.name, task.description, grades[0],
+                   tuple(c for g in grades[1:] for c in g), classes, threshold, grades)
+
+
+def _ordinal_classes(task: Task, data: dict) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
+    """An ordinal folder's grades and grade names, checked against ``task`` (and its negative/positive, if given).
+
+    Raises:
+        KeyError, ValueError: A field is missing, malformed or contradicts the task; the message names it.
+    """
+    k = task.n_grades
+    raw, classes = data["grades"], data["classes"]
+    if not isinstance(raw, list) or len(raw) != k:
+        raise ValueError(f"grades: expected the categories of each of task {task.name!r}'s {k} grades, got "
+                         f"{str(raw)[:200]}")
+    grades = tuple(_names(f"grades[{i}]", g) for i, g in enumerate(raw))
+    if not isinstance(classes, list) or len(classes) != k or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"classes: expected the names of task {task.name!r}'s {k} grades, got {str(classes)[:200]}")
+    check_grades(task, grades, tuple(classes))
+    for field in ("negative", "positive"):  # not written for an ordinal task; refused if present and wrong
+        if field in data and _names(field, data[field]) != getattr(task, field):
+            raise ValueError(f"{field}: {data[field]} contradicts task {task.name!r}, whose {field} categories are "
+                             f"{list(getattr(task, field))}")
+    return grades, tuple(classes)
 
 
 def _number(field: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
@@ -279,8 +346,9 @@ def save_model(directory: str | Path, model: torch.nn.Module, spec: ArchSpec, tr
     save_file(state, str(directory / WEIGHTS), metadata={"format": "lungct-nas", "spec": spec.to_json(None)})
     write_json(directory / PREPROCESS, info.to_dict())
     if isinstance(model, Ensemble):
-        write_json(directory / ENSEMBLE, {"members": members_of(model), "combine": "mean of sigmoid probabilities; "
-                                          "the model outputs its logit"})
+        combine = ("mean of sigmoid probabilities; the model outputs its logit" if model.grades <= 2 else
+                   "mean of each sigmoid probability P(grade >= k) over the members; the model outputs their logits")
+        write_json(directory / ENSEMBLE, {"members": members_of(model), "combine": combine})
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -415,9 +483,11 @@ def _read_members(directory: Path) -> int:
     return value
 
 
-def build_model(spec: ArchSpec, members: int = 1) -> SpecNet | Ensemble:
-    """The spec's network, or an :class:`Ensemble` of ``members`` copies of it (untrained)."""
-    return build(spec) if members == 1 else Ensemble([build(spec) for _ in range(members)])
+def build_model(spec: ArchSpec, members: int = 1, grades: int = 2) -> SpecNet | Ensemble:
+    """The spec's network for a task of ``grades`` labels, or an :class:`Ensemble` of ``members`` copies (untrained)."""
+    if members == 1:
+        return build(spec, grades=grades)
+    return Ensemble([build(spec, grades=grades) for _ in range(members)])
 
 
 def machine_memory_bytes() -> int | None:
@@ -538,12 +608,15 @@ def _metadata_spec(path: Path, data: bytes) -> ArchSpec | None:
         raise ModelDirError(f"{path}: __metadata__.spec: not a spec ({_reason(e)})") from None
 
 
-def _read_state(directory: Path, spec: ArchSpec, members: int) -> dict[str, torch.Tensor]:
-    """The weights as a state dict, after their header is checked against the spec's names, shapes and dtypes."""
+def _read_state(directory: Path, spec: ArchSpec, members: int, grades: int = 2) -> dict[str, torch.Tensor]:
+    """The weights as a state dict, after their header is checked against the spec's names, shapes and dtypes.
+
+    An ordinal model's (``grades`` > 2) also hold its cutpoints, ``head.cuts.first`` and ``head.cuts.gaps``.
+    """
     path = directory / WEIGHTS
     with torch.device("meta"):  # the spec's tensors, without allocating them
         expected = {k: (tuple(v.shape), SAFETENSORS_DTYPES[v.dtype][0])
-                    for k, v in build_model(spec, members).state_dict().items()}
+                    for k, v in build_model(spec, members, grades).state_dict().items()}
     payload = sum(math.prod(shape) * dict(SAFETENSORS_DTYPES.values())[dtype] for shape, dtype in expected.values())
     data = read_file(path, 8 + MAX_SAFETENSORS_HEADER + payload)
     mismatch = _mismatch(expected, _safetensors_header(path, data))
@@ -568,7 +641,10 @@ def load_model(directory: str | Path, max_memory_bytes: int | None = None, gradi
     :data:`MAX_INPUT_VOXELS`, a threshold in (0, 1)); the spec, within ``space.spec``'s limits and able to
     run at that size; the member count of ``ensemble.json`` if there is one; the memory the network needs
     for one scan against ``max_memory_bytes``; and that the weights' header lists the spec's names, shapes
-    and dtypes (each member's).
+    and dtypes (each member's; an ordinal task's model holds its cutpoints too).
+
+    An ordinal task's model (``info.ordinal``) is built with ``grades=K`` and outputs (B, K-1) cumulative
+    logits of "grade >= k"; a binary one, (B,) logits.
 
     Args:
         directory: The model folder.
@@ -605,8 +681,8 @@ def load_model(directory: str | Path, max_memory_bytes: int | None = None, gradi
                             f"{'x'.join(map(str, info.preprocess.size))} ({PREPROCESS}): {e}") from None
     members = _read_members(directory)
     check_memory(directory, spec, info.preprocess.size, members, max_memory_bytes, gradients)
-    state = _read_state(directory, spec, members)
-    model = build_model(spec, members)
+    state = _read_state(directory, spec, members, info.n_grades)
+    model = build_model(spec, members, info.n_grades)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -667,7 +743,7 @@ def fixed_input(size: tuple[int, int, int], n: int = 2, seed: int = 0) -> torch.
 
 @torch.inference_mode()
 def logits(model: torch.nn.Module, volumes: torch.Tensor) -> np.ndarray:
-    """Float32 logits of ``model`` in eval mode on the CPU."""
+    """Float32 logits of ``model`` in eval mode on the CPU: (N,), or (N, K-1) for an ordinal model."""
     model = model.to("cpu").eval()
     return model(volumes.float()).numpy()
 
@@ -719,7 +795,7 @@ def _strip_stack_traces(path: str | Path) -> None:
 
 
 def onnx_logits(path: str | Path, volumes: torch.Tensor) -> np.ndarray | None:
-    """Logits of an ONNX file under onnxruntime on the CPU, or None when onnxruntime is not installed."""
+    """Logits of an ONNX file under onnxruntime on the CPU ((N,) or (N, K-1)), or None without onnxruntime."""
     try:
         import onnxruntime
     except ImportError:

@@ -2,11 +2,12 @@
 
 The course pairs each CT severity grade (CT-0 to CT-4) with a routing decision; the table routes all
 five. A binary model predicts a class that pools grades (the course task's positive class is CT-2 or
-CT-3, which it cannot tell apart), so the decision for a class lists the decision of every grade in it.
-The table also weighs clinical data beside each grade (temperature, respiratory rate, SpO2, PaO2/FiO2),
-which a CT does not carry (:data:`CLINICAL_NOTE`): every output that gives a decision says so. A model
-folder's task, categories and class names are checked against each other (:func:`check_classes`)
-before a decision is drawn from them.
+CT-3, which it cannot tell apart), so the decision for a class lists the decision of every grade in it;
+so does the severity task's top grade, which pools CT-3 with CT-4. The table also weighs clinical data
+beside each grade (temperature, respiratory rate, SpO2, PaO2/FiO2), which a CT does not carry
+(:data:`CLINICAL_NOTE`): every output that gives a decision says so. A model folder's task, categories
+and class names are checked against each other (:func:`check_classes` for a binary task,
+:func:`check_grades` for an ordinal one) before a decision is drawn from them.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ def class_name(categories: tuple[str, ...]) -> str:
     return f"{', '.join(categories[:-1])} or {categories[-1]}"
 
 
-def class_names(task: Task) -> tuple[str, str]:
-    """The names of label 0 and label 1 under a task."""
-    return class_name(task.negative), class_name(task.positive)
+def class_names(task: Task) -> tuple[str, ...]:
+    """The names of label 0 and label 1 under a binary task; of grades 0..K-1 under an ordinal one.
+
+    A binary task's two grades are its negative and positive categories, so both read the same way.
+    """
+    return tuple(class_name(grade) for grade in task.grades)
 
 
 def decisions(categories: tuple[str, ...]) -> dict[str, str]:
@@ -70,4 +74,25 @@ def check_classes(task: Task, negative: tuple[str, ...], positive: tuple[str, ..
                              f"{int(field == 'positive')} is {list(expected)}")
     if tuple(classes) != class_names(task):
         raise ValueError(f"classes: {list(classes)} contradicts task {task.name!r}, whose classes are "
+                         f"{list(class_names(task))}")
+
+
+def check_grades(task: Task, grades: tuple[tuple[str, ...], ...], classes: tuple[str, ...]) -> None:
+    """Refuse an ordinal folder's grades or grade names that contradict the task they claim.
+
+    The grades are ordered, so a folder that listed them in another order (or moved CT-4 into CT-0's
+    grade) would route a severe scan as a normal one under names that look right: the categories of
+    every grade, in order, and every grade's name must be the task's own.
+
+    Raises:
+        ValueError: A field contradicts the task (the message starts with the field's name).
+    """
+    unknown = [c for grade in grades for c in grade if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"grades: unknown categories {unknown} (categories are {', '.join(CATEGORIES)})")
+    if tuple(tuple(g) for g in grades) != task.grades:
+        raise ValueError(f"grades: {[list(g) for g in grades]} contradicts task {task.name!r}, whose grades 0..."
+                         f"{task.n_grades - 1} are {[list(g) for g in task.grades]}")
+    if tuple(classes) != class_names(task):
+        raise ValueError(f"classes: {list(classes)} contradicts task {task.name!r}, whose grades are "
                          f"{list(class_names(task))}")

@@ -19,6 +19,11 @@ order training used. For an ensemble, each member's map is scaled to unit mass a
 The map answers "where does evidence for label 1 sit", read from the gradient of the label-1 logit;
 for a scan the model calls negative it shows what little pushes towards positive. It is coarse: the
 last block's feature map is 8-16 times smaller than the input along each axis.
+
+An ordinal (severity) model outputs K-1 cumulative logits z + b_k of "grade >= k" that share one severity
+logit z (``space.build.OrdinalCuts``): the cutpoints b_k are constants, so every "grade >= k" has z's
+gradient and the same map. The map is read from column 0 (z + b_1) and answers "where does evidence for
+a higher grade sit"; titles say so (:data:`ORDINAL_TARGET`).
 """
 
 from __future__ import annotations
@@ -47,13 +52,16 @@ MONTAGE_SLICES = 12  # axial slices in a montage, 3 rows of 4
 MONTAGE_COLUMNS = 4
 SHOWN_FROM = 0.3  # the overlay is transparent below this share of the scan's maximum saliency
 OPACITY = 0.7  # the overlay's opacity at the maximum
+ORDINAL_TARGET = ('the shared severity logit z (evidence for a higher grade; every "grade >= k" logit is z + b_k, '
+                  "so all give this map)")
 
 
 class _OneLogit(nn.Module):
     """A spec's network as MONAI's CAM classes want it: (B, 1) scores, the label-1 logit in column 0.
 
     The score's value is 0 and its gradient is the logit's (``z - z.detach() ``), so Grad-CAM++'s
-    ``exp(score)`` factor is 1 instead of overflowing for a confident scan.
+    ``exp(score)`` factor is 1 instead of overflowing for a confident scan. An ordinal network's (B, K-1)
+    cumulative logits z + b_k give column 0, whose gradient is the shared severity logit z's.
     """
 
     def __init__(self, net: SpecNet):
@@ -61,13 +69,15 @@ class _OneLogit(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.net(x)  # (B,)
+        z = self.net(x)  # (B,), or (B, K-1) for an ordinal network
+        if z.ndim == 2:
+            z = z[:, 0]  # z + b_1: b_1 is a constant, so this is the severity logit's gradient
         return (z - z.detach())[:, None]  # (B, 1)
 
 
 def _literal_copy(net: SpecNet) -> SpecNet:
     """``net`` rebuilt in the literal layer order (block -> activation -> pool), same weights, eval mode, CPU."""
-    literal = build(net.spec, pool_first=False)
+    literal = build(net.spec, pool_first=False, grades=net.grades)
     literal.load_state_dict(net.state_dict(), strict=True)
     return literal.to("cpu").eval()
 
@@ -218,12 +228,13 @@ OUTCOMES = (("true positive", 1, 1), ("false negative", 1, 0), ("false positive"
 
 
 def write_examples(model: nn.Module, volumes: torch.Tensor, labels: np.ndarray, probs: np.ndarray,
-                   classes: tuple[str, str], threshold: float, out_dir: Path) -> list[Path]:
+                   classes: tuple[str, ...], threshold: float, out_dir: Path) -> list[Path]:
     """Montages of the most telling test scans: per outcome at ``threshold``, the one the model was surest of.
 
     The surest true positive and true negative show what the model reads when it is right; the surest
     false positive and the worst-missed positive, what misled it. Titles name the outcome and the
-    probability, never the scan.
+    probability, never the scan. An ordinal model's (N, K-1) cumulative probabilities go to
+    :func:`write_grade_examples` instead.
 
     Args:
         model: The exported model.
@@ -237,6 +248,8 @@ def write_examples(model: nn.Module, volumes: torch.Tensor, labels: np.ndarray, 
     Returns:
         The files written, in the order of :data:`OUTCOMES` (outcomes no scan had are skipped).
     """
+    if np.ndim(probs) == 2:
+        return write_grade_examples(model, volumes, labels, probs, classes, out_dir)
     mapper = SaliencyMapper(model)
     written = []
     for outcome, label, called in OUTCOMES:
@@ -250,5 +263,89 @@ def write_examples(model: nn.Module, volumes: torch.Tensor, labels: np.ndarray, 
                     f"at threshold {threshold:g}. {METHOD} of the {classes[1]} logit at {mapper.layer}.")
         out = out_dir / f"saliency_{outcome.replace(' ', '_')}.png"
         save_figure(plot_montage(volume[0, 0].numpy(), mapper(volume), f"locked test part: {outcome}", subtitle), out)
+        written.append(out)
+    return written
+
+
+# The ordinal examples: what the model reads at both ends of the scale when it is right, and its worst miss.
+GRADE_EXAMPLES = ("lowest grade", "highest grade", "worst miss")
+
+
+def pick_grade_examples(labels: np.ndarray, cumulative: np.ndarray) -> dict[str, int]:
+    """Which test scans :func:`write_grade_examples` shows, by index: at most one per :data:`GRADE_EXAMPLES`.
+
+    - lowest grade: of the scans of grade 0 predicted grade 0, the one of the lowest expected grade;
+    - highest grade: of the scans of grade K-1 predicted K-1, the one of the highest expected grade;
+    - worst miss: the scan whose predicted (median) grade is furthest from its true grade, ties broken by the
+      expected grade's distance from it; none when every scan is graded right.
+
+    An example no scan fits is left out.
+    """
+    labels = np.asarray(labels).astype(int).ravel()
+    cumulative = np.asarray(cumulative, dtype=np.float64).reshape(labels.size, -1)
+    top = cumulative.shape[1]
+    expected = cumulative.sum(axis=1)  # the expected grade: one ranking score (search.stats.metrics.severity_score)
+    called = np.sum(cumulative >= 0.5, axis=1)  # the median grade (search.stats.metrics.predicted_grade)
+    picks = {}
+    low = np.flatnonzero((labels == 0) & (called == 0))
+    if low.size:
+        picks["lowest grade"] = int(low[np.argmin(expected[low])])
+    high = np.flatnonzero((labels == top) & (called == top))
+    if high.size:
+        picks["highest grade"] = int(high[np.argmax(expected[high])])
+    miss = np.abs(called - labels)
+    if miss.max(initial=0) > 0:
+        worst = np.flatnonzero(miss == miss.max())
+        picks["worst miss"] = int(worst[np.argmax(np.abs(expected[worst] - labels[worst]))])
+    return picks
+
+
+def grade_text(classes: tuple[str, ...], cumulative: np.ndarray) -> str:
+    """``P(CT-0) 0.10, P(CT-1) 0.20, ...`` of one scan's (K-1,) cumulative probabilities."""
+    at_least = np.concatenate([[1.0], np.asarray(cumulative, dtype=np.float64).ravel(), [0.0]])
+    shares = np.clip(at_least[:-1] - at_least[1:], 0.0, 1.0)
+    return ", ".join(f"P({name}) {p:.2f}" for name, p in zip(classes, shares, strict=True))
+
+
+def write_grade_examples(model: nn.Module, volumes: torch.Tensor, labels: np.ndarray, cumulative: np.ndarray,
+                         classes: tuple[str, ...], out_dir: Path) -> list[Path]:
+    """Montages of an ordinal model's most telling test scans (:func:`pick_grade_examples`).
+
+    The surest correct scan of the lowest and of the highest grade show what the model reads at both ends of
+    the scale; the worst miss, what misled it most. Each map is of the shared severity logit z
+    (:data:`ORDINAL_TARGET`). Titles name the example, the grades and the probabilities, never the scan.
+
+    Args:
+        model: The exported model, outputting (B, K-1) cumulative logits.
+        volumes: (N, 1, D, H, W) preprocessed scans.
+        labels: (N,) true grades 0..K-1.
+        cumulative: (N, K-1) the model's P(grade >= k).
+        classes: Names of grades 0..K-1.
+        out_dir: Where to write ``saliency_<example>.png``.
+
+    Returns:
+        The files written, in the order of :data:`GRADE_EXAMPLES` (examples no scan fits are skipped).
+    """
+    labels = np.asarray(labels).astype(int).ravel()
+    cumulative = np.asarray(cumulative, dtype=np.float64).reshape(labels.size, -1)
+    picks = pick_grade_examples(labels, cumulative)
+    if not picks:
+        return []
+    mapper = SaliencyMapper(model)
+    written = []
+    for example in GRADE_EXAMPLES:
+        if example not in picks:
+            continue
+        pick = picks[example]
+        called = int(np.sum(cumulative[pick] >= 0.5))
+        why = {"lowest grade": f"the surest correct {classes[0]} scan",
+               "highest grade": f"the surest correct {classes[-1]} scan",
+               "worst miss": "the scan whose median grade is furthest from its true grade"}[example]
+        volume = volumes[pick:pick + 1].float()  # (1, 1, D, H, W)
+        subtitle = (f"{why[0].upper()}{why[1:]} of the {labels.size} locked test scans: a {classes[labels[pick]]} scan "
+                    f"graded {classes[called]} (median grade); {grade_text(classes, cumulative[pick])}. {METHOD} of "
+                    f"{ORDINAL_TARGET} at {mapper.layer}.")
+        out = out_dir / f"saliency_{example.replace(' ', '_')}.png"
+        save_figure(plot_montage(volume[0, 0].numpy(), mapper(volume), f"locked test part: {example}", subtitle), out)
         written.append(out)
     return written

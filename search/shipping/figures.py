@@ -6,6 +6,10 @@ histogram of the predicted probabilities per class and the Brier score. None of 
 ``write_model_figures`` draws the pictures from the ``metrics.json`` dict alone, as ``search.shipping.model_card``
 writes the card, so both can be rebuilt from a folder and never show more than the export measured.
 
+An ordinal (severity) export draws two pictures instead (:data:`ORDINAL_FIGURES`): ``roc.png``, each
+"grade >= k" ROC curve with its band beside the baseline's, and ``confusion.png``, the K x K confusion
+matrix of the median grade with counts and row shares (``write_grade_figures``).
+
 Drawing uses matplotlib's object-oriented API (``Figure``, ``savefig``), never pyplot: no global backend
 or figure state is touched, so export can run beside anything else that draws.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from scipy.stats import rankdata
 from sklearn.metrics import brier_score_loss, roc_curve
 
@@ -28,6 +33,7 @@ ROC_PNG = "roc.png"
 CALIBRATION_PNG = "calibration.png"
 CONFUSION_PNG = "confusion.png"
 FIGURES = (ROC_PNG, CALIBRATION_PNG, CONFUSION_PNG)
+ORDINAL_FIGURES = (ROC_PNG, CONFUSION_PNG)  # an ordinal export's pictures
 
 GRID_POINTS = 201  # the band's FPR grid: steps of 0.005, finer than a 100-negative test part's ROC steps
 MIN_PER_BIN = 5  # scans per reliability bin: fewer make a Wilson interval that spans most of [0, 1]
@@ -40,6 +46,7 @@ PANEL_IN = 5.6  # width of one panel; two panels make a 1,400-pixel-wide picture
 MODEL_COLOR, BASELINE_COLOR = "#1f5fa8", "#d0661a"
 CLASS_COLORS = ("#4a8fc9", "#c8453a")  # label 0, label 1
 CHANCE_COLOR = "#7a7a7a"
+THRESHOLD_COLORS = ("#2f7ec1", "#e0a21b", "#c8453a", "#6a3d9a", "#33a02c", "#8c564b")  # grade >= 1, 2, ...
 
 
 # ---- the numbers ----------------------------------------------------------------------------------------
@@ -346,8 +353,15 @@ def draw_confusion(metrics: dict) -> Figure:
     return fig
 
 
+def is_ordinal(metrics: dict) -> bool:
+    """Whether a metrics.json dict is an ordinal (severity grading) export's."""
+    return bool(metrics.get("task", {}).get("ordinal"))
+
+
 def write_model_figures(metrics: dict, directory: Path) -> list[Path]:
     """Draw ``roc.png``, ``calibration.png`` and ``confusion.png`` into ``directory`` from a metrics.json dict.
+
+    An ordinal export's dict draws :data:`ORDINAL_FIGURES` instead (:func:`write_grade_figures`).
 
     Returns:
         The files written, in that order.
@@ -356,10 +370,133 @@ def write_model_figures(metrics: dict, directory: Path) -> list[Path]:
         ValueError: ``metrics`` holds no curves (a metrics.json of an older lungct-nas).
     """
     directory = Path(directory)
+    if is_ordinal(metrics):
+        return write_grade_figures(metrics, directory)
     written = []
     for name, draw in ((ROC_PNG, draw_roc), (CALIBRATION_PNG, draw_calibration), (CONFUSION_PNG, draw_confusion)):
         path = directory / name
         # No software tag: the same numbers give the same bytes under any matplotlib.
+        draw(metrics).savefig(path, format="png", metadata={"Software": None})
+        written.append(path)
+    return written
+
+
+# ---- the pictures of an ordinal export ------------------------------------------------------------------
+
+def _grade_header(metrics: dict, what: str) -> str:
+    test = metrics["test"]
+    phantoms = " (synthetic phantoms)" if metrics.get("data", {}).get("phantoms") else ""
+    counts = ", ".join(f"{n} {name}" for n, name in zip(test["n_per_grade"], test["grades"], strict=True))
+    return f"{what}\nlocked test part{phantoms}: {test['n']} scans, {counts}"
+
+
+def _grade_roc_axes(ax: Axes, key: Axes, title: str, entry: dict, other: tuple[str, dict, str] | None) -> None:
+    """One model's "grade >= k" ROC curves with their bands; the other model's curves dotted, for comparison."""
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color=CHANCE_COLOR, label="chance (AUC 0.5)")
+    for i, threshold in enumerate(entry["at_least"]):
+        color = THRESHOLD_COLORS[i % len(THRESHOLD_COLORS)]
+        if threshold["roc"] is None:
+            ax.plot([], [], color=color, label=f"{threshold['event']}: no curve ({threshold['note']})")
+            continue
+        roc, band = threshold["roc"], threshold["roc"]["band"]
+        if other is not None and other[1]["at_least"][i]["roc"] is not None:
+            theirs = other[1]["at_least"][i]["roc"]
+            ax.plot(theirs["fpr"], theirs["tpr"], lw=1, ls=":", color=color)
+        ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color=color, alpha=0.15, lw=0)
+        ax.plot(roc["fpr"], roc["tpr"], lw=2, color=color, label=f"{threshold['event']}: {_auc_text(threshold)}")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal",
+           title=f"{title}\nmean grade≥k AUC {Interval(**entry['auc']).text()}",
+           xlabel="false positive rate (below the grade, called at or above it)",
+           ylabel="true positive rate (at or above the grade)")
+    ax.grid(alpha=0.3)
+    key.axis("off")
+    handles, labels = ax.get_legend_handles_labels()
+    if other is not None:
+        handles.append(Line2D([], [], lw=1, ls=":", color="black"))
+        labels.append(f"dotted: {other[0].lower()}, for comparison")
+    key.legend(handles, labels, loc="upper center", fontsize=8.5, frameon=False)
+
+
+def draw_grade_roc(metrics: dict) -> Figure:
+    """Each "grade >= k" ROC curve of each model with its pointwise bootstrap band."""
+    panels, test = _panels_of_grades(metrics), metrics["test"]
+    fig = _figure(len(panels), 8.8)
+    fig.suptitle(_grade_header(metrics, "ROC curves of each \"grade ≥ k\" with their 95% bootstrap bands"),
+                 fontsize=12)
+    grid = fig.add_gridspec(2, len(panels), height_ratios=(5, 1.5))
+    for i, (title, entry, _) in enumerate(panels):
+        other = panels[1 - i] if len(panels) == 2 else None
+        _grade_roc_axes(fig.add_subplot(grid[0, i]), fig.add_subplot(grid[1, i]), title, entry, other)
+    first = next((t["roc"]["band"] for t in test["model"]["at_least"] if t["roc"] is not None), None)
+    lines = ["One curve per threshold: scans at or above the grade against those below it, ranked by P(grade ≥ k). "
+             "The model's one severity score ranks every threshold alike; the curves differ by which scans they "
+             f"split. Selection metric: {test['metric']}."]
+    if first is not None:
+        lines.append(f"Bands: {first['method']}, per threshold. They come from {test['n']} test scans: on a small test "
+                     "part they are wide.")
+    if test.get("auc_difference") and not test.get("baseline_is_model"):
+        lines.append(f"Difference in mean grade≥k AUC, exported model minus seed baseline: "
+                     f"{Interval(**test['auc_difference']).text()}.")
+    _caption(fig, lines + _notes(metrics))
+    return fig
+
+
+def _panels_of_grades(metrics: dict) -> list[tuple[str, dict, str]]:
+    """(title, test entry, colour) of each model to draw, as :func:`_panels` gives them for a binary export."""
+    test, model = metrics["test"], metrics.get("model", {})
+    members = model.get("members", 1)
+    name = f"Exported model (ensemble of {members})" if members > 1 else "Exported model"
+    if test.get("baseline_is_model"):
+        return [(f"{name} = the seed baseline", test["model"], MODEL_COLOR)]
+    panels = [(name, test["model"], MODEL_COLOR)]
+    if test.get("baseline") is not None:
+        panels.append(("Seed baseline", test["baseline"], BASELINE_COLOR))
+    return panels
+
+
+def _grade_confusion_axes(ax: Axes, title: str, entry: dict, grades: list[str]) -> None:
+    cm = entry["confusion_matrix"]
+    counts, share = np.array(cm["counts"]), np.array(cm["row_normalised"])
+    k = len(grades)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    big, small = (20, 10) if k <= 4 else (14, 8)
+    for (r, c), count in np.ndenumerate(counts):
+        color = "white" if share[r, c] > 0.6 else "black"
+        ax.text(c, r - 0.05, f"{count}", ha="center", va="bottom", fontsize=big, fontweight="bold", color=color)
+        ax.text(c, r + 0.05, f"{share[r, c]:.0%} of row", ha="center", va="top", fontsize=small, color=color)
+    names = [textwrap.fill(name, 10) for name in grades]
+    ax.set_xticks(range(k), names, fontsize=9)
+    ax.set_yticks(range(k), names, fontsize=9)
+    ax.set(xlabel="predicted grade (the median)", ylabel="true grade")
+    ax.tick_params(length=0)
+    ax.set_title(f"{title}\nQWK {Interval(**entry['qwk']).text()}\nMAE {Interval(**entry['mae']).text()} grades")
+
+
+def draw_grade_confusion(metrics: dict) -> Figure:
+    """K x K confusion matrices of the median grade: rows the true grade, counts and shares of the row."""
+    panels, test = _panels_of_grades(metrics), metrics["test"]
+    fig = _figure(len(panels), 7.0)
+    fig.suptitle(_grade_header(metrics, "Confusion matrix of the predicted (median) grade"), fontsize=12)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, entry, _) in zip(axes, panels, strict=True):
+        _grade_confusion_axes(ax, title, entry, test["grades"])
+    lines = ["Each cell: the count of scans, and its share of the row (the true grade), which shades it; the diagonal "
+             "holds each grade's recall. The predicted grade is the median of the model's grade distribution (the "
+             "number of k with P(grade ≥ k) ≥ 0.5), not tuned on these scans. QWK: quadratic weighted kappa; MAE: mean "
+             "absolute error in grades; both with 95% stratified bootstrap intervals."]
+    _caption(fig, lines + _notes(metrics))
+    return fig
+
+
+def write_grade_figures(metrics: dict, directory: Path) -> list[Path]:
+    """Draw an ordinal export's ``roc.png`` and ``confusion.png`` into ``directory`` from its metrics.json dict.
+
+    Returns:
+        The files written, in the order of :data:`ORDINAL_FIGURES`.
+    """
+    written = []
+    for name, draw in ((ROC_PNG, draw_grade_roc), (CONFUSION_PNG, draw_grade_confusion)):
+        path = Path(directory) / name
         draw(metrics).savefig(path, format="png", metadata={"Software": None})
         written.append(path)
     return written

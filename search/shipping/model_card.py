@@ -1,13 +1,15 @@
 """``MODEL_CARD.md`` of an exported model, written from its ``metrics.json`` alone.
 
 Everything the card states comes from that one dict, so the card can be rebuilt from the folder and
-never says more than the export measured.
+never says more than the export measured. An ordinal (severity grading) export's card
+(:func:`render_grade_card`) reports the mean "grade >= k" AUC, QWK and MAE with their intervals beside the
+baseline's, the K x K confusion matrix, the "grade >= k" ROC curves and the routing decision of each grade.
 """
 
 from __future__ import annotations
 
-from search.model.routing import CLINICAL_NOTE, DISCLAIMER, ROUTING
-from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ROC_PNG
+from search.model.routing import CLINICAL_NOTE, DISCLAIMER, ROUTING, decision_text
+from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ORDINAL_FIGURES, ROC_PNG, is_ordinal
 from search.stats.intervals import Interval
 
 
@@ -23,6 +25,8 @@ def _yes(flag: bool) -> str:
 
 def render_model_card(m: dict) -> str:
     """The model card as Markdown, from the ``metrics.json`` dict that ``search.export`` writes."""
+    if is_ordinal(m):
+        return render_grade_card(m)
     task, data, test, model, base = m["task"], m["data"], m["test"], m["model"], m["baseline"]
     study, check, classes = m["study"], m["export_check"], task["classes"]
     size = "x".join(map(str, data["size"]))
@@ -237,3 +241,196 @@ def _selection_lines(selection: dict | None) -> list[str]:
     if selection.get("baseline_confirmed_score") is not None and not selection.get("is_baseline"):
         lines.append(f"- The seed baseline's confirmed score: {selection['baseline_confirmed_score']:.3f}.")
     return [*lines, ""]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def grade_title(task: dict) -> str:
+    """``severity grading CT-0 < CT-1 < CT-2 < CT-3/CT-4``."""
+    return "severity grading " + " < ".join("/".join(g) for g in task["grades"])
+
+
+def _grade_table(test: dict) -> list[str]:
+    """The ordinal metrics of the model beside the baseline's, one row each."""
+    model, base = test["model"], test.get("baseline")
+    rows = [("mean grade>=k ROC AUC (the selection metric)", _ci(model, "auc"), _ci(base, "auc"))]
+    for i, threshold in enumerate(model["at_least"]):
+        theirs = base["at_least"][i] if base else None
+        rows.append((f"ROC AUC of {threshold['event']}", _ci(threshold, "auc"), _ci(theirs, "auc")))
+    rows += [("quadratic weighted kappa (QWK)", _ci(model, "qwk"), _ci(base, "qwk")),
+             ("mean absolute error (grades)", _ci(model, "mae"), _ci(base, "mae")),
+             ("macro one-vs-rest AUC", _number(model["macro_auc"]), _number(base["macro_auc"]) if base else "-"),
+             ("balanced accuracy", _number(model["balanced_accuracy"]),
+              _number(base["balanced_accuracy"]) if base else "-"),
+             ("accuracy (exact grade)", _ci(model, "accuracy"), _ci(base, "accuracy"))]
+    return ["| metric | exported model | seed baseline |", "| --- | --- | --- |",
+            *[f"| {a} | {b} | {c} |" for a, b, c in rows]]
+
+
+def _confusion_table(title: str, entry: dict, grades: list[str]) -> list[str]:
+    """A K x K confusion matrix as Markdown: each cell the count and its share of the row."""
+    cm = entry["confusion_matrix"]
+    lines = [f"{title} (rows: true grade; columns: predicted grade, the median; count and share of the row):", "",
+             "| true \\ predicted | " + " | ".join(grades) + " |", "| --- |" + " --- |" * len(grades)]
+    for name, counts, shares in zip(grades, cm["counts"], cm["row_normalised"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(f"{c} ({s:.0%})" for c, s in zip(counts, shares, strict=True)) + " |")
+    return [*lines, ""]
+
+
+def render_grade_card(m: dict) -> str:
+    """The model card of an ordinal (severity grading) export, from its ``metrics.json`` dict."""
+    task, data, test, model, base = m["task"], m["data"], m["test"], m["model"], m["baseline"]
+    study, check, grades = m["study"], m["export_check"], task["classes"]
+    size = "x".join(map(str, data["size"]))
+    phantoms = data.get("phantoms", False)
+    base_test = test.get("baseline")
+    k = len(grades)
+    lines = [
+        f"# Model card: {grade_title(task)} — trial {model['trial']} of study '{study['name']}'",
+        "",
+        f"> **{DISCLAIMER}**",
+    ]
+    if phantoms:
+        lines += [">", "> **Trained and tested on synthetic phantoms**, not on patients' scans: the numbers below "
+                  "say how well the search worked on the phantom set, nothing about real chest CT."]
+    lines += [
+        "",
+        "## Task",
+        "",
+        f"- {task['description']} (task `{task['name']}`): {k} ordered grades, "
+        + ", ".join(f"grade {i} = **{name}**" for i, name in enumerate(grades)) + ".",
+        f"- Output: {k - 1} cumulative logits, one per \"grade >= k\" (k = 1..{k - 1}): one severity score plus "
+        "strictly decreasing cutpoints, so P(grade >= k) = sigmoid(logit) falls with k and the grade probabilities "
+        "P(grade = k) = P(grade >= k) - P(grade >= k+1) sum to 1.",
+        "- Predicted grade: the median of that distribution, the number of k with P(grade >= k) >= 0.5 (not tuned "
+        "or calibrated); it is always one of the grades above.",
+        "- The course's routing table, which `python -m search.predict` applies to the predicted grade (a pooled "
+        "grade lists the decision of each of its categories):",
+        "",
+        "| grade | decision |",
+        "| --- | --- |",
+        *[f"| {name} | {decision_text(tuple(cats))} |" for name, cats in zip(grades, task["grades"], strict=True)],
+        "",
+        f"- {CLINICAL_NOTE}",
+        "",
+        "## Model",
+        "",
+        f"- Architecture ({size} input): {model['architecture']}, with an ordinal head of {k - 1} ordered "
+        "cutpoints (`space.build(spec, grades=K)`).",
+        *_size_lines(model),
+        f"- {_trained_on(model, data)} for {model['epochs']} "
+        f"epochs ({model['epochs_rule']}) with CORAL's loss (the sum of the binary cross-entropies of each "
+        f"\"grade >= k\"), optimiser {model['train_spec']['optimizer']}, learning rate "
+        f"{model['train_spec']['lr']:.3g}, weight decay {model['train_spec']['weight_decay']:g}, batch size "
+        f"{model['train_spec']['batch_size']}, on {m['training']['device']}, with {m['training']['augmentation']}; "
+        "batch-norm statistics recomputed over the training scans after training.",
+        "",
+        "## Data and split",
+        "",
+        f"- Data: `{data['root']}` ({data['layout']} layout); synthetic phantoms: {_yes(phantoms)}.",
+        f"- Preprocessing: HU window {data['hu_window'][0]:g} to {data['hu_window'][1]:g} scaled to [0, 1], "
+        f"resized to {size} voxels (D x H x W, RAS orientation); see `preprocess.json`.",
+        f"- Split (seed {data['split_seed']}, stratified by grade, saved in `{data['split_file']}`): {data['n_train']} "
+        f"train, {data['n_val']} validation, {data['n_test']} test scans; {data['excluded']} scans outside the task, "
+        f"{data['skipped']} unreadable scans skipped.",
+        "- The search scored each trial by cross-validation over the train + validation parts (mean \"grade >= k\" "
+        "AUC) and a confirmation stage re-evaluated the best specs against the seed baseline on fresh folds; the test "
+        "part was read only by this export, once.",
+        "",
+        *_selection_lines(m.get("selection")),
+        "## Locked test evaluation",
+        "",
+        f"{test['n']} test scans: " + ", ".join(f"{n} {name}" for n, name in zip(test["n_per_grade"], grades,
+                                                                               strict=True)) + ".",
+        "",
+        *_grade_table(test),
+        "",
+    ]
+    if test.get("auc_difference") and not test.get("baseline_is_model"):
+        lines += ["Difference in mean grade>=k AUC, exported model minus seed baseline: "
+                  f"{_ci(test, 'auc_difference')}; an interval that contains 0 means this test part cannot tell the "
+                  "two apart.", ""]
+    note = base.get("note")
+    if base_test is None:
+        lines += [f"Seed baseline: not trained ({note}).", ""]
+    else:
+        how = ("was trained the same way, with the same ordinal head: same train + validation scans"
+               if model.get("members", 1) == 1 else
+               f"was trained as the course trains it (with the same ordinal head), on all "
+               f"{data['n_train'] + data['n_val']} train + validation scans")
+        lines += [f"The seed baseline ({base['architecture']}) {how}, {base['epochs']} epochs ({base['epochs_rule']})"
+                  + (f"; {note}" if note else "") + ".", ""]
+    lines += _confusion_table("Exported model", test["model"], grades)
+    if base_test is not None and not test.get("baseline_is_model"):
+        lines += _confusion_table("Seed baseline", base_test, grades)
+    lines += [
+        f"Intervals are 95%: the AUCs by {test['model']['auc']['method']}; QWK and MAE by percentile intervals over "
+        "the same resamples; exact-grade accuracy by a Wilson score interval. On a test part this small they are "
+        "wide; read them before the point estimates.",
+        "",
+        f"![\"grade >= k\" ROC curves on the locked test part, with 95% bootstrap bands]({ROC_PNG})",
+        "",
+        f"`{ROC_PNG}`: one curve per \"grade >= k\": the share of scans at or above the grade caught against the share "
+        "of scans below it flagged, as P(grade >= k) is lowered; the shaded band spans the middle 95% of the curves "
+        "of bootstrap resamples of the test scans, the dotted curves are the other model's, the dashed diagonal is "
+        "chance.",
+        "",
+        f"![Confusion matrix of the predicted grade]({CONFUSION_PNG})",
+        "",
+        f"`{CONFUSION_PNG}`: the {k} x {k} confusion matrices above, rows the true grade and columns the median "
+        "grade, shaded by the share of the row, with QWK and MAE in the titles.",
+        "",
+        f"> On a small test part (this one has {test['n']} scans) the bands and intervals are wide: two models whose "
+        "bands overlap are not shown to differ, and each step of a curve is one scan (or a few tied ones).",
+        "",
+        "## Provenance",
+        "",
+        f"- Study `{study['name']}` in `{study['storage']}` ({study['n_trials']} trials, objectives "
+        f"{', '.join(study['objectives'])}); exported trial {model['trial']}, cross-validated mean grade>=k AUC "
+        f"{model.get('search_cv_auc', float('nan')):.3f} in the search.",
+        f"- Exported {m['created']}. Export check on a fixed input: reloaded weights differ by "
+        f"{check['weights_max_abs_diff']:.1e}, ONNX by "
+        + (f"{check['onnx_max_abs_diff']:.1e}" if check["onnx_max_abs_diff"] is not None else check["onnx_runtime"])
+        + f" (tolerance {check['tolerance']:g}) in any of the {k - 1} logits.",
+        "- Versions: " + ", ".join(f"{name} {v}" for name, v in m["versions"].items()) + ".",
+        "",
+        "## Files",
+        "",
+        "- `spec.json`, `weights.safetensors`: rebuild with `space.build(ArchSpec.from_json(...), grades="
+        f"{k})` and `load_state_dict(safetensors.torch.load_file(...), strict=True)` "
+        "(`search.model.folder.load_model`); the weights hold the cutpoints `head.cuts.first` and `head.cuts.gaps`.",
+        *(["- `ensemble.json`: the member count; `weights.safetensors` names each member's tensors "
+            "`members.<i>.<layer>`, and `load_model` builds the `Ensemble` from the two (it averages each "
+            "P(grade >= k) over the members)."]
+          if model.get("members", 1) > 1 else []),
+        "- `model.onnx`: the same network for other runtimes; input `volume` (batch, 1, D, H, W) float32 "
+        f"preprocessed as `preprocess.json` describes, output `logit` (batch, {k - 1}): the cumulative logits.",
+        "- `preprocess.json` (the grades, their categories and names), `train_spec.json`, `metrics.json` ("
+        + ("with each test scan's study id, grade and P(grade >= k), as asked for by --include-scan-ids"
+           if m.get("test_predictions") else "counts, metrics and the curves behind the pictures only: no study id, "
+           "no local path")
+        + "), this card.",
+        f"- {', '.join(f'`{name}`' for name in ORDINAL_FIGURES)}: the pictures above, drawn from `metrics.json` alone; "
+        "`search.shipping.figures.write_model_figures(metrics, folder)` redraws them.",
+        "",
+        "Predict: `python -m search.predict MODEL_DIR SCAN.nii.gz [...] [--json]` gives each grade's probability, the "
+        "median grade and its routing decision; add `--saliency OUT_DIR` for a Grad-CAM++ montage per scan of where "
+        "the evidence for a higher grade sits (the map of the one severity logit that every \"grade >= k\" shares; "
+        "coarse: the last level's map). Montages of the surest correct scan of the lowest and of the highest grade "
+        "and of the worst miss are in optuna-dashboard, as study artifacts named after this trial.",
+        "",
+        "## Limits",
+        "",
+        "- Research and teaching use only; not a medical device, not validated for clinical use.",
+        "- MosMedData comes from Moscow hospitals in 2020; other scanners, protocols, populations and "
+        "diseases than COVID-19 pneumonia are untested.",
+        *[f"- Grade {name} pools {' and '.join(cats)}: the model cannot tell them apart, so that grade lists the "
+          "decision of each." for name, cats in zip(grades, task["grades"], strict=True) if len(cats) > 1],
+        "- The model sees a heavily downsampled volume and has no out-of-distribution check: a scan that is "
+        "not a chest CT still gets a grade.",
+    ]
+    if phantoms:
+        lines.append("- Trained on synthetic phantoms: its outputs on real scans are meaningless.")
+    return "\n".join(lines) + "\n"

@@ -3,7 +3,9 @@
 ``choose`` reads the confirmation's recommendation (or ``--trial``); ``retrain`` trains a spec on the
 train and validation parts from the seed its trial used and scores the locked test part once;
 ``assemble`` instead loads the confirmation's fold models of a spec as one ``Ensemble``. Each gives a
-:class:`Shipped`: the model, its test probabilities and metrics, and how it was trained.
+:class:`Shipped`: the model, its test probabilities and metrics, and how it was trained. For an ordinal
+task (severity grades) the networks are built with the task's K grades (``space.build(spec, grades=K)``:
+an ordinal head of K-1 cumulative logits) and scored with ``search.stats.metrics.task_metrics``.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lungct.errors import UsageError
+from lungct.records import get_task
 from search.model.folder import (
     Ensemble,
     members_of,
 )
 from search.selection.confirm import Decision, stored_decision
 from search.selection.settings import RunSettings
-from search.stats.metrics import BinaryMetrics, binary_metrics
+from search.stats.metrics import BinaryMetrics, OrdinalMetrics, task_metrics
 from search.study import schema
 from search.study.artifacts import artifact_dir
 from search.training.data import Tensors
@@ -80,8 +83,8 @@ class Shipped:
     epochs: int
     epochs_rule: str
     model: torch.nn.Module
-    probs: np.ndarray
-    metrics: BinaryMetrics
+    probs: np.ndarray  # (N,) P(label 1), or (N, K-1) P(grade >= k) for an ordinal task
+    metrics: BinaryMetrics | OrdinalMetrics
     train_seconds: float
     note: str | None = None
     member_train_scans: tuple[int, ...] = ()  # per fold model of an ensemble; empty for one model
@@ -92,6 +95,9 @@ class Shipped:
         return members_of(self.model)
 
 
+def task_grades(s: ExportSettings) -> int:
+    """K, the labels of the study's task: 2 for a binary task, the grades of an ordinal one."""
+    return get_task(s.task).n_grades
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
     on_epoch, close = epoch_printer(role, epochs)
     try:
         trained = train_model(spec, train_spec, trainval, None, epochs=epochs, device=s.device, seed=seed, amp=amp,
-                              on_epoch=on_epoch)
+                              on_epoch=on_epoch, grades=task_grades(s))
     except TrainingFailed as e:
         hint = "try --epochs or another --trial" if e.kind == NON_FINITE else "try --device cpu"
         raise ExportError(f"training the {role}: {e}; {hint}") from None
@@ -182,7 +188,7 @@ def retrain(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec,
     model = model.to("cpu").eval()
     # Test in float32 on the CPU: the numbers then describe the exported weights as predict runs them.
     probs = predict_probs(model, test.volumes, torch.device("cpu"), amp=False)
-    metrics = binary_metrics(test.labels.numpy(), probs)
+    metrics = task_metrics(test.labels.numpy(), probs)
     return Shipped(role, trial, spec, train_spec, epochs, epochs_rule, model, probs, metrics,
                    round(fitted.train_seconds, 2), note)
 
@@ -226,7 +232,7 @@ def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec
                 raise UsageError(f"artifacts: fold model {i} of the {role} ({artifact}) is missing or unreadable in "
                                  f"{store_dir} ({type(e).__name__}); rerun python -m search.run --confirm-only, or "
                                  "export without --ensemble") from None
-            net = build(spec)
+            net = build(spec, grades=task_grades(s))  # the confirmation trained the task's head
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as e:
@@ -235,7 +241,7 @@ def assemble(role: str, trial: int | None, spec: ArchSpec, train_spec: TrainSpec
             members.append(net)
     model = Ensemble(members).eval()
     probs = predict_probs(model, test.volumes, torch.device("cpu"), amp=False)
-    metrics = binary_metrics(test.labels.numpy(), probs)
+    metrics = task_metrics(test.labels.numpy(), probs)
     seconds = sum(float(runs.get(i, {}).get(schema.TRAIN_SECONDS, 0.0)) for i in ids)
     rule = f"the confirmation's fold models, {epochs} epochs each"
     return Shipped(role, trial, spec, train_spec, epochs, rule, model, probs, metrics, round(seconds, 2), note,

@@ -7,6 +7,7 @@ from search.model.routing import (
     CLINICAL_NOTE,
     ROUTING,
     check_classes,
+    check_grades,
     class_name,
     class_names,
     decision_text,
@@ -78,3 +79,35 @@ def test_check_classes_refuses_swapped_negative_and_positive():
 def test_check_classes_refuses_class_names_that_contradict_the_task():
     with pytest.raises(ValueError, match=r"^classes: \['CT-2 or CT-3', 'CT-0'\] contradicts task 'course'"):
         check_classes(COURSE, ("CT-0",), ("CT-2", "CT-3"), ("CT-2 or CT-3", "CT-0"))
+
+
+SEVERITY = TASKS["severity"]
+SEVERITY_NAMES = ("CT-0", "CT-1", "CT-2", "CT-3 or CT-4")
+
+
+def test_class_names_of_an_ordinal_task_name_every_grade_in_order():
+    assert class_names(SEVERITY) == SEVERITY_NAMES
+
+
+def test_decision_text_of_the_pooled_top_severity_grade_lists_ct3_and_ct4():
+    top = SEVERITY.grades[-1]
+    assert decision_text(top) == f"if CT-3: {ROUTING['CT-3']}; if CT-4: {ROUTING['CT-4']}"
+
+
+def test_check_grades_accepts_the_tasks_own_grades():
+    check_grades(SEVERITY, SEVERITY.grades, SEVERITY_NAMES)
+
+
+def test_check_grades_refuses_grades_in_another_order():
+    with pytest.raises(ValueError, match=r"^grades: .* contradicts task 'severity', whose grades 0...3 are"):
+        check_grades(SEVERITY, tuple(reversed(SEVERITY.grades)), SEVERITY_NAMES)
+
+
+def test_check_grades_refuses_an_unknown_category():
+    with pytest.raises(ValueError, match=r"^grades: unknown categories \['CT-5'\]"):
+        check_grades(SEVERITY, (("CT-0",), ("CT-1",), ("CT-2",), ("CT-5",)), SEVERITY_NAMES)
+
+
+def test_check_grades_refuses_grade_names_that_contradict_the_task():
+    with pytest.raises(ValueError, match=r"^classes: \['CT-0', 'CT-1', 'CT-2', 'CT-3'\] contradicts task 'severity'"):
+        check_grades(SEVERITY, SEVERITY.grades, ("CT-0", "CT-1", "CT-2", "CT-3"))
