@@ -10,7 +10,9 @@ side; the Pareto front of validation AUC against parameters and against GFLOPs, 
 trials (so a pruned single-objective study gets one too), plus Optuna's own Pareto plot for a
 multi-objective study; and parallel coordinates. plotly.js is embedded once, so the file opens offline
 and can be mailed or handed in as it is. Every figure takes its panel's width and grows its margins
-around its labels, so nothing is cut in a 1400-pixel-wide window.
+around its labels, so nothing is cut in a 1400-pixel-wide window. Every AUC is named for the study's
+task: a severity study's score is the mean AUC of "grade >= k" over its cuts (``search.study.notes.ScoreName``),
+and its labels are listed by grade.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lungct.errors import UsageError
 from lungct.files import atomic_write_text
+from lungct.records import get_task
 from search.cli import add_studies_dir_flag, add_study_flags, command_parser, exit_code, positive
 from search.pages.html import figure, fmt, note, page, table
-from search.pages.validation import AUC_NAME, confirmation_section, export_command, validation_section
+from search.pages.validation import confirmation_section, export_command, validation_section
 from search.study.artifacts import artifact_dir
 from search.study.faults import StorageError, storage_fault
+from search.study.notes import ScoreName, study_score_name, study_task
 from search.study.storage import default_storage, load_existing_study, redact, schema
 from search.study.trials import COSTS, TrialPoint, non_dominated, ranked_trials, trial_points
 from space import describe_spec
@@ -71,10 +75,11 @@ class Section:
 
 
 class _Study:
-    """What the plots need from a study, read once: single or multi-objective, trials, costs."""
+    """What the plots need from a study, read once: single or multi-objective, trials, costs, the score's name."""
 
     def __init__(self, study: optuna.Study):
         self.study = study
+        self.score = study_score_name(study)
         self.trials = study.get_trials(deepcopy=False)
         self.objectives = list(study.user_attrs.get(schema.STUDY_OBJECTIVES, ["auc"]))
         self.multi = len(study.directions) > 1
@@ -110,7 +115,7 @@ def plot_history(s: _Study) -> str:
     """Optuna's optimisation history of validation AUC."""
     if not s.complete:
         return note("No complete trial yet: nothing to plot.")
-    fig = optuna.visualization.plot_optimization_history(s.study, target=s.target(), target_name=AUC_NAME)
+    fig = optuna.visualization.plot_optimization_history(s.study, target=s.target(), target_name=s.score.cv)
     return figure(fig, "fig-history")
 
 
@@ -122,7 +127,7 @@ def _curves_from_attrs(s: _Study) -> go.Figure:
         if curve:
             fig.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve, mode="lines+markers",
                                      name=f"Trial{t.number}"))
-    fig.update_layout(title="Intermediate Values Plot", xaxis_title="epoch", yaxis_title=AUC_NAME)
+    fig.update_layout(title="Intermediate Values Plot", xaxis_title="epoch", yaxis_title=s.score.cv)
     return fig
 
 
@@ -130,7 +135,7 @@ def plot_curves(s: _Study) -> str:
     """Validation AUC per epoch for every trial that trained: Optuna's intermediate values plot."""
     if any(t.intermediate_values for t in s.trials):
         fig = optuna.visualization.plot_intermediate_values(s.study)
-        fig.update_layout(xaxis_title="folds scored", yaxis_title=AUC_NAME)
+        fig.update_layout(xaxis_title="folds scored", yaxis_title=s.score.cv)
     elif any(t.user_attrs.get(schema.VAL_AUC) for t in s.trials):
         fig = _curves_from_attrs(s)
     else:
@@ -157,7 +162,7 @@ def plot_importance(s: _Study, name: str, evaluator) -> tuple[str, list[str]]:
             # With a target (multi-objective studies) PED-ANOVA looks for low values, so it gets -AUC there.
             target = s.target(minimised=isinstance(evaluator, PedAnovaImportanceEvaluator))
             fig = optuna.visualization.plot_param_importances(s.study, evaluator=evaluator, target=target,
-                                                              target_name=AUC_NAME)
+                                                              target_name=s.score.cv)
         except (RuntimeError, ValueError) as e:
             return note(f"{name}: not computed ({e})."), []
     messages = sorted({str(w.message) for w in caught if not issubclass(
@@ -173,10 +178,10 @@ def plot_importance(s: _Study, name: str, evaluator) -> tuple[str, list[str]]:
     return body + "".join(note(m) for m in messages), ranking
 
 
-def _hover(p: TrialPoint) -> str:
+def _hover(p: TrialPoint, score: ScoreName) -> str:
     tag = " (seed baseline)" if p.baseline else ""
-    state = "" if p.complete else " (pruned: last reported AUC)"
-    return (f"trial {p.number}{tag}<br>{AUC_NAME} {p.auc:.3f}{state}<br>{p.params:,} params<br>"
+    state = "" if p.complete else f" (pruned: last reported {score.short})"
+    return (f"trial {p.number}{tag}<br>{score.cv} {p.auc:.3f}{state}<br>{p.params:,} params<br>"
             f"{p.gflops:.3f} GFLOPs<br>{html.escape(describe_spec(p.spec))}")
 
 
@@ -187,7 +192,7 @@ def plot_pareto(s: _Study, cost: str) -> str:
         return note(f"No complete trial with a recorded cost yet: no Pareto front against {label}.")
     front = s.fronts[cost]
     groups = [
-        ("pruned (last reported AUC)", [p for p in s.points if not p.complete],
+        (f"pruned (last reported {s.score.short})", [p for p in s.points if not p.complete],
          {"color": "#9aa5b1", "symbol": "x", "size": 7, "opacity": 0.45}),
         ("dominated", [p for p in s.points if p.complete and p.number not in front],
          {"color": "#4c78a8", "size": 9, "opacity": 0.6}),
@@ -202,21 +207,21 @@ def plot_pareto(s: _Study, cost: str) -> str:
         fig.add_trace(go.Scatter(
             x=[p.cost(cost) for p in pts], y=[p.auc for p in pts], name=name, marker=marker,
             mode="lines+markers" if is_front else "markers", line={"shape": "hv", "color": "#e45756"} if is_front
-            else None, text=[_hover(p) for p in pts], hovertemplate="%{text}<extra></extra>"))
+            else None, text=[_hover(p, s.score) for p in pts], hovertemplate="%{text}<extra></extra>"))
     for p in (p for p in s.points if p.baseline):
         fig.add_trace(go.Scatter(x=[p.cost(cost)], y=[p.auc], name="seed baseline", mode="markers+text",
                                  marker={"symbol": "star", "size": 20, "color": "#f2b701",
                                          "line": {"width": 1, "color": "#222"}},
                                  text=["seed baseline"], textposition="top center",
-                                 hovertext=[_hover(p)], hovertemplate="%{hovertext}<extra></extra>"))
-    fig.update_layout(title=f"Pareto front: {AUC_NAME} against {label}", xaxis_title=f"{label} (log scale)",
-                      yaxis_title=AUC_NAME, xaxis_type="log", legend={"orientation": "h", "y": -0.2})
+                                 hovertext=[_hover(p, s.score)], hovertemplate="%{hovertext}<extra></extra>"))
+    fig.update_layout(title=f"Pareto front: {s.score.cv} against {label}", xaxis_title=f"{label} (log scale)",
+                      yaxis_title=s.score.cv, xaxis_type="log", legend={"orientation": "h", "y": -0.2})
     return figure(fig, f"fig-pareto-{cost}")
 
 
 def plot_optuna_pareto(s: _Study) -> str:
     """Optuna's own Pareto-front plot, for a multi-objective study."""
-    names = [AUC_NAME, COSTS["params" if "params" in s.objectives else "gflops"]]
+    names = [s.score.cv, COSTS["params" if "params" in s.objectives else "gflops"]]
     fig = optuna.visualization.plot_pareto_front(s.study, target_names=names[:len(s.study.directions)])
     return figure(fig, "fig-pareto-optuna")
 
@@ -228,7 +233,7 @@ def plot_parallel(s: _Study, ranking: list[str]) -> str:
         return note("Needs complete trials whose parameters differ: nothing to plot yet.")
     ordered = [n for n in ranking if n in varying] + [n for n in varying if n not in ranking]
     fig = optuna.visualization.plot_parallel_coordinate(s.study, params=ordered[:MAX_PARALLEL_PARAMS],
-                                                        target=s.target(), target_name=AUC_NAME)
+                                                        target=s.target(), target_name=s.score.cv)
     return figure(fig, "fig-parallel", height=520)
 
 
@@ -251,8 +256,9 @@ def top_trials_table(s: _Study, top: int) -> str:
                         f"batch {train.get('batch_size', '-')}"),
             html.escape(describe_spec(a.get("spec"))), html.escape(", ".join(tags)),
         ])
-    cells_table = table(["rank", "trial", AUC_NAME, "+- SE", "params", "GFLOPs", "fold AUCs (final epoch)",
-                         "training", "architecture", "notes"], rows, "top-trials")
+    cells_table = table(["rank", "trial", s.score.cv, "+- SE", "params", "GFLOPs",
+                         f"fold {s.score.short}s (final epoch)", "training", "architecture", "notes"], rows,
+                        "top-trials")
     base = next((t for t in s.trials if t.user_attrs.get(schema.BASELINE)), None)
     if base is None:
         line = "The seed baseline is not in this study."
@@ -261,18 +267,18 @@ def top_trials_table(s: _Study, top: int) -> str:
     else:
         rank = [t.number for t in s.complete].index(base.number) + 1
         line = (f"The seed baseline (trial {base.number}) ranks {rank} of {len(s.complete)} complete trials, "
-                f"{AUC_NAME} {base.values[0]:.3f}.")
+                f"{s.score.cv} {base.values[0]:.3f}.")
     return cells_table + note(line)
 
 
-def _reason_kind(trial: FrozenTrial) -> str:
+def _reason_kind(trial: FrozenTrial, score: ScoreName) -> str:
     reason = trial.user_attrs.get(schema.PRUNE_REASON) or trial.user_attrs.get(schema.FAIL_REASON) or ""
     if trial.state == TrialState.PRUNED:
         if reason.startswith("too costly"):
             return "pruned before training: above the GFLOPs cap (--max-gflops)"
         if "non-finite" in reason:
             return "pruned: non-finite training loss"
-        return "pruned by the pruner (mean fold AUC behind other trials after the same fold)"
+        return f"pruned by the pruner (mean fold {score.short} behind other trials after the same fold)"
     if trial.state == TrialState.FAIL:
         return f"failed: {reason.split(' (')[0] or 'see optuna-dashboard'}"
     return trial.state.name.lower()
@@ -280,6 +286,22 @@ def _reason_kind(trial: FrozenTrial) -> str:
 
 def _window(window: list | None) -> str:
     return f"{window[0]:g} to {window[1]:g} HU" if window else "-"
+
+
+def _grade_names(task: str | None) -> list[str]:
+    """The categories of each grade of an ordinal task, ``CT-3/CT-4`` where a grade pools two."""
+    try:
+        return ["/".join(grade) for grade in get_task(task or "").grades]
+    except ValueError:
+        return []
+
+
+def _label(key: str, grades: list[str]) -> str:
+    """``label 1`` of a binary task; ``grade 1 (CT-1)`` of an ordinal one."""
+    if not grades:
+        return f"label {key}"
+    k = int(key) if str(key).isdigit() else None
+    return f"grade {key} ({grades[k]})" if k is not None and k < len(grades) else f"grade {key}"
 
 
 def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
@@ -293,6 +315,7 @@ def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
     size = "x".join(map(str, settings.get("size", []))) or "-"
     data_root = settings.get("data") or f"default synthetic phantom set ({settings.get('n_phantoms', '?')} phantoms)"
     loaded = data.get("loaded", {})
+    grades = _grade_names(study_task(s.study)) if s.score.ordinal else []
     rows = [
         ("study", f"{s.study.study_name} in {redact(storage_url)}"),
         ("objectives", ", ".join(s.objectives) + (" (multi-objective: no pruning)" if s.multi else "")),
@@ -303,21 +326,22 @@ def summary_section(s: _Study, storage_url: str, studies_dir: str) -> str:
         ("task", f"{settings.get('task', '-')}: {data.get('task_description', '')}"),
         ("input", f"{size} voxels (D x H x W), HU window {_window(data.get('hu_window'))}"),
         ("score", f"{settings.get('folds', '-')}-fold cross-validation over the non-test scans, "
-                  f"{settings.get('epochs', '-')} epochs per fold, scored at the last epoch"),
+                  f"{settings.get('epochs', '-')} epochs per fold, scored at the last epoch"
+                  + (f" by the {s.score.long}" if s.score.ordinal else "")),
         ("cost cap", f"{settings['max_gflops']:g} GFLOPs per scan (--max-gflops)" if settings.get("max_gflops")
          else "none"),
         ("seed", str(settings.get("seed", "-"))),
         ("split", f"{data.get('n_train', '-')} train / {data.get('n_val', '-')} validation / "
                   f"{data.get('n_test', '-')} test scans (seed {data.get('split_seed', '-')}); the test part is "
                   "held out: only python -m search.export reads it"),
-        ("labels loaded", "; ".join(f"{part}: " + ", ".join(f"label {k}: {v}" for k, v in counts.items())
+        ("labels loaded", "; ".join(f"{part}: " + ", ".join(f"{_label(k, grades)}: {v}" for k, v in counts.items())
                                     for part, counts in loaded.items()) or "-"),
         ("excluded / skipped", f"{data.get('excluded', '-')} scans outside the task, "
                                f"{data.get('skipped', '-')} unreadable"),
         ("split file", str(data.get("split_file", "-"))),
     ]
     facts = table(["", ""], [[html.escape(k), html.escape(str(v))] for k, v in rows], "summary")
-    kinds = Counter(_reason_kind(t) for t in s.trials if t.state != TrialState.COMPLETE)
+    kinds = Counter(_reason_kind(t, s.score) for t in s.trials if t.state != TrialState.COMPLETE)
     outcome = table(["what happened", "trials"], [[html.escape(k), str(n)] for k, n in kinds.most_common()]) \
         if kinds else ""
     artifacts = artifact_dir(studies_dir, s.study.study_name)
@@ -338,40 +362,42 @@ def build_sections(study: optuna.Study, storage_url: str, studies_dir: str = "st
     if s.multi:
         pareto += "<h3>Optuna's Pareto-front plot (the study's own objectives)</h3>" + plot_optuna_pareto(s)
     n_complete = len(s.complete)
+    auc, cv = s.score.short, s.score.cv
     return [
         Section("summary", "Study, data, task and split", "", summary_section(s, storage_url, studies_dir)),
         Section("confirmation", "Confirmation and recommendation", "The search's best distinct specs and the "
                 "seed baseline, trained again on fresh folds with new seeds at the confirmation's epochs. The "
                 "recommended model is what python -m search.export ships.", confirmation_section(s.study)),
         Section("validation", "Validation against the locked test part", "The exported model and the seed "
-                "baseline at each stage: the search's cross-validated AUC of their trial (with its standard "
-                "error), the confirmation's score on fresh folds, and the AUC that python -m search.export "
+                f"baseline at each stage: the search's cross-validated {auc} of their trial (with its standard "
+                f"error), the confirmation's score on fresh folds, and the {auc} that python -m search.export "
                 "measured once on the test part, which nothing else reads (with its 95% bootstrap CI). How far "
-                "the confirmed score falls to the test AUC is the optimism of validation.",
+                f"the confirmed score falls to the test {auc} is the optimism of validation.",
                 validation_section(s.study, model_dir, studies_dir)),
-        Section("top", "Top trials", f"Complete trials by {AUC_NAME}: the mean over the folds of the validation "
-                "AUC at each fold's final epoch, with its standard error (the fewer parameters first on ties); "
+        Section("top", "Top trials", f"Complete trials by {cv}: the mean over the folds of the validation "
+                f"{auc} at each fold's final epoch, with its standard error (the fewer parameters first on ties); "
                 "trial 0 is the course's seed model. The best of many noisy scores is optimistic: the "
                 "confirmation above, not this ranking, picks the model.", top_trials_table(s, top)),
-        Section("history", "Optimisation history", f"{AUC_NAME} of each complete trial, in trial order, "
+        Section("history", "Optimisation history", f"{cv} of each complete trial, in trial order, "
                 "and the best so far.", plot_history(s)),
-        Section("curves", "Scores after each fold", "The running mean AUC after each cross-validation fold, one "
+        Section("curves", "Scores after each fold", f"The running mean {auc} after each cross-validation fold, one "
                 "line per trial: what the pruner saw; pruned trials are the lines that stop early.", plot_curves(s)),
-        Section("importance", "Which choices matter", f"Parameter importances for {AUC_NAME} over the "
+        Section("importance", "Which choices matter", f"Parameter importances for {cv} over the "
                 f"{n_complete} complete trials (pruned trials are left out), by two methods: PED-ANOVA "
-                "(what separates the best 10% of trials from the rest) and fANOVA (how much of the AUC's "
+                "(what separates the best 10% of trials from the rest) and fANOVA (how much of the "
+                f"{auc}'s "
                 "variance a random-forest model attributes to each parameter, seed 0). With fewer than about "
                 "20 complete trials both are noisy; where they agree, believe them more.",
                 f'<div class="row"><div class="col"><h3>PED-ANOVA</h3>{ped}</div>'
                 f'<div class="col"><h3>fANOVA</h3>{fanova}</div></div>'),
         Section("pareto", "What accuracy costs: Pareto fronts", "Each point is a trial. Red points are the "
-                "Pareto front: complete trials that no other complete trial beats on both validation AUC and "
+                f"Pareto front: complete trials that no other complete trial beats on both validation {auc} and "
                 "cost. Blue points are dominated complete trials; grey crosses are pruned trials at the last "
-                "validation AUC they reported (they never finished, so they cannot be on the front); the star "
+                f"validation {auc} they reported (they never finished, so they cannot be on the front); the star "
                 "is the seed baseline. Costs are at the study's input size.", pareto),
         Section("parallel", "Parallel coordinates", f"Complete trials across the (at most "
                 f"{MAX_PARALLEL_PARAMS}) parameters that vary and matter most by fANOVA, in alphabetical order; "
-                f"colour is {AUC_NAME}.", plot_parallel(s, ranking)),
+                f"colour is {cv}.", plot_parallel(s, ranking)),
     ]
 
 
@@ -381,12 +407,14 @@ def render_report(study: optuna.Study, storage_url: str, studies_dir: str = "stu
     sections = build_sections(study, storage_url, studies_dir, top, model_dir)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"lungct-nas search report: {study.study_name}"
+    score = study_score_name(study)
     nav = "".join(f'<a href="#{x.id}">{html.escape(x.title)}</a>' for x in sections)
     body = [
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="sub">Generated {created} by python -m search.report. Validation AUC is what the search '
-        "optimised; it is optimistic for the chosen model. The unbiased figure is the locked-test AUC that "
-        "python -m search.export reports.</p>",
+        f'<p class="sub">Generated {created} by python -m search.report. Validation {html.escape(score.short)} is '
+        f"what the search optimised; it is optimistic for the chosen model. The unbiased figure is the locked-test "
+        f"{html.escape(score.short)} that python -m search.export reports."
+        f"{' ' + html.escape(score.definition) if score.ordinal else ''}</p>",
         f"<nav>{nav}</nav>",
     ]
     for x in sections:

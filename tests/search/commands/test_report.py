@@ -288,3 +288,56 @@ def test_report_hostile_metrics_json_is_a_note_naming_it_without_reading_it(stud
         path.write_text("[" * 100_000 if kind == "nested_100000_deep" else " " * (5 << 20))
     section = html.unescape(validation_section(study, folder, str(study_dir)))
     assert f"Cannot read {path}: " in section and "fig-validation" not in section
+
+
+@pytest.fixture(scope="module")
+def severity_study_dir(severity_data, tmp_path_factory):
+    """A confirmed 3-trial study of the ordinal severity task (the baseline and two sampled trials)."""
+    root = tmp_path_factory.mktemp("severity-report-study")
+    assert run.main(["--task", "severity", "--size", "16", "16", "32", "--epochs", "1", "--trials", "3",
+                     "--confirm-top", "1", "--confirm-epochs", "1", "--workers", "1", "--studies-dir", str(root),
+                     "--data", str(severity_data)]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def severity_page(severity_study_dir):
+    assert main(["--studies-dir", str(severity_study_dir)]) == 0
+    return (severity_study_dir / "lungct" / "report.html").read_text()
+
+
+def test_report_of_a_severity_study_draws_every_figure_and_table(severity_page):
+    for div in FIGURES:
+        assert f'id="{div}"' in severity_page, div
+    assert 'id="top-trials"' in severity_page and 'id="confirmation-table"' in severity_page
+    assert "fANOVA: not computed" not in severity_page  # importance did not fail on the ordinal score
+
+
+def test_report_of_a_severity_study_names_the_mean_grade_auc_on_its_axes(severity_page):
+    assert "The task has 4 ordered grades, so its AUC is the mean AUC of grade &gt;= k (k = 1..3)" in severity_page
+    for div in ("fig-history", "fig-pareto-params", "fig-pareto-gflops"):
+        _, layout = _plotted(severity_page, div)
+        assert layout["yaxis"]["title"]["text"] == "CV grade>=k AUC", div
+    _, layout = _plotted(severity_page, "fig-confirmation")
+    assert layout["yaxis"]["title"]["text"] == "mean grade>=k AUC"
+    _, layout = _plotted(severity_page, "fig-parallel")
+    assert "CV grade>=k AUC" in json.dumps(_plotted(severity_page, "fig-parallel")[0])
+    assert "CV AUC" not in html.unescape(re.sub(r"<script.*?</script>", "", severity_page, flags=re.S))
+
+
+def test_report_of_a_severity_study_ranks_trials_by_the_named_score(severity_page, severity_study_dir):
+    section = severity_page[severity_page.index('id="top-trials"'):]
+    table = section[:section.index("</table>")]
+    assert "<th>CV grade&gt;=k AUC</th>" in table and "<th>fold grade&gt;=k AUCs (final epoch)</th>" in table
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{severity_study_dir}/lungct.db")
+    best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.values[0])
+    assert f"<b>{best.values[0]:.3f}</b>" in table
+
+
+def test_report_of_a_severity_study_lists_its_labels_by_grade(severity_page):
+    summary = html.unescape(severity_page[severity_page.index('id="summary"'):])
+    summary = summary[:summary.index("</table>")]
+    assert "severity" in summary and "scored at the last epoch by the mean AUC of grade >= k (k = 1..3)" in summary
+    for grade in ("grade 0 (CT-0)", "grade 1 (CT-1)", "grade 2 (CT-2)", "grade 3 (CT-3/CT-4)"):
+        assert grade in summary, grade
+    assert "label 0" not in summary
