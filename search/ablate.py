@@ -4,8 +4,11 @@ Trains the seed model and each of the course's six modifications (and, with --st
 study's best architecture) on the same K stratified folds x R repeats of the train+validation scans,
 with the same seeds, then compares each variant with the baseline fold by fold: mean and 95% CI of
 validation AUC and accuracy, the paired AUC difference and a paired test, and a verdict at 0.05.
-The locked test part is never read. Every run is a trial of its own Optuna study, so an interrupted
-ablation resumes where it stopped and optuna-dashboard shows each run's learning curve.
+With --task severity every run trains the ordinal head of the task's four grades and is scored by the
+mean AUC of "grade >= k" (k = 1..3), the search's score, beside the exact-grade accuracy, the quadratic
+weighted kappa and the mean absolute error in grades. The locked test part is never read. Every run is
+a trial of its own Optuna study, so an interrupted ablation resumes where it stopped and
+optuna-dashboard shows each run's learning curve.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Loads the train and validation scans once (the locked test part is never read), folds them, opens (or
 resumes) the ablation's study, runs every (variant, fold) not yet finished, then summarises and writes.
-Console lines say what is run and, at the end, the table and the verdicts.
+Console lines say what is run and, at the end, the table and the verdicts. An ordinal task (severity)
+trains the task's grades and compares variants by the mean "grade >= k" AUC, as the search does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from lungct.errors import UsageError
 from lungct.records import PreprocessConfig
 from lungct.splits import Fold, fingerprint, load_or_make_folds
 from search.ablation.outputs import methods_text, page_html, print_summary, write_outputs
@@ -23,6 +25,7 @@ from search.ablation.runs import AblationProgress, AblationRunner, RunRecord, fi
 from search.ablation.settings import SETTINGS_ATTR, AblationJob, AblationSettings
 from search.ablation.summary import summarize, val_train_ratio
 from search.ablation.variants import Variant, load_study_best, make_variants, padding_lines
+from search.study.notes import score_name
 from search.study.storage import default_storage, open_storage, redact, schema
 from search.training.data import PreparedData, cv_records, describe, prepare_data, resolve_data_root
 from search.training.loop import device_name
@@ -62,6 +65,10 @@ def run_ablation(settings: AblationSettings, job: AblationJob, device: torch.dev
     best = None
     if job.study:
         best = load_study_best(job.study, job.study_storage or default_storage(job.study, job.studies_dir))
+        if best.task is not None and best.task != settings.task:
+            # Another task labels (and splits) other scans: the study's test part could land in these folds.
+            raise UsageError(f"--task: study {job.study!r} searched task {best.task!r}, not {settings.task!r}; "
+                             f"pass --task {best.task} to cross-validate its best trial")
         if best.split_seed is not None:
             settings = dataclasses.replace(settings, split_seed=best.split_seed)
     variant_list = make_variants(job.variants, settings.size, best)
@@ -76,6 +83,7 @@ def run_ablation(settings: AblationSettings, job: AblationJob, device: torch.dev
                                            repeats=settings.repeats, seed=settings.seed)
 
     study = open_ablation_study(storage, settings, fingerprint(records), folds_path, prepared)
+    score = score_name(settings.task)
     precision = "bf16 autocast" if settings.amp else "float32"
     print(describe(prepared))
     print(f"ablation: {len(variant_list)} variants x {settings.folds} folds x {settings.repeats} repeat(s) over "
@@ -83,6 +91,9 @@ def run_ablation(settings: AblationSettings, job: AblationJob, device: torch.dev
           f"{'x'.join(map(str, settings.size))} voxels, {precision}, on {device_name(device)}")
     if job.study and settings.split_seed != requested_split:
         print(f"split: seed {settings.split_seed}, as in study {job.study!r}, so its test part stays unread")
+    if score.ordinal:
+        print(f"task {settings.task}: an ordinal head of {score.grades} grades; each run is scored by the "
+              f"{score.long}")
     if job.baseline_added:
         print("baseline added to --variants: every variant is compared with it")
     for line in padding_lines(variant_list):
@@ -93,21 +104,22 @@ def run_ablation(settings: AblationSettings, job: AblationJob, device: torch.dev
     total = len(folds) * len(variant_list)
     print(f"study {study.study_name!r} in {redact(storage_url)}: {total} runs, {total - len(todo)} done, "
           f"{len(todo)} to do")
-    progress = AblationProgress(len(todo), settings.epochs)
+    progress = AblationProgress(len(todo), settings.epochs, score=score)
     start = time.perf_counter()
     run_all(study, todo, AblationRunner(prepared, settings, device, on_epoch=progress.on_epoch), progress)
 
     runs = collect_runs(study, folds, variant_list)
-    rows = summarize(variant_list, runs, folds, settings.size)
+    rows = summarize(variant_list, runs, folds, settings.size, ordinal=score.ordinal)
     methods = methods_text(settings, len(records), len(prepared.split.test), val_train_ratio(folds))
     page = page_html(rows, runs, settings, study.study_name, storage_url, methods, variant_list)
-    paths = write_outputs(Path(job.out) if job.out else Path(job.studies_dir) / "ablation", rows, runs, page)
+    paths = write_outputs(Path(job.out) if job.out else Path(job.studies_dir) / "ablation", rows, runs, page,
+                          ordinal=score.ordinal)
 
     missing = total - len(runs)
     print(f"\n{len(todo)} runs in {time.perf_counter() - start:.0f} s" + (
         f"; {missing} runs failed (see runs in optuna-dashboard), run the same command again to retry them"
         if missing else ""))
-    print_summary(rows, paths, storage_url)
+    print_summary(rows, paths, storage_url, score)
     return AblationResult(settings, study.study_name, storage_url, rows, runs, missing, paths)
 
 

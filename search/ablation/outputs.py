@@ -2,7 +2,10 @@
 
 The page is built with the toolkit of every page of this project (``search.pages.html``: one style sheet,
 plotly.js inlined once, figures fitted to their panel), and every file is written atomically
-(``lungct.files.atomic_write_text``).
+(``lungct.files.atomic_write_text``). Every AUC is named for the task (``search.study.notes.ScoreName``):
+an ordinal task's tables, verdicts, figures and methods say it is the mean "grade >= k" AUC, and its
+files carry the ordinal columns (:data:`~search.ablation.runs.ORDINAL_RUN_COLUMNS`,
+:data:`~search.ablation.summary.ORDINAL_SUMMARY_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from lungct.files import atomic_write_text
-from search.ablation.runs import RUN_COLUMNS, RunRecord
+from search.ablation.runs import RunRecord, run_columns
 from search.ablation.settings import AblationSettings
-from search.ablation.summary import ALPHA, SUMMARY_COLUMNS
+from search.ablation.summary import ALPHA, summary_columns
 from search.ablation.variants import BASELINE, Variant, padding_lines
 from search.pages.html import figure, note, page, table
 from search.stats.paired import MIN_WILCOXON_PAIRS
+from search.study.notes import BINARY_SCORE, ScoreName, score_name
 from search.study.storage import redact
 from space import describe_spec
 
@@ -57,16 +61,19 @@ def _p(value: float) -> str:
     return f"{value:.3f}" if value >= 0.001 else "<0.001"
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """The summary as a fixed-width console table."""
-    head = ("variant", "runs", "val AUC [95% CI]", "accuracy [95% CI]", "AUC diff vs baseline [95% CI]", "p",
-            "test", "verdict", "params", "GFLOPs", "s/run")
+def format_table(rows: Sequence[dict], score: ScoreName = BINARY_SCORE) -> str:
+    """The summary as a fixed-width console table (an ordinal task's with its kappa)."""
+    ordinal = score.ordinal
+    head = ("variant", "runs", f"val {score.short} [95% CI]",
+            *(("grade accuracy [95% CI]", "QWK [95% CI]") if ordinal else ("accuracy [95% CI]",)),
+            f"{score.short} diff vs baseline [95% CI]", "p", "test", "verdict", "params", "GFLOPs", "s/run")
     lines = []
     for r in rows:
         diff = "reference" if r["variant"] == BASELINE else \
             _ci(r["auc_diff_vs_baseline"], r["auc_diff_ci_low"], r["auc_diff_ci_high"], signed=True)
+        kappa = (_ci(r["qwk_mean"], r["qwk_ci_low"], r["qwk_ci_high"]),) if ordinal else ()
         lines.append((r["variant"], str(r["n_runs"]), _ci(r["auc_mean"], r["auc_ci_low"], r["auc_ci_high"]),
-                      _ci(r["acc_mean"], r["acc_ci_low"], r["acc_ci_high"]), diff,
+                      _ci(r["acc_mean"], r["acc_ci_low"], r["acc_ci_high"]), *kappa, diff,
                       "" if r["variant"] == BASELINE else _p(r["p_value"]),
                       "" if r["variant"] == BASELINE else r["test"].split(":")[0],
                       "" if r["variant"] == BASELINE else r["verdict"],
@@ -77,14 +84,14 @@ def format_table(rows: Sequence[dict]) -> str:
                      for line in [head, *lines])
 
 
-def verdict_line(row: dict) -> str:
+def verdict_line(row: dict, score: ScoreName = BINARY_SCORE) -> str:
     """One sentence per variant: the verdict with its numbers."""
     if row["variant"] == BASELINE:
-        return (f"baseline: the reference, val AUC {_ci(row['auc_mean'], row['auc_ci_low'], row['auc_ci_high'])} "
-                f"over {row['n_runs']} folds")
+        return (f"baseline: the reference, val {score.short} "
+                f"{_ci(row['auc_mean'], row['auc_ci_low'], row['auc_ci_high'])} over {row['n_runs']} folds")
     diff = _ci(row["auc_diff_vs_baseline"], row["auc_diff_ci_low"], row["auc_diff_ci_high"], signed=True)
     test = row["test"].split(":")[0]
-    text = f"{row['variant']}: {row['verdict']} (AUC diff {diff}, {test} p = {_p(row['p_value'])}"
+    text = f"{row['variant']}: {row['verdict']} ({score.short} diff {diff}, {test} p = {_p(row['p_value'])}"
     if ":" in row["test"]:
         text += f"; {row['test'].split(':', 1)[1].strip()}"
     nb = row["p_value_nadeau_bengio"]
@@ -95,10 +102,17 @@ def verdict_line(row: dict) -> str:
 
 
 def methods_text(settings: AblationSettings, n_cv: int, n_test: int, ratio: float) -> list[str]:
-    """The methods paragraphs of the page (plain text)."""
+    """The methods paragraphs of the page (plain text), the score named for the task."""
     k, r = settings.folds, settings.repeats
     n = k * r
-    return [
+    score = score_name(settings.task)
+    ordinal = [f"{score.definition} Each run trained the ordinal head of the task's {score.grades} grades "
+               "(ordered cumulative cutpoints); the accuracy is the exact-grade accuracy (the predicted grade "
+               "is the median of the cumulative probabilities), the QWK the quadratic weighted kappa and the "
+               "MAE the mean absolute error in grades, each at the last epoch. Where a fold's validation part "
+               "lacks a grade, its cut is left out of that fold's mean."] if score.ordinal else []
+    auc = "ROC AUC" if not score.ordinal else score.long
+    return [*ordinal,
         f"Each variant was trained {n} times: {r} repeat(s) of stratified {k}-fold cross-validation over the "
         f"{n_cv} training and validation scans; the {n_test} scans of the locked test part (split seed "
         f"{settings.split_seed}) were never read. "
@@ -107,14 +121,15 @@ def methods_text(settings: AblationSettings, n_cv: int, n_test: int, ratio: floa
         f"{settings.epochs} epochs at {'x'.join(map(str, settings.size))} voxels; the six modifications train "
         f"with the seed's settings (Adam, learning rate 1e-4, batch 2), so only the named change differs "
         f"(and the padding, where the padding column says so).",
-        "A fold's score is the validation ROC AUC after the last epoch, not after the best epoch: choosing "
+        f"A fold's score is the validation {auc} after the last epoch, not after the best epoch: choosing "
         "the best epoch on the very fold being scored would bias every variant upward (the best-epoch AUC is "
         "in runs.csv for reference only).",
         f"Means come with a 95% Student t-interval over the {n} fold values. Folds share training scans, so "
         "their values are correlated and these intervals are too narrow: read them as the least uncertainty "
         "there is, not all of it. Intervals are cut to the range the metric can take.",
-        f"Each modification is compared with the baseline fold by fold (same fold, same seed): the mean AUC "
-        f"difference with its t-interval, and the p-value of a paired test on the fold AUCs: the Wilcoxon "
+        f"Each modification is compared with the baseline fold by fold (same fold, same seed): the mean "
+        f"{score.short} difference with its t-interval, and the p-value of a paired test on the fold "
+        f"{score.short}s: the Wilcoxon "
         f"signed-rank test where at least {MIN_WILCOXON_PAIRS} folds differ, else the paired t-test (with n "
         f"pairs the smallest Wilcoxon p-value is 2/2^n, so below {MIN_WILCOXON_PAIRS} pairs it can never reach "
         f"0.05). The test column says which was used. Both tests also treat folds as independent, so their "
@@ -129,8 +144,9 @@ def methods_text(settings: AblationSettings, n_cv: int, n_test: int, ratio: floa
     ]
 
 
-def plot_html(rows: Sequence[dict], runs: Sequence[RunRecord]) -> str:
+def plot_html(rows: Sequence[dict], runs: Sequence[RunRecord], score: ScoreName = BINARY_SCORE) -> str:
     """Two plotly figures: fold AUCs per variant, and paired differences from the baseline."""
+    auc = score.short
     names = [r["variant"] for r in rows]
     scored = [r for r in runs if r.scored and r.variant in names]
     base = {(r.repeat, r.fold): r.auc for r in scored if r.variant == BASELINE}
@@ -140,27 +156,29 @@ def plot_html(rows: Sequence[dict], runs: Sequence[RunRecord]) -> str:
         mine = [r for r in scored if r.variant == name]
         labels = [f"repeat {r.repeat}, fold {r.fold}" for r in mine]
         aucs.add_trace(go.Box(y=[r.auc for r in mine], name=name, boxpoints="all", jitter=0.4, pointpos=0,
-                              text=labels, hovertemplate="%{text}: AUC %{y:.3f}<extra>" + name + "</extra>"))
+                              text=labels, hovertemplate=f"%{{text}}: {auc} %{{y:.3f}}<extra>" + name + "</extra>"))
         if name != BASELINE:
             paired = [r for r in mine if (r.repeat, r.fold) in base]
             diffs.add_trace(go.Box(y=[r.auc - base[(r.repeat, r.fold)] for r in paired], name=name,
                                    boxpoints="all", jitter=0.4, pointpos=0,
                                    text=[f"repeat {r.repeat}, fold {r.fold}" for r in paired],
                                    hovertemplate="%{text}: %{y:+.3f}<extra>" + name + "</extra>"))
-    aucs.update_layout(title="Validation AUC of each fold, per variant (box: quartiles; points: folds)",
-                       yaxis_title="validation ROC AUC (last epoch)", showlegend=False)
+    aucs.update_layout(title=f"Validation {auc} of each fold, per variant (box: quartiles; points: folds)",
+                       yaxis_title=f"validation {score.metric} (last epoch)", showlegend=False)
     diffs.add_hline(y=0.0, line_dash="dash", line_color="grey")
-    diffs.update_layout(title="Paired AUC difference from the baseline on the same fold",
-                        yaxis_title="AUC (variant) - AUC (baseline)", showlegend=False)
+    diffs.update_layout(title=f"Paired {auc} difference from the baseline on the same fold",
+                        yaxis_title=f"{auc} (variant) - {auc} (baseline)", showlegend=False)
     return figure(aucs, "fig-fold-aucs", height=480) + figure(diffs, "fig-differences", height=420)
 
 
 def page_html(rows: Sequence[dict], runs: Sequence[RunRecord], settings: AblationSettings, study_name: str,
               storage_url: str, methods: list[str], variant_list: Sequence[Variant]) -> str:
-    """The self-contained HTML page: plots, verdicts, table, methods."""
+    """The self-contained HTML page: plots, verdicts, table, methods, the score named for the task."""
     e = html.escape
-    cells = [[e(_cell(r[c])) for c in SUMMARY_COLUMNS] for r in rows]
-    verdicts = "".join(f"<li>{e(verdict_line(r))}</li>" for r in rows)
+    score = score_name(settings.task)
+    columns = summary_columns(score.ordinal)
+    cells = [[e(_cell(r[c])) for c in columns] for r in rows]
+    verdicts = "".join(f"<li>{e(verdict_line(r, score))}</li>" for r in rows)
     origins = "".join(f"<li><b>{e(v.name)}</b>: {e(v.origin)}; {e(describe_spec(v.spec.to_dict()))}</li>"
                       for v in variant_list)
     padding = "".join(note(f"{line}.") for line in padding_lines(variant_list))
@@ -168,10 +186,11 @@ def page_html(rows: Sequence[dict], runs: Sequence[RunRecord], settings: Ablatio
         "<h1>The seed model and the course's modifications</h1>",
         f"<p>Study <code>{e(study_name)}</code> in <code>{e(redact(storage_url))}</code>:\n"
         f"{settings.folds}-fold cross-validation x {settings.repeats} repeat(s), {settings.epochs} epochs,\n"
-        f"{e('x'.join(map(str, settings.size)))} voxels, task {e(settings.task)}.</p>",
+        f"{e('x'.join(map(str, settings.size)))} voxels, task {e(settings.task)}"
+        + (f"; every AUC is the {e(score.long)}" if score.ordinal else "") + ".</p>",
         f"<h2>Verdicts (alpha = {ALPHA})</h2><ul>{verdicts}</ul>",
-        plot_html(rows, runs),
-        f'<h2>Table</h2><div class="wide">{table(SUMMARY_COLUMNS, cells)}</div>',
+        plot_html(rows, runs, score),
+        f'<h2>Table</h2><div class="wide">{table(columns, cells)}</div>',
         note("Empty cells are undefined (the baseline has no test against itself). The same table is in "
              "ablation.csv; every run is in runs.csv and, with its learning curve, in optuna-dashboard."),
         f"<h2>Variants</h2><ul>{origins}</ul>{padding}",
@@ -179,21 +198,27 @@ def page_html(rows: Sequence[dict], runs: Sequence[RunRecord], settings: Ablatio
     ])
 
 
-def write_outputs(out_dir: Path, rows: Sequence[dict], runs: Sequence[RunRecord], page_text: str) -> list[Path]:
-    """ablation.csv, runs.csv (in run order) and ablation.html, each written atomically."""
+def write_outputs(out_dir: Path, rows: Sequence[dict], runs: Sequence[RunRecord], page_text: str,
+                  ordinal: bool = False) -> list[Path]:
+    """ablation.csv, runs.csv (in run order) and ablation.html, each written atomically; ``ordinal``: with
+    an ordinal task's columns."""
     paths = [out_dir / "ablation.csv", out_dir / "runs.csv", out_dir / "ablation.html"]
-    texts = [to_csv(rows, SUMMARY_COLUMNS), to_csv([r.to_row() for r in runs], RUN_COLUMNS), page_text]
+    run_cols = run_columns(ordinal)
+    texts = [to_csv(rows, summary_columns(ordinal)), to_csv([r.to_row(run_cols) for r in runs], run_cols), page_text]
     for path, text in zip(paths, texts, strict=True):
         atomic_write_text(path, text)
     return paths
 
 
-def print_summary(rows: Sequence[dict], paths: Sequence[Path], storage_url: str) -> None:
+def print_summary(rows: Sequence[dict], paths: Sequence[Path], storage_url: str,
+                  score: ScoreName = BINARY_SCORE) -> None:
     """The console's last words: the table, each variant's verdict, the files written, the dashboard command."""
-    print(format_table(rows))
+    print(format_table(rows, score))
     print()
+    if score.ordinal:
+        print(f"{score.short}: the {score.long}, each fold's at its last epoch")
     for row in rows[1:]:
-        print(verdict_line(row))
+        print(verdict_line(row, score))
     print("\nwritten:")
     for path in paths:
         print(f"  {path}")

@@ -2,7 +2,10 @@
 
 A run trains a variant on the fold's training part through ``search.training.unit.train_model`` inside
 ``search.study.trial_run.trial_run`` (as the search and the confirmation do) and is scored on the fold's
-validation part after its last epoch. The trial holds everything the outputs need, so an interrupted
+validation part after its last epoch: by the ROC AUC for a binary task; for an ordinal one (severity) with
+the task's K grades in the head and scored by the mean "grade >= k" AUC (``search.stats.metrics.task_metrics``),
+beside the exact-grade accuracy, the balanced accuracy, the quadratic weighted kappa and the mean
+absolute error in grades. The trial holds everything the outputs need, so an interrupted
 ablation resumes from its study: finished runs (complete, or pruned for a non-finite loss, which the same
 seed would repeat) are never redone.
 """
@@ -19,9 +22,12 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from lungct.records import get_task
 from lungct.splits import Fold
 from search.ablation.settings import AblationSettings
 from search.ablation.variants import Variant
+from search.stats.metrics import OrdinalMetrics
+from search.study.notes import BINARY_SCORE, ScoreName
 from search.study.storage import fail_running, schema
 from search.study.trial_run import KnownFailure, TrialRun, trial_run
 from search.training.data import PreparedData
@@ -34,12 +40,27 @@ RUN_COLUMNS = (
     "auc_best_epoch", "best_epoch", "epochs", "train_seconds", "n_train", "n_val", "params", "gflops", "device",
     "trial", "reason",
 )
+# An ordinal task's runs.csv: its metrics in place of the binary sensitivity and specificity.
+ORDINAL_RUN_COLUMNS = tuple(c for name in RUN_COLUMNS if name not in ("sensitivity", "specificity")
+                            for c in ((name, "balanced_accuracy", "qwk", "mae") if name == "accuracy" else (name,)))
 RunKey = tuple[str, str, int, int]  # (variant, spec key, repeat, fold)
+# The ordinal metrics' trial attrs (a binary run holds none of them).
+BALANCED_ACCURACY, QWK, MAE = "balanced_accuracy", "qwk", "mae"
+
+
+def run_columns(ordinal: bool) -> tuple[str, ...]:
+    """The columns of runs.csv: :data:`RUN_COLUMNS`, or :data:`ORDINAL_RUN_COLUMNS` for an ordinal task."""
+    return ORDINAL_RUN_COLUMNS if ordinal else RUN_COLUMNS
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One finished (or failed) run, read back from its trial."""
+    """One finished (or failed) run, read back from its trial.
+
+    ``accuracy`` is the exact-grade accuracy for an ordinal task; ``sensitivity`` and ``specificity`` are
+    binary only (NaN for an ordinal run), ``balanced_accuracy``, ``qwk`` and ``mae`` ordinal only (None for
+    a binary run).
+    """
 
     variant: str
     repeat: int
@@ -61,6 +82,9 @@ class RunRecord:
     device: str
     trial: int
     reason: str
+    balanced_accuracy: float | None = None
+    qwk: float | None = None
+    mae: float | None = None
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> RunRecord:
@@ -77,6 +101,7 @@ class RunRecord:
             n_val=a.get(schema.N_VAL, 0), params=a.get(schema.PARAMS, 0), gflops=a.get(schema.GFLOPS, nan),
             device=a.get(schema.DEVICE, ""), trial=trial.number,
             reason=a.get(schema.PRUNE_REASON, a.get(schema.FAIL_REASON, "")),
+            balanced_accuracy=a.get(BALANCED_ACCURACY), qwk=a.get(QWK), mae=a.get(MAE),
         )
 
     @property
@@ -84,9 +109,10 @@ class RunRecord:
         """Whether the run finished with a validation AUC."""
         return self.state == "complete" and math.isfinite(self.auc)
 
-    def to_row(self) -> dict:
-        """A row of runs.csv."""
-        return {c: getattr(self, c) for c in RUN_COLUMNS}
+    def to_row(self, columns: Sequence[str] = RUN_COLUMNS) -> dict:
+        """A row of runs.csv (an ordinal task's: ``columns=ORDINAL_RUN_COLUMNS``; a metric a run lacks is NaN)."""
+        row = {c: getattr(self, c) for c in columns}
+        return row | {c: math.nan for c in (BALANCED_ACCURACY, QWK, MAE) if c in row and row[c] is None}
 
 
 def run_seed(base: int, repeat: int, fold: int) -> int:
@@ -115,8 +141,9 @@ def finished_runs(study: optuna.Study) -> dict[RunKey, FrozenTrial]:
 class AblationProgress:
     """A bar over runs (ETA, per-epoch postfix) on a terminal; elsewhere one line per finished run."""
 
-    def __init__(self, total: int, epochs: int, enabled: bool | None = None):
+    def __init__(self, total: int, epochs: int, enabled: bool | None = None, score: ScoreName = BINARY_SCORE):
         self.interactive = sys.stderr.isatty() if enabled is None else enabled
+        self.score = score
         self.total = total
         self.epochs = epochs
         self.done = 0
@@ -136,7 +163,11 @@ class AblationProgress:
         """A run ended (complete, diverged or failed)."""
         self.done += 1
         if run.scored:
-            what = f"AUC {run.auc:.3f}, accuracy {run.accuracy:.3f}, {run.train_seconds:.0f} s"
+            if self.score.ordinal:
+                what = (f"{self.score.short} {run.auc:.3f}, grade accuracy {run.accuracy:.3f}, QWK "
+                        f"{math.nan if run.qwk is None else run.qwk:.3f}, {run.train_seconds:.0f} s")
+            else:
+                what = f"AUC {run.auc:.3f}, accuracy {run.accuracy:.3f}, {run.train_seconds:.0f} s"
         else:
             what = f"{run.state} ({run.reason or 'see optuna-dashboard'})"
         line = f"{run.variant} repeat {run.repeat} fold {run.fold}: {what}"
@@ -156,7 +187,7 @@ class AblationRunner:
 
     Args:
         prepared: The loaded train and validation scans.
-        settings: Size, epochs, seeds, precision.
+        settings: Size, epochs, seeds, precision, and the task, whose grades the head is built for.
         device: Where to train.
         on_epoch: Called after every epoch of every run.
     """
@@ -165,6 +196,7 @@ class AblationRunner:
                  on_epoch: Callable[[EpochResult], None] | None = None):
         self.prepared = prepared
         self.settings = settings
+        self.grades = get_task(settings.task).n_grades
         self.device = device
         self.on_epoch = on_epoch
         self.running: int | None = None  # the trial number in progress, for cleanup after Ctrl-C
@@ -219,14 +251,13 @@ class AblationRunner:
 
         run.on_failure = lambda _: self._record_curve(trial, history)
         fitted = train_model(variant.spec, variant.train_spec, data, val, epochs=s.epochs, device=self.device,
-                             seed=seed, amp=s.amp, on_epoch=on_epoch).fitted
+                             seed=seed, amp=s.amp, on_epoch=on_epoch, grades=self.grades).fitted
         self._record_curve(trial, history)
         last = fitted.history[-1].val
         assert last is not None
         # The fold's score is the last epoch's: choosing the best epoch on the fold being scored would
         # bias every variant upward. The best-epoch AUC is kept for reference only.
-        run.set({schema.AUC: last.auc, schema.ACCURACY: last.accuracy, schema.SENSITIVITY: last.sensitivity,
-                 schema.SPECIFICITY: last.specificity, schema.AUC_BEST_EPOCH: fitted.best_auc,
+        run.set({schema.AUC: last.auc, **_rates(last), schema.AUC_BEST_EPOCH: fitted.best_auc,
                  schema.BEST_EPOCH: fitted.best_epoch, schema.TRAIN_SECONDS: round(fitted.train_seconds, 2)})
         return last.auc
 
@@ -234,6 +265,17 @@ class AblationRunner:
         trial.set_user_attr(schema.EPOCHS_RUN, len(history))
         trial.set_user_attr(schema.TRAIN_LOSS, [round(h.train_loss, 5) for h in history])
         trial.set_user_attr(schema.VAL_AUC, [round(h.val.auc, 5) if h.val is not None else None for h in history])
+
+
+def _rates(metrics) -> dict:
+    """The run's attrs beside its AUC: accuracy, sensitivity, specificity; for an ordinal task the exact-grade
+    accuracy, the balanced accuracy, the quadratic weighted kappa and the mean absolute error in grades."""
+    if isinstance(metrics, OrdinalMetrics):
+        exact = sum(row[k] for k, row in enumerate(metrics.confusion)) / metrics.n if metrics.n else math.nan
+        return {schema.ACCURACY: exact, BALANCED_ACCURACY: metrics.balanced_accuracy, QWK: metrics.qwk,
+                MAE: metrics.mae}
+    return {schema.ACCURACY: metrics.accuracy, schema.SENSITIVITY: metrics.sensitivity,
+            schema.SPECIFICITY: metrics.specificity}
 
 
 def run_all(study: optuna.Study, todo: Sequence[tuple[Fold, Variant]], runner: AblationRunner,

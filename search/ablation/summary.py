@@ -3,6 +3,9 @@
 A row holds the mean and 95% CI of the fold AUCs and accuracies, the costs, and, for every variant but
 the baseline, the fold-by-fold AUC difference from the baseline with its interval, a paired test
 (``search.stats.paired``), the corrected resampled t-test of Nadeau and Bengio, and a verdict at :data:`ALPHA`.
+For an ordinal task (severity) the AUC is the mean "grade >= k" AUC that every run was scored by, the
+accuracy is the exact-grade accuracy, and each row adds the quadratic weighted kappa (mean and CI) and
+the mean absolute error in grades (:data:`ORDINAL_SUMMARY_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ SUMMARY_COLUMNS = (
     "auc_diff_ci_high", "n_pairs", "p_value", "test", "p_value_nadeau_bengio", "verdict", "padding",
     "architecture", "training",
 )
+ORDINAL_SUMMARY_COLUMNS = tuple(c for name in SUMMARY_COLUMNS for c in (
+    (name, "qwk_mean", "qwk_ci_low", "qwk_ci_high", "mae_mean") if name == "acc_ci_high" else (name,)))
+
+
+def summary_columns(ordinal: bool) -> tuple[str, ...]:
+    """The columns of ablation.csv: :data:`SUMMARY_COLUMNS`, or :data:`ORDINAL_SUMMARY_COLUMNS` for an ordinal task."""
+    return ORDINAL_SUMMARY_COLUMNS if ordinal else SUMMARY_COLUMNS
 
 
 def val_train_ratio(folds: Sequence[Fold]) -> float:
@@ -31,8 +41,9 @@ def val_train_ratio(folds: Sequence[Fold]) -> float:
 
 
 def summarize(variant_list: Sequence[Variant], runs: Sequence[RunRecord], folds: Sequence[Fold],
-              size: tuple[int, int, int]) -> list[dict]:
-    """One row per variant: means and CIs, costs, and the paired comparison with the baseline."""
+              size: tuple[int, int, int], ordinal: bool = False) -> list[dict]:
+    """One row per variant: means and CIs, costs, and the paired comparison with the baseline (by the runs'
+    AUC, the mean "grade >= k" AUC of an ordinal task); ``ordinal`` adds its kappa and error columns."""
     order = [(f.repeat, f.fold) for f in folds]
     by_variant: dict[str, dict[tuple[int, int], RunRecord]] = {v.name: {} for v in variant_list}
     for run in runs:
@@ -57,6 +68,10 @@ def summarize(variant_list: Sequence[Variant], runs: Sequence[RunRecord], folds:
             "padding": v.padding, "architecture": describe_spec(v.spec.to_dict()),
             "training": training_text(v.train_spec),
         }
+        if ordinal:
+            qwk = mean_ci([r.qwk for r in scored if r.qwk is not None and math.isfinite(r.qwk)]).clipped(-1.0, 1.0)
+            row.update(qwk_mean=qwk.mean, qwk_ci_low=qwk.low, qwk_ci_high=qwk.high,
+                       mae_mean=mean_ci([r.mae for r in scored if r.mae is not None]).mean)
         if v.name == BASELINE:
             row.update(auc_diff_vs_baseline=0.0, auc_diff_ci_low=0.0, auc_diff_ci_high=0.0, n_pairs=len(scored),
                        p_value=math.nan, test="reference", p_value_nadeau_bengio=math.nan, verdict="reference")

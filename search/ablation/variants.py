@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from lungct.errors import UsageError
 from search.selection.confirm import stored_decision
+from search.study.notes import score_name
 from search.study.storage import load_existing_study, schema
 from search.study.trials import ranked_trials
 from space import ArchSpec, SpecInputError, TrainSpec, baseline, baseline_train, fit_to_size, variants
@@ -94,12 +95,14 @@ class StudyBest:
         origin: Where it comes from, in words.
         split_seed: The seed of the study's train/val/test split (None if the study does not say), so
             that the ablation keeps that study's test part locked too.
+        task: The study's task (None if it does not say), which the ablation must share for the same reason.
     """
 
     spec: ArchSpec
     train_spec: TrainSpec
     origin: str
     split_seed: int | None
+    task: str | None = None
 
 
 def load_study_best(name: str, storage_url: str) -> StudyBest:
@@ -109,12 +112,16 @@ def load_study_best(name: str, storage_url: str) -> StudyBest:
         ValueError: No such study, no complete trial with a spec, or a stored spec that no longer parses.
     """
     study = load_existing_study(name, storage_url)
+    stored = study.user_attrs.get(schema.STUDY_SETTINGS) or {}
+    # A study made before tasks were stored ran the course task (search.selection.settings.OLDER_STUDIES).
+    task = stored.get("task", "course") if stored else None
+    score = score_name(task)
     decision = stored_decision(study)
     if decision and not decision.recommended.baseline:
         # What search.export ships: the confirmation's recommendation.
         rec = decision.recommended
         spec, train_spec = ArchSpec.from_dict(rec.spec), TrainSpec.from_dict(rec.train_spec)
-        origin = f"recommended trial ({rec.trial}) of study {name!r}, confirmed AUC {rec.confirmed:.3f}"
+        origin = f"recommended trial ({rec.trial}) of study {name!r}, confirmed {score.short} {rec.confirmed:.3f}"
     else:
         # No confirmation yet, or it kept the baseline: the search's best-scored trial is the candidate.
         complete = [t for t in ranked_trials(study) if {schema.SPEC, schema.TRAIN_SPEC} <= t.user_attrs.keys()]
@@ -127,10 +134,9 @@ def load_study_best(name: str, storage_url: str) -> StudyBest:
         except ValueError as e:
             raise UsageError(f"--study: trial {best.number} of study {name!r} holds a spec that does not parse: "
                              f"{e}") from None
-        origin = f"best trial ({best.number}) of study {name!r}, search CV AUC {best.values[0]:.3f}"
-    stored = study.user_attrs.get(schema.STUDY_SETTINGS) or {}
+        origin = f"best trial ({best.number}) of study {name!r}, search {score.cv} {best.values[0]:.3f}"
     seed = stored.get("split_seed", stored.get("seed"))
-    return StudyBest(spec, train_spec, origin, int(seed) if seed is not None else None)
+    return StudyBest(spec, train_spec, origin, int(seed) if seed is not None else None, task)
 
 
 def make_variants(names: Sequence[str], size: tuple[int, int, int],

@@ -18,9 +18,10 @@ from search.ablation.outputs import (
     verdict_line,
     write_outputs,
 )
-from search.ablation.runs import RUN_COLUMNS
-from search.ablation.summary import ALPHA, SUMMARY_COLUMNS
+from search.ablation.runs import ORDINAL_RUN_COLUMNS, RUN_COLUMNS
+from search.ablation.summary import ALPHA, ORDINAL_SUMMARY_COLUMNS, SUMMARY_COLUMNS
 from search.ablation.variants import BASELINE, make_variants
+from search.study.notes import score_name
 
 SIZE = (16, 24, 20)
 SETTINGS = SimpleNamespace(folds=3, repeats=2, split_seed=5, seed=11, epochs=4, size=SIZE, task="course")
@@ -123,7 +124,8 @@ def test_page_html_masks_the_storage_password():
 
 
 def test_write_outputs_writes_the_three_files_with_runs_in_run_order(tmp_path):
-    runs = [SimpleNamespace(to_row=lambda i=i: {c: (f"v{i}" if c == "variant" else i) for c in RUN_COLUMNS})
+    runs = [SimpleNamespace(to_row=lambda columns=RUN_COLUMNS, i=i: {c: (f"v{i}" if c == "variant" else i)
+                                                                      for c in columns})
             for i in (2, 1)]
     paths = write_outputs(tmp_path, [_row(BASELINE)], runs, "<html></html>\n")
     assert [p.name for p in paths] == ["ablation.csv", "runs.csv", "ablation.html"]
@@ -145,3 +147,40 @@ def test_print_summary_prints_table_verdicts_but_the_baselines_files_and_masked_
 @pytest.mark.parametrize("p, shown", [(0.0004, "<0.001"), (0.001, "0.001"), (0.5, "0.500")])
 def test_verdict_line_rounds_p_values_and_floors_them_at_one_in_a_thousand(p, shown):
     assert f"wilcoxon p = {shown};" in verdict_line(_row("sigmoid", p_value=p))
+
+
+SEVERITY = SimpleNamespace(**{**vars(SETTINGS), "task": "severity"})
+
+
+def _graded_row(variant, **changes):
+    return _row(variant, qwk_mean=0.45, qwk_ci_low=0.3, qwk_ci_high=0.6, mae_mean=0.8, **changes)
+
+
+def test_format_table_of_an_ordinal_task_names_the_mean_grade_auc_and_adds_the_kappa():
+    lines = format_table([_graded_row(BASELINE), _graded_row("sigmoid")], score_name("severity")).splitlines()
+    head = lines[0]
+    assert "val grade>=k AUC [95% CI]" in head and "grade accuracy [95% CI]" in head and "QWK [95% CI]" in head
+    assert "grade>=k AUC diff vs baseline [95% CI]" in head and "val AUC" not in head
+    assert head.index("QWK") == lines[2].index("0.450 [0.300, 0.600]")
+    assert "QWK" not in format_table([_row(BASELINE)])
+
+
+def test_verdict_lines_of_an_ordinal_task_name_the_mean_grade_auc():
+    score = score_name("severity")
+    assert verdict_line(_row(BASELINE), score).startswith("baseline: the reference, val grade>=k AUC 0.800")
+    assert verdict_line(_row("sigmoid"), score).startswith("sigmoid: better (grade>=k AUC diff +0.050")
+
+
+def test_methods_text_of_an_ordinal_task_defines_its_score_and_metrics():
+    text = " ".join(methods_text(SEVERITY, n_cv=40, n_test=8, ratio=0.5))
+    assert text.startswith("The task has 4 ordered grades, so its AUC is the mean AUC of grade >= k (k = 1..3)")
+    assert "A fold's score is the validation mean AUC of grade >= k (k = 1..3) after the last epoch" in text
+    assert "quadratic weighted kappa" in text and "paired test on the fold grade>=k AUCs" in text
+    assert "ROC AUC after the last epoch" in " ".join(methods_text(SETTINGS, n_cv=40, n_test=8, ratio=0.5))
+
+
+def test_write_outputs_of_an_ordinal_task_writes_its_columns(tmp_path):
+    runs = [SimpleNamespace(to_row=lambda columns=RUN_COLUMNS: {c: 1 for c in columns})]
+    paths = write_outputs(tmp_path, [_graded_row(BASELINE)], runs, "<html></html>\n", ordinal=True)
+    assert paths[0].read_text().splitlines()[0].split(",") == list(ORDINAL_SUMMARY_COLUMNS)
+    assert paths[1].read_text().splitlines()[0].split(",") == list(ORDINAL_RUN_COLUMNS)

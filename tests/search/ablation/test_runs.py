@@ -12,19 +12,22 @@ from optuna.trial import TrialState, create_trial
 import search.ablation.runs as runs
 from lungct.splits import Fold
 from search.ablation.runs import (
+    ORDINAL_RUN_COLUMNS,
     RUN_COLUMNS,
     AblationProgress,
     AblationRunner,
     RunRecord,
     finished_runs,
     run_all,
+    run_columns,
     run_key,
     run_seed,
 )
 from search.ablation.settings import AblationSettings
 from search.ablation.variants import make_variants
-from search.stats.metrics import BinaryMetrics
+from search.stats.metrics import BinaryMetrics, OrdinalMetrics
 from search.study import schema
+from search.study.notes import score_name
 from search.study.recovery import INTERRUPTED
 from search.training.loop import EpochResult, FitResult
 from search.training.unit import NON_FINITE, OUT_OF_MEMORY, TrainingFailed
@@ -75,9 +78,10 @@ def _stub_training(monkeypatch, epochs: list[tuple[float, float | None]], fail: 
                    calls: list | None = None):
     """Replace train_model: report ``epochs`` as (loss, val AUC), then raise ``fail`` or return a fit result."""
 
-    def train_model(arch, train_spec, data, val, *, epochs: int, device, seed, amp, on_epoch):
+    def train_model(arch, train_spec, data, val, *, epochs: int, device, seed, amp, on_epoch, grades=2):
         if calls is not None:
-            calls.append({"seed": seed, "n_train": len(data), "n_val": len(val), "epochs": epochs, "amp": amp})
+            calls.append({"seed": seed, "n_train": len(data), "n_val": len(val), "epochs": epochs, "amp": amp,
+                          "grades": grades})
         history = []
         for i, (loss, auc) in enumerate(planned, start=1):
             result = EpochResult(i, loss, _metrics(auc) if auc is not None else None, 0.1)
@@ -189,7 +193,7 @@ def test_runner_scores_a_run_by_its_last_epoch_and_stores_its_curve(monkeypatch,
     assert trial.state == TrialState.COMPLETE and trial.value == 0.65  # the last epoch's, not the best's
     assert record.auc == 0.65 and record.auc_best_epoch == 0.9 and record.best_epoch == 1 and record.scored
     assert record.seed == run_seed(SETTINGS.seed, 0, 1) == calls[0]["seed"] == 8
-    assert calls == [{"seed": 8, "n_train": 4, "n_val": 2, "epochs": 2, "amp": False}]
+    assert calls == [{"seed": 8, "n_train": 4, "n_val": 2, "epochs": 2, "amp": False, "grades": 2}]
     assert (record.n_train, record.n_val, record.epochs, record.train_seconds) == (4, 2, 2, 1.23)
     assert record.device == "cpu" and record.params > 0 and record.gflops > 0
     assert trial.intermediate_values == {1: 0.9, 2: 0.65}
@@ -251,3 +255,49 @@ def test_progress_line_of_an_unscored_run_gives_its_state_and_reason(capsys):
     assert capsys.readouterr().out.splitlines() == [
         "[1/3] baseline repeat 0 fold 1: pruned (non-finite loss)",
         "[2/3] baseline repeat 0 fold 1: fail (see optuna-dashboard)"]
+
+
+def _ordinal(auc: float) -> OrdinalMetrics:
+    return OrdinalMetrics(auc=auc, auc_at_least=(auc, auc, auc), macro_auc=math.nan, qwk=0.4, mae=0.75,
+                          balanced_accuracy=0.375, confusion=((1, 1, 0, 0), (0, 0, 1, 0), (0, 0, 1, 0), (0, 0, 0, 0)),
+                          n=4, grades=4)
+
+
+def test_runner_of_a_severity_ablation_trains_four_grades_and_records_the_ordinal_metrics(monkeypatch, variant):
+    calls = []
+
+    def train_model(arch, train_spec, data, val, *, epochs, device, seed, amp, on_epoch, grades=2):
+        calls.append(grades)
+        result = EpochResult(1, 0.5, _ordinal(0.7), 0.1)
+        on_epoch(result)
+        return SimpleNamespace(fitted=FitResult(history=[result], best_epoch=1, best_auc=0.7, train_seconds=1.0))
+
+    monkeypatch.setattr(runs, "train_model", train_model)
+    settings = AblationSettings(data=None, task="severity", size=SIZE, split_seed=0, n_phantoms=60, epochs=1,
+                                folds=2, repeats=1, seed=7)
+    record = AblationRunner(_Prepared(), settings, CPU).run(_study(), variant, FOLD0)
+    assert calls == [4]
+    assert (record.auc, record.accuracy, record.balanced_accuracy, record.qwk, record.mae) == (0.7, 0.5, 0.375,
+                                                                                            0.4, 0.75)
+    assert math.isnan(record.sensitivity) and math.isnan(record.specificity) and record.scored
+    row = record.to_row(ORDINAL_RUN_COLUMNS)
+    assert tuple(row) == ORDINAL_RUN_COLUMNS and row["qwk"] == 0.4
+
+
+def test_ordinal_run_columns_swap_sensitivity_and_specificity_for_the_ordinal_metrics():
+    assert run_columns(False) == RUN_COLUMNS and run_columns(True) == ORDINAL_RUN_COLUMNS
+    assert [c for c in RUN_COLUMNS if c not in ("sensitivity", "specificity")] == \
+        [c for c in ORDINAL_RUN_COLUMNS if c not in ("balanced_accuracy", "qwk", "mae")]
+    binary = RunRecord.from_trial(create_trial(value=0.7, user_attrs=_attrs(**{schema.AUC: 0.7})))
+    assert (binary.qwk, binary.mae, binary.balanced_accuracy) == (None, None, None)
+    assert all(math.isnan(v) for v in map(binary.to_row(ORDINAL_RUN_COLUMNS).get, ("qwk", "mae")))
+
+
+def test_progress_line_of_a_severity_run_names_the_mean_grade_auc(capsys):
+    record = RunRecord.from_trial(create_trial(value=0.7, user_attrs=_attrs(**{
+        schema.AUC: 0.7, schema.ACCURACY: 0.5, "qwk": 0.4, schema.TRAIN_SECONDS: 3.0})))
+    progress = AblationProgress(1, 1, enabled=False, score=score_name("severity"))
+    progress.on_run_end(record)
+    progress.close()
+    assert capsys.readouterr().out == "[1/1] baseline repeat 0 fold 1: grade>=k AUC 0.700, grade accuracy 0.500, " \
+                                      "QWK 0.400, 3 s\n"

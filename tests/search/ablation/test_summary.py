@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from lungct.splits import Fold
-from search.ablation.summary import ALPHA, SUMMARY_COLUMNS, summarize, val_train_ratio
+from search.ablation.summary import ALPHA, ORDINAL_SUMMARY_COLUMNS, SUMMARY_COLUMNS, summarize, val_train_ratio
 from search.ablation.variants import BASELINE, make_variants
 from search.stats.paired import corrected_resampled_ttest
 from space import cost
@@ -97,3 +97,18 @@ def test_summarize_mixed_differences_are_no_detectable_difference(variant_list):
     runs += [_run("sigmoid", f.repeat, f.fold, 0.7 + d)
              for f, d in zip(FOLDS, [0.05, -0.04, 0.03, -0.06, 0.02, -0.01], strict=True)]
     assert _rows(variant_list, runs)["sigmoid"]["verdict"] == "no detectable difference"
+
+
+def _graded(variant, repeat, fold, auc, qwk, mae):
+    return SimpleNamespace(**vars(_run(variant, repeat, fold, auc)), qwk=qwk, mae=mae)
+
+
+def test_summarize_of_an_ordinal_task_adds_the_kappa_and_grade_error_and_pairs_the_ordinal_auc(variant_list):
+    runs = [_graded(BASELINE, 0, f, 0.6, 0.2 + 0.1 * f, 1.0) for f in range(3)]
+    runs += [_graded("sigmoid", 0, f, 0.65 + 0.01 * f, 0.3, 0.5) for f in range(3)]
+    rows = {r["variant"]: r for r in summarize(variant_list, runs, FOLDS, SIZE, ordinal=True)}
+    assert all(set(r) == set(ORDINAL_SUMMARY_COLUMNS) for r in rows.values())
+    assert rows[BASELINE]["qwk_mean"] == pytest.approx(0.3) and rows[BASELINE]["mae_mean"] == pytest.approx(1.0)
+    assert rows["sigmoid"]["auc_diff_vs_baseline"] == pytest.approx(0.06) and rows["sigmoid"]["n_pairs"] == 3
+    assert set(SUMMARY_COLUMNS) < set(ORDINAL_SUMMARY_COLUMNS)
+    assert set(ORDINAL_SUMMARY_COLUMNS) - set(SUMMARY_COLUMNS) == {"qwk_mean", "qwk_ci_low", "qwk_ci_high", "mae_mean"}

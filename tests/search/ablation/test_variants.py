@@ -156,3 +156,13 @@ def test_load_study_best_refuses_a_stored_spec_that_does_not_parse_naming_the_tr
     url = _storage(tmp_path, _trial(0.8, {"levels": "nonsense"}))
     with pytest.raises(ValueError, match=r"^--study: trial 0 of study 's' holds a spec that does not parse: "):
         load_study_best("s", url)
+
+
+def test_load_study_best_of_a_severity_study_gives_its_task_and_names_its_score(tmp_path):
+    best = load_study_best("s", _storage(tmp_path, _trial(0.8), settings={"task": "severity", "split_seed": 1}))
+    assert best.task == "severity" and best.origin == "best trial (0) of study 's', search CV grade>=k AUC 0.800"
+
+
+def test_load_study_best_takes_a_study_that_stored_no_task_for_the_course_task_it_ran(tmp_path):
+    assert load_study_best("s", _storage(tmp_path / "a", _trial(0.8), settings={"seed": 9})).task == "course"
+    assert load_study_best("s", _storage(tmp_path / "b", _trial(0.8))).task is None  # no settings: nothing known

@@ -1,17 +1,25 @@
 import contextlib
 import csv
+import html
 import io
 import json
 import math
 
+import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
+from sklearn.metrics import roc_auc_score
 
 import search.ablate
+import search.ablation.runs
 import search.training.unit
 from search.ablate import main
-from search.training.loop import NonFiniteLossError
+from search.ablation.runs import ORDINAL_RUN_COLUMNS
+from search.ablation.summary import ORDINAL_SUMMARY_COLUMNS
+from search.training.loop import NonFiniteLossError, predict_probs
+from search.training.precision import PRECISION_ENV
 from space import baseline, baseline_train, same_padding, variants
 from tests.search.conftest import locked_test_part
 
@@ -270,3 +278,96 @@ def test_ablate_help_states_every_default(capsys):
                     "(default: sqlite:///studies/ablation.db)", "(default: studies/ablation)",
                     "(default: course", "(default: auto)", "(default: studies)"):
         assert default in text, default
+
+
+SEVERITY_VARIANTS = ["baseline", "sigmoid"]
+
+
+@pytest.fixture(scope="module")
+def severity_ablation(severity_data, tmp_path_factory):
+    """The baseline and one modification on the severity task, 2 folds x 1 repeat, 1 epoch at 16x32x32, run once;
+    every run's validation part and trained model are kept, to score them again here."""
+    studies = tmp_path_factory.mktemp("severity-ablation")
+    trained = []
+    real = search.ablation.runs.train_model
+
+    def keep(arch, train_spec, data, val, **kwargs):
+        result = real(arch, train_spec, data, val, **kwargs)
+        trained.append((kwargs.get("grades"), val, result))
+        return result
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setenv(PRECISION_ENV, "float32")
+        mp.setattr(search.ablation.runs, "train_model", keep)
+        code = main(["--data", str(severity_data), "--studies-dir", str(studies), "--task", "severity",
+                     "--variants", ",".join(SEVERITY_VARIANTS), "--folds", "2", "--repeats", "1", "--epochs", "1",
+                     "--size", "16", "32", "32", "--workers", "1"])
+    return code, studies, out.getvalue(), trained
+
+
+def test_ablate_severity_trains_every_run_with_the_four_grade_ordinal_head(severity_ablation):
+    code, _, _, trained = severity_ablation
+    assert code == 0 and len(trained) == 4
+    for grades, val, result in trained:
+        assert grades == 4
+        with torch.no_grad():
+            assert result.model(val.volumes[:2].float()).shape == (2, 3)  # (B, K-1) "grade >= k" logits
+
+
+def test_ablate_severity_scores_each_fold_by_the_mean_grade_auc(severity_ablation):
+    _, studies, _, trained = severity_ablation
+    study = _ablation_study(studies)
+    assert study.study_name.endswith("-severity-16x32x32-e1-k2r1-s0")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial, (_, val, result) in zip(trials, trained, strict=True):
+        labels = val.labels.numpy().astype(int)
+        assert set(labels) == {0, 1, 2, 3}
+        cumulative = predict_probs(result.model, val.volumes, torch.device("cpu"))
+        expected_grade = cumulative.sum(axis=1)
+        mean_auc = np.mean([roc_auc_score(labels >= k, expected_grade) for k in (1, 2, 3)])
+        assert trial.user_attrs["auc"] == pytest.approx(mean_auc, abs=1e-9)
+        assert trial.value == pytest.approx(mean_auc, abs=1e-9)
+        assert {"qwk", "mae", "balanced_accuracy", "accuracy"} <= trial.user_attrs.keys()
+        assert "sensitivity" not in trial.user_attrs
+
+
+def test_ablate_severity_pairs_the_modification_with_the_baseline_on_the_ordinal_score(severity_ablation):
+    _, studies, _, _ = severity_ablation
+    runs = _read_csv(studies / "ablation" / "runs.csv")
+    assert list(runs[0]) == list(ORDINAL_RUN_COLUMNS) and "sensitivity" not in runs[0]
+    auc = {(r["variant"], r["fold"]): float(r["auc"]) for r in runs}
+    rows = _read_csv(studies / "ablation" / "ablation.csv")
+    assert [r["variant"] for r in rows] == SEVERITY_VARIANTS and list(rows[0]) == list(ORDINAL_SUMMARY_COLUMNS)
+    sigmoid = rows[1]
+    assert sigmoid["n_pairs"] == "2"
+    diffs = [auc[("sigmoid", f)] - auc[("baseline", f)] for f in ("0", "1")]
+    assert float(sigmoid["auc_diff_vs_baseline"]) == pytest.approx(sum(diffs) / 2, abs=1e-5)
+    assert sigmoid["test"].startswith("paired t (n<6)")
+    for row in rows:
+        assert math.isfinite(float(row["qwk_mean"])) and 0.0 <= float(row["mae_mean"]) <= 3.0
+
+
+def test_ablate_severity_names_the_mean_grade_auc_in_its_table_verdicts_and_page(severity_ablation):
+    _, studies, out, _ = severity_ablation
+    assert "an ordinal head of 4 grades; each run is scored by the mean AUC of grade >= k (k = 1..3)" in out
+    assert "val grade>=k AUC [95% CI]" in out and "grade>=k AUC diff vs baseline [95% CI]" in out
+    assert "QWK [95% CI]" in out and "sigmoid: " in out and " (grade>=k AUC diff " in out
+    assert "baseline repeat 0 fold 1: grade>=k AUC " in out
+    page = html.unescape((studies / "ablation" / "ablation.html").read_text())
+    assert "every AUC is the mean AUC of grade >= k (k = 1..3)" in page
+    assert "A fold's score is the validation mean AUC of grade >= k (k = 1..3) after the last epoch" in page
+    assert '"text":"validation mean grade\\u003e=k AUC (last epoch)"' in page
+
+
+def test_ablate_severity_with_a_study_of_another_task_is_a_one_line_error(severity_data, tmp_path, capsys):
+    search_study = optuna.create_study(study_name="mine", storage=f"sqlite:///{tmp_path}/mine.db",
+                                       direction="maximize")
+    search_study.set_user_attr("settings", {"task": "course", "seed": 0})
+    search_study.add_trial(optuna.trial.create_trial(value=0.8, user_attrs={
+        "spec": same_padding(baseline()).to_dict(), "train_spec": baseline_train().to_dict()}))
+    assert main(_args(severity_data, tmp_path, "--task", "severity", "--study", "mine")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --task: study 'mine' searched task 'course', not 'severity'; pass --task course")
+    assert len(err.strip().splitlines()) == 1
