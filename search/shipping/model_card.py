@@ -225,8 +225,9 @@ def _trained_on(model: dict, data: dict) -> str:
             f"the {n} train + validation scans) and scored on the rest")
 
 
-def _selection_lines(selection: dict | None) -> list[str]:
-    """How the model was chosen, and how optimistic its confirmed score was against the test part."""
+def _selection_lines(selection: dict | None, metric: str = "AUC", confirmed: str = "mean fold AUC on fresh folds"
+                     ) -> list[str]:
+    """How the model was chosen, and how optimistic its confirmed score (``confirmed``) was against the test part."""
     if not selection:
         return []
     lines = ["## How this model was chosen", "", f"- {selection['how'][0].upper()}{selection['how'][1:]}."]
@@ -235,8 +236,8 @@ def _selection_lines(selection: dict | None) -> list[str]:
     if selection.get("rule"):
         lines.append(f"- Rule: {selection['rule']}.")
     if selection.get("confirmed_score") is not None:
-        lines.append(f"- Confirmed score (mean fold AUC on fresh folds): {selection['confirmed_score']:.3f}; "
-                     f"locked test AUC: {selection['test_auc']:.3f}; optimism (confirmed - test): "
+        lines.append(f"- Confirmed score ({confirmed}): {selection['confirmed_score']:.3f}; "
+                     f"locked test {metric}: {selection['test_auc']:.3f}; optimism (confirmed - test): "
                      f"{selection['optimism']:+.3f}.")
     if selection.get("baseline_confirmed_score") is not None and not selection.get("is_baseline"):
         lines.append(f"- The seed baseline's confirmed score: {selection['baseline_confirmed_score']:.3f}.")
@@ -339,7 +340,8 @@ def render_grade_card(m: dict) -> str:
         "AUC) and a confirmation stage re-evaluated the best specs against the seed baseline on fresh folds; the test "
         "part was read only by this export, once.",
         "",
-        *_selection_lines(m.get("selection")),
+        *_selection_lines(m.get("selection"), "mean grade>=k AUC",
+                          "the mean grade>=k AUC of the fold models on fresh folds, averaged"),
         "## Locked test evaluation",
         "",
         f"{test['n']} test scans: " + ", ".join(f"{n} {name}" for n, name in zip(test["n_per_grade"], grades,

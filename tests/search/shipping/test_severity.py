@@ -216,3 +216,11 @@ def test_severity_card_reports_the_metrics_with_intervals_beside_the_baseline(te
     assert f"| CT-0 | {first} |" in card
     assert f"]({ROC_PNG})" in card and f"]({CONFUSION_PNG})" in card
     assert "calibration.png" not in card
+
+
+def test_severity_card_names_the_ordinal_metric_in_the_confirmed_score_and_its_optimism(tested):
+    metrics = _metrics(tested)
+    metrics["selection"] |= {"confirmed_score": 0.8, "optimism": 0.8 - metrics["selection"]["test_auc"]}
+    card = render_model_card(metrics)
+    assert "Confirmed score (the mean grade>=k AUC of the fold models on fresh folds, averaged): 0.800" in card
+    assert "locked test mean grade>=k AUC" in card
