@@ -235,9 +235,10 @@ def _test_counts(test: dict, classes: list) -> str:
     """`` (3 CT-0, 2 CT-2 or CT-3)`` for a binary test part; the scans per grade where the file gives them."""
     if len(classes) <= 2:
         return f" ({test['n_negative']} {classes[0]}, {test['n_positive']} {classes[1]})"
-    per_grade = test.get("n_per_grade")  # an ordinal export's counts, where it records them
-    if isinstance(per_grade, list) and len(per_grade) == len(classes):
-        return " (" + ", ".join(f"{n} {name}" for n, name in zip(per_grade, classes, strict=True)) + ")"
+    per_grade = test.get("n_per_grade")  # an ordinal export's counts, with its grades' names
+    names = test.get("grades") or classes
+    if isinstance(per_grade, list) and isinstance(names, list) and len(per_grade) == len(names):
+        return " (" + ", ".join(f"{n} {name}" for n, name in zip(per_grade, names, strict=True)) + ")"
     return ""
 
 

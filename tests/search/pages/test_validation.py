@@ -298,3 +298,11 @@ def test_test_part_lines_of_an_ordinal_export_count_the_grades_it_gives_and_name
     metrics["test"]["n_per_grade"] = [2, 2, 2, 1]
     lines = html.unescape(_test_part_lines(metrics, 2, score_name("severity")))
     assert "Locked test part: 7 scans (2 CT-0, 2 CT-1, 2 CT-2, 1 CT-3 or CT-4), scored once" in lines
+
+
+def test_test_part_lines_of_an_ordinal_export_name_the_grades_as_its_test_part_records_them():
+    metrics = _metrics()
+    metrics["task"]["classes"] = ["CT-0", "CT-1", "CT-2", "CT-3 or CT-4"]
+    metrics["test"] |= {"grades": ["zero", "mild", "moderate", "severe"], "n_per_grade": [3, 2, 1, 1]}
+    lines = html.unescape(_test_part_lines(metrics, 2, score_name("severity")))
+    assert "Locked test part: 7 scans (3 zero, 2 mild, 1 moderate, 1 severe), scored once" in lines
