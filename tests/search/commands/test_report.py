@@ -1,4 +1,6 @@
+import contextlib
 import html
+import io
 import json
 import os
 import re
@@ -294,9 +296,12 @@ def test_report_hostile_metrics_json_is_a_note_naming_it_without_reading_it(stud
 def severity_study_dir(severity_data, tmp_path_factory):
     """A confirmed 3-trial study of the ordinal severity task (the baseline and two sampled trials)."""
     root = tmp_path_factory.mktemp("severity-report-study")
-    assert run.main(["--task", "severity", "--size", "16", "16", "32", "--epochs", "1", "--trials", "3",
-                     "--confirm-top", "1", "--confirm-epochs", "1", "--workers", "1", "--studies-dir", str(root),
-                     "--data", str(severity_data)]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run.main(["--task", "severity", "--size", "16", "16", "32", "--epochs", "1", "--trials", "3",
+                         "--confirm-top", "1", "--confirm-epochs", "1", "--workers", "1", "--studies-dir", str(root),
+                         "--data", str(severity_data)]) == 0
+    (root / "run.log").write_text(out.getvalue())
     return root
 
 
@@ -341,3 +346,14 @@ def test_report_of_a_severity_study_lists_its_labels_by_grade(severity_page):
     for grade in ("grade 0 (CT-0)", "grade 1 (CT-1)", "grade 2 (CT-2)", "grade 3 (CT-3/CT-4)"):
         assert grade in summary, grade
     assert "label 0" not in summary
+
+
+def test_run_of_a_severity_study_names_its_score_for_the_dashboard_and_on_the_console(severity_study_dir):
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{severity_study_dir}/lungct.db")
+    # Named "CV AUC" when made (before its settings were stored), renamed by the first trial's note.
+    assert study.metric_names == ["CV mean AUC of grade >= k (k = 1..3) (search score)"]
+    log = (severity_study_dir / "run.log").read_text()
+    assert "[1/3] trial 0 [baseline]: CV grade>=k AUC " in log
+    assert "rank trial CV grade>=k AUC  +- SE" in " ".join(log.split("\n"))
+    assert "CV grade>=k AUC: mean final-epoch validation grade>=k AUC (mean AUC of grade >= k (k = 1..3))" in log
+    assert "trial 0 [baseline]: CV AUC" not in log
