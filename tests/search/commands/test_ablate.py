@@ -371,3 +371,14 @@ def test_ablate_severity_with_a_study_of_another_task_is_a_one_line_error(severi
     err = capsys.readouterr().err
     assert err.startswith("error: --task: study 'mine' searched task 'course', not 'severity'; pass --task course")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_ablate_severity_on_the_keras_archives_pooled_folder_is_a_one_line_error(tmp_path, capsys):
+    from tests.conftest import synthetic_ct, write_nifti
+    data = tmp_path / "keras"
+    for i in range(8):
+        write_nifti(data / f"CT-0/a{i}.nii.gz", synthetic_ct(seed=i))
+        write_nifti(data / f"CT-23/b{i}.nii.gz", synthetic_ct(seed=10 + i))
+    assert main(_args(data, tmp_path / "s", "--task", "severity")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "CT-23 pools CT-2 and CT-3" in err
