@@ -15,7 +15,8 @@ the test evaluation (ROC with its bootstrap band, calibration, confusion counts;
 drawn from metrics.json into the folder beside the model card that embeds them; the ROC, the calibration
 and Grad-CAM++ saliency montages of the surest test scan of each outcome are also attached to the study
 for optuna-dashboard, named after the exported trial (its artifact store, not the shared folder: they
-show scans).
+show scans). The folder also holds ``bundle/``, the same model as a MONAI bundle that ``python -m monai.bundle
+run`` executes with the project's own preprocessing (``search.shipping.bundle``).
 
 For an ordinal task (``--task severity`` in the search) the model and the baseline are trained with the
 task's ordinal head (``space.build(spec, grades=K)``, K-1 cumulative logits), and metrics.json, the card
@@ -75,6 +76,7 @@ from search.model.folder import (
 from search.model.saliency import write_examples
 from search.selection.dashboard import write_study_note
 from search.selection.settings import stored_settings
+from search.shipping.bundle import BUNDLE_DIR, write_bundle
 from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, ROC_PNG, write_model_figures
 from search.shipping.metrics import (
     data_entry,
@@ -238,12 +240,13 @@ def _check_export(directory: Path, model: torch.nn.Module, size: tuple[int, int,
 
 
 def export_bytes(spec: ArchSpec, members: int, baseline_spec: ArchSpec | None) -> int:
-    """Roughly what a model folder takes: float32 weights twice (safetensors and the ONNX file), those of
-    the baseline beside it, and :data:`EXPORT_MARGIN_BYTES` for the rest."""
+    """Roughly what a model folder takes: float32 weights four times (safetensors, the ONNX file, and the MONAI
+    bundle's safetensors copy and model.pt), those of the baseline beside it, and :data:`EXPORT_MARGIN_BYTES` for
+    the rest."""
     def weights(s: ArchSpec) -> int:
         return 4 * sum(p.numel() for p in build(s).parameters())
 
-    return 2 * members * weights(spec) + (weights(baseline_spec) if baseline_spec else 0) + EXPORT_MARGIN_BYTES
+    return 4 * members * weights(spec) + (weights(baseline_spec) if baseline_spec else 0) + EXPORT_MARGIN_BYTES
 
 
 def check_out_writable(out: Path, need_bytes: int) -> None:
@@ -398,6 +401,7 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
         write_json(tmp / METRICS, metrics)
         write_model_figures(metrics, tmp)
         (tmp / CARD).write_text(render_model_card(metrics))
+        write_bundle(tmp, tmp / BUNDLE_DIR)  # the MONAI bundle, from the finished folder, before it is moved in
         check_out_dir(s.out, s.force)  # again: another process may have written there while we trained
         _replace_dir(tmp, s.out)
     except (OSError, SafetensorError) as e:  # a disk filled since the check: the temporary folder goes below
@@ -502,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         out = run_export(*export_settings(parse_flags(args)))
         print(f"\nwrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
         print(f"read {out / CARD}; predict on a scan with:\n  python -m search.predict {out} SCAN.nii.gz")
+        bundle = out / BUNDLE_DIR
+        print(f"or with MONAI's bundle runner (see {bundle / 'docs' / 'README.md'}):\n  python -m monai.bundle run "
+              f"--config_file {bundle}/configs/inference.json --meta_file {bundle}/configs/metadata.json "
+              f"--bundle_root {bundle} --dataset_dir SCANS_DIR --output_dir OUT_DIR")
 
     return exit_code(body, failures=(ExportError,), interrupted="interrupted: nothing was written")
 

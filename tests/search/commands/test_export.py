@@ -39,7 +39,7 @@ from tests.conftest import make_mosmed
 SIZE = (16, 16, 32)  # the seed baseline's four levels fit ('same' padding)
 SECRET = "s3cret"
 FILES = {"spec.json", "train_spec.json", "weights.safetensors", "model.onnx", "preprocess.json", "metrics.json",
-         "MODEL_CARD.md", "roc.png", "calibration.png", "confusion.png"}
+         "MODEL_CARD.md", "roc.png", "calibration.png", "confusion.png", "bundle"}
 IMAGE_LINK = r"!\[[^\]]+\]\(([^)]+)\)"  # a Markdown image: ![alt](target)
 FOLDS = 3  # the confirmation's default folds: export --ensemble ships that many fold models
 
@@ -95,6 +95,14 @@ def test_export_writes_every_file_of_the_model_folder(exported):
     assert names - {BASELINE_DIR} == FILES
     # The baseline trained beside a searched model is a model folder of its own, for scoring on new scans.
     assert (BASELINE_DIR in names) == (not metrics["selection"]["is_baseline"])
+    # The MONAI bundle of the shipped model (tests/search/shipping/test_bundle.py runs it): its models/ is the
+    # folder's own spec and weights.
+    bundle = out / "bundle"
+    for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+        assert (bundle / name).is_file(), name
+    assert (bundle / "models" / "weights.safetensors").read_bytes() == (out / "weights.safetensors").read_bytes()
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert f'"task": "{metrics["task"]["name"]}"' in json.dumps(meta)
 
 
 def test_export_trains_the_confirmations_recommendation_for_its_epochs(exported):

@@ -353,3 +353,35 @@ def test_stock_monai_transforms_match_ours_only_where_every_axis_shrinks_or_ever
     ours = preprocess(read_scan(str(path))[0], default).astype(np.float32)
     for mode in ("area", "trilinear"):
         assert np.abs(_stock(path, default, mode) - ours).max() > 0.1, mode
+
+
+def test_severity_bundle_run_gives_predicts_grade_probabilities(scans, tmp_path):
+    """An ordinal (severity) folder: MONAI's runner writes the K grade probabilities, equal to predict's."""
+    paths = list(scans.values())
+    config = PreprocessConfig(SIZE)
+    torch.manual_seed(1)
+    model = build(_spec(), grades=4).eval()
+    volumes = torch.stack([torch.from_numpy(preprocess(read_scan(str(p))[0], config).astype(np.float32))[None]
+                           for p in paths])
+    with torch.no_grad():  # spread the scans' severity scores over the cutpoints, so the grades differ
+        z = model(volumes)[:, 0]  # z + b_1, and b_1 starts at 0
+        scale = 4.0 / float(z.max() - z.min())
+        model.head.out.weight.mul_(scale)
+        model.head.out.bias.sub_(z.mean()).mul_(scale).add_(1.0)  # scores over [-1, 3]: grades 0 to 3
+    folder = tmp_path / "severity"
+    save_model(folder, model, _spec(), TrainSpec(), ModelInfo.for_task(get_task("severity"), config))
+    bundle = write_bundle(folder, tmp_path / "bundle")
+    out = tmp_path / "eval"
+    run_bundle(config_file=str(bundle / INFERENCE), meta_file=str(bundle / METADATA), bundle_root=str(bundle),
+               dataset_dir=str(paths[0].parent), output_dir=str(out))
+    rows = read_predictions(out / PREDICTIONS, channels=4)
+    _, predictions, errors = predict_all(str(folder), [str(p) for p in paths])
+    assert errors == [] and len(rows) == len(predictions) == len(paths)
+    names = ModelInfo.for_task(get_task("severity"), config).classes
+    spread = set()
+    for p in predictions:
+        expected = [p.grade_probabilities[name] for name in names]
+        assert np.allclose(rows[p.path], expected, atol=TOLERANCE), p.path
+        assert abs(sum(rows[p.path]) - 1.0) < 1e-5
+        spread.add(int(np.argmax(expected)))
+    assert len(spread) > 1  # the scans land in different grades, so a column mix-up would show
