@@ -58,10 +58,10 @@ class Cost:
         return self.flops / 1e9
 
 
-def _meta_model(model_or_spec: nn.Module | ArchSpec, in_channels: int) -> nn.Module:
+def _meta_model(model_or_spec: nn.Module | ArchSpec, in_channels: int, grades: int = 2) -> nn.Module:
     if isinstance(model_or_spec, ArchSpec):
         with torch.device("meta"):
-            return build(model_or_spec, in_channels)
+            return build(model_or_spec, in_channels, grades=grades)
     return model_or_spec
 
 
@@ -114,19 +114,20 @@ def count_flops(spec: ArchSpec, size: Size, in_channels: int = 1) -> int:
     return _forward_flops(_meta_model(spec, in_channels), tuple(size), in_channels)
 
 
-def cost(spec: ArchSpec, size: Size, in_channels: int = 1) -> Cost:
+def cost(spec: ArchSpec, size: Size, in_channels: int = 1, grades: int = 2) -> Cost:
     """Return a spec's parameter counts and forward FLOPs per sample at an input size.
 
     Args:
         spec: The architecture.
         size: Input (D, H, W).
         in_channels: Input channels.
+        grades: The task's labels (``build(spec, grades=K)``): an ordinal head adds its K-1 cutpoints.
 
     Raises:
         SpecInputError: The spec's maps vanish at `size` (the message says where).
     """
     check_input_size(spec, size)
-    model = _meta_model(spec, in_channels)
+    model = _meta_model(spec, in_channels, grades)
     return Cost(
         params=count_params(model),
         keras_params=count_keras_params(model),

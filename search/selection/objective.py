@@ -147,7 +147,7 @@ class Objective:
         arch, note = fit_cost(arch, s.size, None if is_baseline else s.max_gflops)
         if note:
             trial.set_user_attr(schema.COST_FALLBACK, note)
-        spec_cost = cost(arch, s.size)
+        spec_cost = cost(arch, s.size, grades=s.grades)
         run.set({schema.SPEC: arch.to_dict(), schema.TRAIN_SPEC: train_spec.to_dict(),
                  schema.PARAMS: spec_cost.params, schema.KERAS_PARAMS: spec_cost.keras_params,
                  schema.GFLOPS: spec_cost.gflops, schema.DEVICE: device_name(s.device), schema.AMP_BF16: s.amp,

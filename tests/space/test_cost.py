@@ -90,3 +90,11 @@ def test_memory_of_a_hostile_width_is_counted_in_an_instant():
 def test_memory_rejects_size_where_maps_vanish():
     with pytest.raises(SpecInputError):
         memory(baseline(), (8, 8, 8))
+
+
+def test_cost_of_an_ordinal_head_counts_its_cutpoints_and_nothing_else():
+    from space import baseline, cost, fit_to_size
+    spec, _ = fit_to_size(baseline(), (16, 16, 32))
+    binary, graded = cost(spec, (16, 16, 32)), cost(spec, (16, 16, 32), grades=4)
+    assert graded.params == binary.params + 3 and graded.keras_params == binary.keras_params + 3
+    assert graded.flops == binary.flops
