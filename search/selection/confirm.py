@@ -338,7 +338,9 @@ class ConfirmRunner:
 def _run_line(trial: FrozenTrial, candidate: Candidate, fold: ConfirmFold) -> str:
     where = f"{candidate.key} repeat {fold.repeat} fold {fold.fold}"
     if trial.state == TrialState.COMPLETE:
-        return f"{where}: AUC {trial.values[0]:.3f}, {trial.user_attrs.get(schema.TRAIN_SECONDS, 0):.0f} s"
+        graded = max(trial.user_attrs.get(schema.LABELS) or [0]) > 1  # an ordinal task's fold holds grades above 1
+        metric = "mean grade>=k AUC" if graded else "AUC"
+        return f"{where}: {metric} {trial.values[0]:.3f}, {trial.user_attrs.get(schema.TRAIN_SECONDS, 0):.0f} s"
     reason = trial.user_attrs.get(schema.PRUNE_REASON) or trial.user_attrs.get(schema.FAIL_REASON) or "see dashboard"
     return f"{where}: {trial.state.name.lower()} ({reason})"
 

@@ -560,7 +560,8 @@ def test_run_severity_searches_and_confirms_ordinal_heads_on_the_mean_grade_auc(
     assert set(run.user_attrs["labels"]) == {0, 1, 2, 3}  # each fresh fold holds every grade
     scores = run.user_attrs["probs"]  # the stored per-scan score is the expected grade, in [0, 3]
     assert all(0.0 <= s <= 3.0 for s in scores) and max(scores) > 1.0
-    assert "task severity" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "task severity" in out and ": mean grade>=k AUC 0." in out  # the confirmation's run lines name it
 
 
 def test_run_severity_on_the_keras_archives_pooled_folder_is_a_one_line_error(tmp_path, capsys):
