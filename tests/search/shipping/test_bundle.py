@@ -126,6 +126,9 @@ def scans(tmp_path_factory) -> dict[str, Path]:
     found = {"phantom": shutil.copyfile(phantoms / info.study_file, folder / "phantom.nii.gz")}
     assert "".join(nib.aff2axcodes(nib.load(str(found["phantom"])).affine)) == "LPS"
     found["phantom_ras"] = reoriented(found["phantom"], folder / "phantom_ras.nii.gz", "RAS")
+    # A second, normal phantom: the scans then differ where the real ones are absent (a clone without shared/).
+    other = write_phantom(phantoms, seed=0, index=1, category="CT-0", matrix=64)
+    found["phantom_normal"] = shutil.copyfile(phantoms / other.study_file, folder / "phantom_normal.nii.gz")
     for name in REAL_SCANS:
         if (REAL_CT_DIR / name).is_file():
             stem = name.removesuffix(".nii.gz")
@@ -237,7 +240,8 @@ def test_bundle_runs_from_monais_command_line(bundle, scans, tmp_path):
 def test_bundle_run_matches_predict_where_some_axes_shrink_and_others_grow(scans, tmp_path):
     # The phantom is (D, H, W) = 41x64x64 and example_ct_sm 30x101x122: at 48x24x32 the depth grows while rows
     # and columns shrink, the case that no single stock Resized mode reproduces.
-    chosen = [scans["phantom"], *([scans["example_ct_sm_lps"]] if "example_ct_sm_lps" in scans else [])]
+    chosen = [scans["phantom"], scans["phantom_normal"],
+              *([scans["example_ct_sm_lps"]] if "example_ct_sm_lps" in scans else [])]
     model_dir = _model_dir(tmp_path / "model", chosen, MIXED)
     bundle = write_bundle(model_dir, tmp_path / "bundle")
     (tmp_path / "scans").mkdir()
