@@ -13,6 +13,15 @@ from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ORD
 from search.stats.intervals import Interval
 
 
+def _card_header(title: str, model: dict, study: dict, phantoms: bool) -> list[str]:
+    """The card's title, the research-use disclaimer and, for a phantom-trained model, what its numbers mean."""
+    lines = [f"# Model card: {title} — trial {model['trial']} of study '{study['name']}'", "", f"> **{DISCLAIMER}**"]
+    if phantoms:
+        lines += [">", "> **Trained and tested on synthetic phantoms**, not on patients' scans: the numbers below "
+                  "say how well the search worked on the phantom set, nothing about real chest CT."]
+    return lines
+
+
 def _ci(entry: dict | None, key: str) -> str:
     if not entry or entry.get(key) is None:
         return "-"
@@ -32,14 +41,7 @@ def render_model_card(m: dict) -> str:
     size = "x".join(map(str, data["size"]))
     phantoms = data.get("phantoms", False)
     base_test = test.get("baseline")
-    lines = [
-        f"# Model card: {classes[0]} vs {classes[1]} — trial {model['trial']} of study '{study['name']}'",
-        "",
-        f"> **{DISCLAIMER}**",
-    ]
-    if phantoms:
-        lines += [">", "> **Trained and tested on synthetic phantoms**, not on patients' scans: the numbers below "
-                  "say how well the search worked on the phantom set, nothing about real chest CT."]
+    lines = _card_header(f"{classes[0]} vs {classes[1]}", model, study, phantoms)
     lines += [
         "",
         "## Task",
@@ -288,14 +290,7 @@ def render_grade_card(m: dict) -> str:
     phantoms = data.get("phantoms", False)
     base_test = test.get("baseline")
     k = len(grades)
-    lines = [
-        f"# Model card: {grade_title(task)} — trial {model['trial']} of study '{study['name']}'",
-        "",
-        f"> **{DISCLAIMER}**",
-    ]
-    if phantoms:
-        lines += [">", "> **Trained and tested on synthetic phantoms**, not on patients' scans: the numbers below "
-                  "say how well the search worked on the phantom set, nothing about real chest CT."]
+    lines = _card_header(grade_title(task), model, study, phantoms)
     lines += [
         "",
         "## Task",
