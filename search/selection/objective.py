@@ -198,7 +198,8 @@ class Objective:
                 if trial.should_prune():
                     self._record(trial, fits, aucs, ses, start)
                     self._finish(trial, fits, model)
-                    run.prune(f"pruned after fold {fold.index + 1} of {len(self.folds)}: mean AUC "
+                    metric = "mean grade>=k AUC" if s.grades > 2 else "mean AUC"
+                    run.prune(f"pruned after fold {fold.index + 1} of {len(self.folds)}: {metric} "
                               f"{mean:.3f} on {sum(len(f.val) for f in self.folds[:len(aucs)])} "
                               "validation scans, below the pruner's bar")
         self._record(trial, fits, aucs, ses, start)
