@@ -57,7 +57,7 @@ from lungct.phantom import (
 )
 from lungct.records import PreprocessConfig
 from search.cli import exit_code
-from search.model.folder import METRICS, ModelDirError, ModelInfo, load_model, members_of
+from search.model.folder import METRICS, ModelDirError, ModelInfo, load_model
 from search.stats.intervals import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -219,7 +219,7 @@ def load_models(directories: list[str], phantom_seed: int) -> list[LoadedModel]:
         if trained_phantom_seed(metrics) == phantom_seed:
             raise ModelDirError(f"{directory}: trained on phantoms of seed {phantom_seed} "
                                 f"(metrics.json data.root); choose another --phantom-seed")
-        models.append(LoadedModel(directory, model, info, count_params(model.spec) * members_of(model), claims))
+        models.append(LoadedModel(directory, model, info, count_params(model), claims))  # every member, cutpoints too
     return models
 
 
@@ -522,8 +522,12 @@ def print_report(result: dict) -> None:
           f"({categories}) in {f['root']}")
     for task, t in f["tasks"].items():
         skipped = f", {t['skipped']} skipped" if t["skipped"] else ""
-        print(f"  task {task}, {t['description']}: {t['n_negative']} {'/'.join(t['negative'])} vs "
-              f"{t['n_positive']} {'/'.join(t['positive'])}, {t['excluded']} excluded{skipped}")
+        if len(t["grades"]) > 2:
+            counts = ", ".join(f"grade {k}: {n}" for k, n in t["grades"].items())
+            print(f"  task {task}, {t['description']}: {counts}, {t['excluded']} excluded{skipped}")
+        else:
+            print(f"  task {task}, {t['description']}: {t['n_negative']} {'/'.join(t['negative'])} vs "
+                  f"{t['n_positive']} {'/'.join(t['positive'])}, {t['excluded']} excluded{skipped}")
     if f["n"] < DEFAULT_N:
         print(f"  note: fewer than {DEFAULT_N} phantoms; the intervals are wide and this is not the benchmark's figure")
     b = result["bootstrap"]
