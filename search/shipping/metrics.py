@@ -256,7 +256,8 @@ def versions() -> dict:
 
 
 def model_entry(t: Shipped, trial: FrozenTrial | None, size: tuple[int, int, int]) -> dict:
-    c = cost(t.spec, size, grades=getattr(t.model, "grades", 2))  # an ordinal head counts its cutpoints
+    grades = getattr(getattr(t, "model", None), "grades", 2)  # an ordinal head's cutpoints count too
+    c = cost(t.spec, size, grades=grades)
     entry = {
         "trial": t.trial, "spec": t.spec.to_dict(), "architecture": describe_spec(t.spec.to_dict()),
         "train_spec": t.train_spec.to_dict(), "params": c.params, "keras_params": c.keras_params,
