@@ -163,18 +163,10 @@ def _panels(metrics: dict) -> list[tuple[str, dict, str]]:
     Raises:
         ValueError: The test entries lack the curves (a metrics.json of an older lungct-nas).
     """
-    test, model = metrics["test"], metrics.get("model", {})
-    if "roc" not in test["model"]:
+    if "roc" not in metrics["test"]["model"]:
         raise ValueError("metrics.json: test.model holds no ROC curve (written by an older lungct-nas); export "
                          "again to draw the pictures")
-    members = model.get("members", 1)
-    name = f"Exported model (ensemble of {members})" if members > 1 else "Exported model"
-    if test.get("baseline_is_model"):
-        return [(f"{name} = the seed baseline", test["model"], MODEL_COLOR)]
-    panels = [(name, test["model"], MODEL_COLOR)]
-    if test.get("baseline") is not None:
-        panels.append(("Seed baseline", test["baseline"], BASELINE_COLOR))
-    return panels
+    return _model_panels(metrics)
 
 
 def _header(metrics: dict, what: str) -> str:
@@ -419,7 +411,7 @@ def _grade_roc_axes(ax: Axes, key: Axes, title: str, entry: dict, other: tuple[s
 
 def draw_grade_roc(metrics: dict) -> Figure:
     """Each "grade >= k" ROC curve of each model with its pointwise bootstrap band."""
-    panels, test = _panels_of_grades(metrics), metrics["test"]
+    panels, test = _model_panels(metrics), metrics["test"]
     fig = _figure(len(panels), 8.8)
     fig.suptitle(_grade_header(metrics, "ROC curves of each \"grade ≥ k\" with their 95% bootstrap bands"),
                  fontsize=12)
@@ -441,8 +433,11 @@ def draw_grade_roc(metrics: dict) -> Figure:
     return fig
 
 
-def _panels_of_grades(metrics: dict) -> list[tuple[str, dict, str]]:
-    """(title, test entry, colour) of each model to draw, as :func:`_panels` gives them for a binary export."""
+def _model_panels(metrics: dict) -> list[tuple[str, dict, str]]:
+    """(title, test entry, colour) of each model to draw: the exported model, and the baseline if it is another.
+
+    A grading export's entries keep their curves per threshold, so, unlike :func:`_panels`, nothing is checked.
+    """
     test, model = metrics["test"], metrics.get("model", {})
     members = model.get("members", 1)
     name = f"Exported model (ensemble of {members})" if members > 1 else "Exported model"
@@ -474,7 +469,7 @@ def _grade_confusion_axes(ax: Axes, title: str, entry: dict, grades: list[str]) 
 
 def draw_grade_confusion(metrics: dict) -> Figure:
     """K x K confusion matrices of the median grade: rows the true grade, counts and shares of the row."""
-    panels, test = _panels_of_grades(metrics), metrics["test"]
+    panels, test = _model_panels(metrics), metrics["test"]
     fig = _figure(len(panels), 7.0)
     fig.suptitle(_grade_header(metrics, "Confusion matrix of the predicted (median) grade"), fontsize=12)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
