@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# isort: off
+# First, before numpy or torch loads: pins this pytest-xdist worker to its own cores and sizes `-n auto`.
+from tests.workers import pytest_xdist_auto_num_workers  # noqa: F401
+# isort: on
+
 import csv
 import os
 from pathlib import Path
@@ -82,6 +87,31 @@ def real_ct_dir() -> Path:
 POSTGRES_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres"
 
 
+def _worker_index() -> int:
+    """This pytest-xdist worker's number (gw0 -> 0), 0 without xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+def _worker_database(url: str) -> str:
+    """``url`` itself without xdist; else a fresh database of this worker's own on that server, so that two
+    workers never create Optuna's tables in one database at the same moment (a race PostgreSQL reports as
+    "relation already exists")."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    with psycopg.connect(base.set(drivername="postgresql").render_as_string(hide_password=False),
+                         autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """The URL of a real PostgreSQL server: $LUNGCT_TEST_POSTGRES (CI starts one with .ci/postgres), else a
@@ -89,7 +119,7 @@ def postgres_server():
     unless $LUNGCT_REQUIRE_POSTGRES is set (as in CI): then it fails."""
     url = os.environ.get("LUNGCT_TEST_POSTGRES")
     if url:
-        yield url
+        yield _worker_database(url)
         return
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         message = "no PostgreSQL server: set LUNGCT_TEST_POSTGRES or install Debian's postgresql package"
@@ -101,7 +131,7 @@ def postgres_server():
 
     folder = Path(tempfile.mkdtemp(prefix="lungct-pg-"))
     folder.chmod(0o755)  # the server runs as the postgres user when the tests run as root
-    env = {**os.environ, "LUNGCT_PG_PORT": "55433"}
+    env = {**os.environ, "LUNGCT_PG_PORT": str(55433 + _worker_index())}  # one server per xdist worker
     started = subprocess.run([str(POSTGRES_SCRIPT), "start", str(folder / "pg")], capture_output=True, text=True,
                              env=env)
     if started.returncode != 0:

@@ -1,0 +1,73 @@
+"""The suite's parallel run (pytest-xdist, ``-n auto`` in pyproject.toml): how many workers, and each worker's cores.
+
+Imported first by tests/conftest.py, which pytest loads before any test module, so before numpy or torch. Each
+xdist worker is pinned to its own share of this process's CPU cores (``os.sched_setaffinity``): torch's thread
+pool, the tests' subprocesses and ``search.selection.parallel.threads_per_worker`` all read that mask, so two
+workers on a 2-core machine train with one thread each instead of four threads fighting over two cores (oneDNN's
+spin-waits make oversubscription many times slower, not twice). ``-n 0`` or ``-p no:xdist`` runs the suite in
+one process as before.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+# Each worker imports torch and trains small models: about 1.5 GB at its peak.
+GIB_PER_WORKER = 3
+MAX_WORKERS = 8
+
+
+def _cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def worker_count(cores: int, memory_gib: float | None) -> int:
+    """``-n auto``: one worker per core, at most MAX_WORKERS, and no more than the memory holds."""
+    count = min(cores, MAX_WORKERS)
+    if memory_gib is not None:
+        count = min(count, int(memory_gib // GIB_PER_WORKER))
+    return max(1, count)
+
+
+def worker_cores(cores: list[int], index: int, count: int) -> list[int]:
+    """Worker ``index`` of ``count``'s share of ``cores``: disjoint runs, the remainder to the last worker."""
+    if count < 2 or len(cores) < count:
+        return cores
+    share = len(cores) // count
+    return cores[index * share:] if index == count - 1 else cores[index * share:(index + 1) * share]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    return worker_count(len(_cores()), _memory_gib())
+
+
+def _pin_this_worker() -> None:
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (worker and count and worker.startswith("gw") and hasattr(os, "sched_setaffinity")):
+        return
+    mine = worker_cores(_cores(), int(worker[2:]), int(count))
+    os.sched_setaffinity(0, mine)
+    os.environ["OMP_NUM_THREADS"] = str(len(mine))  # subprocesses inherit the mask; OpenMP is told as well
+    if "torch" in sys.modules:  # imported before this plugin: its pool was sized for every core
+        sys.modules["torch"].set_num_threads(len(mine))
+
+
+_pin_this_worker()
