@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 import search.ablate
 import search.ablation.runs
+import search.training.loop
 import search.training.unit
 from search.ablate import main
 from search.ablation.runs import ORDINAL_RUN_COLUMNS
@@ -286,20 +287,26 @@ SEVERITY_VARIANTS = ["baseline", "sigmoid"]
 @pytest.fixture(scope="module")
 def severity_ablation(severity_data, tmp_path_factory):
     """The baseline and one modification on the severity task, 2 folds x 1 repeat, 1 epoch at 16x32x32, run once;
-    every run's validation part and trained model are kept, to score them again here."""
+    every run's validation part, trained model and the probabilities its last epoch was scored on are kept, to
+    score them again here."""
     studies = tmp_path_factory.mktemp("severity-ablation")
-    trained = []
-    real = search.ablation.runs.train_model
+    trained, scored = [], []
+    real, real_metrics = search.ablation.runs.train_model, search.training.loop.task_metrics
 
     def keep(arch, train_spec, data, val, **kwargs):
         result = real(arch, train_spec, data, val, **kwargs)
-        trained.append((kwargs.get("grades"), val, result))
+        trained.append((kwargs.get("grades"), val, result, scored[-1]))
         return result
+
+    def spy(labels, probs):
+        scored.append(np.array(probs, copy=True))
+        return real_metrics(labels, probs)
 
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         mp.setenv(PRECISION_ENV, "float32")
         mp.setattr(search.ablation.runs, "train_model", keep)
+        mp.setattr(search.training.loop, "task_metrics", spy)
         code = main(["--data", str(severity_data), "--studies-dir", str(studies), "--task", "severity",
                      "--variants", ",".join(SEVERITY_VARIANTS), "--folds", "2", "--repeats", "1", "--epochs", "1",
                      "--size", "16", "32", "32", "--workers", "1"])
@@ -309,7 +316,7 @@ def severity_ablation(severity_data, tmp_path_factory):
 def test_ablate_severity_trains_every_run_with_the_four_grade_ordinal_head(severity_ablation):
     code, _, _, trained = severity_ablation
     assert code == 0 and len(trained) == 4
-    for grades, val, result in trained:
+    for grades, val, result, _ in trained:
         assert grades == 4
         with torch.no_grad():
             assert result.model(val.volumes[:2].float()).shape == (2, 3)  # (B, K-1) "grade >= k" logits
@@ -321,11 +328,15 @@ def test_ablate_severity_scores_each_fold_by_the_mean_grade_auc(severity_ablatio
     assert study.study_name.endswith("-severity-16x32x32-e1-k2r1-s0")
     trials = sorted(study.trials, key=lambda t: t.number)
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
-    for trial, (_, val, result) in zip(trials, trained, strict=True):
+    for trial, (_, val, result, cumulative) in zip(trials, trained, strict=True):
         labels = val.labels.numpy().astype(int)
         assert set(labels) == {0, 1, 2, 3}
-        cumulative = predict_probs(result.model, val.volumes, torch.device("cpu"))
-        expected_grade = cumulative.sum(axis=1)
+        # The probabilities the fold was scored on are the trained model's. The AUC is recomputed from those,
+        # summed in float64 as the metric sums them: after one epoch the sigmoid variant's outputs agree to
+        # ~1e-8 across scans, so a float32 sum, or another CPU's kernels in a second prediction, reorder them.
+        np.testing.assert_allclose(predict_probs(result.model, val.volumes, torch.device("cpu")), cumulative,
+                                   atol=1e-5)
+        expected_grade = cumulative.astype(np.float64).sum(axis=1)
         mean_auc = np.mean([roc_auc_score(labels >= k, expected_grade) for k in (1, 2, 3)])
         assert trial.user_attrs["auc"] == pytest.approx(mean_auc, abs=1e-9)
         assert trial.value == pytest.approx(mean_auc, abs=1e-9)
