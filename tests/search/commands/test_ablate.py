@@ -95,7 +95,10 @@ def test_ablate_tiny_run_writes_seven_rows_of_finite_numbers(tiny_ablation):
                 assert math.isfinite(value), (row["variant"], column, row[column])
         assert row["verdict"] in ("reference", "better", "worse", "no detectable difference")
     undefined = "paired t (n<6): undefined, the differences have no spread"
-    assert {r["test"] for r in rows[1:]} <= {"paired t (n<6)", undefined}
+    # One epoch on 4-scan folds can leave a variant's AUC equal to the baseline's in both folds (seen with the
+    # AVX2 kernels): search.stats.paired then names the test it could not run.
+    none = "none: every paired difference is zero"
+    assert {r["test"] for r in rows[1:]} <= {"paired t (n<6)", undefined, none}
 
 
 def test_ablate_tiny_run_prints_the_table_verdicts_and_paths(tiny_ablation):
