@@ -1,11 +1,11 @@
-"""The suite's parallel run (pytest-xdist, ``-n auto`` in pyproject.toml): how many workers, and each worker's cores.
+"""The suite's parallel run, opt-in: ``python -m pytest -n auto --dist loadfile`` (pytest-xdist). How many workers
+``-n auto`` starts, and each worker's cores.
 
 Imported first by tests/conftest.py, which pytest loads before any test module, so before numpy or torch. Each
 xdist worker is pinned to its own share of this process's CPU cores (``os.sched_setaffinity``): torch's thread
 pool, the tests' subprocesses and ``search.selection.parallel.threads_per_worker`` all read that mask, so two
 workers on a 2-core machine train with one thread each instead of four threads fighting over two cores (oneDNN's
-spin-waits make oversubscription many times slower, not twice). ``-n 0`` or ``-p no:xdist`` runs the suite in
-one process as before.
+spin-waits make oversubscription many times slower, not twice). Without ``-n`` nothing here acts.
 """
 
 from __future__ import annotations
