@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # isort: off
 # First, before numpy or torch loads: pins this pytest-xdist worker to its own cores and sizes `-n auto`.
-from tests.workers import pytest_xdist_auto_num_workers  # noqa: F401
+from tests.workers import pytest_xdist_auto_num_workers, worker_index, worker_name  # noqa: F401
 # isort: on
 
 import csv
@@ -87,17 +87,11 @@ def real_ct_dir() -> Path:
 POSTGRES_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres"
 
 
-def _worker_index() -> int:
-    """This pytest-xdist worker's number (gw0 -> 0), 0 without xdist."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    return int(worker[2:]) if worker.startswith("gw") else 0
-
-
 def _worker_database(url: str) -> str:
     """``url`` itself without xdist; else a fresh database of this worker's own on that server, so that two
     workers never create Optuna's tables in one database at the same moment (a race PostgreSQL reports as
     "relation already exists")."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    worker = worker_name()
     if not worker:
         return url
     import psycopg
@@ -131,7 +125,7 @@ def postgres_server():
 
     folder = Path(tempfile.mkdtemp(prefix="lungct-pg-"))
     folder.chmod(0o755)  # the server runs as the postgres user when the tests run as root
-    env = {**os.environ, "LUNGCT_PG_PORT": str(55433 + _worker_index())}  # one server per xdist worker
+    env = {**os.environ, "LUNGCT_PG_PORT": str(55433 + worker_index())}  # one server per xdist worker
     started = subprocess.run([str(POSTGRES_SCRIPT), "start", str(folder / "pg")], capture_output=True, text=True,
                              env=env)
     if started.returncode != 0:

@@ -20,7 +20,21 @@ GIB_PER_WORKER = 3
 MAX_WORKERS = 8
 
 
+def worker_name() -> str | None:
+    """This pytest-xdist worker's name ("gw0", "gw1", ...), None outside xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return name if name.startswith("gw") else None
+
+
+def worker_index() -> int:
+    """This pytest-xdist worker's number (gw0 -> 0), 0 outside xdist."""
+    name = worker_name()
+    return int(name[2:]) if name else 0
+
+
 def _cores() -> list[int]:
+    # Read here rather than from search.selection.parallel: importing search loads torch, which must come after
+    # the pinning below.
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -60,10 +74,10 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 def _pin_this_worker() -> None:
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not (worker and count and worker.startswith("gw") and hasattr(os, "sched_setaffinity")):
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (worker_name() and count and hasattr(os, "sched_setaffinity")):
         return
-    mine = worker_cores(_cores(), int(worker[2:]), int(count))
+    mine = worker_cores(_cores(), worker_index(), int(count))
     os.sched_setaffinity(0, mine)
     os.environ["OMP_NUM_THREADS"] = str(len(mine))  # subprocesses inherit the mask; OpenMP is told as well
     if "torch" in sys.modules:  # imported before this plugin: its pool was sized for every core
