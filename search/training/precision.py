@@ -123,7 +123,24 @@ def cpu_has_fast_bf16() -> bool:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return False
+    return kernels_use_bf16(torch.backends.cpu.get_cpu_capability(),
+                            os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"))
+
+
+def kernels_use_bf16(capability: str, onednn_isa: str | None) -> bool:
+    """Whether torch's and oneDNN's kernels may use the CPU's bf16 instructions.
+
+    ``ATEN_CPU_CAPABILITY`` (seen in ``capability``, e.g. ``AVX2``) or ``ONEDNN_MAX_CPU_ISA`` capped below
+    AVX512_CORE_BF16 (how an AVX2-only CPU is emulated on a newer one) leave the flags in /proc/cpuinfo but
+    run bf16 in software: a test study's fixtures took 12-24x as long as in float32 (benchmarks/RESULTS.md,
+    "Test suite"). So the policy trains in float32 there, as on the CPU being emulated.
+    """
+    if not capability.upper().startswith("AVX512"):
+        return False
+    isa = (onednn_isa or "ALL").strip().upper()
+    return isa in ("", "ALL") or any(part in isa for part in ("BF16", "AMX", "FP16", "AVX10"))
 
 
 def cpu_model() -> str:

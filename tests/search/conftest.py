@@ -53,6 +53,18 @@ def one_trial_study(tiny_data, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def float32_session():
+    """float32 from the session's start, so the module and session fixtures that run a study or an export train
+    in it too: a session fixture is set up before them, a function one only after. Without it those fixtures
+    trained in bf16 where the CPU has it, with a bf16 probe per spec; with AVX2 kernels on a bf16 CPU (how CI's
+    AVX2-only kind is emulated) bf16 runs in software and they took 12-24x as long (benchmarks/RESULTS.md,
+    "Test suite")."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PRECISION_ENV, "float32")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def float32(monkeypatch):
     """Every search test trains in float32 whatever this CPU's bf16 does, so what it asserts holds on every

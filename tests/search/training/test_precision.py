@@ -12,6 +12,7 @@ from search.training.precision import (
     choose_precision,
     clear_precision_cache,
     cpu_has_fast_bf16,
+    kernels_use_bf16,
     probe_bf16,
 )
 from space import ArchSpec, LevelSpec, build
@@ -109,6 +110,22 @@ def test_fit_without_native_bf16_trains_in_float32_unprobed(monkeypatch):
     assert (result.precision, result.precision_reason) == ("float32", "float32: no native bf16 on this CPU")
     assert calls == []
     assert "float32 (no native bf16 on this CPU)" in choose_fidelity(CPU).reason
+
+
+@pytest.mark.parametrize("capability, isa, expected", [
+    ("AVX512", None, True), ("AVX512", "ALL", True), ("AVX512", "avx512_core_bf16", True),
+    ("AVX512", "AVX512_CORE_AMX", True), ("AVX512", "AVX10_1_512", True),
+    ("AVX2", None, False),  # ATEN_CPU_CAPABILITY=avx2
+    ("AVX512", "AVX2", False), ("AVX512", "AVX512_CORE", False), ("AVX512", "AVX512_CORE_VNNI", False),
+    ("DEFAULT", None, False),
+])
+def test_kernels_capped_below_bf16_train_in_float32(capability, isa, expected):
+    assert kernels_use_bf16(capability, isa) is expected
+
+
+def test_onednn_capped_at_avx2_means_no_native_bf16_on_any_host(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_has_fast_bf16() is False
 
 
 def test_fidelity_on_a_native_bf16_cpu_promises_only_probed_bf16(monkeypatch):
