@@ -43,7 +43,7 @@ from search.cli import (
     exit_code,
     positive,
 )
-from search.selection.budget import SAFETY, BudgetStop, Plan, Workload, measure_speed, plan
+from search.selection.budget import SAFETY, BudgetStop, Plan, Recalibrate, Speed, Workload, measure_speed, plan
 from search.selection.budget import now as budget_now
 from search.selection.confirm import (
     DEFAULT_CONFIRM_FOLDS,
@@ -387,6 +387,8 @@ class Budget:
 
     plan: Plan
     stop: BudgetStop | None
+    speed: Speed | None = None
+    work: Workload | None = None
 
 
 def _workload(r: Started) -> Workload:
@@ -415,10 +417,11 @@ def _budget(r: Started, amp: bool) -> Budget:
                                                    "seconds_per_sample": speed.seconds_per_sample,
                                                    "precision": speed.precision, "budget_s": budget_s})
     if time_plan.deadline is None:
-        return Budget(time_plan, None)
+        return Budget(time_plan, None, speed, work)
     size, top = r.settings.size, r.settings.confirm_top
     return Budget(time_plan, BudgetStop(time_plan.deadline, speed, work,
-                                        lambda study: [c.trial for c in select_candidates(study, size, top)]))
+                                        lambda study: [c.trial for c in select_candidates(study, size, top)]),
+                  speed, work)
 
 
 def _search(r: Started, amp: bool, budget: Budget) -> bool:
@@ -430,7 +433,10 @@ def _search(r: Started, amp: bool, budget: Budget) -> bool:
                           on_epoch=progress.on_epoch, on_trial_end=artifacts)
     interrupted = False
     try:
-        callbacks = [progress.on_trial_end, TrialNote(), *([r.backup] if r.backup else []),
+        # Recalibrate before the stop rule, so that the rule prices the next trials at the baseline's own speed.
+        recalibrate = ([Recalibrate(budget.speed, budget.work, progress.note, budget.stop)]
+                       if budget.speed is not None and budget.work is not None else [])
+        callbacks = [progress.on_trial_end, TrialNote(), *([r.backup] if r.backup else []), *recalibrate,
                      *([budget.stop] if budget.stop is not None else [])]
         study.optimize(objective, n_trials=job.trials, timeout=job.timeout_s, catch=(KnownFailure,),
                        callbacks=callbacks)

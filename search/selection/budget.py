@@ -8,6 +8,9 @@ promise a duration. Instead a run measures:
 - before the first trial, the seed baseline's training speed at the study's input size (a few training
   steps: :func:`measure_speed`), from which :func:`plan` states, in one line, what the run will take here
   and, under a budget, until when the search runs;
+- after the seed baseline's own trial (trial 0 of a new study), its wall time, a measurement of the real
+  thing: :class:`Recalibrate` states the line again from it for the trials left and hands the speed to the
+  stop rule (the few steps before any trial misread a Zen 4 machine by up to 1.5x, benchmarks/RESULTS.md);
 - after every trial, the trials' own wall times and the measured speed of the specs the confirmation
   would train now (:class:`BudgetStop`), so the search stops adding trials as soon as one more trial plus
   that confirmation would end past the deadline.
@@ -21,11 +24,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from search.study import schema
 from search.training.data import Tensors
@@ -271,3 +274,79 @@ class BudgetStop:
                             f"{_minutes(next_trial)}) and the confirmation (about {_minutes(confirm_s)}) would not "
                             "fit (--budget)")
             study.stop()
+
+
+def speed_from_trial(trial: FrozenTrial, work: Workload, measured: Speed) -> Speed | None:
+    """The seed baseline's speed read off its own complete trial: its wall time (trial overhead taken out) over
+    the sample-epochs it trained, in the units of :func:`measure_speed` (so ``trial_seconds`` of the result is
+    about the trial's wall time times MIX). None when the trial is not the baseline's, did not complete, or
+    recorded no wall time."""
+    wall_s = trial.user_attrs.get(schema.WALL_SECONDS)
+    if trial.state != TrialState.COMPLETE or not trial.user_attrs.get(schema.BASELINE) or not wall_s:
+        return None
+    per_sample = max(wall_s - TRIAL_OVERHEAD_S, 1e-3) / max(work.trial_samples, 1) / STEP_TO_TRIAL
+    return Speed(per_sample, measured.precision, measured.machine)
+
+
+class Recalibrate:
+    """Optuna callback: once the seed baseline's own trial has run, restate the time line from it.
+
+    Acts on the first trial this run finishes and never again: on a new study that is the seed baseline (enqueued
+    first); on a resumed one it is not, and the start line stands. The new line gives the trials left and the
+    confirmation at the baseline's measured speed, and, under a budget, how many of them fit before the deadline;
+    the budget's stop rule (``stop``) then prices its first trials and unknown confirmation slots at that speed.
+
+    Args:
+        speed: The start measurement's speed (its precision and machine are kept).
+        work: What the run trains.
+        say: Prints a line (above the progress bars).
+        stop: The budget's stop rule, None without a budget.
+        clock: The deadline's clock (default :func:`now`).
+        wall: The wall clock, for the times of day the line gives.
+    """
+
+    def __init__(self, speed: Speed, work: Workload, say: Callable[[str], None], stop: BudgetStop | None = None,
+                 clock: Clock | None = None, wall: Clock = time.time):
+        self.speed = speed
+        self.work = work
+        self.say = say
+        self.stop = stop
+        self.clock = clock or now
+        self.wall = wall
+        self.line: str | None = None
+        self._seen = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._seen:
+            return
+        self._seen = True
+        speed = speed_from_trial(trial, self.work, self.speed)
+        if speed is None:
+            return
+        left = max(self.work.trials - 1, 0)
+        rest = replace(self.work, trials=left)
+        one = trial_seconds(speed, rest)
+        confirm_s = confirm_seconds(speed, rest)
+        total = left * one + confirm_s
+        parts = [f"the {left} trial{'s' * (left != 1)} left"] * bool(left) + ["the confirmation"] * bool(confirm_s)
+        if not parts:
+            return
+        verb = "take" if len(parts) > 1 or left > 1 else "takes"
+        head = (f"time, from the seed baseline's own trial ({trial.user_attrs[schema.WALL_SECONDS]:.0f} s, "
+                f"{1000 * speed.seconds_per_sample * STEP_TO_TRIAL:.0f} ms per sample-epoch): {' and '.join(parts)} "
+                f"{verb} about {_minutes(total)}")
+        if self.stop is None:
+            self.line = head + " (no --budget)"
+        else:
+            self.stop.speed = speed
+            remaining = self.stop.deadline - self.clock()
+            if total <= remaining:
+                self.line = f"{head}, within the budget: done by {_at(self.wall() + total)} or sooner"
+            else:
+                fits = max(math.floor((remaining - SAFETY * confirm_s) / max(one, 1e-9)), 0)
+                self.line = (f"{head}, more than the budget leaves ({_minutes(max(remaining, 0))}): about {fits} of "
+                             f"them fit, so that the confirmation ends by {_at(self.wall() + remaining)}")
+        self.say(self.line)
+        plan_attr = dict(study.user_attrs.get(schema.STUDY_TIME_PLAN) or {})
+        plan_attr["after_baseline"] = self.line
+        study.set_user_attr(schema.STUDY_TIME_PLAN, plan_attr)

@@ -13,13 +13,17 @@ import search.run
 import search.selection.budget
 from search.run import budget_minutes, main
 from search.selection.budget import (
+    MIX,
     SAFETY,
+    TRIAL_OVERHEAD_S,
     BudgetStop,
+    Recalibrate,
     Speed,
     Workload,
     confirm_seconds,
     measure_speed,
     plan,
+    speed_from_trial,
     trial_seconds,
 )
 from search.study import schema
@@ -156,3 +160,70 @@ def test_run_states_its_time_at_the_start(tiny_data, tmp_path, capsys):
     line = next(x for x in out.splitlines() if x.startswith("time:"))
     assert "ms/sample here" in line and "1 trial takes about" in line and "no --budget" in line
     assert out.index("time:") < out.index("trial 0")
+
+
+def _baseline_trial(study: optuna.Study, wall_seconds: float, baseline: bool = True) -> optuna.trial.FrozenTrial:
+    trial = study.ask()
+    trial.set_user_attr(schema.BASELINE, baseline)
+    trial.set_user_attr(schema.WALL_SECONDS, wall_seconds)
+    study.tell(trial, 0.7)
+    return study.trials[-1]
+
+
+def test_recalibrate_restates_the_time_from_the_baseline_trial():
+    # The start measurement said 100 ms/sample; the baseline's own trial took 40 s for 520 sample-epochs.
+    study = optuna.create_study(direction="maximize")
+    trial = _baseline_trial(study, 40.0)
+    said = []
+    recalibrate = Recalibrate(SPEED, WORK, said.append)
+    recalibrate(study, trial)
+    speed = speed_from_trial(trial, WORK, SPEED)
+    assert speed is not None and speed.precision == SPEED.precision and speed.machine == SPEED.machine
+    assert trial_seconds(speed, WORK) == pytest.approx((40.0 - TRIAL_OVERHEAD_S) * MIX + TRIAL_OVERHEAD_S)
+    total = 49 * trial_seconds(speed, WORK) + confirm_seconds(speed, WORK)
+    assert total < 49 * trial_seconds(SPEED, WORK)  # the start line was pessimistic here
+    assert said == [recalibrate.line]
+    assert "from the seed baseline's own trial (40 s, 73 ms per sample-epoch)" in said[0]
+    assert f"the 49 trials left and the confirmation take about {total / 60:.0f} min (no --budget)" in said[0]
+    assert study.user_attrs[schema.STUDY_TIME_PLAN]["after_baseline"] == said[0]
+    recalibrate(study, _baseline_trial(study, 400.0))  # only the run's first trial counts
+    assert said == [recalibrate.line] and "(40 s" in said[0]
+
+
+def test_recalibrate_under_a_budget_says_how_many_fit_and_reprices_the_stop_rule():
+    clock = FakeClock()
+    study = optuna.create_study(direction="maximize")
+    trial = _baseline_trial(study, 40.0)
+    stop = BudgetStop(deadline=clock.t + 1800.0, speed=SPEED, work=WORK, candidates=lambda s: [0], clock=clock)
+    said = []
+    Recalibrate(SPEED, WORK, said.append, stop, clock=clock, wall=lambda: 0.0)(study, trial)
+    speed = speed_from_trial(trial, WORK, SPEED)
+    assert stop.speed == speed
+    fits = int((1800.0 - SAFETY * confirm_seconds(speed, WORK)) // trial_seconds(speed, WORK))
+    assert 1 <= fits < 49
+    assert f"more than the budget leaves (30 min): about {fits} of them fit" in said[0]
+    roomy = BudgetStop(deadline=clock.t + 10 * 3600.0, speed=SPEED, work=WORK, candidates=lambda s: [0], clock=clock)
+    said.clear()
+    Recalibrate(SPEED, WORK, said.append, roomy, clock=clock, wall=lambda: 0.0)(study, trial)
+    assert "within the budget: done by" in said[0]
+
+
+def test_recalibrate_keeps_the_start_line_when_the_first_trial_is_not_the_baseline():
+    # A resumed study: its first trial in this run is a searched spec, whose time says nothing about the baseline.
+    study = optuna.create_study(direction="maximize")
+    stop = BudgetStop(deadline=1e6, speed=SPEED, work=WORK, candidates=lambda s: [0], clock=FakeClock())
+    said = []
+    recalibrate = Recalibrate(SPEED, WORK, said.append, stop)
+    recalibrate(study, _baseline_trial(study, 40.0, baseline=False))
+    recalibrate(study, _baseline_trial(study, 40.0))
+    assert said == [] and stop.speed == SPEED and schema.STUDY_TIME_PLAN not in study.user_attrs
+
+
+def test_run_restates_its_time_after_the_baseline_trial(tiny_data, tmp_path, capsys):
+    assert main(["--data", str(tiny_data), "--studies-dir", str(tmp_path), *SMALL, "--trials", "2",
+                 "--budget", "none"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("trial 0") < out.index("time, from the seed baseline's own trial") < out.index("trial 1")
+    assert "the 1 trial left takes about" in out
+    study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{tmp_path}/lungct.db")
+    assert "the 1 trial left" in study.user_attrs[schema.STUDY_TIME_PLAN]["after_baseline"]
