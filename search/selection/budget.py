@@ -150,6 +150,11 @@ def _at(wall_epoch: float) -> str:
     return time.strftime("%H:%M", time.localtime(wall_epoch))
 
 
+def _trials_that_fit(remaining_s: float, trial_s: float, confirm_s: float) -> int:
+    """How many trials of ``trial_s`` fit in ``remaining_s`` beside the confirmation reserved at SAFETY."""
+    return math.floor((remaining_s - SAFETY * confirm_s) / max(trial_s, 1e-9))
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a run expects to take here, and, under a budget, its deadline.
@@ -197,7 +202,7 @@ def plan(speed: Speed, work: Workload, budget_s: float | None, elapsed_s: float,
         line = f"{head}, within the {_minutes(budget_s)} budget (--budget): done by {ends} at the latest"
     else:
         one = trial_seconds(speed, work)
-        fits = math.floor((remaining - SAFETY * confirm_s) / max(one, 1e-9))
+        fits = _trials_that_fit(remaining, one, confirm_s)
         if fits < 1:
             # Not even the seed baseline and the confirmation fit: say what the run will really take.
             least = one + confirm_s
@@ -343,7 +348,7 @@ class Recalibrate:
             if total <= remaining:
                 self.line = f"{head}, within the budget: done by {_at(self.wall() + total)} or sooner"
             else:
-                fits = max(math.floor((remaining - SAFETY * confirm_s) / max(one, 1e-9)), 0)
+                fits = max(_trials_that_fit(remaining, one, confirm_s), 0)
                 self.line = (f"{head}, more than the budget leaves ({_minutes(max(remaining, 0))}): about {fits} of "
                              f"them fit, so that the confirmation ends by {_at(self.wall() + remaining)}")
         self.say(self.line)
