@@ -48,6 +48,7 @@ from search.selection.budget import now as budget_now
 from search.selection.confirm import (
     DEFAULT_CONFIRM_FOLDS,
     DEFAULT_TOP_K,
+    SECOND_REPEAT_FOLD_SEED,
     ConfirmFold,
     ConfirmSettings,
     NoRecommendation,
@@ -396,10 +397,11 @@ def _workload(r: Started) -> Workload:
     fold_train = sum(len(train) for _, train, _ in r.folds) / max(len(r.folds), 1)
     confirms = r.job.confirm and len(r.job.objectives) == 1
     non_test = len(r.prepared.split.train) + len(r.prepared.split.val)
-    # Every candidate (the top trunks and the baseline) trains once per fresh fold on (k-1)/k of the non-test scans.
-    confirm = (s.confirm_top + 1) * s.confirm_epochs * non_test * (s.confirm_folds - 1)
+    # Every candidate (the top trunks and the baseline) trains once per fresh fold on (k-1)/k of the non-test scans,
+    # and the leader and the baseline once more on the second look's folds (reserved: it runs when a candidate leads).
+    confirm = (s.confirm_top + 1 + 2) * s.confirm_epochs * non_test * (s.confirm_folds - 1)
     return Workload(r.job.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0,
-                    s.confirm_top + 1)
+                    s.confirm_top + 1, second_look=True)
 
 
 def _budget(r: Started, amp: bool) -> Budget:
@@ -507,13 +509,20 @@ def _confirm(r: Started, amp: bool) -> bool:
                                        folds=settings.confirm_folds, fold_seed=settings.split_seed + 1,
                                        top_k=settings.confirm_top)
     print(f"\nconfirming the top {settings.confirm_top} distinct specs and the seed baseline on fresh "
-          f"{settings.confirm_folds}-fold splits at {settings.confirm_epochs} epochs")
+          f"{settings.confirm_folds}-fold splits at {settings.confirm_epochs} epochs; the leader, if one is ahead, "
+          "and the baseline then train on a second repeat of fresh folds")
+
+    def second_folds() -> list[ConfirmFold]:
+        more = search_folds(r.prepared, settings.confirm_folds, job.studies_dir,
+                            settings.split_seed + 1 + SECOND_REPEAT_FOLD_SEED)
+        return [ConfirmFold(1, f.fold, train, val) for f, train, val in more]
+
     try:
         decision = confirm(r.study, r.storage, [ConfirmFold(0, f.fold, train, val) for f, train, val in fresh],
                            confirm_settings, settings.size, job.device, amp,
                            train_fn=partial(train_model, grades=r.prepared.found.task.n_grades),
                            artifacts=artifact_dir(job.studies_dir, job.study),
-                           callbacks=[r.backup] if r.backup else ())
+                           callbacks=[r.backup] if r.backup else (), second_folds=second_folds)
     except KeyboardInterrupt:
         return True
     except NoRecommendation as e:

@@ -43,8 +43,8 @@ def confirmation_figure(decision: Decision, score: ScoreName = BINARY_SCORE) -> 
 
     A candidate's search score was the best of many noisy trials, so it tends to sit above what fresh
     folds confirm. The seed baseline's column is shaded and its confirmed mean drawn across for reference
-    (the rule asks more of a candidate than to clear it: a paired lower bound above 0), and the
-    recommended candidate's name is marked.
+    (the rule asks more of a candidate than to clear it: the leader's second look, and a paired lower bound,
+    with scan and seed noise, above minus the margin), and the recommended candidate's name is marked.
     """
     rows = decision.candidates
     recommended = decision.recommended.key
@@ -90,11 +90,12 @@ def confirmation_section(study: optuna.Study) -> str:
     for r in decision.candidates:
         rows.append([html.escape(r.key), fmt(r.search_score), fmt(r.search_se),
                      " / ".join(fmt(v) for v in r.fold_aucs), fmt(r.confirmed), fmt(r.difference, "+.3f"),
-                     fmt(r.difference_low, "+.3f"), "yes" if r.beats_baseline else "no",
+                     fmt(r.se), fmt(r.difference_low, "+.3f"), fmt(r.gflops, ".2f"),
+                     "reference" if r.baseline else html.escape(r.verdict or ("yes" if r.beats_baseline else "no")),
                      html.escape(describe_spec(r.spec))])
     cells_table = table(["candidate", score.cv + " (search)", "+- SE", f"fold {score.short}s (fresh folds)",
-                         "confirmed", "minus baseline", "lower bound", "beats baseline", "architecture"], rows,
-                        "confirmation-table")
+                         "confirmed", "minus baseline", "+- SE (scan and seed)", "lower bound", "GFLOPs",
+                         "may replace the baseline", "architecture"], rows, "confirmation-table")
     rec = decision.recommended
     words = (f"<p><b>Recommended: {html.escape(rec.key)}</b>: {html.escape(rec.why)}.</p>"
              + note(f"Rule: {decision.rule}. Settings: {decision.settings.to_dict()}. Runs are trials of the study "

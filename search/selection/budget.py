@@ -123,13 +123,16 @@ class Workload:
         trial_samples: Sample-epochs one unpruned trial trains (folds x epochs x training scans per fold).
         confirm_samples: Sample-epochs of the whole confirmation (candidates x folds x epochs x scans); 0 when
             the run does not confirm.
-        confirm_candidates: How many specs the confirmation trains (the top trunks and the baseline).
+        confirm_candidates: How many specs the confirmation's first look trains (the top trunks and the baseline).
+        second_look: Whether ``confirm_samples`` also holds the second look (the leader and the baseline once
+            more), reserved whether or not a candidate will lead.
     """
 
     trials: int
     trial_samples: int
     confirm_samples: int
     confirm_candidates: int = 3
+    second_look: bool = False
 
 
 def trial_seconds(speed: Speed, work: Workload) -> float:
@@ -221,9 +224,11 @@ def measured_confirm_seconds(study: optuna.Study, candidate_trials: list[int | N
                              speed: Speed) -> float:
     """The confirmation's wall time from the measured training speed of the trials it would confirm now.
 
-    Each of ``work.confirm_candidates`` specs trains ``confirm_samples / confirm_candidates`` sample-epochs.
-    A slot the search has no candidate for yet (fewer complete trunks than ``--confirm-top``) counts at the
-    slowest known candidate's speed; one whose trial recorded no speed, at the start estimate's.
+    Each of ``work.confirm_candidates`` specs trains ``confirm_samples / confirm_candidates`` sample-epochs
+    (with a second look, the samples are shared by two more slots: the baseline's, and the leader's at the
+    slowest candidate's speed). A slot the search has no candidate for yet (fewer complete trunks than
+    ``--confirm-top``) counts at the slowest known candidate's speed; one whose trial recorded no speed, at the
+    start estimate's.
     """
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     rates = []
@@ -233,7 +238,9 @@ def measured_confirm_seconds(study: optuna.Study, candidate_trials: list[int | N
         rates.append(1.0 / rate if rate else speed.seconds_per_sample * STEP_TO_TRIAL * MIX)
     slowest = max(rates) if rates else speed.seconds_per_sample * STEP_TO_TRIAL * MIX
     rates += [slowest] * (work.confirm_candidates - len(rates))
-    per_candidate = work.confirm_samples / max(work.confirm_candidates, 1)
+    if work.second_look and rates:
+        rates += [rates[0], max(rates[1:], default=slowest)]
+    per_candidate = work.confirm_samples / max(len(rates), 1)
     return sum(per_candidate * r for r in rates) * CONFIRM_OVERHEAD
 
 

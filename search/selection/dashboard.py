@@ -28,8 +28,9 @@ def study_note(study: optuna.Study) -> str:
                                                                         TrialState.FAIL) if states.count(s))
     lines = [f"## {study.study_name}: what lungct-nas recommends", "",
              f"- Search: {len(states)} trials ({counts or 'none finished'}). The dashboard's *Best Trial* is the "
-             "best search score (cheap cross-validation); the recommendation is what beats the seed baseline "
-             "when both are retrained on fresh folds (the confirmation).", ""]
+             "best search score (cheap cross-validation); the recommendation is what the confirmation ships over "
+             "the seed baseline when both are retrained on fresh folds: a candidate significantly better, better "
+             "and not worse by more than the margin, or as good and cheaper.", ""]
     if score.ordinal:
         lines[-1:] = [f"- Score: every AUC here (the search's, the confirmation's, the test's) is the {score.long}: "
                       f"{score.meaning}.", ""]
@@ -39,8 +40,9 @@ def study_note(study: optuna.Study) -> str:
     else:
         rec = decision.recommended
         what = "the seed baseline" if rec.baseline else f"trial {rec.trial}"
+        verdict = f" ({rec.verdict})" if rec.verdict else ""
         lines += ["### Confirmation", "", "```", format_decision(decision), "```", "",
-                  f"**Recommended: {what}**: {describe_spec(rec.spec)}.", ""]
+                  f"**Recommended: {what}**{verdict}: {describe_spec(rec.spec)}.", ""]
     exported = study.user_attrs.get(schema.STUDY_EXPORTED)
     if exported:
         test = exported["test"]

@@ -109,10 +109,20 @@ def test_confirmation_section_has_one_row_per_candidate_in_the_decisions_order()
     body = section.split('id="confirmation-table"')[1].split("<tbody>")[1]
     rows = [[c.split("</td>")[0] for c in row.split("<td>")[1:]] for row in body.split("<tr>")[1:]]
     assert [r[0] for r in rows] == ["baseline", "trial3", "trial&lt;5&gt;"]  # the key is escaped
-    assert rows[0][1:8] == ["0.620", "0.050", "0.600 / 0.700", "0.650", "-", "-", "no"]
-    assert rows[1][1:8] == ["0.810", "0.040", "0.750 / 0.790", "0.770", "+0.120", "+0.020", "yes"]
-    assert rows[2][1:8] == ["0.840", "-", "0.800 / -", "-", "-", "-", "no"]  # a diverged fold shows as '-'
-    assert rows[1][8] == html.escape(describe_spec(SMALL_SPEC))
+    # A decision stored before the margin rule: no SE, GFLOPs or verdict; "beats baseline" stands for the verdict.
+    assert rows[0][1:10] == ["0.620", "0.050", "0.600 / 0.700", "0.650", "-", "-", "-", "-", "reference"]
+    assert rows[1][1:10] == ["0.810", "0.040", "0.750 / 0.790", "0.770", "+0.120", "-", "+0.020", "-", "yes"]
+    assert rows[2][1:10] == ["0.840", "-", "0.800 / -", "-", "-", "-", "-", "-", "no"]  # a diverged fold: '-'
+    assert rows[1][10] == html.escape(describe_spec(SMALL_SPEC))
+
+
+def test_confirmation_section_shows_the_margin_rules_verdict_noise_and_cost():
+    d = _decision()
+    d["candidates"][1].update({"se": 0.031, "verdict": "as good and cheaper", "gflops": 0.5})
+    d["candidates"][0]["gflops"] = 5.44
+    body = confirmation_section(_study(d)).split('id="confirmation-table"')[1].split("<tbody>")[1]
+    rows = [[c.split("</td>")[0] for c in row.split("<td>")[1:]] for row in body.split("<tr>")[1:]]
+    assert rows[1][6:10] == ["0.031", "+0.020", "0.50", "as good and cheaper"] and rows[0][8] == "5.44"
 
 
 def test_confirmation_section_states_the_recommendation_rule_settings_and_companion_study():

@@ -12,6 +12,10 @@ from safetensors.torch import load_file
 
 from search.selection.confirm import (
     BASELINE_KEY,
+    BETTER,
+    CHEAPER,
+    RULE_RATES,
+    SIGNIFICANT,
     Candidate,
     ConfirmFold,
     ConfirmSettings,
@@ -20,6 +24,9 @@ from search.selection.confirm import (
     confirm,
     decide,
     format_decision,
+    leader,
+    paired_se,
+    rule_text,
     select_candidates,
     stored_decision,
 )
@@ -30,24 +37,33 @@ from space import ArchSpec, LevelSpec, TrainSpec, baseline, baseline_train, fit_
 
 SIZE = (16, 16, 32)
 FOLDS = [(0, 0), (0, 1)]
+SECOND = [(1, 0), (1, 1)]
 
 
 def _spec(width: int) -> ArchSpec:
     return ArchSpec(levels=(LevelSpec(width), LevelSpec(width)), padding="same", head_units=())
 
 
-def _candidates(n: int) -> list[Candidate]:
+def _candidates(n: int, gflops: tuple[float, ...] = ()) -> list[Candidate]:
+    """The baseline (5 GFLOPs) and n candidates (1 GFLOP each unless ``gflops`` says)."""
     base, _ = fit_to_size(baseline(), SIZE)
-    return [Candidate(BASELINE_KEY, 0, base, baseline_train()),
-            *[Candidate(f"trial{i}", i, _spec(4 * i), TrainSpec()) for i in range(1, n + 1)]]
+    flops = list(gflops) or [1.0] * n
+    return [Candidate(BASELINE_KEY, 0, base, baseline_train(), gflops=5.0, params=1000),
+            *[Candidate(f"trial{i}", i, _spec(4 * i), TrainSpec(), gflops=flops[i - 1], params=100)
+              for i in range(1, n + 1)]]
 
 
-def _runs(rng: np.random.Generator, separation: dict[str, float], n_val: int = 60) -> dict:
-    """Each model's probabilities = label x separation + its own noise, per fold (same labels for all)."""
+def _runs(rng: np.random.Generator, separation: dict[str, float], n_val: int = 60, seed_sd: float = 0.0,
+          folds=(*FOLDS, *SECOND)) -> dict:
+    """Each model's probabilities = label x separation + its own noise, per fold (same labels for all).
+
+    ``seed_sd`` moves each run's separation by a draw of its own: what another training seed does.
+    """
     runs = {}
-    for repeat, fold in FOLDS:
+    for repeat, fold in folds:
         labels = np.repeat([0, 1], n_val // 2)
         for key, sep in separation.items():
+            sep = sep + rng.normal(0, seed_sd)
             probs = 1 / (1 + np.exp(-(sep * labels + rng.normal(size=labels.size))))
             auc = float(np.mean(probs[labels == 1][:, None] > probs[labels == 0][None, :]))
             runs[(key, repeat, fold)] = RunResult(key, repeat, fold, auc, tuple(labels.tolist()), tuple(probs.tolist()))
@@ -60,9 +76,10 @@ def test_confirm_keeps_the_baseline_when_candidates_are_only_noise():
     switched = 0
     for seed in range(40):
         runs = _runs(np.random.default_rng(seed), {c.key: 1.5 for c in candidates})
-        decision = decide(candidates, runs, FOLDS, settings)
+        decision = decide(candidates, runs, FOLDS, settings, SECOND)
         switched += not decision.recommended.baseline
-    # Bonferroni over 3 candidates keeps the family-wise rate at 5%: about 2 of 40 by chance, never many.
+    # Equal models are not ahead and not worse by more than the margin: what ships is no worse, but with
+    # 60 scans a fold the bound rarely clears -0.02 (Bonferroni over 3 candidates, seed noise carried).
     assert switched <= 4
 
 
@@ -72,15 +89,15 @@ def test_confirm_recommends_a_candidate_that_is_clearly_better():
     chosen = []
     for seed in range(10):
         runs = _runs(np.random.default_rng(seed), {BASELINE_KEY: 0.5, "trial1": 0.5, "trial2": 3.0, "trial3": 0.5})
-        chosen.append(decide(candidates, runs, FOLDS, settings).recommended.key)
+        chosen.append(decide(candidates, runs, FOLDS, settings, SECOND).recommended.key)
     assert chosen.count("trial2") >= 9
 
 
 def test_confirm_decision_states_the_rule_and_each_candidates_numbers():
     candidates = _candidates(2)
     runs = _runs(np.random.default_rng(0), {c.key: 1.0 for c in candidates})
-    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
-    assert "Bonferroni" in decision.rule and decision.recommended.why
+    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200), SECOND)
+    assert "Bonferroni" in decision.rule and "-0.02" in decision.rule and decision.recommended.why
     rows = decision.candidates
     assert [r.key for r in rows] == [BASELINE_KEY, "trial1", "trial2"]
     for r in rows[1:]:
@@ -92,9 +109,97 @@ def test_confirm_a_diverged_candidate_is_never_recommended():
     candidates = _candidates(1)
     runs = _runs(np.random.default_rng(0), {BASELINE_KEY: 0.5, "trial1": 4.0})
     runs[("trial1", 0, 1)] = RunResult("trial1", 0, 1, float("nan"), (), (), "non-finite training loss")
-    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
+    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200), SECOND)
     assert decision.recommended.baseline
     assert decision.candidates[1].reason == "non-finite training loss"
+
+
+def test_confirm_a_leader_without_its_second_look_does_not_replace_the_baseline():
+    candidates = _candidates(1)
+    runs = _runs(np.random.default_rng(0), {BASELINE_KEY: 0.5, "trial1": 4.0}, folds=FOLDS)
+    decision = decide(candidates, runs, FOLDS, ConfirmSettings(epochs=1, seed=0, resamples=200))
+    assert decision.recommended.baseline and "no second look" in decision.recommended.why
+    assert leader(candidates, runs, FOLDS).key == "trial1"
+    one_look = ConfirmSettings(epochs=1, seed=0, resamples=200, second_repeat=False)
+    assert decide(candidates, runs, FOLDS, one_look).recommended.key == "trial1"
+
+
+def test_confirm_leader_is_none_when_no_candidate_is_ahead():
+    candidates = _candidates(2)
+    runs = _runs(np.random.default_rng(1), {BASELINE_KEY: 3.0, "trial1": 0.5, "trial2": 1.0}, folds=FOLDS)
+    assert leader(candidates, runs, FOLDS) is None
+
+
+def test_confirm_a_truly_better_candidate_with_seed_noise_ships_said_so():
+    candidates = _candidates(1)
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=300)
+    decisions = [decide(candidates, _runs(np.random.default_rng(s), {BASELINE_KEY: 1.0, "trial1": 3.0}, n_val=120,
+                                          seed_sd=0.2), FOLDS, settings, SECOND) for s in range(10)]
+    assert sum(d.recommended.key == "trial1" for d in decisions) >= 9
+    shipped = next(d for d in decisions if d.recommended.key == "trial1")
+    assert shipped.recommended.verdict == SIGNIFICANT and "significantly better" in shipped.recommended.why
+    assert "1.00 GFLOPs per scan against 5.00 (0.20x)" in shipped.recommended.why
+
+
+def test_confirm_a_truly_equal_and_cheaper_candidate_ships_as_good_and_cheaper():
+    # Many scans and no seed noise: a bound tight enough to rule out a loss of 0.02. The baseline costs 5 GFLOPs.
+    candidates = _candidates(1, gflops=(1.0,))
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=300, seed_sd=0.0)
+    verdicts = []
+    for s in range(6):
+        decision = decide(candidates, _runs(np.random.default_rng(s), {BASELINE_KEY: 2.0, "trial1": 2.0},
+                                            n_val=2000), FOLDS, settings, SECOND)
+        verdicts.append(decision.candidates[1].verdict)
+        if decision.recommended.verdict == CHEAPER:
+            assert "as good as the seed baseline and cheaper" in decision.recommended.why
+            assert "GFLOPs per scan against 5.00" in decision.recommended.why
+    assert verdicts.count(None) <= 3 and set(verdicts) <= {None, CHEAPER, BETTER, SIGNIFICANT}
+    assert CHEAPER in verdicts
+
+
+def test_confirm_a_truly_equal_but_costlier_candidate_ships_only_when_ahead():
+    candidates = _candidates(1, gflops=(9.0,))
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=300, seed_sd=0.0)
+    for s in range(6):
+        decision = decide(candidates, _runs(np.random.default_rng(s), {BASELINE_KEY: 2.0, "trial1": 2.0},
+                                            n_val=2000), FOLDS, settings, SECOND)
+        row = decision.candidates[1]
+        assert row.verdict != CHEAPER
+        assert decision.recommended.baseline == (row.difference <= 0 or row.verdict is None)
+
+
+def test_confirm_a_truly_worse_candidate_with_seed_noise_never_ships():
+    candidates = _candidates(2)
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=300)
+    shipped = sum(not decide(candidates, _runs(np.random.default_rng(s), {BASELINE_KEY: 1.5, "trial1": 1.1,
+                                                                          "trial2": 1.1}, seed_sd=0.3),
+                             FOLDS, settings, SECOND).recommended.baseline for s in range(40))
+    assert shipped <= 1
+
+
+def test_confirm_paired_se_carries_the_seed_noise_and_grows_when_runs_disagree():
+    quiet = _runs(np.random.default_rng(0), {BASELINE_KEY: 1.0, "trial1": 1.5})
+    pairs = [*FOLDS, *SECOND]
+    # The same scans' scores, but the candidate's run AUCs swing by +-0.25 from run to run: seed noise that
+    # the scans' bootstrap cannot see.
+    loud = dict(quiet)
+    for i, (r, f) in enumerate(pairs):
+        run = quiet[("trial1", r, f)]
+        loud[("trial1", r, f)] = dataclasses.replace(run, auc=run.auc + (0.25 if i % 2 else -0.25))
+
+    def se(runs, **kw):
+        return paired_se([runs[("trial1", r, f)] for r, f in pairs], [runs[(BASELINE_KEY, r, f)] for r, f in pairs],
+                         ConfirmSettings(epochs=1, seed=0, resamples=300, **kw))
+
+    scan_only = se(quiet, seed_sd=0.0)
+    assert se(quiet) == pytest.approx(np.sqrt(scan_only ** 2 + 2 * 0.031 ** 2 / 4), rel=0.05)
+    assert se(loud, seed_sd=0.0) > 1.5 * scan_only  # the runs' own spread says the seeds matter
+
+
+def test_confirm_rule_text_states_the_measured_rates_only_for_the_default_rule():
+    assert RULE_RATES in rule_text(ConfirmSettings(epochs=12, seed=0, folds=3), 2)
+    assert RULE_RATES not in rule_text(ConfirmSettings(epochs=12, seed=0, folds=3, margin=0.05), 2)
+    assert RULE_RATES not in rule_text(ConfirmSettings(epochs=12, seed=0, folds=3), 3)
 
 
 def _search_study(specs: list[tuple[float, ArchSpec]]) -> optuna.Study:
@@ -160,6 +265,36 @@ def test_confirm_stores_its_decision_and_resumes_without_retraining():
     again = confirm(study, storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=fake_train,
                     progress=False)
     assert len(calls) == 6 and again.recommended == decision.recommended
+
+
+class _Shuffled(torch.nn.Module):
+    """A 'trained' model that has learnt nothing: a fixed logit per scan, unrelated to its label."""
+
+    def forward(self, x):
+        return torch.sin(1000.0 * x.sum(dim=(1, 2, 3, 4)))
+
+
+def test_confirm_gives_the_leader_a_second_look_and_ships_it():
+    study = _search_study([(0.9, _spec(8)), (0.8, _spec(4))])
+    calls = []
+
+    def train(spec, train, data, val, **kwargs):
+        calls.append(spec.levels[0].filters)
+        return Trained(_Scaled(1.0) if spec.levels[0].filters == 8 else _Shuffled(), FitResult())
+
+    made = []
+
+    def second_folds():
+        made.append(1)
+        return [dataclasses.replace(f, repeat=1) for f in _folds()]
+
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=2, resamples=200)
+    decision = confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"), train_fn=train,
+                       progress=False, second_folds=second_folds)
+    assert made == [1] and len(calls) == 6 + 4  # 3 candidates x 2 folds, then the leader and the baseline x 2
+    assert decision.recommended.key == "trial1" and decision.recommended.verdict == SIGNIFICANT
+    assert decision.folds == ((0, 0), (0, 1), (1, 0), (1, 1))
+    assert len(decision.candidate("trial1").fold_aucs) == 4 and len(decision.candidate("trial2").fold_aucs) == 2
 
 
 def test_confirm_calls_its_callbacks_after_each_finished_run():
@@ -258,21 +393,22 @@ STORED_DECISION = {
     "rule": "recommend the best-confirmed candidate whose paired AUC difference to the seed baseline has a one-sided "
             "95.0% lower bound above 0 (alpha 0.05 over 1 candidates, Bonferroni); else the seed baseline",
     "settings": {"epochs": 2, "seed": 0, "folds": 2, "repeats": 1, "fold_seed": 1, "top_k": 1, "alpha": 0.05,
-                 "resamples": 200},
+                 "resamples": 200, "margin": 0.02, "seed_sd": 0.031, "second_repeat": True},
     "folds": [[0, 0], [0, 1]],
     "candidates": [
         {"key": "baseline", "trial": 0, "baseline": True, "spec": {"padding": "valid"}, "train_spec": {"lr": 1e-4},
          "search_score": 0.6, "search_se": None, "fold_aucs": [0.7, 0.8], "confirmed": 0.75,
          "members": ["a0", "a1"], "difference": None, "difference_low": None, "beats_baseline": False,
-         "reason": None},
+         "reason": None, "se": None, "verdict": None, "gflops": 5.4, "params": 1351873},
         {"key": "trial1", "trial": 1, "baseline": False, "spec": {"padding": "same"}, "train_spec": {"lr": 1e-3},
          "search_score": 0.9, "search_se": 0.05, "fold_aucs": [0.9, None], "confirmed": None, "members": None,
          "difference": None, "difference_low": None, "beats_baseline": False,
-         "reason": "non-finite training loss (nan) at epoch 1, step 1"},
+         "reason": "non-finite training loss (nan) at epoch 1, step 1", "se": None, "verdict": None,
+         "gflops": 0.5, "params": 1000},
     ],
     "recommended": {"key": "baseline", "trial": 0, "baseline": True, "confirmed": 0.75,
                     "spec": {"padding": "valid"}, "train_spec": {"lr": 1e-4}, "members": ["a0", "a1"],
-                    "why": "no candidate beats the seed baseline"},
+                    "why": "no candidate beats the seed baseline", "verdict": None},
     "companion_study": "lungct:confirm2-k2r1-e2-s0-f1",
 }
 
@@ -281,6 +417,7 @@ def test_confirm_decision_as_stored_round_trips():
     decision = Decision.from_dict(json.loads(json.dumps(STORED_DECISION)))
     assert decision.recommended.members == ("a0", "a1") and decision.candidates[1].fold_aucs == (0.9, None)
     assert decision.settings == ConfirmSettings(epochs=2, seed=0, top_k=1, resamples=200)
+    assert decision.candidates[0].gflops == 5.4
     assert decision.to_dict() == STORED_DECISION
     assert json.loads(json.dumps(decision.to_dict())) == STORED_DECISION
 
@@ -294,6 +431,20 @@ def test_confirm_decision_stored_before_fold_models_were_kept_loads():
     assert decision.recommended.key == "baseline" and decision.companion_study == old["companion_study"]
 
 
+def test_confirm_decision_stored_before_the_margin_rule_reads_as_the_rule_it_ran():
+    old = copy.deepcopy(STORED_DECISION)
+    for key in ("margin", "seed_sd", "second_repeat"):
+        del old["settings"][key]
+    for row in (*old["candidates"], old["recommended"]):
+        for key in ("se", "verdict", "gflops", "params"):
+            row.pop(key, None)
+    decision = Decision.from_dict(old)
+    s = decision.settings
+    assert (s.margin, s.seed_sd, s.second_repeat) == (0.0, 0.0, False)
+    assert decision.candidates[0].gflops is None and decision.recommended.verdict is None
+    assert "2-fold x 1 on fresh folds" in format_decision(decision)
+
+
 def test_confirm_decision_without_a_companion_study_stores_none():
     d = {k: v for k, v in STORED_DECISION.items() if k != "companion_study"}
     decision = Decision.from_dict(d)
@@ -303,7 +454,7 @@ def test_confirm_decision_without_a_companion_study_stores_none():
 def test_confirm_format_decision_reads_the_record_and_a_stored_dict_alike():
     text = format_decision(Decision.from_dict(STORED_DECISION))
     assert text == format_decision(STORED_DECISION)
-    assert "2-fold x 1 on fresh folds, 2 epochs" in text and "failed" in text
+    assert "2-fold x 1 (+ a second repeat for the leader) on fresh folds, 2 epochs" in text and "failed" in text
     assert text.endswith("recommended: baseline (no candidate beats the seed baseline)")
 
 
@@ -317,7 +468,7 @@ def test_confirm_stored_decision_is_none_before_a_confirmation():
 def _graded_runs(rng: np.random.Generator, separation: dict[str, float], n_val: int = 60) -> dict:
     """Ordinal runs: each model's stored score = grade x separation + noise, 4 grades, the same grades for all."""
     runs = {}
-    for repeat, fold in FOLDS:
+    for repeat, fold in (*FOLDS, *SECOND):
         labels = np.repeat([0, 1, 2, 3], n_val // 4)
         for key, sep in separation.items():
             score = sep * labels + rng.normal(size=labels.size)
@@ -330,9 +481,9 @@ def test_confirm_on_grades_keeps_the_baseline_on_noise_and_takes_a_clearly_bette
     settings = ConfirmSettings(epochs=1, seed=0, resamples=500)
     candidates = _candidates(2)
     switched = sum(not decide(candidates, _graded_runs(np.random.default_rng(s), {c.key: 0.8 for c in candidates}),
-                              FOLDS, settings).recommended.baseline for s in range(30))
+                              FOLDS, settings, SECOND).recommended.baseline for s in range(30))
     assert switched <= 3
     chosen = [decide(candidates, _graded_runs(np.random.default_rng(s), {BASELINE_KEY: 0.3, "trial1": 0.3,
-                                                                         "trial2": 2.0}), FOLDS, settings)
+                                                                         "trial2": 2.0}), FOLDS, settings, SECOND)
               .recommended.key for s in range(10)]
     assert chosen.count("trial2") >= 9
