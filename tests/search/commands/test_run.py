@@ -397,15 +397,22 @@ def test_run_confirms_by_default_and_confirm_only_resumes_without_retraining(tin
             if a != "--no-confirm"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "confirmation (3-fold x 1 on fresh folds, 2 epochs, new seeds)" in out and "recommended:" in out
+    assert "confirmation (3-fold x 1 (+ a second repeat for the leader) on fresh folds, 2 epochs, new seeds)" in out
+    assert "recommended:" in out and "rule: " in out
     study = _study(tmp_path)
     decision = study.user_attrs["confirmation"]
     assert decision["candidates"][0]["key"] == "baseline" and len(decision["candidates"]) == 2
     companion = optuna.load_study(study_name=decision["companion_study"], storage=f"sqlite:///{tmp_path}/lungct.db")
-    assert len(companion.trials) == 6 and all(t.state == TrialState.COMPLETE for t in companion.trials)
-    # Fresh folds, 3 by default (each run trains on two thirds of the non-test scans), saved beside the search's.
+    # 2 candidates x 3 fresh folds; when the candidate leads the baseline, both train a second repeat of 3 folds.
+    second_look = decision["candidates"][1]["difference"] is not None and len(decision["folds"]) == 6
+    assert ("second look:" in out) == second_look
+    assert len(companion.trials) == (12 if second_look else 6)
+    assert all(t.state == TrialState.COMPLETE for t in companion.trials)
+    # Fresh folds, 3 by default (each run trains on two thirds of the non-test scans), saved beside the search's;
+    # the second look's are another assignment.
     assert len(list((tmp_path / "splits").glob("folds-*-k2-r1-seed0.json"))) == 1
     assert len(list((tmp_path / "splits").glob("folds-*-k3-r1-seed1.json"))) == 1
+    assert len(list((tmp_path / "splits").glob("folds-*-k3-r1-seed1001.json"))) == int(second_look)
     fits = []
     real_fit = search.training.unit.fit
     monkeypatch.setattr(search.training.unit, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
@@ -453,7 +460,9 @@ def test_run_confirm_only_can_reconfirm_with_more_folds(tiny_data, tmp_path, cap
     assert "on fresh 3-fold splits" in capsys.readouterr().out
     study = _study(tmp_path)
     decision = study.user_attrs["confirmation"]
-    assert decision["settings"]["folds"] == 3 and len(decision["folds"]) == 3
+    assert decision["settings"]["folds"] == 3
+    assert [f for f in decision["folds"] if f[0] == 0] == [[0, 0], [0, 1], [0, 2]]
+    assert [f for f in decision["folds"] if f[0] == 1] in ([], [[1, 0], [1, 1], [1, 2]])  # the leader's second look
     assert study.user_attrs["settings"]["confirm_folds"] == 3 and study.user_attrs["settings"]["folds"] == 2
     assert main(["--studies-dir", str(tmp_path), "--trials", "1", "--folds", "3"]) == 2  # the search's stay fixed
 
