@@ -60,10 +60,11 @@ from safetensors.torch import save_file
 from scipy import stats
 from tqdm.auto import tqdm
 
+from lungct.errors import UsageError
 from search.stats.intervals import grade_auc_rows, stratified_resamples
 from search.stats.metrics import severity_score, task_metrics
 from search.study.artifacts import AtomicArtifactStore
-from search.study.recovery import recover_trials
+from search.study.recovery import describe_worker, recover_trials
 from search.study.storage import fail_running, schema
 from search.study.trial_run import KnownFailure, trial_run
 from search.study.trials import ranked_trials
@@ -754,6 +755,11 @@ def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Se
                                     sampler=optuna.samplers.RandomSampler(seed=settings.seed))
     for line in recover_trials(companion):  # a run whose process died: the runner trains that pair again
         print(f"confirmation: {line}", file=sys.stderr)
+    busy = companion.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if busy:  # a live worker's run (recover_trials failed the dead ones): one confirmation per study at a time
+        raise UsageError(f"study {study.study_name!r}: {describe_worker(busy[0].user_attrs.get(schema.WORKER))} is "
+                         "running its confirmation now; let it finish (what it trains is kept), then "
+                         "--confirm-only reads its decision or resumes it")
     runner = ConfirmRunner(folds, settings, device, amp, train_fn, progress, artifacts)
     runs = runner.run(companion, candidates, callbacks)
     first = [(f.repeat, f.fold) for f in folds]

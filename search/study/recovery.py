@@ -101,7 +101,8 @@ def requeue(study: optuna.Study, failed: FrozenTrial, reason: str) -> int | None
     return study._storage.get_trial_number_from_id(trial_id)
 
 
-def _describe(worker: dict | None) -> str:
+def describe_worker(worker: dict | None) -> str:
+    """Who ran a trial, for a message: "its worker (pid P on HOST)"."""
     if not isinstance(worker, dict):
         return "its worker"
     return f"its worker (pid {worker.get('pid')} on {worker.get('host')})"
@@ -125,9 +126,9 @@ def recover_trials(study: optuna.Study) -> list[str]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(schema.WORKER)
         if dead_local_worker(worker):
-            reason = f"{_describe(worker)} is gone: killed or crashed mid-trial"
+            reason = f"{describe_worker(worker)} is gone: killed or crashed mid-trial"
         elif trial._trial_id in stale:
-            reason = f"{_describe(worker)} sent no heartbeat for over {grace} s: it died or lost the database"
+            reason = f"{describe_worker(worker)} sent no heartbeat for over {grace} s: it died or lost the database"
         else:
             continue
         try:
@@ -150,7 +151,7 @@ def recover_trials(study: optuna.Study) -> list[str]:
 
 def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Optuna's heartbeat callback: a stale trial that Optuna itself failed is queued again too."""
-    requeue(study, trial, f"{_describe(trial.user_attrs.get(schema.WORKER))} sent no heartbeat: it died or "
+    requeue(study, trial, f"{describe_worker(trial.user_attrs.get(schema.WORKER))} sent no heartbeat: it died or "
                           "lost the database")
 
 

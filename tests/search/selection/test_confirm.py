@@ -10,6 +10,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
+from lungct.errors import UsageError
 from search.selection.confirm import (
     BASELINE_KEY,
     BETTER,
@@ -31,6 +32,7 @@ from search.selection.confirm import (
     stored_decision,
 )
 from search.study import schema
+from search.study.recovery import worker_identity
 from search.training.loop import FitResult, Tensors
 from search.training.unit import Trained, TrainingFailed
 from space import ArchSpec, LevelSpec, TrainSpec, baseline, baseline_train, fit_to_size
@@ -295,6 +297,20 @@ def test_confirm_gives_the_leader_a_second_look_and_ships_it():
     assert decision.recommended.key == "trial1" and decision.recommended.verdict == SIGNIFICANT
     assert decision.folds == ((0, 0), (0, 1), (1, 0), (1, 1))
     assert len(decision.candidate("trial1").fold_aucs) == 4 and len(decision.candidate("trial2").fold_aucs) == 2
+
+
+def test_confirm_refuses_while_another_live_process_runs_the_studys_confirmation():
+    study = _search_study([(0.9, _spec(8))])
+    settings = ConfirmSettings(epochs=1, seed=0, top_k=1, resamples=200)
+    companion = optuna.create_study(study_name=settings.study_name(study.study_name), storage=study._storage,
+                                    direction="maximize")
+    running = companion.ask()  # a run of another, live process (this one's identity: alive)
+    running.set_user_attr(schema.WORKER, worker_identity())
+    calls = []
+    with pytest.raises(UsageError, match="is running its confirmation now"):
+        confirm(study, study._storage, _folds(), settings, SIZE, torch.device("cpu"),
+                train_fn=lambda *a, **k: calls.append(1) or Trained(_Scaled(1.0), FitResult()), progress=False)
+    assert calls == [] and "confirmation" not in study.user_attrs
 
 
 def test_confirm_calls_its_callbacks_after_each_finished_run():
