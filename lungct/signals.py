@@ -11,6 +11,7 @@ KeyboardInterrupt``, ``finally``, ``lungct.files.atomic_path``) runs unchanged, 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -31,6 +32,15 @@ def raise_terminated(signum: int = signal.SIGTERM, frame: object = None) -> None
     _received = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
+
+
+def stopped_by_sigterm(error: BaseException) -> bool:
+    """Whether ``error``, the ``KeyboardInterrupt`` that stopped some work, came from a SIGTERM to this process.
+
+    False for Ctrl-C. False too in a ``multiprocessing`` worker: there a SIGTERM is how its parent asks it
+    to stop, for the parent's own Ctrl-C as for a SIGTERM, so the worker cannot tell which it was.
+    """
+    return isinstance(error, Terminated) and multiprocessing.parent_process() is None
 
 
 def terminated() -> bool:

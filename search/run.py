@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ from search.selection.settings import (
 )
 from search.study import schema
 from search.study.artifacts import TrialArtifacts, artifact_dir
-from search.study.backup import BackupAfterEachRun, restore_if_missing, sqlite_file
+from search.study.backup import BackupAfterEachRun, check_folder, restore_if_missing, sqlite_file
 from search.study.notes import TrialNote
 from search.study.recovery import recover_trials, requeue_interrupted_baseline, requeue_lost_baseline
 from search.study.storage import (
@@ -92,6 +93,8 @@ from search.training.unit import train_model
 SETTINGS_ATTR = schema.STUDY_SETTINGS
 # The CPU default: what a student on a 2-core laptop-class CPU can wait for; a GPU run has no default budget.
 DEFAULT_CPU_BUDGET_MIN = 30.0
+# A week: longer is a typo (1e9 minutes is a time of day 1,900 years away), and 1e308 overflows the clock.
+MAX_BUDGET_MIN = 10080.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None, metavar="MIN",
                    help="minutes the whole command may take here: it measures this machine's training speed first, "
                    "says what the run will take, and stops adding trials when one more and the confirmation would "
-                   "end after the budget; 'none' for no limit (default: 30 on the CPU, none on a GPU)")
+                   "end after the budget; at most 10080 (a week); 'none' for no limit (default: 30 on the CPU, none "
+                   "on a GPU)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS,
                    help="tpe (default; NSGA-II for two objectives) or random: plain random search, the reference "
                    "the search's efficiency is measured against")
@@ -162,13 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backup-to", metavar="DIR",
                    help="after every finished trial and confirmation run, copy the study's SQLite database to DIR "
                    "(SQLite's online backup, never a half-written file: e.g. a Google Drive folder, while the study "
-                   "runs on local disk); a run whose database is missing restores it from DIR first and resumes "
-                   "(default: no copy)")
+                   "runs on local disk; never the study's own folder, and checked when the run starts); a run whose "
+                   "database is missing restores it from DIR first, if SQLite's quick check finds the copy whole, and "
+                   "resumes (default: no copy)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="worker processes training trials of this study at once, the CPU cores divided among "
-                   "them (one GPU each on a multi-GPU machine); run the same command on other machines with "
-                   "one --storage postgresql://... to share a study between them; the confirmation stage runs "
-                   "in this process (default: 1)")
+                   "them (one GPU each on a multi-GPU machine), at most one per CPU core this process may use; "
+                   "run the same command on other machines with one --storage postgresql://... to share a study "
+                   "between them; the confirmation stage runs in this process (default: 1)")
     return p
 
 
@@ -215,6 +220,13 @@ def check_flags(given: GivenSettings, job: RunJob) -> None:
     positive("--confirm-top", given.confirm_top)
     positive("--confirm-epochs", given.confirm_epochs)
     positive("--jobs", job.jobs, "a positive count of worker processes")
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (a container's, a job's share)
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    if job.jobs > cores:
+        raise UsageError(f"--jobs: this machine has {cores} CPU core{'s' if cores > 1 else ''} for this run; "
+                         f"expected at most {cores} worker process{'es' if cores > 1 else ''}, got {job.jobs}")
     if job.backup_to is not None and job.jobs > 1:
         raise UsageError("--backup-to: copies the database after each trial of one process; use it with --jobs 1")
 
@@ -223,7 +235,7 @@ def budget_minutes(value: str | None, device) -> float | None:
     """``--budget`` in minutes: None for 'none', the device's default when not given.
 
     Raises:
-        UsageError: Not a positive number of minutes or 'none'.
+        UsageError: Not a positive number of minutes up to :data:`MAX_BUDGET_MIN`, or 'none'.
     """
     if value is None:
         return None if device.type == "cuda" else DEFAULT_CPU_BUDGET_MIN
@@ -235,6 +247,9 @@ def budget_minutes(value: str | None, device) -> float | None:
         minutes = math.nan
     if not math.isfinite(minutes) or minutes <= 0:
         raise UsageError(f"--budget: expected a positive number of minutes or 'none', got {value!r}")
+    if minutes > MAX_BUDGET_MIN:
+        raise UsageError(f"--budget: expected at most {MAX_BUDGET_MIN:g} minutes (a week), got {value!r}; "
+                         "'none' for no limit")
     return minutes
 
 
@@ -296,7 +311,8 @@ def _backup(job: RunJob, storage_url: str) -> BackupAfterEachRun | None:
     """``--backup-to``: restore a missing database from the folder, and the callback that keeps it copied there.
 
     Raises:
-        UsageError: The storage is not an SQLite file, or the folder's copy is not a database.
+        UsageError: The storage is not an SQLite file, the folder is the study's own or cannot be written
+            (search.study.backup.check_folder), or the folder's copy is not a whole database.
     """
     if job.backup_to is None:
         return None
@@ -305,6 +321,7 @@ def _backup(job: RunJob, storage_url: str) -> BackupAfterEachRun | None:
         raise UsageError(f"--backup-to: needs an SQLite study (sqlite:///FILE), not {redact(storage_url)}; "
                          "a database server keeps its own backups")
     folder = Path(job.backup_to)
+    check_folder(database, folder)
     restored = restore_if_missing(database, folder)
     if restored is not None:
         print(f"restored {database} from {restored} (--backup-to); resuming the study")

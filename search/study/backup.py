@@ -7,7 +7,10 @@ confirmation run, and once more when the run ends or is interrupted, with SQLite
 (:meth:`sqlite3.Connection.backup`): a consistent snapshot of a live database, which a file copy is not.
 The copy goes to a temporary name in ``DIR`` and is renamed over the previous one, so ``DIR`` always
 holds a whole database, the previous one until the new one is complete. A run whose local database is
-missing and whose ``DIR`` holds one restores it first, the same way, and resumes the study.
+missing and whose ``DIR`` holds one restores it first, the same way once SQLite's quick check finds the
+copy whole, and resumes the study. ``DIR`` is checked when the run starts, before any trial: never the
+study's own folder or database (a copy renamed over the live database under the run's open connections),
+and a folder the run can make and write.
 
 Only the database is copied: it holds every trial, setting and the confirmation's decision, all that a
 resume, ``search.report`` and ``search.export`` need. The dashboard's artifacts (learning curves,
@@ -20,6 +23,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -47,6 +51,49 @@ def _copy(source: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _same(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file or folder: the same path once symbolic links are resolved, or the
+    same file on disk (a bind mount, a hard link), where both exist."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing (a study not made yet), or a link loop: not the same
+        return False
+
+
+def check_folder(database: Path, folder: Path) -> None:
+    """Refuse, when the run starts, a ``--backup-to`` folder that cannot hold copies of ``database``.
+
+    Makes the folder if it is missing and writes a probe file into it (removed at once), as the first copy
+    would after the first trial, so that a folder that cannot take one is said before any trial runs.
+
+    Raises:
+        UsageError: ``folder`` is, or leads to (a symbolic link, another path to it), the study's database
+            or the folder that holds it, where each copy would be renamed over the live database under the
+            connections the run holds open; or it is a file, a symbolic link that leads nowhere (a loop, a
+            missing target), or a folder that cannot be made or written.
+    """
+    name = printable(str(folder))
+    if _same(folder, database):
+        raise UsageError(f"--backup-to: {name} is the study's database itself; name a folder elsewhere "
+                         "(e.g. on another disk) to hold its copy")
+    if _same(folder, database.parent):
+        raise UsageError(f"--backup-to: {name} is the folder that holds the study's database "
+                         f"{printable(str(database))}, which each copy would replace; name another folder")
+    try:
+        if folder.is_symlink() and not folder.exists():
+            raise UsageError(f"--backup-to: {name} is a symbolic link that leads nowhere (a loop, or a missing "
+                             "target); name a folder")
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--backup-to: {name} is a file, not a folder; name a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{database.name}.probe-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--backup-to: cannot write into {name}: {e.strerror or e}") from None
+
+
 def backup(database: Path, folder: Path) -> Path:
     """Copy ``database`` into ``folder`` (made if missing) under its own name; returns the copy's path.
 
@@ -63,18 +110,34 @@ def restore_if_missing(database: Path, folder: Path) -> Path | None:
     """Restore ``database`` from its copy in ``folder`` when the database is missing; returns the copy used.
 
     Raises:
-        UsageError: The copy in ``folder`` is not an SQLite database (a partial upload, another file).
+        UsageError: The copy in ``folder`` is not an SQLite database (a partial upload, another file), or
+            SQLite's quick check finds it damaged; nothing is restored.
     """
     copy = folder / database.name
     if database.exists() or not copy.is_file():
         return None
-    database.parent.mkdir(parents=True, exist_ok=True)
     try:
+        # The online backup copies pages as they are: a damaged copy would be restored as a damaged study.
+        _check(copy)
+        database.parent.mkdir(parents=True, exist_ok=True)
         _copy(copy, database)
     except sqlite3.DatabaseError as e:
         raise UsageError(f"--backup-to: {printable(str(copy))} is not a usable SQLite database ({e}); "
-                         "move it away to start a new study") from None
+                         "it was not restored: move it away to start a new study") from None
     return copy
+
+
+def _check(database: Path) -> None:
+    """SQLite's ``PRAGMA quick_check`` of ``database``, opened read-only.
+
+    Raises:
+        sqlite3.DatabaseError: The file is not an SQLite database, or the check found damage (its first finding).
+    """
+    with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        (finding,) = db.execute("PRAGMA quick_check(1)").fetchone()
+    if finding != "ok":  # e.g. "*** in database main ***\nPage 2: btreeInitPage() returns error code 11"
+        finding = " ".join(finding.replace("*** in database main ***", "").split())
+        raise sqlite3.DatabaseError(f"quick_check: {finding}")
 
 
 class BackupAfterEachRun:

@@ -10,7 +10,8 @@ each train inside :func:`trial_run`, which
   so the study goes on) and a non-finite loss prunes it (the same seed would diverge again, so a resumed
   confirmation or ablation does not redo it);
 - marks a trial stopped by Ctrl-C or SIGTERM (``lungct.signals.Terminated`` is a ``KeyboardInterrupt``)
-  as interrupted before the interrupt propagates; the runner's caller then fails it.
+  as interrupted, naming which of the two, before the interrupt propagates; the runner's caller then
+  fails it. A ``--jobs`` worker's trial says Ctrl-C for either: its parent relays both as one SIGTERM.
 
 A runner that has partial results to store first, or a place to name in the prune reason, says so on
 the :class:`TrialRun` it is handed.
@@ -25,9 +26,12 @@ from typing import NoReturn
 
 import optuna
 
+from lungct.signals import stopped_by_sigterm
 from search.study import schema
 from search.study.recovery import INTERRUPTED, record_worker
 from search.training.unit import OUT_OF_MEMORY, TrainingFailed
+
+TERMINATED = "interrupted (SIGTERM)"  # a scheduler's time limit, timeout, kill; Ctrl-C's is recovery.INTERRUPTED
 
 
 class KnownFailure(Exception):
@@ -75,6 +79,6 @@ def trial_run(trial: optuna.Trial) -> Iterator[TrialRun]:
         reason = f"{run.where}: {e}" if run.where else str(e)
         trial.set_user_attr(schema.PRUNE_REASON, reason)
         raise optuna.TrialPruned(reason) from None  # from None: the reason says it all, no traceback to chain
-    except KeyboardInterrupt:
-        trial.set_user_attr(schema.FAIL_REASON, INTERRUPTED)
+    except KeyboardInterrupt as e:
+        trial.set_user_attr(schema.FAIL_REASON, TERMINATED if stopped_by_sigterm(e) else INTERRUPTED)
         raise

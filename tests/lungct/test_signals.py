@@ -7,6 +7,7 @@ whole process group, as ``timeout`` and schedulers send it, with worker processe
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import lungct.files
 from lungct import download
 from lungct.phantom import cli as phantom_cli
-from lungct.signals import EXIT_TERMINATED, raise_terminated
+from lungct.signals import EXIT_TERMINATED, Terminated, raise_terminated, sigterm_as_interrupt, stopped_by_sigterm
 from tests.conftest import synthetic_ct, write_nifti
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +33,31 @@ def sigterm_self() -> None:
 
 def hidden(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*")]
+
+
+def test_stopped_by_sigterm_tells_a_sigterm_from_ctrl_c():
+    with sigterm_as_interrupt():
+        try:
+            sigterm_self()
+        except KeyboardInterrupt as e:
+            caught = e
+    assert isinstance(caught, Terminated) and stopped_by_sigterm(caught)
+    assert not stopped_by_sigterm(KeyboardInterrupt())
+
+
+def _stopped_by_sigterm_in_a_worker(answer) -> None:
+    answer.put(stopped_by_sigterm(Terminated()))
+
+
+def test_stopped_by_sigterm_is_false_in_a_worker_whose_parent_relays_ctrl_c_as_sigterm():
+    ctx = multiprocessing.get_context("spawn")
+    answer = ctx.Queue()
+    worker = ctx.Process(target=_stopped_by_sigterm_in_a_worker, args=(answer,))
+    worker.start()
+    try:
+        assert answer.get(timeout=60) is False
+    finally:
+        worker.join(timeout=60)
 
 
 def test_phantom_sigterm_mid_write_exits_143_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):

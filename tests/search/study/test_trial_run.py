@@ -1,10 +1,13 @@
+import multiprocessing
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lungct.signals import Terminated
 from search.study import schema
 from search.study.recovery import INTERRUPTED
-from search.study.trial_run import KnownFailure, trial_run
+from search.study.trial_run import TERMINATED, KnownFailure, trial_run
 from search.training.unit import NON_FINITE, OUT_OF_MEMORY, TrainingFailed
 
 
@@ -67,6 +70,22 @@ def test_trial_run_ctrl_c_marks_the_trial_interrupted_and_propagates():
     study = optuna.create_study()
     with pytest.raises(KeyboardInterrupt):
         _run_one(_raise(KeyboardInterrupt()), study=study)
+    assert study.trials[0].user_attrs[schema.FAIL_REASON] == INTERRUPTED
+
+
+def test_trial_run_sigterm_marks_the_trial_interrupted_by_sigterm_and_propagates():
+    study = optuna.create_study()
+    with pytest.raises(Terminated):
+        _run_one(_raise(Terminated()), study=study)
+    assert study.trials[0].user_attrs[schema.FAIL_REASON] == TERMINATED == "interrupted (SIGTERM)"
+
+
+def test_trial_run_sigterm_in_a_worker_process_keeps_the_ctrl_c_reason(monkeypatch):
+    # A --jobs worker's SIGTERM is its parent's stop request, which the parent sends for its own Ctrl-C too.
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
+    study = optuna.create_study()
+    with pytest.raises(Terminated):
+        _run_one(_raise(Terminated()), study=study)
     assert study.trials[0].user_attrs[schema.FAIL_REASON] == INTERRUPTED
 
 
