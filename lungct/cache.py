@@ -5,8 +5,11 @@ Layout under the cache folder (by default ``studies/cache``)::
     meta/<file key>.json            what reading the scan found: its geometry, or why it was skipped
     <preprocess key>/<file key>.npz the windowed, resized float16 (D, H, W) volume
 
-The file key hashes the scan's identity (resolved path, size, modification time) and the reader's
-version; the preprocess key hashes every :class:`~lungct.records.PreprocessConfig` field. Entries are
+The file key hashes the scan's identity (resolved path, size, modification time), a sample of its bytes
+(its first and last 64 KiB and 16 blocks of 4 KiB spread between, so a same-size replacement whose
+modification time was kept, as ``cp -p`` or a sync tool keeps it, is not mistaken for the cached scan,
+while a run reads about 0.2 MB of each scan rather than all of it) and the reader's version; the preprocess
+key hashes every :class:`~lungct.records.PreprocessConfig` field. Entries are
 written to a temporary name and renamed, so two processes filling the cache at once, or a crash
 mid-write, never leave a partial entry under a real name. A ``.npz`` is a zip whose members carry a
 CRC-32, so a truncated or corrupted entry fails to load; it is then deleted and rebuilt.
@@ -18,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -31,14 +35,35 @@ from lungct.records import PreprocessConfig
 # Bump when reading or preprocessing changes meaning, so old entries are not reused.
 # 2: headers with a NaN or zero voxel size or a degenerate affine are refused (1 read some of them).
 # 3: scans too short along the body axis to be a chest are refused; the metadata records that axis.
-CACHE_VERSION = 3
+# 4: the file key also hashes a sample of the file's bytes.
+CACHE_VERSION = 4
+EDGE_BYTES = 64 * 1024
+SAMPLE_BLOCKS = 16
+BLOCK_BYTES = 4096
+
+
+def _sample_digest(path: Path, size: int) -> str:
+    """SHA-256 of the file's first and last EDGE_BYTES and SAMPLE_BLOCKS blocks spread between (all of a small file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if size <= 2 * EDGE_BYTES + SAMPLE_BLOCKS * BLOCK_BYTES:
+            h.update(fh.read(size))
+            return h.hexdigest()
+        offsets = [0, *(EDGE_BYTES + (size - 2 * EDGE_BYTES) * i // SAMPLE_BLOCKS for i in range(SAMPLE_BLOCKS)),
+                   size - EDGE_BYTES]
+        for off in offsets:
+            fh.seek(off)
+            h.update(fh.read(EDGE_BYTES if off in (0, size - EDGE_BYTES) else BLOCK_BYTES))
+    return h.hexdigest()
 
 
 def file_key(path: str | Path) -> str:
-    """A key for a file's identity: its resolved path, size and modification time."""
+    """A key for a file's identity: its resolved path, size, modification time and a sample of its bytes."""
     p = Path(path).resolve()
     st = p.stat()
-    ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|v{CACHE_VERSION}"
+    # Only a regular file is sampled: opening a FIFO would wait for a writer (the reader refuses it anyway).
+    sample = _sample_digest(p, st.st_size) if stat.S_ISREG(st.st_mode) else "not a regular file"
+    ident = f"{p}|{st.st_size}|{st.st_mtime_ns}|{sample}|v{CACHE_VERSION}"
     # surrogateescape: a file name that is not valid UTF-8 (held as lone surrogates) still hashes.
     return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
