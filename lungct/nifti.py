@@ -37,6 +37,11 @@ MAX_VOXELS = 512 * 512 * 2048
 # DEFLATE (gzip) cannot compress better than 1032:1, so a .nii.gz can never hold more data than this
 # many times its size; a header claiming more is refused before nibabel allocates the array.
 MAX_GZIP_RATIO = 1032
+# Reading a scan holds its voxels as stored (nibabel reads the whole array), then float32 working copies: nibabel's
+# float32 array and the reoriented (D, H, W) copy made from it. Measured peaks: 16 bytes a voxel for float64, 6
+# for int16; so the stored bytes plus two float32 copies bound it (a 7 MB .nii.gz of 4.3 GB of float64 peaked
+# at 8.9 GB). A caller with a memory cap (search.predict) refuses a scan above it before its data is read.
+FLOAT32_COPIES = 2
 # Suffixes of compressions with no such bound (nibabel reads them); only MAX_VOXELS bounds those.
 _OTHER_COMPRESSIONS = (".bz2", ".zst")
 # Voxel axes this close to lying in one plane (|det| over the product of their lengths) give no orientation.
@@ -93,25 +98,32 @@ def coverage_warning(meta: ScanMeta) -> str | None:
             "what the model says about it is doubtful")
 
 
-def read_scan(path: str) -> tuple[np.ndarray, ScanMeta]:
+def read_scan(path: str, max_bytes: int | None = None, cap_note: str = "") -> tuple[np.ndarray, ScanMeta]:
     """Read a NIfTI CT scan as float32 HU, reoriented to canonical RAS, as a (D, H, W) array.
 
     nibabel applies the header's scale slope and intercept, so int16, int32 and float files all
     come back in HU. The header is validated before any image data is read, so a header that
-    claims more voxels than the file can hold is refused without allocating them.
+    claims more voxels than the file can hold, or whose decoding would take more than ``max_bytes``
+    (:func:`decoded_bytes`), is refused without allocating them.
+
+    Args:
+        path: The .nii or .nii.gz file.
+        max_bytes: The most memory decoding it may take (None: bounded by :data:`MAX_VOXELS` alone).
+        cap_note: Appended to the refusal in parentheses: where the cap comes from, how to raise it.
 
     Raises:
         ScanError: The file is not NIfTI, has no usable voxel-to-world geometry, claims more data
-            than the file holds or than :data:`MAX_VOXELS`, is truncated or corrupt, is not a single
-            3D volume, is too short along the body axis to be a chest CT (:data:`MIN_SLICES`,
-            :data:`MIN_BODY_AXIS_MM`), has non-finite or constant voxels, or does not look like CT in
-            HU. The message is the reason.
+            than the file holds, than :data:`MAX_VOXELS` or than ``max_bytes`` allows, is truncated or
+            corrupt, is not a single 3D volume, is too short along the body axis to be a chest CT
+            (:data:`MIN_SLICES`, :data:`MIN_BODY_AXIS_MM`), has non-finite or constant voxels, or does not
+            look like CT in HU. The message is the reason.
     """
     image = _load_header(path)
     shape = _volume_shape(image.header.get_data_shape())
     _check_dtype(image.header)
     _check_geometry(_raw_header(path, type(image.header)), image.header)
     _check_claimed_size(path, image, shape)
+    _check_decoded_size(shape, image.header.get_data_dtype(), max_bytes, cap_note)
     slices, body_mm = _check_body_axis(image.header.get_best_affine(), shape)
     try:
         # Overflow in a huge scale slope shows as non-finite voxels, refused below with that reason.
@@ -252,6 +264,21 @@ def _check_claimed_size(path: str, image: nib.Nifti1Image | nib.Nifti2Image, sha
                             f"file can hold (at most {MAX_GZIP_RATIO}:1): a corrupt or hostile header")
     elif not path.lower().endswith(_OTHER_COMPRESSIONS) and claimed > size:
         raise ScanError(f"truncated: header claims {claimed:,} bytes of image data, the file holds {size:,}")
+
+
+def decoded_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The memory reading a scan takes at its peak: its voxels as stored plus :data:`FLOAT32_COPIES` float32 copies."""
+    return math.prod(shape) * (np.dtype(dtype).itemsize + FLOAT32_COPIES * np.dtype(np.float32).itemsize)
+
+
+def _check_decoded_size(shape: tuple[int, int, int], dtype: np.dtype, max_bytes: int | None, note: str) -> None:
+    """Refuse a scan whose decoding (:func:`decoded_bytes`) would take more than ``max_bytes``."""
+    need = decoded_bytes(shape, dtype)
+    if max_bytes is not None and need > max_bytes:
+        raise ScanError(f"decoding it takes about {need / 1e9:.3g} GB ({'x'.join(map(str, shape))} = "
+                        f"{math.prod(shape):,} voxels of {np.dtype(dtype)} plus {FLOAT32_COPIES} float32 working "
+                        f"copies), above the cap of {max_bytes / 1e9:.3g} GB{f' ({note})' if note else ''}; "
+                        "refused before its data was read")
 
 
 def _check_body_axis(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[int, float]:

@@ -16,10 +16,13 @@ grade: the one severity logit that every "grade >= k" shares.
 
 The model folder is untrusted input (``search.model.folder.load_model``): a file that is not a regular file
 inside the folder, a field out of range, a task whose classes contradict it, weights that are not the
-spec's, or a network that would need more memory than ``--max-memory-gb`` (default: half this
-machine's) is refused with one line naming the file and the field, before the network is built. A scan
-too short along the body axis to be a chest CT is refused, and one that covers less than half a chest is
-predicted with a warning (``lungct.nifti.MIN_SLICES``, ``MIN_BODY_AXIS_MM``, ``CHEST_BODY_AXIS_MM``).
+spec's, a key that misspells a known one, or a network that would need more memory than ``--max-memory-gb``
+(default: half this machine's) is refused with one line naming the file and the field, before the network
+is built; a ``preprocess.json`` without a threshold is said in one line, and the model predicts at 0.5. A
+scan whose decoding would take more than the same cap (its voxels as stored plus float32 working copies,
+``lungct.nifti.decoded_bytes``) is refused before its data is read; one too short along the body axis to be
+a chest CT is refused, and one that covers less than half a chest is predicted with a warning
+(``lungct.nifti.MIN_SLICES``, ``MIN_BODY_AXIS_MM``, ``CHEST_BODY_AXIS_MM``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ from lungct.errors import ScanError, UsageError, printable
 from lungct.nifti import coverage_warning, preprocess, read_scan
 from lungct.records import PreprocessConfig
 from search.cli import EXIT_FAILED, EXIT_OK, command_parser, exit_code
-from search.model.folder import MEMORY_SHARE, ModelInfo, OptionalFiles, load_model, read_optional
+from search.model.folder import (
+    MEMORY_SHARE,
+    ModelInfo,
+    OptionalFiles,
+    default_memory_cap,
+    load_model,
+    read_optional,
+)
 from search.model.routing import CLINICAL_NOTE, DISCLAIMER, decision_text, decisions
 from search.model.saliency import (
     METHOD,
@@ -68,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "class (a severity model: for a higher grade) sits, the probability and decision in the title "
                    "(created if missing; default: off)")
     p.add_argument("--max-memory-gb", type=float, metavar="GB", help="the most memory (GB) the model may need "
-                   "for one scan, weights and activations, as space.cost.memory counts them; a model folder "
+                   "for one scan, weights and activations, as space.cost.memory counts them, and the most decoding "
+                   "a scan may take, its voxels as stored plus float32 working copies; a model folder or a scan "
                    f"asking for more is refused (default: {MEMORY_SHARE:g} of this machine's memory)")
     return p
 
@@ -132,13 +143,19 @@ class Prediction:
 
 
 def predict_scan(model: torch.nn.Module, config: PreprocessConfig, info: ModelInfo, path: str,
-                 saliency: Saliency | None = None) -> Prediction:
+                 saliency: Saliency | None = None, max_scan_bytes: int | None = None, cap_note: str = "") -> Prediction:
     """Read, preprocess and classify one scan; with ``saliency``, also write its saliency montage.
 
+    Args:
+        max_scan_bytes: The most memory decoding the scan may take (``lungct.nifti.decoded_bytes``); None: no cap
+            but ``lungct.nifti.MAX_VOXELS``.
+        cap_note: Where that cap comes from, for the refusal.
+
     Raises:
-        ScanError: The file is not a usable 3D CT volume in HU; the message is the reason.
+        ScanError: The file is not a usable 3D CT volume in HU, or decoding it would take more than
+            ``max_scan_bytes``; the message is the reason.
     """
-    volume_hu, meta = read_scan(path)
+    volume_hu, meta = read_scan(path, max_scan_bytes, cap_note)
     warning = coverage_warning(meta)
     volume = torch.from_numpy(preprocess(volume_hu, config))[None, None]  # (1, 1, D, H, W) float16, as in training
     probs = predict_probs(model, volume, CPU, batch_size=1, amp=False)  # (1,), or (1, K-1) P(grade >= k)
@@ -254,15 +271,24 @@ def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = Non
                 max_memory_bytes: int | None = None) -> tuple[ModelInfo, list[Prediction], list[dict]]:
     """Load the model once and predict every scan; a scan that cannot be read is an error entry, not an exception.
 
+    The same cap, ``max_memory_bytes`` (None: half this machine's memory), bounds the network's memory for one scan
+    and the memory decoding each scan takes; a scan above it is an error entry, refused before its data is read.
+    What the model folder left to a default (``info.warnings``: no threshold) is said on stderr, one line each.
+
     Returns:
         What the model predicts (its info), the predictions, and ``{"path", "error"}`` per scan that failed.
 
     Raises:
         ModelDirError: The model folder is unusable, or its network needs more than ``max_memory_bytes``
-            (None: half this machine's memory) for one scan.
+            for one scan.
         UsageError: ``saliency_dir`` cannot be created.
     """
     model, config, info = load_model(model_dir, max_memory_bytes, gradients=bool(saliency_dir))
+    for warning in info.warnings:
+        print(f"warning: {printable(warning)}", file=sys.stderr, flush=True)
+    scan_cap, cap_note = ((max_memory_bytes, "--max-memory-gb") if max_memory_bytes is not None else
+                          (default_memory_cap(), f"{MEMORY_SHARE:g} of this machine's memory; --max-memory-gb "
+                                                 "raises it"))
     saliency = None
     if saliency_dir:
         try:
@@ -274,7 +300,7 @@ def predict_all(model_dir: str, scans: list[str], saliency_dir: str | None = Non
     errors: list[dict] = []
     for path in scans:
         try:
-            predictions.append(predict_scan(model, config, info, path, saliency))
+            predictions.append(predict_scan(model, config, info, path, saliency, scan_cap, cap_note))
             for warning in predictions[-1].warnings:
                 print(f"warning: {printable(path)}: {warning}", file=sys.stderr, flush=True)
         except ScanError as e:
@@ -294,7 +320,8 @@ def print_results(model_dir: str, info: ModelInfo, predictions: list[Prediction]
             "disclaimer": DISCLAIMER, "routing_note": CLINICAL_NOTE,
             "model_dir": model_dir, "task": info.task, "classes": list(info.classes), **grades,
             "threshold": info.threshold, "trained_on_phantoms": optional.trained_on_phantoms,
-            "notes": list(optional.notes), "results": [p.to_dict() for p in predictions], "errors": errors,
+            "notes": [f"warning: {w}" for w in info.warnings] + list(optional.notes),
+            "results": [p.to_dict() for p in predictions], "errors": errors,
         }, indent=2, allow_nan=False, default=_json_number))
         return
     print(_header(model_dir, info, optional))

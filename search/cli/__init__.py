@@ -12,6 +12,9 @@ through :func:`exit_code`, so every command answers bad input, failure and Ctrl-
   (``space.SpecInputError``), and a storage location that cannot be used: a damaged database, a full disk,
   a read-only folder (``search.study.faults.StorageError``, or the fault found behind what Optuna raised);
 - 130: interrupted by Ctrl-C, with what was kept and how to resume;
+- 141: its output went to a pipe that closed early (``... | head -1``): the command stops quietly, as a tool
+  killed by SIGPIPE does, with no traceback (stdout is pointed at /dev/null, as Python's note on SIGPIPE
+  recommends, so the final flush at exit cannot fail again);
 - 143: stopped by SIGTERM (a scheduler's time limit, ``timeout``, ``kill``), handled as Ctrl-C is: the same
   cleanup, the same resumable state (``lungct.signals``).
 
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -43,6 +48,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a writer whose reader closed the pipe
 DEVICES = ("auto", "cpu", "cuda")
 DEBUG_ENV = "LUNGCT_DEBUG"  # set to 1: every error re-raised with its traceback, bad input included
 # What the user can fix: one line and exit 2. Anything else is a bug and keeps its traceback.
@@ -152,7 +158,9 @@ def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseExcept
     SIGTERM raises ``lungct.signals.Terminated`` (a ``KeyboardInterrupt``) while the body runs, so every
     Ctrl-C path inside it does its cleanup; a body that answers the interrupt itself with 130 exits 143.
     Only :data:`BAD_INPUT` (and a storage fault behind another exception) is exit 2, and ``failures`` exit 1;
-    any other exception propagates with its traceback, and under ``LUNGCT_DEBUG=1`` every one does.
+    any other exception propagates with its traceback, and under ``LUNGCT_DEBUG=1`` every one does. Standard
+    output is flushed before the code is returned, so a reader that closed the pipe early is met here, where
+    it is exit 141 without a word (:func:`_quiet_broken_pipe`), and not in the interpreter's flush at exit.
 
     Args:
         body: The work; returns its own exit code (None for 0).
@@ -163,6 +171,11 @@ def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseExcept
     with sigterm_as_interrupt():
         try:
             code = body()
+            sys.stdout.flush()
+        except BrokenPipeError:
+            if not (_pipe_closed(sys.stdout) or _pipe_closed(sys.stderr)):
+                raise  # another pipe (a worker's, a socket): a bug or a crash to show, not a reader that left
+            return _quiet_broken_pipe()
         except BAD_INPUT as e:
             if debug:
                 raise
@@ -185,3 +198,44 @@ def exit_code(body: Callable[[], int | None], *, failures: tuple[type[BaseExcept
             print(f"error: {fault}", file=sys.stderr)
             return EXIT_BAD_INPUT
         return exit_status(EXIT_OK if code is None else code)
+
+
+def _pipe_closed(stream) -> bool:
+    """Whether ``stream`` writes to a pipe whose reader has closed it (poll reports an error on the writing end)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (a test's StringIO)
+        return True
+
+
+def _quiet_broken_pipe() -> int:
+    """Point standard output at /dev/null, so that what is still buffered for it goes nowhere; exit 141.
+
+    Python ignores SIGPIPE, so writing to a pipe whose reader has gone raises ``BrokenPipeError``; the
+    buffered rest would raise it again when the interpreter flushes at exit ("Exception ignored ...", exit
+    120). Python's documentation (the note on SIGPIPE in the ``signal`` module) recommends this redirect.
+    Standard error gets the same where it is the pipe that closed (``2>&1 | head -1``).
+    """
+    _to_devnull(sys.stdout)
+    try:
+        sys.stderr.flush()
+    except BrokenPipeError:
+        _to_devnull(sys.stderr)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _to_devnull(stream: object) -> None:
+    """Make ``stream``'s file descriptor /dev/null; a stream without one (a test's capture) is left as it is."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

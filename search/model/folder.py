@@ -19,10 +19,12 @@ safetensors, never ``torch.load``.
 Model folders are shared (handed in, passed on), so :func:`load_model` reads one as untrusted input and
 checks it whole before it builds the network: each file it reads must be a regular file inside the
 folder (not a link out of it, a device or a FIFO) under a size cap; JSON may not nest deeper than
-:data:`MAX_JSON_DEPTH` or repeat a key; every field is typed and range-checked, the task, categories and
-class names agree (``search.model.routing.check_classes``; for an ordinal task every grade's categories
-and name, ``check_grades``); the network's memory at its input size (``space.cost.memory``) must fit a
-cap (half this machine's memory unless raised); and the weights' header must list exactly the spec's
+:data:`MAX_JSON_DEPTH` or repeat a key, and a key it does not know is ignored (a later version may add one)
+unless it nearly spells one it knows (``"Threshold"``, ``"treshold"``: :func:`check_spelling`), which is
+refused, since ignoring it would silently drop what it says; every field is typed and range-checked, the
+task, categories and class names agree (``search.model.routing.check_classes``; for an ordinal task every
+grade's categories and name, ``check_grades``); the network's memory at its input size (``space.cost.memory``)
+must fit a cap (half this machine's memory unless raised); and the weights' header must list exactly the spec's
 tensor names, shapes and dtypes (an ordinal model's cutpoints included) before a tensor is read. A
 refusal is a :class:`ModelDirError` whose message starts with the file's path and the field.
 """
@@ -30,6 +32,8 @@ refusal is a :class:`ModelDirError` whose message starts with the file's path an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import io
 import json
 import logging
@@ -38,7 +42,8 @@ import os
 import stat
 import struct
 import warnings
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from lungct.errors import printable
 from lungct.records import PreprocessConfig, Task, get_task
 from search.model.routing import check_classes, check_grades, class_names
 from space import ArchSpec, SpecInputError, SpecNet, TrainSpec, build, check_input_size, memory
@@ -62,6 +68,10 @@ CARD = "MODEL_CARD.md"
 ENSEMBLE = "ensemble.json"
 MAX_MEMBERS = 50  # more is a corrupt or hostile ensemble.json (confirmation keeps at most 10 folds x repeats)
 REQUIRED = (SPEC, WEIGHTS, PREPROCESS)
+# The keys of preprocess.json (ModelInfo.to_dict) and of its "preprocess" entry (PreprocessConfig.to_dict).
+PREPROCESS_KEYS = ("format_version", "preprocess", "task", "task_description", "negative", "positive", "classes",
+                   "grades", "threshold", "input", "output")
+PREPROCESS_CONFIG_KEYS = ("size", "hu_min", "hu_max")
 
 # The ONNX graph's names; the batch axis is dynamic, the volume size is fixed by preprocess.json.
 ONNX_INPUT = "volume"
@@ -85,6 +95,16 @@ MAX_SAFETENSORS_HEADER = 16 << 20
 SAFETENSORS_DTYPES = {torch.float32: ("F32", 4), torch.int64: ("I64", 8)}  # the dtypes a state dict here holds
 # HU windows outside this range are no CT window (CT stores about -1024..3071, metal up to ~30,000).
 HU_RANGE = (-4096.0, 32767.0)
+# How close (difflib's ratio, after lower-casing) an unknown key must be to a known one to be taken for a misspelling
+# of it and refused: one or two letters off in a word of six or more ("treshold", "threshhold"), or another case
+# ("Threshold"); difflib's default of 0.6 would also take a new key such as "version" for "format_version".
+NEAR_MISS_CUTOFF = 0.8
+# The keys export writes in metrics.json, and in its "data" entry (search.export, search.shipping.metrics.data_entry).
+METRICS_KEYS = ("format_version", "created", "study", "task", "test", "selection", "model", "baseline", "data",
+                "training", "test_predictions", "export_check", "versions")
+METRICS_DATA_KEYS = ("root", "layout", "task", "task_description", "size", "hu_window", "split_file", "split_seed",
+                     "n_train", "n_val", "n_test", "loaded", "excluded", "skipped", "phantoms", "test_ids")
+ENSEMBLE_KEYS = ("members", "combine")
 # The default cap on a model's memory (weights plus activations of one scan, space.cost.memory): this share
 # of the machine's memory, so that a hostile spec is refused instead of meeting the out-of-memory killer.
 MEMORY_SHARE = 0.5
@@ -159,6 +179,7 @@ class ModelInfo:
         threshold: P(label 1) at or above which label 1 is predicted; for an ordinal task, P(grade >= k) at
             or above which grade k is reached (0.5: the median grade, ``search.stats.metrics.predicted_grade``).
         grades: The categories of each label in order (``Task.grades``); empty means ``(negative, positive)``.
+        warnings: One line each about what the file left to a default (no threshold: 0.5); not compared.
     """
 
     preprocess: PreprocessConfig
@@ -169,6 +190,7 @@ class ModelInfo:
     classes: tuple[str, ...]
     threshold: float = 0.5
     grades: tuple[tuple[str, ...], ...] = ()
+    warnings: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if not self.grades:
@@ -231,18 +253,24 @@ class ModelInfo:
         ordinal task every grade's categories, in order, and name: :func:`search.model.routing.check_grades`),
         so a folder cannot relabel CT-0 as the positive class or reorder the grades; the threshold lies
         strictly inside (0, 1), since at 0 or 1 every scan gets the same class, and is 0.5 for an ordinal
-        task, whose predicted grade is the median.
+        task, whose predicted grade is the median. A key it does not know is ignored, unless it misspells one
+        it knows (:func:`check_spelling`). Without a threshold the model predicts at 0.5, and ``warnings``
+        says so.
 
         Raises:
-            KeyError, TypeError, ValueError: A field is missing or invalid; a ValueError names the field.
+            KeyError, TypeError, ValueError: A field is missing or invalid, or a key misspells a field; a
+                ValueError names the field.
         """
+        check_spelling(data, PREPROCESS_KEYS)
         version = data.get("format_version")
         if isinstance(version, bool) or version != FORMAT_VERSION:
             raise ValueError(f"format_version: {'missing' if version is None else f'unknown {version!r}'}; this "
                              f"version of search.predict reads format {FORMAT_VERSION} (export the model again, "
                              "or use the version of this package that wrote it)")
         pre = data["preprocess"]
-        if not isinstance(pre, dict) or set(pre) != {"size", "hu_min", "hu_max"}:
+        if isinstance(pre, dict):
+            check_spelling(pre, PREPROCESS_CONFIG_KEYS, "preprocess.")
+        if not isinstance(pre, dict) or set(pre) != set(PREPROCESS_CONFIG_KEYS):
             raise ValueError(f"preprocess: expected an object with exactly size, hu_min and hu_max, got "
                              f"{sorted(pre) if isinstance(pre, dict) else pre!r}")
         size = _input_size(pre["size"])
@@ -266,6 +294,9 @@ class ModelInfo:
             raise ValueError(f"task_description: {description!r} is not task {task.name!r}'s "
                              f"({task.description!r})")
         threshold = _number("threshold", data.get("threshold", 0.5), 0.0, 1.0)
+        defaulted = () if "threshold" in data or task.ordinal else (  # an ordinal model's is 0.5 by its rule
+            "threshold: missing (python -m search.export writes one); predicting at the default of 0.5, which "
+            "may not be the threshold this model was chosen at",)
         if threshold in (0.0, 1.0):
             raise ValueError(f"threshold: expected a number strictly between 0 and 1, got {threshold:g} "
                              "(every scan would get the same class)")
@@ -273,7 +304,33 @@ class ModelInfo:
             raise ValueError(f"threshold: an ordinal model predicts the median grade (P(grade >= k) >= 0.5), got "
                              f"{threshold:g}")
         return cls(PreprocessConfig(size, hu_min, hu_max), task.name, task.description, grades[0],
-                   tuple(c for g in grades[1:] for c in g), classes, threshold, grades)
+                   tuple(c for g in grades[1:] for c in g), classes, threshold, grades, defaulted)
+
+
+def misspelt(key: str, known: Collection[str]) -> str | None:
+    """The known key that ``key`` nearly spells (in another case, or :data:`NEAR_MISS_CUTOFF` close), else None."""
+    if key in known:
+        return None
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(key.lower(), lowered, n=1, cutoff=NEAR_MISS_CUTOFF)
+    return lowered[close[0]] if close else None
+
+
+def check_spelling(data: dict, known: Collection[str], where: str = "") -> None:
+    """Refuse a key of ``data`` that misspells one of ``known``; any other unknown key is left to be ignored.
+
+    An unknown key is ignored, so that a file a later version writes still reads; but one that nearly spells a
+    known key (``"Threshold"``, ``"treshold"``) was meant as that key, and ignoring it would silently fall back to
+    a default (a threshold of 0.5). ``where`` prefixes the key in the message (``"preprocess."``).
+
+    Raises:
+        ValueError: A key misspells a known one; the message names both.
+    """
+    for key in data:
+        meant = misspelt(key, known)
+        if meant is not None:
+            raise ValueError(f"{where}{printable(key[:60])}: unknown key; did you mean {meant!r}? (an unknown key is "
+                             "ignored, one this close to a known key is refused rather than silently dropped)")
 
 
 def _ordinal_classes(task: Task, data: dict) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
@@ -422,12 +479,18 @@ def _depth(value: object) -> int:
     return deepest
 
 
-def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES, known: Collection[str] | None = None) -> dict:
     """A JSON object from a model folder, read as untrusted input (:func:`read_file`, UTF-8, bounded depth).
+
+    Args:
+        path: The file.
+        max_bytes: The most it may hold.
+        known: Its keys: a top-level key that misspells one of them is refused (:func:`check_spelling`).
 
     Raises:
         ModelDirError: The file is unsafe or unreadable, not UTF-8, not JSON, nested deeper than
-            :data:`MAX_JSON_DEPTH`, repeats a key, or is not an object; the message starts with its path.
+            :data:`MAX_JSON_DEPTH`, repeats a key, misspells a ``known`` key, or is not an object; the message
+            starts with its path.
     """
     raw = read_file(path, max_bytes)
     try:
@@ -444,7 +507,17 @@ def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
         raise ModelDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if _depth(data) > MAX_JSON_DEPTH:
         raise ModelDirError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels; refused")
+    if known is not None:
+        _spelled(path, data, known)
     return data
+
+
+def _spelled(path: Path, data: dict, known: Collection[str], where: str = "") -> None:
+    """:func:`check_spelling`, its refusal a :class:`ModelDirError` naming ``path``."""
+    try:
+        check_spelling(data, known, where)
+    except ValueError as e:
+        raise ModelDirError(f"{path}: {e}") from None
 
 
 def _reason(error: Exception) -> str:
@@ -476,7 +549,7 @@ def _read_members(directory: Path) -> int:
     """Members in ``ensemble.json`` (1 without the file)."""
     if not os.path.lexists(directory / ENSEMBLE):
         return 1
-    value = read_json(directory / ENSEMBLE).get("members")
+    value = read_json(directory / ENSEMBLE, known=ENSEMBLE_KEYS).get("members")
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MEMBERS:
         raise ModelDirError(f"{directory / ENSEMBLE}: members: expected an integer from 1 to {MAX_MEMBERS}, "
                             f"got {value!r}")
@@ -646,6 +719,9 @@ def load_model(directory: str | Path, max_memory_bytes: int | None = None, gradi
     An ordinal task's model (``info.ordinal``) is built with ``grades=K`` and outputs (B, K-1) cumulative
     logits of "grade >= k"; a binary one, (B,) logits.
 
+    What the folder left to a default is not refused but said: ``info.warnings`` holds one line each (a
+    ``preprocess.json`` without a threshold predicts at 0.5), starting with the file's path.
+
     Args:
         directory: The model folder.
         max_memory_bytes: The most memory the network may need for one scan (None: half this machine's).
@@ -674,6 +750,7 @@ def load_model(directory: str | Path, max_memory_bytes: int | None = None, gradi
         if isinstance(e, ModelDirError):
             raise
         raise ModelDirError(f"{directory / PREPROCESS}: {_reason(e)}") from None
+    info = replace(info, warnings=tuple(f"{directory / PREPROCESS}: {w}" for w in info.warnings))
     try:
         check_input_size(spec, info.preprocess.size)
     except SpecInputError as e:
@@ -714,7 +791,9 @@ def read_optional(directory: str | Path) -> OptionalFiles:
                      "python -m search.export writes one")
     else:
         try:
-            data = read_json(path, MAX_METRICS_BYTES).get("data")
+            data = read_json(path, MAX_METRICS_BYTES, known=METRICS_KEYS).get("data")
+            if isinstance(data, dict):
+                _spelled(path, data, METRICS_DATA_KEYS, "data.")
             phantoms = data.get("phantoms") if isinstance(data, dict) else None
             if not isinstance(phantoms, bool):
                 raise ModelDirError(f"{path}: data.phantoms: expected true or false, got {str(phantoms)[:40]}")

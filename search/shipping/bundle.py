@@ -16,7 +16,13 @@ untrusted input) into a bundle folder in MONAI's layout:
   which :func:`load_network` validates and loads without unpickling; and ``models/model.pt``, the same
   weights as the state dict of the bundle's ``network_def`` for MONAI tools that look for that file (it
   loads with ``torch.load(weights_only=True)``).
-- ``docs/README.md``: how to run the bundle, then the model card; ``LICENSE``: the licence and disclaimer.
+- ``docs/README.md``: what running a bundle means for your machine (:data:`SAFETY`), how to run this one, then
+  the model card; ``LICENSE``: the licence and disclaimer.
+
+A bundle's configs are code: MONAI's runner evaluates every ``$``-expression as Python and imports and calls
+what every ``_target_`` names, with the rights of whoever runs it. So the bundle is for models one built or
+trusts; a model folder received from someone else is used through ``search.predict`` (which reads its JSON
+and safetensors as untrusted data, and no bundle config) or its ONNX file; the README says so first.
 
 Why the project's own transform, not MONAI's stock ones: the model was trained on
 ``lungct.nifti.read_scan`` then ``preprocess`` (nibabel's ``as_closest_canonical``, a (z, y, x) transpose,
@@ -89,6 +95,14 @@ META_KEY = "image_meta_dict"
 LICENCE = ("The code that wrote and runs this bundle (lungct-nas) is Apache-2.0. The weights inherit the terms of "
            "the data they were trained on: MosMedData is CC BY-NC-ND 3.0 (non-commercial use, no redistribution of "
            "modified copies); weights trained on the synthetic phantoms carry no data licence.")
+# What docs/README.md says before anything else: running a bundle runs code from it.
+SAFETY = ("**A MONAI bundle's configs are code.** `python -m monai.bundle run` executes what `configs/*.json` say "
+          "with your rights: every `$`-expression is evaluated as Python, and every `_target_` names a class or "
+          "function that is imported and called. `python -m monai.bundle run` is for bundles you built yourself or "
+          "trust; a bundle edited on its way to you runs whatever the editor wrote. A model folder you received "
+          "is used safely through `python -m search.predict MODEL_FOLDER SCAN.nii.gz` (the folder holding this "
+          "`bundle/`), which reads its `spec.json`, `preprocess.json` and safetensors weights as untrusted data and "
+          "reads no bundle config, or through its `model.onnx` with onnxruntime.")
 # What the bundle copies from the model folder into models/ (the files load_model reads).
 MODEL_FILES = (SPEC, WEIGHTS, PREPROCESS, ENSEMBLE)
 
@@ -298,8 +312,9 @@ def bundle_metadata(info: ModelInfo, grades: int, phantoms: bool | None, eval_me
 
 
 def _readme(model_dir: Path) -> str:
-    """``docs/README.md``: how to run the bundle, then the model card (a note where the folder has none)."""
-    run = (f"# lungct-nas model as a MONAI bundle\n\n{DISCLAIMER}\n\n"
+    """``docs/README.md``: that its configs are code (:data:`SAFETY`), how to run it, then the model card (a note
+    where the folder has none)."""
+    run = (f"# lungct-nas model as a MONAI bundle\n\n{DISCLAIMER}\n\n{SAFETY}\n\n"
            "Needs MONAI and lungct-nas installed (MONAI's command line also needs `fire`). Predict every "
            "`*.nii`/`*.nii.gz` in a folder:\n\n"
            "```bash\npython -m monai.bundle run --config_file configs/inference.json --meta_file "

@@ -1,16 +1,27 @@
 """``MODEL_CARD.md`` of an exported model, written from its ``metrics.json`` alone.
 
 Everything the card states comes from that one dict, so the card can be rebuilt from the folder and
-never says more than the export measured. An ordinal (severity grading) export's card
-(:func:`render_grade_card`) reports the mean "grade >= k" AUC, QWK and MAE with their intervals beside the
-baseline's, the K x K confusion matrix, the "grade >= k" ROC curves and the routing decision of each grade.
+never says more than the export measured. The card is shared with the folder, so it names the study's
+storage by its kind and, for SQLite, its file name alone (:func:`storage_text`): never a host, socket path,
+user or password. An ordinal (severity grading) export's card (:func:`render_grade_card`) reports the mean
+"grade >= k" AUC, QWK and MAE with their intervals beside the baseline's, the K x K confusion matrix, the
+"grade >= k" ROC curves and the routing decision of each grade.
 """
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from search.model.routing import CLINICAL_NOTE, DISCLAIMER, ROUTING, decision_text
 from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ORDINAL_FIGURES, ROC_PNG, is_ordinal
 from search.stats.intervals import Interval
+
+# SQLAlchemy's backend names, as their makers spell them.
+BACKENDS = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB", "oracle": "Oracle",
+            "mssql": "SQL Server", "sqlite": "SQLite"}
 
 
 def _card_header(title: str, model: dict, study: dict, phantoms: bool) -> list[str]:
@@ -20,6 +31,24 @@ def _card_header(title: str, model: dict, study: dict, phantoms: bool) -> list[s
         lines += [">", "> **Trained and tested on synthetic phantoms**, not on patients' scans: the numbers below "
                   "say how well the search worked on the phantom set, nothing about real chest CT."]
     return lines
+
+
+def storage_text(url: str) -> str:
+    """The study's storage as a shared file may name it: a SQLite file by its name, any other database by its kind.
+
+    ``sqlite:////home/alice/studies/lungct.db?password=x`` is "`sqlite:///lungct.db`";
+    ``postgresql://alice:pw@db.internal/optuna?host=/run/postgresql`` is "a PostgreSQL database": the host,
+    port, socket path, user, password and database name stay on the machine that ran the study.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return "a database"
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return f"`sqlite:///{PurePosixPath(parsed.database).name}`"
+    kind = BACKENDS.get(backend)
+    return f"a{'n' if (kind or 'x')[0] in 'AEIOUaeiou' else ''} {kind} database" if kind else "a database"
 
 
 def _ci(entry: dict | None, key: str) -> str:
@@ -123,7 +152,7 @@ def render_model_card(m: dict) -> str:
     lines += [
         "## Provenance",
         "",
-        f"- Study `{study['name']}` in `{study['storage']}` ({study['n_trials']} trials, objectives "
+        f"- Study `{study['name']}` in {storage_text(study['storage'])} ({study['n_trials']} trials, objectives "
         f"{', '.join(study['objectives'])}); exported trial {model['trial']}, cross-validated AUC "
         f"{model.get('search_cv_auc', float('nan')):.3f} in the search.",
         f"- Exported {m['created']}. Export check on a fixed input: reloaded weights differ by "
@@ -384,7 +413,7 @@ def render_grade_card(m: dict) -> str:
         "",
         "## Provenance",
         "",
-        f"- Study `{study['name']}` in `{study['storage']}` ({study['n_trials']} trials, objectives "
+        f"- Study `{study['name']}` in {storage_text(study['storage'])} ({study['n_trials']} trials, objectives "
         f"{', '.join(study['objectives'])}); exported trial {model['trial']}, cross-validated mean grade>=k AUC "
         f"{model.get('search_cv_auc', float('nan')):.3f} in the search.",
         f"- Exported {m['created']}. Export check on a fixed input: reloaded weights differ by "

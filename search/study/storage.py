@@ -86,11 +86,17 @@ def redact(url: str) -> str:
 
 
 def shareable_storage(url: str) -> str:
-    """:func:`redact`, with a SQLite database named by its file name alone: no local path in a shared file."""
+    """What a shared file (an exported model's metrics.json) may say of a study's storage: a SQLite database by its
+    file name alone, any other database by its scheme alone (``postgresql://``): no local path, host, port,
+    socket path, user, password or database name."""
     parsed = _parse(redact(url))
-    if parsed is not None and parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+    if parsed is None:
+        return "a database"
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         return _render(parsed.set(database=Path(parsed.database).name))
-    return redact(url)
+    if parsed.drivername.startswith("sqlite"):
+        return redact(url)
+    return f"{parsed.drivername}://"
 
 
 def _scrub(text: str, url: str) -> str:

@@ -4,8 +4,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import lungct.nifti
 from lungct.errors import ScanError
-from lungct.nifti import preprocess, read_scan
+from lungct.nifti import FLOAT32_COPIES, decoded_bytes, preprocess, read_scan
 from lungct.records import PreprocessConfig
 from tests.conftest import synthetic_ct, write_nifti
 
@@ -109,6 +110,33 @@ def test_read_scan_rejects_a_non_nifti_image_format(tmp_path, ct_volume):
     path = tmp_path / "a.mgz"
     nib.save(nib.MGHImage(ct_volume.astype(np.float32), np.eye(4)), str(path))
     _expect_skip(path, "not a NIfTI image")
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.float64])
+def test_decoded_bytes_is_the_stored_dtype_plus_the_float32_working_copies(dtype):
+    assert FLOAT32_COPIES == 2
+    assert decoded_bytes((20, 24, 16), np.dtype(dtype)) == 20 * 24 * 16 * (np.dtype(dtype).itemsize + 8)
+
+
+def test_read_scan_refuses_a_scan_above_max_bytes_before_reading_its_data(tmp_path, ct_volume, monkeypatch):
+    """A small .nii.gz may hold gigabytes of float64; what its decoding needs is known from the header alone."""
+    path = str(write_nifti(tmp_path / "a.nii.gz", ct_volume, dtype=np.float64))
+    need = decoded_bytes(ct_volume.shape, np.dtype(np.float64))
+
+    def never(*args):
+        raise AssertionError("the image data was read")
+
+    monkeypatch.setattr(lungct.nifti, "_read_canonical", never)
+    with pytest.raises(ScanError, match=r"^decoding it takes about 0\.000123 GB \(20x24x16 = 7,680 voxels of float64 "
+                       r"plus 2 float32 working copies\), above the cap of 0\.000123 GB \(--max-memory-gb\); "
+                       r"refused before its data was read$"):
+        read_scan(path, max_bytes=need - 1, cap_note="--max-memory-gb")
+
+
+def test_read_scan_reads_a_scan_whose_decoding_fits_max_bytes_exactly(tmp_path, ct_volume):
+    path = str(write_nifti(tmp_path / "a.nii.gz", ct_volume, dtype=np.float64))
+    volume, meta = read_scan(path, max_bytes=decoded_bytes(ct_volume.shape, np.dtype(np.float64)))
+    assert volume.shape == (16, 24, 20) and meta.dtype == "float64"
 
 
 def test_preprocess_windows_to_unit_range_and_resizes_to_float16(ct_volume):

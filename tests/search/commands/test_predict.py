@@ -1,19 +1,24 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import lungct.nifti
 import search.predict
 from lungct.records import PreprocessConfig, get_task
-from search.model.folder import MAX_INPUT_VOXELS, Ensemble, ModelInfo, load_model, save_model
+from search.cli import EXIT_BROKEN_PIPE
+from search.model.folder import MAX_INPUT_VOXELS, PREPROCESS, Ensemble, ModelInfo, load_model, save_model
 from search.model.routing import CLINICAL_NOTE, ROUTING
 from search.predict import main
-from space import ArchSpec, LevelSpec, TrainSpec, build
+from space import ArchSpec, LevelSpec, TrainSpec, build, memory
 from tests.conftest import synthetic_ct, write_nifti
 
 SIZE = (16, 24, 20)
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _model_dir(path, task="course", out_bias=None):
@@ -329,3 +334,54 @@ def test_predict_without_saliency_lists_none(model_dir, tmp_path, capsys):
     scan = write_nifti(tmp_path / "case.nii.gz", synthetic_ct())
     assert main([str(model_dir), str(scan), "--json"]) == 0
     assert _json(capsys)["results"][0]["saliency"] is None
+
+
+def test_predict_without_a_threshold_warns_in_one_line_and_in_json_then_predicts_at_half(tmp_path, capsys):
+    directory = _model_dir(tmp_path / "m")
+    info = json.loads((directory / PREPROCESS).read_text())
+    del info["threshold"]
+    (directory / PREPROCESS).write_text(json.dumps(info))
+    scan = str(write_nifti(tmp_path / "s.nii.gz", synthetic_ct()))
+    assert main([str(directory), scan, "--json"]) == 0
+    captured = capsys.readouterr()
+    line, = captured.err.strip().splitlines()
+    assert line.startswith(f"warning: {directory / PREPROCESS}: threshold: missing") and "0.5" in line
+    result = json.loads(captured.out)
+    assert result["threshold"] == 0.5 and result["notes"][0] == line
+    assert main([str(directory), scan]) == 0
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_predict_refuses_a_scan_whose_decoding_exceeds_the_memory_cap_before_reading_it(model_dir, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """The same volume stored as float64 (8 bytes a voxel) and int16 (2): with the cap between the two decodings'
+    needs (and above the network's), the float64 copy is refused in one line naming it, its data never read."""
+    volume = synthetic_ct((128, 128, 64))
+    wide = write_nifti(tmp_path / "wide.nii.gz", volume, dtype=np.float64)
+    narrow = write_nifti(tmp_path / "narrow.nii.gz", volume, dtype=np.int16)
+    need = {p: lungct.nifti.decoded_bytes((128, 128, 64), np.dtype(t)) for p, t in ((wide, "f8"), (narrow, "i2"))}
+    cap = (need[wide] + need[narrow]) // 2
+    assert memory(ArchSpec.from_json((model_dir / "spec.json").read_text()), SIZE).total() < cap
+    read = []
+    original = lungct.nifti._read_canonical
+    monkeypatch.setattr(lungct.nifti, "_read_canonical", lambda image, shape: read.append(shape) or original(image,
+                                                                                                           shape))
+    assert main([str(model_dir), str(wide), str(narrow), "--max-memory-gb", str(cap / 1e9)]) == 1
+    captured = capsys.readouterr()
+    line, = captured.err.strip().splitlines()
+    assert line.startswith(f"error: {wide}: decoding it takes about 0.0168 GB (128x128x64 = 1,048,576 voxels of "
+                           "float64 plus 2 float32 working copies), above the cap of ") and "--max-memory-gb" in line
+    assert len(read) == 1 and str(narrow) in captured.out and str(wide) not in captured.out
+
+
+def test_predict_into_a_pipe_closed_early_ends_quietly(model_dir, tmp_path):
+    """``python -m search.predict ... | head -0``: the reader is gone before predict writes, so every write to
+    stdout fails; the command must end with 141 and no traceback, not "Exception ignored ... BrokenPipeError"."""
+    scan = str(write_nifti(tmp_path / "s.nii.gz", synthetic_ct()))
+    proc = subprocess.Popen([sys.executable, "-m", "search.predict", str(model_dir), scan], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader closes the pipe before the command has written a byte
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == EXIT_BROKEN_PIPE
+    assert err == ""

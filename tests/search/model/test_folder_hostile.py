@@ -74,6 +74,12 @@ def put(*keys_and_value) -> Callable[[dict], None]:
     return change
 
 
+def rename(key: str, to: str) -> Callable[[dict], None]:
+    def change(data: dict) -> None:
+        data[to] = data.pop(key)
+    return change
+
+
 def text(name: str, content: bytes | str) -> Callable[[Path, Path], None]:
     def mutate(folder: Path, outside: Path) -> None:
         (folder / name).unlink()
@@ -205,6 +211,9 @@ REFUSED: dict[str, tuple[Callable[[Path, Path], None], str, str]] = {
                            "preprocess.size"),
     "hu_min_minus_1e30": (edit_json(PREPROCESS, put("preprocess", "hu_min", -1e30)), PREPROCESS,
                           "preprocess.hu_min"),
+    "preprocess_misspelt_threshold": (edit_json(PREPROCESS, rename("threshold", "Threshold")), PREPROCESS,
+                                      "Threshold: unknown key; did you mean 'threshold'?"),
+    "spec_misspelt_field": (edit_json(SPEC, rename("dropout", "Dropout")), SPEC, "did you mean 'dropout'?"),
     "preprocess_extra_field": (edit_json(PREPROCESS, put("preprocess", "gamma", 2.0)), PREPROCESS,
                                "preprocess: expected an object with exactly"),
     "task_unknown": (edit_json(PREPROCESS, put("task", "covid")), PREPROCESS, "task: unknown task 'covid'"),
@@ -234,6 +243,7 @@ REFUSED: dict[str, tuple[Callable[[Path, Path], None], str, str]] = {
     # ensemble.json
     "ensemble_of_a_billion": (text(ENSEMBLE, '{"members": 1000000000}'), ENSEMBLE, "members"),
     "ensemble_of_true": (text(ENSEMBLE, '{"members": true}'), ENSEMBLE, "members"),
+    "ensemble_misspelt_members": (text(ENSEMBLE, '{"members": 1, "Members": 3}'), ENSEMBLE, "did you mean 'members'?"),
     # weights.safetensors: names, shapes, dtypes
     "weights_wrong_shape": (state(put("head.out.weight", torch.zeros(1, 9))), WEIGHTS,
                             "head.out.weight has shape [1, 9], the spec's is [1, 8]"),
@@ -369,6 +379,7 @@ OPTIONAL: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     "metrics_is_a_fifo": (fifo(METRICS), "a FIFO, not a regular file"),
     "metrics_not_json": (text(METRICS, "{not json"), "unreadable"),
     "metrics_phantoms_as_a_string": (text(METRICS, '{"data": {"phantoms": "yes"}}'), "data.phantoms"),
+    "metrics_misspelt_data": (text(METRICS, '{"Data": {"phantoms": true}}'), "Data: unknown key; did you mean 'data'?"),
     "metrics_of_10_mib": (text(METRICS, " " * (10 << 20)), "more than the"),
     "metrics_nested_100000_deep": (text(METRICS, nested(100_000)), "nested deeper"),
 }

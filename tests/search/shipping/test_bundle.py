@@ -166,6 +166,20 @@ def test_bundle_holds_monai_layout_and_the_model_folder_files(bundle, model_dir)
     assert CARD_TEXT in readme and DISCLAIMER in readme
 
 
+def test_bundle_readme_says_its_configs_are_code_and_how_to_use_a_received_folder_safely(tmp_path):
+    """Written by write_bundle from a folder of its own, so it needs none of the module's scans or MONAI runs."""
+    torch.manual_seed(0)
+    save_model(tmp_path / "model", build(_spec()).eval(), _spec(), TrainSpec(),
+               ModelInfo.for_task(get_task("course"), PreprocessConfig(SIZE)))
+    readme = (write_bundle(tmp_path / "model", tmp_path / "model" / "bundle") / README).read_text()
+    warning = readme.split("## Model card")[0]
+    for words in ("configs are code", "`$`-expression", "`_target_`", "with your rights",
+                  "`python -m monai.bundle run` is for bundles you built yourself or trust",
+                  "`python -m search.predict MODEL_FOLDER SCAN.nii.gz`", "reads no bundle config", "`model.onnx`"):
+        assert words in warning, words
+    assert warning.index("configs are code") < warning.index("```bash")  # before the command that runs it
+
+
 def test_bundle_metadata_describes_input_output_licence_and_disclaimer(bundle):
     meta = json.loads((bundle / METADATA).read_text())
     ours = meta["lungct_nas"]

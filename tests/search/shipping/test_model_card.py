@@ -14,7 +14,7 @@ import torch
 from search.model.routing import CLINICAL_NOTE, DISCLAIMER, ROUTING
 from search.shipping.figures import CALIBRATION_PNG, CONFUSION_PNG, FIGURES, ROC_PNG
 from search.shipping.metrics import evaluate
-from search.shipping.model_card import render_model_card
+from search.shipping.model_card import render_model_card, storage_text
 from search.stats.intervals import Interval
 from search.stats.metrics import binary_metrics
 
@@ -221,3 +221,28 @@ def test_model_card_reads_the_metrics_dict_without_changing_it():
     before = copy.deepcopy(m)
     render_model_card(m)
     assert m == before
+
+
+# What a PostgreSQL storage URL says about the machine that ran the study, as search.export stored it (password masked).
+POSTGRES = "postgresql+psycopg2://alice:***@db.clinic.internal:6543/optuna_lungct?host=/var/run/postgresql"
+LOCAL = ("alice", "db.clinic.internal", "6543", "optuna_lungct", "/var/run/postgresql", "***")
+
+
+def test_model_card_names_a_postgresql_study_by_its_kind_without_host_socket_or_user():
+    m = _metrics()
+    m["study"]["storage"] = POSTGRES
+    card = render_model_card(m)
+    assert "Study `lungct` in a PostgreSQL database (9 trials" in _section(card, "Provenance")
+    assert not [word for word in LOCAL if word in card]
+
+
+@pytest.mark.parametrize("url, text", [
+    ("sqlite:////home/alice/studies/lungct.db?password=***", "`sqlite:///lungct.db`"),
+    ("sqlite:///lungct.db", "`sqlite:///lungct.db`"),
+    (POSTGRES, "a PostgreSQL database"),
+    ("mysql://bob@10.0.0.7/optuna", "a MySQL database"),
+    ("oracle://x@y/z", "an Oracle database"),
+    ("not a url at /home/alice", "a database"),
+])
+def test_storage_text_keeps_only_the_kind_of_database_or_a_sqlite_files_name(url, text):
+    assert storage_text(url) == text

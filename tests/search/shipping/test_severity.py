@@ -196,6 +196,14 @@ def test_severity_card_title_names_the_ordered_grades(tested):
     assert f"**{DISCLAIMER}**" in card and CLINICAL_NOTE in card and "synthetic phantoms" in card
 
 
+def test_severity_card_names_a_postgresql_study_without_host_socket_or_user(tested):
+    m = _metrics(tested)
+    m["study"]["storage"] = "postgresql://alice:***@db.clinic.internal:6543/optuna?host=/var/run/postgresql"
+    card = render_model_card(m)
+    assert "Study `lungct` in a PostgreSQL database (9 trials" in card
+    assert not [word for word in ("alice", "db.clinic.internal", "6543", "/var/run/postgresql") if word in card]
+
+
 def test_severity_card_routes_each_grade_and_the_pooled_one_to_both_decisions(tested):
     card = render_model_card(_metrics(tested))
     for name in ("CT-0", "CT-1", "CT-2"):

@@ -90,7 +90,13 @@ def test_redact_keeps_what_is_not_a_credential():
 
 def test_shareable_storage_names_a_sqlite_file_without_its_folder():
     assert shareable_storage("sqlite:////home/alice/studies/lungct.db?password=x") == "sqlite:///lungct.db?password=***"
-    assert shareable_storage("postgresql://alice:s3cret@db/optuna") == "postgresql://alice:***@db/optuna"
+
+
+def test_shareable_storage_names_a_database_server_by_its_scheme_alone():
+    assert shareable_storage("postgresql://alice:s3cret@db/optuna") == "postgresql://"
+    url = "postgresql+psycopg://alice@/optuna?host=/run/postgresql&port=5433"
+    assert shareable_storage(url) == "postgresql+psycopg://"  # no socket path, user, port or database name
+    assert shareable_storage("not a url") == "a database"
 
 
 @pytest.mark.parametrize("where", ["missing/folder/lungct.db", "a_file/lungct.db"])
