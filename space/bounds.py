@@ -11,6 +11,9 @@ name tables allow; a TOML file (`SpaceBounds.from_dict`) or `dataclasses.replace
 either. `space.fit.bounds_for_size` then clamps the number of levels to what the study's input size
 can run.
 
+Each field is checked on its own first (its type, its `space.spec` limits, at most `MAX_CHOICES` choices),
+and only then the limit that combines fields (the widest level), so that any value is refused quickly.
+
 Changing the bounds changes the distributions (and, for `n_levels` and `head_layers`, the set of
 parameter names) that a study records, so keep one set of bounds per study.
 """
@@ -18,6 +21,7 @@ parameter names) that a study records, so keep one set of bounds per study.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,21 +45,35 @@ from space.spec import (
 )
 
 _OWNER = "SpaceBounds"
+MAX_CHOICES = 64  # entries of one choice field: every name table is far smaller, and so is any sensible int list
+# A batch of 1024 scans at the seed's 64x128x128 is 4 GiB of input alone; no data set here has that many scans.
+MAX_BATCH_SIZE = 1024
 
 
-def _int_range(field: str, value: object, minimum: int) -> tuple[int, int]:
+def _short(value: object) -> str:
+    """``repr`` of a value for a message, abridged so a huge or deeply nested one stays a short line."""
+    return reprlib.repr(value)
+
+
+def _at_most(field: str, what: str, value: int, limit: int, source: str = "space.spec") -> None:
+    if value > limit:
+        raise ValueError(f"{_OWNER}.{field}: {what} {value}, above the {source} limit of {limit}")
+
+
+def _int_range(field: str, value: object, minimum: int, maximum: int) -> tuple[int, int]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {value!r}")
+        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {_short(value)}")
     low = check_int(_OWNER, f"{field}[0]", value[0], minimum)
     high = check_int(_OWNER, f"{field}[1]", value[1], minimum)
     if low > high:
         raise ValueError(f"{_OWNER}.{field}: low {low} is above high {high}")
+    _at_most(field, "high", high, maximum)
     return low, high
 
 
 def _float_range(field: str, value: object, low_limit: float, high_limit: float, high_open: bool) -> tuple:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {value!r}")
+        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {_short(value)}")
     low = check_float(_OWNER, f"{field}[0]", value[0], low_limit, high_limit, high_open)
     high = check_float(_OWNER, f"{field}[1]", value[1], low_limit, high_limit, high_open)
     if low > high:
@@ -65,7 +83,9 @@ def _float_range(field: str, value: object, low_limit: float, high_limit: float,
 
 def _choices(field: str, value: object, check) -> tuple:
     if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{_OWNER}.{field}: must be a non-empty tuple of choices, got {value!r}")
+        raise ValueError(f"{_OWNER}.{field}: must be a non-empty tuple of choices, got {_short(value)}")
+    if len(value) > MAX_CHOICES:
+        raise ValueError(f"{_OWNER}.{field}: {len(value):,} choices, more than the {MAX_CHOICES} a field may hold")
     items = tuple(check(f"{field}[{i}]", item) for i, item in enumerate(value))
     if len(set(items)) != len(items):
         raise ValueError(f"{_OWNER}.{field}: has repeated choices {items}")
@@ -76,24 +96,25 @@ def _name_choices(field: str, value: object, table) -> tuple[str, ...]:
     return _choices(field, value, lambda _, item: check_choice(_OWNER, field, item, table))
 
 
-def _int_choices(field: str, value: object, minimum: int) -> tuple[int, ...]:
-    return _choices(field, value, lambda name, item: check_int(_OWNER, name, item, minimum))
+def _int_choices(field: str, value: object, minimum: int, maximum: int,
+                 source: str = "space.spec") -> tuple[int, ...]:
+    items = _choices(field, value, lambda name, item: check_int(_OWNER, name, item, minimum))
+    _at_most(field, "choice", max(items), maximum, source)
+    return items
 
 
-def _check_spec_limits(checked: dict) -> None:
-    """Refuse bounds that can draw a spec beyond `space.spec`'s limits, when the bounds are read (a --space file)
-    rather than halfway through a study, when the first such draw fails."""
+def _check_widest_level(checked: dict) -> None:
+    """Refuse bounds that can draw a level wider than `space.spec` allows, when the bounds are read (a --space
+    file) rather than halfway through a study, when the first such draw fails.
+
+    It combines fields, so it runs after each field is checked against its own limits: an unchecked
+    ``n_levels`` of 10**20 would make ``growth ** (n_levels - 1)`` run for minutes and exhaust memory.
+    """
     levels = checked["n_levels"][1]
     widest = max(checked["base_filters"]) * max(checked["growth"]) ** (levels - 1)
-    limits = (("n_levels", levels, MAX_LEVELS), ("convs_per_level", checked["convs_per_level"][1], MAX_CONVS),
-              ("head_layers", checked["head_layers"][1], MAX_HEAD_LAYERS),
-              ("head_units", max(checked["head_units"]), MAX_HEAD_UNITS),
-              ("base_filters", widest, MAX_FILTERS))
-    for field, value, limit in limits:
-        if value > limit:
-            what = ("the widest last level (base_filters x growth ** (n_levels - 1)) would have "
-                    f"{widest} filters" if field == "base_filters" else f"high {value}")
-            raise ValueError(f"{_OWNER}.{field}: {what}, above the space.spec limit of {limit}")
+    if widest > MAX_FILTERS:
+        raise ValueError(f"{_OWNER}.base_filters: the widest last level (base_filters x growth ** (n_levels - 1)) "
+                         f"would have {widest} filters, above the space.spec limit of {MAX_FILTERS}")
 
 
 @dataclass(frozen=True)
@@ -162,17 +183,17 @@ class SpaceBounds:
 
     def __post_init__(self) -> None:
         checked = {
-            "n_levels": _int_range("n_levels", self.n_levels, 1),
-            "base_filters": _int_choices("base_filters", self.base_filters, 1),
-            "growth": _int_choices("growth", self.growth, 1),
-            "convs_per_level": _int_range("convs_per_level", self.convs_per_level, 1),
+            "n_levels": _int_range("n_levels", self.n_levels, 1, MAX_LEVELS),
+            "base_filters": _int_choices("base_filters", self.base_filters, 1, MAX_FILTERS),
+            "growth": _int_choices("growth", self.growth, 1, MAX_FILTERS),
+            "convs_per_level": _int_range("convs_per_level", self.convs_per_level, 1, MAX_CONVS),
             "block": _name_choices("block", self.block, BLOCKS),
             "activation": _name_choices("activation", self.activation, ACTIVATIONS),
             "pooling": _name_choices("pooling", self.pooling, POOLINGS),
             "norm": _name_choices("norm", self.norm, NORMS),
             "padding": _name_choices("padding", self.padding, PADDINGS),
-            "head_layers": _int_range("head_layers", self.head_layers, 0),
-            "head_units": _int_choices("head_units", self.head_units, 1),
+            "head_layers": _int_range("head_layers", self.head_layers, 0, MAX_HEAD_LAYERS),
+            "head_units": _int_choices("head_units", self.head_units, 1, MAX_HEAD_UNITS),
             "dropout": _float_range("dropout", self.dropout, 0.0, 1.0, True),
             "lr": _float_range("lr", self.lr, 0.0, float("inf"), False),
             "weight_decay": _choices(
@@ -181,11 +202,11 @@ class SpaceBounds:
                 lambda name, item: check_float(_OWNER, name, item, 0.0, float("inf")),
             ),
             "optimizer": _name_choices("optimizer", self.optimizer, OPTIMIZERS),
-            "batch_size": _int_choices("batch_size", self.batch_size, 1),
+            "batch_size": _int_choices("batch_size", self.batch_size, 1, MAX_BATCH_SIZE, _OWNER),
         }
         if checked["lr"][0] <= 0.0:
             raise ValueError(f"{_OWNER}.lr: low must be > 0 for a log scale, got {checked['lr'][0]}")
-        _check_spec_limits(checked)
+        _check_widest_level(checked)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 

@@ -15,7 +15,10 @@ Adding a stored setting is one field on :class:`RunSettings` (with its default),
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,23 +213,69 @@ class RunJob:
     backup_to: str | None = None
 
 
+# A space file is a few hundred bytes; the cap bounds what reading and parsing a wrong file costs.
+MAX_SPACE_BYTES = 64 << 10
+_NOT_A_FILE = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
 def load_space_file(path: str | Path) -> dict:
     """``--space FILE.toml`` as a validated SpaceBounds dict.
+
+    The file is read as untrusted input: it must be a regular file of at most :data:`MAX_SPACE_BYTES` in UTF-8,
+    and a parser failure (a nesting deeper than Python's recursion limit, an integer too long to convert) is
+    an error in the file, like a syntax error.
 
     Raises:
         UsageError: The file cannot be read or parsed, or a field is unknown or out of range (named).
     """
+    raw = _read_space_bytes(path)
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UsageError(f"--space: {path} is UTF-16 text; a TOML file must be UTF-8 (save it as UTF-8)")
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as e:
-        raise UsageError(f"--space: cannot read {path}: {e.strerror}") from None
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is no TOML error
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--space: {path} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                         "a TOML file must be UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise UsageError(f"--space: {path} is not valid TOML for a space file: nested too deep") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"--space: {path} is not valid TOML: {e}") from None
+    except ValueError as e:  # an integer past Python's limit on digits (its advice is not for the user)
+        raise UsageError(f"--space: {path} holds a number too long to read ({str(e).split(':')[0]})") from None
     try:
         return SpaceBounds.from_dict(data).to_dict()
     except ValueError as e:
         raise UsageError(f"--space: {path}: {e}") from None
+
+
+def _read_space_bytes(path: str | Path) -> bytes:
+    """The bytes of the ``--space`` file, opened without blocking and checked on the open descriptor, so a FIFO or a
+    device such as /dev/zero is refused instead of read (as ``search.model.folder.read_file`` reads a model folder).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise UsageError(f"--space: cannot read {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _NOT_A_FILE if test(st.st_mode)), "a special file")
+            raise UsageError(f"--space: {path} is {kind}, not a regular file")
+        if st.st_size > MAX_SPACE_BYTES:
+            raise UsageError(f"--space: {path} holds {st.st_size:,} bytes, more than the {MAX_SPACE_BYTES:,} a space "
+                             "file may hold")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_SPACE_BYTES + 1)  # a byte more shows a file that grew since fstat
+    except OSError as e:
+        raise UsageError(f"--space: cannot read {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SPACE_BYTES:
+        raise UsageError(f"--space: {path} holds more than the {MAX_SPACE_BYTES:,} bytes a space file may hold")
+    return raw
 
 
 def resolve_settings(given: GivenSettings, stored: Mapping[str, Any] | None,

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from space import SpaceBounds
+from space.bounds import MAX_CHOICES
 from space.spec import ACTIVATIONS, BLOCKS, NORMS, OPTIMIZERS, PADDINGS, POOLINGS
 
 RANGES = ("n_levels", "convs_per_level", "head_layers", "dropout", "lr")
@@ -107,3 +108,48 @@ def test_bounds_beyond_the_spec_limits_are_refused_when_read(changes, field):
 
 def test_full_bounds_stay_within_the_spec_limits():
     SpaceBounds.full()  # raises if the widest space this project searches could draw an invalid spec
+
+
+HUGE = 99999999999999999999  # a 20-digit integer, as TOML may hold
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"n_levels": (1, HUGE), "growth": (2,)}, "n_levels"),  # 2 ** (HUGE - 1) would never finish
+    ({"convs_per_level": (1, HUGE)}, "convs_per_level"),
+    ({"head_layers": (0, HUGE)}, "head_layers"),
+    ({"head_units": (64, HUGE)}, "head_units"),
+    ({"base_filters": (HUGE,)}, "base_filters"),
+    ({"n_levels": (1, 1), "growth": (HUGE,)}, "growth"),  # one level draws no growth, so nothing else limits it
+    ({"batch_size": (2, HUGE)}, "batch_size"),
+])
+def test_spacebounds_huge_integer_is_refused_by_its_own_fields_limit(changes, field):
+    with pytest.raises(ValueError, match=rf"^SpaceBounds\.{field}: (high|choice) {HUGE}, above the .* limit of \d+$"):
+        SpaceBounds.from_dict(changes)
+
+
+def test_spacebounds_choice_field_holds_at_most_max_choices():
+    assert len(SpaceBounds(base_filters=tuple(range(1, MAX_CHOICES + 1))).base_filters) == MAX_CHOICES
+    with pytest.raises(ValueError, match=rf"^SpaceBounds\.weight_decay: 5,000 choices, more than the {MAX_CHOICES}"):
+        SpaceBounds(weight_decay=tuple(i * 1e-6 for i in range(5000)))
+
+
+@pytest.mark.parametrize(("changes", "pattern"), [
+    ({"n_levels": (True, 3)}, r"SpaceBounds\.n_levels\[0\]: must be an integer, got True"),
+    ({"batch_size": (True,)}, r"SpaceBounds\.batch_size\[0\]: must be an integer, got True"),
+    ({"head_units": (64, False)}, r"SpaceBounds\.head_units\[1\]: must be an integer, got False"),
+    ({"dropout": (False, 0.5)}, r"SpaceBounds\.dropout\[0\]: must be a finite number, got False"),
+    ({"block": (True,)}, r"SpaceBounds\.block: unknown True"),
+    ({"n_levels": True}, r"SpaceBounds\.n_levels: must be a \(low, high\) pair, got True"),
+])
+def test_spacebounds_refuses_a_bool_where_a_number_or_name_is_expected(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        SpaceBounds.from_dict(changes)
+
+
+def test_spacebounds_message_abridges_a_deeply_nested_value():
+    nested: list = [2]
+    for _ in range(500):
+        nested = [nested]
+    with pytest.raises(ValueError, match=r"^SpaceBounds\.n_levels: must be a \(low, high\) pair") as caught:
+        SpaceBounds.from_dict({"n_levels": nested})
+    assert len(str(caught.value)) < 200

@@ -1,7 +1,10 @@
 """search.selection.settings: a study's stored settings, read from older studies as they ran,
 and settled against the flags."""
 
+import contextlib
 import dataclasses
+import os
+import threading
 
 import optuna
 import pytest
@@ -10,6 +13,7 @@ import torch
 from lungct.errors import UsageError
 from search.ablation.settings import AblationSettings
 from search.selection.settings import (
+    MAX_SPACE_BYTES,
     OLDER_STUDIES,
     DataSettings,
     GivenSettings,
@@ -118,6 +122,112 @@ def test_load_space_file_bad_toml_is_a_usage_error_naming_the_flag(tmp_path):
         load_space_file(path)
     with pytest.raises(UsageError, match=r"^--space: cannot read"):
         load_space_file(tmp_path / "missing.toml")
+
+
+def _space_error(path) -> str:
+    """The one-line message ``load_space_file`` refuses ``path`` with."""
+    with pytest.raises(UsageError) as caught:
+        load_space_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"--space: {path}") and "\n" not in message
+    return message
+
+
+def test_load_space_file_reads_the_fields_it_is_given(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text('n_levels = [2, 3]\nbatch_size = [2, 4]\n')
+    assert load_space_file(path) == SpaceBounds(n_levels=(2, 3), batch_size=(2, 4)).to_dict()
+
+
+def test_load_space_file_huge_integer_is_refused_by_its_fields_limit(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("n_levels = [1, 99999999999999999999]\n")  # once 2 ** (n_levels - 1): minutes, then MemoryError
+    assert _space_error(path).endswith(": SpaceBounds.n_levels: high 99999999999999999999, above the space.spec "
+                                       "limit of 8")
+
+
+def test_load_space_file_integer_too_long_to_convert_is_a_usage_error(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text(f"n_levels = [1, {'9' * 5000}]\n")  # beyond Python's 4300 digits, a plain ValueError in tomllib
+    assert "holds a number too long to read" in _space_error(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "latin-1"])
+def test_load_space_file_not_in_utf8_is_a_usage_error(tmp_path, encoding):
+    path = tmp_path / "space.toml"
+    path.write_text('activation = ["relu"]  # café\n', encoding=encoding)
+    _space_error(path)
+
+
+def test_load_space_file_utf16_is_named(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("n_levels = [2, 3]\n", encoding="utf-16")
+    assert "is UTF-16 text; a TOML file must be UTF-8" in _space_error(path)
+
+
+def test_load_space_file_reads_utf8_after_a_byte_order_mark(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("n_levels = [2, 3]\n", encoding="utf-8-sig")
+    assert load_space_file(path)["n_levels"] == [2, 3]
+
+
+def test_load_space_file_nested_too_deep_is_a_usage_error(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("block = " + "[" * 30_000 + "]" * 30_000 + "\n")  # within the size cap, past the recursion limit
+    assert "nested too deep" in _space_error(path)
+
+
+def test_load_space_file_over_the_size_cap_is_refused(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("n_levels = [2, 3]\n" + "#" * MAX_SPACE_BYTES + "\n")
+    assert f"more than the {MAX_SPACE_BYTES:,} a space file may hold" in _space_error(path)
+
+
+def test_load_space_file_refuses_a_folder_and_a_device(tmp_path):
+    assert _space_error(tmp_path).endswith("is a folder, not a regular file")
+    if os.path.exists("/dev/null"):  # read as an empty file, it was the default space
+        assert _space_error("/dev/null").endswith("is a character device, not a regular file")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_load_space_file_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "space.toml"
+    os.mkfifo(fifo)
+
+    def give_a_blocked_reader_eof():  # so that a reader which waits for a writer fails this test instead of hanging
+        with contextlib.suppress(OSError):  # no reader waits: ENXIO
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    guard = threading.Timer(5.0, give_a_blocked_reader_eof)
+    guard.start()
+    try:
+        assert _space_error(fifo).endswith("is a FIFO, not a regular file")
+    finally:
+        guard.cancel()
+
+
+def test_load_space_file_too_many_choices_is_refused_naming_the_field(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("weight_decay = [" + ", ".join(f"{i}e-9" for i in range(5000)) + "]\n")
+    assert _space_error(path).endswith(": SpaceBounds.weight_decay: 5,000 choices, more than the 64 a field may hold")
+
+
+def test_load_space_file_repeated_choice_is_refused(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("batch_size = [2, 4, 2]\n")
+    assert ": SpaceBounds.batch_size: has repeated choices" in _space_error(path)
+
+
+def test_load_space_file_bool_for_an_integer_is_refused_naming_the_field(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("n_levels = [true, 3]\n")
+    assert _space_error(path).endswith(": SpaceBounds.n_levels[0]: must be an integer, got True")
+
+
+def test_load_space_file_unknown_field_suggests_the_nearest(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("n_level = [2, 3]\n")
+    assert "unknown 'n_level'; did you mean 'n_levels'?" in _space_error(path)
 
 
 def test_stored_settings_of_a_study_without_them_is_a_usage_error():
