@@ -15,25 +15,25 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-class _OneLineError(Exception):
+class OneLineError(Exception):
     """An error whose message is shown to a user: ``str()`` of it is one printable line."""
 
     def __str__(self) -> str:
         return printable(super().__str__())
 
 
-class DataError(_OneLineError):
+class DataError(OneLineError):
     """A data set cannot be used (missing root, unknown layout, too few scans in a class).
 
     Command-line entry points print its message as one line and exit non-zero, without a traceback.
     """
 
 
-class ScanError(_OneLineError):
+class ScanError(OneLineError):
     """One scan cannot be used; its message is the reason, shown next to the path when it is skipped."""
 
 
-class UsageError(_OneLineError, ValueError):
+class UsageError(OneLineError, ValueError):
     """A flag, a setting or a named study a command cannot use; the message names it, in one line.
 
     Raised by the checks of flags and settings (a value out of range, a flag that contradicts a study's

@@ -12,6 +12,7 @@ import gzip
 import logging
 import math
 import os
+import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -34,6 +35,10 @@ MIN_AIR_FRACTION = 0.005
 # 0.5 mm), room for whole-body scans. One float32 copy of that is 2 GiB, and reading and resizing a
 # scan make several copies in each worker process, so much more would exhaust an ordinary machine.
 MAX_VOXELS = 512 * 512 * 2048
+# Header extensions (DICOM tags, AFNI or CIFTI XML) a compressed scan may hold in all; nibabel allocates each
+# extension's claimed size before reading it, so a 15 kB file claiming 2 GiB took 2 GiB.
+MAX_EXTENSION_BYTES = 64 << 20
+MAX_AXIS_MM = 1e6  # a voxel-to-world axis longer than a kilometre is a corrupt header, not a CT
 # DEFLATE (gzip) cannot compress better than 1032:1, so a .nii.gz can never hold more data than this
 # many times its size; a header claiming more is refused before nibabel allocates the array.
 MAX_GZIP_RATIO = 1032
@@ -169,7 +174,8 @@ def _read_canonical(image: nib.Nifti1Image | nib.Nifti2Image,
 
 # What nibabel raises on a file it cannot parse as an image header.
 _HEADER_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
-                  nib.spatialimages.HeaderTypeError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError)
+                  nib.spatialimages.HeaderTypeError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError,
+                  OverflowError)
 
 
 @contextlib.contextmanager
@@ -184,8 +190,50 @@ def _nibabel_quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _check_extensions(path: str) -> None:
+    """Refuse header extensions that claim more bytes than the file can hold, before nibabel allocates them.
+
+    An uncompressed file can hold no more than its size; a compressed one is held to MAX_EXTENSION_BYTES in all.
+    A file this walk cannot make sense of is left to nibabel, which says why it cannot read it.
+    """
+    compressed = str(path).endswith((".gz", ".bz2", ".zst"))
+    try:
+        limit = MAX_EXTENSION_BYTES if compressed else os.path.getsize(path)
+        with ImageOpener(path) as fh:
+            head = fh.read(544)  # the larger (NIfTI-2) header and the 4 bytes of its extension flag
+            order = next((o for o in "<>" if len(head) >= 4 and struct.unpack(o + "i", head[:4])[0] in (348, 540)),
+                         None)
+            if order is None:
+                return
+            end = struct.unpack(order + "i", head[:4])[0] + 4  # the first extension starts after the flag
+            if len(head) < end or head[end - 4] == 0:
+                return
+            if end == 352:  # NIfTI-1: vox_offset, a float32 at byte 108; the magic at 344
+                vox, single = struct.unpack(order + "f", head[108:112])[0], head[344:347] == b"n+1"
+            else:  # NIfTI-2: an int64 at byte 168; the magic at 4
+                vox, single = struct.unpack(order + "q", head[168:176])[0], head[4:7] == b"n+2"
+            # nibabel reads a single file's extensions up to vox_offset, a separate header's up to its end.
+            budget = vox - end if single and math.isfinite(vox) else math.inf
+            fh.seek(end)
+            total = 0
+            while budget - total >= 16:
+                entry = fh.read(8)
+                if len(entry) < 8:
+                    return
+                esize = struct.unpack(order + "i", entry[:4])[0]
+                if esize < 8 or total + esize > limit:
+                    held = f"at most {limit} bytes of extensions" if compressed else f"{limit} bytes"
+                    raise ScanError(f"a header extension claims {esize} bytes, and the file holds {held}: a corrupt "
+                                    "header")
+                fh.seek(esize - 8, os.SEEK_CUR)
+                total += esize
+    except _HEADER_ERRORS:
+        return
+
+
 def _load_header(path: str) -> nib.Nifti1Image | nib.Nifti2Image:
     """The image with its header parsed and its data not yet read (nibabel reads data lazily)."""
+    _check_extensions(path)
     try:
         with _nibabel_quiet():
             image = nib.load(path)
@@ -242,6 +290,9 @@ def _check_geometry(raw: nib.Nifti1Header, header: nib.Nifti1Header) -> None:
     if not np.isfinite(affine).all():
         raise ScanError(f"the {source} voxel-to-world matrix holds NaN or inf")
     axes = affine[:3, :3]
+    if np.abs(axes).max() > MAX_AXIS_MM:  # squaring 1e200 overflows: no scanner's voxel is a kilometre wide
+        raise ScanError(f"the {source} voxel-to-world matrix has an axis over {MAX_AXIS_MM:g} mm long: a corrupt "
+                        "header")
     lengths = np.linalg.norm(axes, axis=0)
     # |det| over the product of the axis lengths is 1 for perpendicular axes and 0 for axes in one plane.
     if lengths.min() == 0 or abs(np.linalg.det(axes)) / lengths.prod() < MIN_AXIS_INDEPENDENCE:

@@ -138,12 +138,26 @@ def check_float(owner: str, field: str, value: object, low: float, high: float, 
     Raises:
         ValueError: `value` is not a finite real number in range.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{owner}.{field}: must be a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
+        raise ValueError(f"{owner}.{field}: must be a finite number, got {_short(value)}")
     bracket = ")" if high_open else "]"
     if value < low or value > high or (high_open and value == high):
         raise ValueError(f"{owner}.{field}: must be in [{low}, {high}{bracket}, got {value}")
     return float(value)
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether ``value`` is finite as a float: an int too large for one (JSON and TOML allow 10**400) is not."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a 400-digit number still makes a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def check_keys(cls: type, data: object) -> dict[str, Any]:
@@ -157,13 +171,17 @@ def check_keys(cls: type, data: object) -> dict[str, Any]:
         A shallow copy of `data`.
 
     Raises:
-        ValueError: `data` is not a mapping, or a key is not a field (the nearest field is suggested).
+        ValueError: `data` is not a mapping, a key is not a field (the nearest field is suggested), or a field
+            without a default is missing.
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"{cls.__name__}: expected a mapping of fields, got {type(data).__name__}")
     names = tuple(f.name for f in dataclasses.fields(cls))
     for key in data:
         check_choice(cls.__name__, "<field name>", key, names)
+    for f in dataclasses.fields(cls):  # a required field left out is the mapping's mistake, not a TypeError
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{cls.__name__}.{f.name}: missing")
     return dict(data)
 
 

@@ -41,6 +41,7 @@ import math
 import os
 import stat
 import struct
+import sys
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, replace
@@ -52,7 +53,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from lungct.errors import printable
+from lungct.errors import OneLineError, printable
 from lungct.records import PreprocessConfig, Task, get_task
 from search.model.routing import check_classes, check_grades, class_names
 from space import ArchSpec, SpecInputError, SpecNet, TrainSpec, build, check_input_size, memory
@@ -160,8 +161,11 @@ def members_of(model: torch.nn.Module) -> int:
     return len(model.members) if isinstance(model, Ensemble) else 1
 
 
-class ModelDirError(ValueError):
-    """A model folder is missing, incomplete, or does not match its own spec; the message says which file."""
+class ModelDirError(OneLineError, ValueError):
+    """A model folder is missing, incomplete, or does not match its own spec; the message says which file.
+
+    Its text is one printable line (a tensor name or key from the folder cannot put control characters on the
+    user's terminal)."""
 
 
 @dataclass(frozen=True)
@@ -357,10 +361,11 @@ def _ordinal_classes(task: Task, data: dict) -> tuple[tuple[tuple[str, ...], ...
 
 def _number(field: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
     """``value`` as a float if it is a finite number in [low, high]; else a ValueError naming ``field``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > sys.float_info.max \
+            or not math.isfinite(value) or not low <= value <= high:
         where = f" in [{low:g}, {high:g}]" if math.isfinite(low) and math.isfinite(high) else ""
-        raise ValueError(f"{field}: expected a finite number{where}, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}... ({len(repr(value))} characters)"
+        raise ValueError(f"{field}: expected a finite number{where}, got {shown}")
     return float(value)
 
 
@@ -650,7 +655,7 @@ def _safetensors_header(path: Path, data: bytes) -> dict[str, tuple[tuple[int, .
         if not isinstance(offsets, list) or len(offsets) != 2 or any(
                 isinstance(o, bool) or not isinstance(o, int) for o in offsets):
             raise ModelDirError(f"{path}: {name}: data_offsets: expected two integers, got {str(offsets)[:100]}")
-        if dtype not in sizes:
+        if not isinstance(dtype, str) or dtype not in sizes:
             raise ModelDirError(f"{path}: {name}: dtype: {str(dtype)[:20]!r}; the spec's tensors are "
                                 f"{' or '.join(sizes)}")
         if offsets[1] - offsets[0] != math.prod(shape) * sizes[dtype]:
@@ -677,7 +682,7 @@ def _metadata_spec(path: Path, data: bytes) -> ArchSpec | None:
         return None
     try:
         return ArchSpec.from_json(meta["spec"])
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, RecursionError) as e:
         raise ModelDirError(f"{path}: __metadata__.spec: not a spec ({_reason(e)})") from None
 
 

@@ -238,7 +238,7 @@ def eval_metrics_of(model_dir: Path) -> dict:
         auc = test["model"]["auc"]
         found = {"test_auc": float(auc["estimate"]), "test_auc_ci": [float(auc["low"]), float(auc["high"])],
                  "test_scans": int(test["n"])}
-    except (ModelDirError, AttributeError, KeyError, TypeError, ValueError):
+    except (ModelDirError, AttributeError, KeyError, TypeError, ValueError, OverflowError):
         return {}
     return found if all(math.isfinite(v) for v in (found["test_auc"], *found["test_auc_ci"])) else {}
 

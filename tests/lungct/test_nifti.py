@@ -175,3 +175,26 @@ def test_read_scan_loads_the_real_ct_scans(real_ct_dir, name, shape):
 
 def test_synthetic_ct_helper_is_deterministic():
     np.testing.assert_array_equal(synthetic_ct(seed=3), synthetic_ct(seed=3))
+
+
+def test_read_scan_rejects_an_axis_too_long_to_be_a_voxel_without_an_overflow_warning(tmp_path, ct_volume):
+    path = tmp_path / "km.nii"  # NIfTI-2 stores the sform in float64: 1e200 is finite there, its square is not
+    nib.save(nib.Nifti2Image(ct_volume.astype(np.int16), np.diag([0.7, 0.7, 8.0, 1.0])), str(path))
+    raw = path.read_bytes()
+    header = nib.Nifti2Header(raw[:540], check=False)
+    header["srow_x"] = [1e200, 0.0, 0.0, 0.0]
+    header["sform_code"], header["qform_code"] = 1, 0
+    path.write_bytes(header.binaryblock + raw[540:])
+    with np.errstate(all="raise"):  # an overflow inside the check would raise here, not only warn
+        _expect_skip(path, "mm long: a corrupt header")
+
+
+def test_read_scan_rejects_an_extension_claiming_more_than_the_file_holds_before_allocating_it(tmp_path, ct_volume):
+    path = write_nifti(tmp_path / "scan.nii", ct_volume)
+    raw = path.read_bytes()
+    header = nib.Nifti1Header(raw[:348], check=False)
+    header["vox_offset"] = 352 + 16
+    claim = (1 << 31) - 16  # 2 GiB: nibabel would allocate it before finding the file far shorter
+    path.write_bytes(header.binaryblock + b"\x01\x00\x00\x00" + np.array([claim, 0], "<i4").tobytes() + bytes(8)
+                     + raw[352:])
+    _expect_skip(path, f"a header extension claims {claim} bytes")

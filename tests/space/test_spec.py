@@ -125,3 +125,13 @@ def test_spec_limits_admit_everything_the_full_space_can_draw():
     widest = max(full.base_filters) * max(full.growth) ** (full.n_levels[1] - 1)
     assert widest <= MAX_FILTERS and full.convs_per_level[1] <= MAX_CONVS and full.n_levels[1] <= MAX_LEVELS
     assert full.head_layers[1] <= MAX_HEAD_LAYERS and max(full.head_units) <= MAX_HEAD_UNITS
+
+
+def test_levelspec_from_dict_without_filters_names_the_missing_field():
+    with pytest.raises(ValueError, match=r"LevelSpec.filters: missing$"):
+        ArchSpec.from_dict({"levels": [{}]})
+
+
+def test_archspec_a_number_too_large_for_a_float_is_a_value_error_naming_the_field():
+    with pytest.raises(ValueError, match=r"^ArchSpec.dropout: must be a finite number, got 1000"):
+        ArchSpec.from_dict({"levels": [{"filters": 8}], "dropout": 10 ** 400})
