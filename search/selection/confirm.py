@@ -609,7 +609,7 @@ def leader(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
 def _cost_words(row: CandidateResult, base: CandidateResult) -> str:
     if row.gflops is None or base.gflops is None or not base.gflops:
         return ""
-    params = (f"{row.params / 1e6:.2f}M parameters against the baseline's {base.params / 1e6:.2f}M, "
+    params = (f"{row.params:,} parameters against the baseline's {base.params:,}, "
               if row.params is not None and base.params else "")
     return f"; {params}{row.gflops:.2f} GFLOPs per scan against {base.gflops:.2f} ({row.gflops / base.gflops:.2f}x)"
 

@@ -140,7 +140,8 @@ def test_confirm_a_truly_better_candidate_with_seed_noise_ships_said_so():
     assert sum(d.recommended.key == "trial1" for d in decisions) >= 9
     shipped = next(d for d in decisions if d.recommended.key == "trial1")
     assert shipped.recommended.verdict == SIGNIFICANT and "significantly better" in shipped.recommended.why
-    assert "1.00 GFLOPs per scan against 5.00 (0.20x)" in shipped.recommended.why
+    assert "100 parameters against the baseline's 1,000, 1.00 GFLOPs per scan against 5.00 (0.20x)" in \
+        shipped.recommended.why
 
 
 def test_confirm_a_truly_equal_and_cheaper_candidate_ships_as_good_and_cheaper():
