@@ -50,7 +50,7 @@ def test_bench_decision_recorded_cases_the_one_look_rule_rejected_get_a_second_l
 
 
 def test_bench_decision_main_prints_every_table(capsys):
-    assert bench.main(["--n", "200", "--markdown"]) == 0
+    assert bench.main(["--n", "30", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "P(ship a candidate)" in out and "simulated studies" in out and "recorded confirmations" in out
     assert out.count("| design |") == 2
