@@ -393,8 +393,7 @@ def print_rows(title: str, rows: list[dict], markdown: bool) -> None:
     if not rows:
         return
     keys = list(rows[0])
-    fmt = [lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)] * len(keys)
-    cells = [[f(row[k]) for f, k in zip(fmt, keys, strict=True)] for row in rows]
+    cells = [[f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys] for row in rows]
     if markdown:
         print("| " + " | ".join(keys) + " |")
         print("| " + " | ".join("---" for _ in keys) + " |")

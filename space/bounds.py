@@ -21,7 +21,6 @@ parameter names) that a study records, so keep one set of bounds per study.
 from __future__ import annotations
 
 import dataclasses
-import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,17 +41,13 @@ from space.spec import (
     check_float,
     check_int,
     check_keys,
+    short_repr,
 )
 
 _OWNER = "SpaceBounds"
 MAX_CHOICES = 64  # entries of one choice field: every name table is far smaller, and so is any sensible int list
 # A batch of 1024 scans at the seed's 64x128x128 is 4 GiB of input alone; no data set here has that many scans.
 MAX_BATCH_SIZE = 1024
-
-
-def _short(value: object) -> str:
-    """``repr`` of a value for a message, abridged so a huge or deeply nested one stays a short line."""
-    return reprlib.repr(value)
 
 
 def _at_most(field: str, what: str, value: int, limit: int, source: str = "space.spec") -> None:
@@ -62,7 +57,7 @@ def _at_most(field: str, what: str, value: int, limit: int, source: str = "space
 
 def _int_range(field: str, value: object, minimum: int, maximum: int) -> tuple[int, int]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {_short(value)}")
+        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {short_repr(value)}")
     low = check_int(_OWNER, f"{field}[0]", value[0], minimum)
     high = check_int(_OWNER, f"{field}[1]", value[1], minimum)
     if low > high:
@@ -73,7 +68,7 @@ def _int_range(field: str, value: object, minimum: int, maximum: int) -> tuple[i
 
 def _float_range(field: str, value: object, low_limit: float, high_limit: float, high_open: bool) -> tuple:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {_short(value)}")
+        raise ValueError(f"{_OWNER}.{field}: must be a (low, high) pair, got {short_repr(value)}")
     low = check_float(_OWNER, f"{field}[0]", value[0], low_limit, high_limit, high_open)
     high = check_float(_OWNER, f"{field}[1]", value[1], low_limit, high_limit, high_open)
     if low > high:
@@ -83,7 +78,7 @@ def _float_range(field: str, value: object, low_limit: float, high_limit: float,
 
 def _choices(field: str, value: object, check) -> tuple:
     if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{_OWNER}.{field}: must be a non-empty tuple of choices, got {_short(value)}")
+        raise ValueError(f"{_OWNER}.{field}: must be a non-empty tuple of choices, got {short_repr(value)}")
     if len(value) > MAX_CHOICES:
         raise ValueError(f"{_OWNER}.{field}: {len(value):,} choices, more than the {MAX_CHOICES} a field may hold")
     items = tuple(check(f"{field}[{i}]", item) for i, item in enumerate(value))

@@ -18,6 +18,7 @@ import difflib
 import json
 import math
 import numbers
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -139,7 +140,7 @@ def check_float(owner: str, field: str, value: object, low: float, high: float, 
         ValueError: `value` is not a finite real number in range.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
-        raise ValueError(f"{owner}.{field}: must be a finite number, got {_short(value)}")
+        raise ValueError(f"{owner}.{field}: must be a finite number, got {short_repr(value)}")
     bracket = ")" if high_open else "]"
     if value < low or value > high or (high_open and value == high):
         raise ValueError(f"{owner}.{field}: must be in [{low}, {high}{bracket}, got {value}")
@@ -154,10 +155,10 @@ def _finite(value: numbers.Real) -> bool:
         return False
 
 
-def _short(value: object, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters, so a 400-digit number still makes a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+def short_repr(value: object) -> str:
+    """``repr`` of a value for a message, abridged (``reprlib``) so a 400-digit number or a deeply nested list
+    still makes a short line."""
+    return reprlib.repr(value)
 
 
 def check_keys(cls: type, data: object) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import reprlib
 import stat
 import struct
 import sys
@@ -364,8 +365,7 @@ def _number(field: str, value: object, low: float = -math.inf, high: float = mat
     if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > sys.float_info.max \
             or not math.isfinite(value) or not low <= value <= high:
         where = f" in [{low:g}, {high:g}]" if math.isfinite(low) and math.isfinite(high) else ""
-        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}... ({len(repr(value))} characters)"
-        raise ValueError(f"{field}: expected a finite number{where}, got {shown}")
+        raise ValueError(f"{field}: expected a finite number{where}, got {reprlib.repr(value)}")
     return float(value)
 
 

@@ -640,7 +640,7 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
     for c in candidates:
         mine = [runs.get((c.key, r, f)) for r, f in folds]
         ok = all(run is not None and math.isfinite(run.auc) for run in mine)
-        pairs = [(a, b) for a, b in zip(mine, base_runs, strict=True)]
+        pairs = list(zip(mine, base_runs, strict=True))
         extra = [(runs.get((c.key, r, f)), runs.get((BASELINE_KEY, r, f))) for r, f in second]
         looked_twice = bool(second) and all(a is not None and b is not None and math.isfinite(a.auc)
                                             and math.isfinite(b.auc) for a, b in extra)
