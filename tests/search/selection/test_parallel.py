@@ -127,23 +127,39 @@ def test_run_two_machines_share_one_study(tiny_data, tmp_path, study_at):
 @pytest.mark.slow
 def test_run_jobs_ctrl_c_stops_every_worker_and_leaves_no_running_trial(tiny_data, tmp_path, study_at):
     url, name = study_at
-    run = _command(_flags(tiny_data, tmp_path, url, name, *SLOW, "--trials", "6", "--jobs", "2"))
+    # Epochs no trial finishes in the test's time: a small spec at SLOW's 40 epochs can finish (or be pruned
+    # for its cost) between the last look at the study and the Ctrl-C, and its worker then stops between trials.
+    run = _command(_flags(tiny_data, tmp_path, url, name, *SLOW, "--epochs", "2000", "--trials", "6", "--jobs", "2"))
     try:
-        _wait_for(lambda ts: sum(t.state == TrialState.RUNNING and schema.SPEC in t.user_attrs for t in ts) == 2,
-                  url, name)
+        running = _wait_for_two_running(url, name)
         os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
         out = run.communicate(timeout=120)[0]
     finally:
         run.kill()
     assert run.returncode == 130, out
     trials = _trials(url, name)
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    assert not [t for t in trials if t.state == TrialState.RUNNING], states
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(interrupted) == 2 and all(t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in interrupted)
+    assert [t.number for t in interrupted] == running, states
+    assert all(t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in interrupted), states
     # The baseline was one of them: it waits to be run first on resume, so the study keeps its reference.
     (waiting,) = [t for t in trials if t.state == TrialState.WAITING]
     assert waiting.user_attrs[schema.BASELINE] and waiting.user_attrs[schema.RETRY_OF] == 0
     assert "Resume with:" in out and "Traceback" not in out
+
+
+def _wait_for_two_running(url, name) -> list[int]:
+    """The numbers of two trials seen training (running with their spec) at two looks a second apart."""
+    def two(trials):
+        return sorted(t.number for t in trials if t.state == TrialState.RUNNING and schema.SPEC in t.user_attrs)
+
+    for _ in range(20):
+        first = two(_wait_for(lambda ts: len(two(ts)) == 2, url, name))
+        time.sleep(1.0)
+        if two(_trials(url, name)) == first:
+            return first
+    raise AssertionError(f"no two trials kept training for a second; trials: {two(_trials(url, name))}")
 
 
 def test_run_ctrl_c_during_the_baseline_queues_it_again_and_resume_runs_it(tiny_data, tmp_path, monkeypatch):
