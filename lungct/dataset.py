@@ -80,8 +80,7 @@ def _decode_and_cache(path: str, config: PreprocessConfig, cache_dir: str | None
     # Workers share the machine's cores; one thread each avoids oversubscription.
     torch.set_num_threads(1)
     volume, meta = _decode(path, config)
-    key = _key(path) if cache_dir is not None else None
-    if key is not None:
+    if cache_dir is not None and (key := _key(path)) is not None:
         cache = ScanCache(cache_dir, config)
         cache.save_meta(key, meta)
         if volume is not None:
@@ -137,8 +136,7 @@ def _read_meta(path: str, cache_dir: str | None) -> nifti.ScanMeta | str:
         meta: nifti.ScanMeta | str = nifti.read_scan(path)[1]
     except ScanError as e:
         meta = str(e)
-    key = _key(path) if cache_dir is not None else None
-    if key is not None:
+    if cache_dir is not None and (key := _key(path)) is not None:
         ScanCache(cache_dir, PreprocessConfig()).save_meta(key, meta)
     return meta
 
@@ -159,7 +157,7 @@ def read_metas(records: list[ScanRecord], cache_dir: str | Path | None = "studie
     todo = []
     for record in records:
         key = _key(record.path) if cache is not None else None
-        known = cache.load_meta(key) if key is not None else None
+        known = cache.load_meta(key) if cache is not None and key is not None else None
         if known is None:
             todo.append(record.path)
         else:
@@ -213,7 +211,7 @@ def load_scans(
         known = cache.load_meta(key) if key is not None else None
         if isinstance(known, str):
             skipped[i] = Skipped(record.path, known)
-        elif known is not None and (volume := cache.load_volume(key)) is not None:
+        elif known is not None and key is not None and (volume := cache.load_volume(key)) is not None:
             volumes[i] = volume
         else:
             misses.append(i)
@@ -222,10 +220,9 @@ def load_scans(
         bar.update()
 
     cache_arg = str(cache.root) if cache is not None else None
-    results = _run_each(_decode_and_cache, [(records[i].path, config, cache_arg) for i in misses], workers, bar)
+    decoded = _run_each(_decode_and_cache, [(records[i].path, config, cache_arg) for i in misses], workers, bar)
     bar.close()
-    results = dict(zip(misses, results, strict=True))
-    for i, (volume, reason) in results.items():
+    for i, (volume, reason) in zip(misses, decoded, strict=True):
         stats.decoded += 1
         if volume is None:
             skipped[i] = Skipped(records[i].path, reason)
@@ -235,7 +232,7 @@ def load_scans(
     kept = [i for i in range(len(records)) if i in volumes]
     d, h, w = config.size
     stacked = torch.from_numpy(np.stack([volumes[i] for i in kept])) if kept else torch.empty(0, d, h, w)
-    labels = torch.tensor([float(records[i].label) for i in kept], dtype=torch.float32)
+    labels = torch.tensor([records[i].label for i in kept], dtype=torch.float32)
     stats.seconds = time.perf_counter() - start
     return LoadedScans(
         records=[records[i] for i in kept],

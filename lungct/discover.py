@@ -142,7 +142,8 @@ def _category_dirs(folder: Path) -> list[Path]:
 
 
 def _scan_folder(folder: Path, category: str) -> tuple[list[_Found], list[Skipped]]:
-    found, skipped = [], []
+    found: list[_Found] = []
+    skipped: list[Skipped] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue

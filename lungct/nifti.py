@@ -148,9 +148,10 @@ def read_scan(path: str, max_bytes: int | None = None, cap_note: str = "") -> tu
     if air < MIN_AIR_FRACTION:
         raise ScanError(f"intensity range {lo:g}..{hi:g} does not look like CT in HU (no air below "
                         f"{AIR_HU:g} HU): an MR image, a mask, or CT stored without its rescale slope/intercept")
+    sx, sy, sz = (round(float(z), 4) for z in zooms)
     meta = ScanMeta(
         shape=shape,
-        spacing=tuple(round(float(z), 4) for z in zooms),
+        spacing=(sx, sy, sz),
         orientation=stored,
         dtype=str(image.header.get_data_dtype()),
         hu_min=lo,
@@ -265,7 +266,8 @@ def _volume_shape(stored: tuple[int, ...]) -> tuple[int, int, int]:
         raise ScanError(f"image of shape {shape} has an axis of no voxels: a corrupt header")
     if len(shape) < 3 or min(shape) < 2:
         raise ScanError(f"2D image of shape {tuple(stored)}: expected a 3D CT volume")
-    return shape
+    d, h, w = shape
+    return d, h, w
 
 
 def _check_dtype(header: nib.Nifti1Header) -> None:
@@ -307,7 +309,9 @@ def _check_claimed_size(path: str, image: nib.Nifti1Image | nib.Nifti2Image, sha
         raise ScanError(f"header claims {'x'.join(map(str, shape))} = {n_voxels:,} voxels, more than the "
                         f"{MAX_VOXELS:,} a CT volume may have")
     # The proxy's offset is where nibabel will read from; the loaded header's copy may say 0.
-    claimed = int(image.dataobj.offset) + n_voxels * image.header.get_data_dtype().itemsize
+    # nibabel types dataobj as ArrayLike; a file-backed image's is an ArrayProxy, which has an offset.
+    offset = int(image.dataobj.offset)  # type: ignore[attr-defined]
+    claimed = offset + n_voxels * image.header.get_data_dtype().itemsize
     size = os.path.getsize(path)
     if path.lower().endswith(".gz"):
         if claimed > size * MAX_GZIP_RATIO:

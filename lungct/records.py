@@ -107,7 +107,7 @@ class Task:
     def splits_pooled(self, category: str) -> bool:
         """Whether ``category`` is a pooled folder whose grades this task labels apart (CT-23 under severity)."""
         pooled = POOLED_CATEGORIES.get(category)
-        return bool(pooled) and len({self.label(c) for c in pooled} - {None}) > 1
+        return pooled is not None and len({self.label(c) for c in pooled} - {None}) > 1
 
 
 # The severity grading pools CT-4 with CT-3: MosMedData holds 2 CT-4 studies among 1110, too few for a

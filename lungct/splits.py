@@ -96,7 +96,8 @@ def fingerprint(records: list[ScanRecord]) -> str:
 def _check_class_sizes(records: list[ScanRecord], smallest_fraction: float, what: str) -> None:
     counts = Counter(r.label for r in records)
     need = max(2, math.ceil(1.0 / smallest_fraction))
-    labels = range(max([1, *counts]) + 1)  # 0 and 1, and every grade up to the highest one present
+    # 0 and 1, and every grade up to the highest one present (records here are labelled: none is None)
+    labels = range(max([1, *(k for k in counts if k is not None)]) + 1)
     for label in labels:
         if counts.get(label, 0) < need:
             every = ", ".join(f"label {k} = {counts.get(k, 0)}" for k in labels)

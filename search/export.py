@@ -341,11 +341,14 @@ def run_export(study: optuna.Study, s: ExportSettings) -> Path:
     base_trial = baseline_trial(study)
     epochs, rule = epochs_for(s, stored, choice.confirmation)
     if ensemble:
+        # A confirmation's recommendation (checked above): it names its fold models.
+        assert choice.members is not None and choice.confirmation is not None
         model = assemble("exported model", chosen.number if chosen else 0, spec, train_spec, choice.members,
                          choice.confirmation, test, s)
     else:
         model = retrain("exported model", chosen.number if chosen else 0, spec, train_spec, epochs, rule, trainval,
                         test, s)
+    base_note: str | None
     if choice.is_baseline:
         base = model
         base_note = "the exported model is the seed baseline itself"

@@ -211,6 +211,7 @@ class Saliency:
         """Compute the map of ``volume`` (1, 1, D, H, W), draw the montage, write it; the file written."""
         saliency = self.mapper(volume)
         if info.ordinal:
+            assert prediction.at_least is not None  # an ordinal model's predictions have it
             at_least = np.array(list(prediction.at_least.values()))
             subtitle = (f"{grade_text(info.classes, at_least)}: median grade {prediction.predicted_class} -> "
                         f"{prediction.decision}. {METHOD} of {ORDINAL_TARGET} at {self.mapper.layer}.")
@@ -240,8 +241,11 @@ def format_table(predictions: list[Prediction], info: ModelInfo) -> str:
 def format_grade_table(predictions: list[Prediction], info: ModelInfo) -> str:
     """A severity model's table: scan, P(grade) for each grade, the median grade, its decision."""
     headers = ("scan", *(f"P({name})" for name in info.classes), "median grade", "decision")
-    rows = [(p.path, *(f"{p.grade_probabilities[name]:.3f}" for name in info.classes), p.predicted_class, p.decision)
-            for p in predictions]
+    rows = []
+    for p in predictions:
+        probs = p.grade_probabilities
+        assert probs is not None  # a severity model's predictions have them
+        rows.append((p.path, *(f"{probs[name]:.3f}" for name in info.classes), p.predicted_class, p.decision))
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers) - 1)]
     lines = []
     for r in [headers, *rows]:
@@ -330,7 +334,7 @@ def print_results(model_dir: str, info: ModelInfo, predictions: list[Prediction]
         print(format_table(predictions, info))
     if saliency_dir and predictions:
         print(f"\nsaliency montages ({METHOD}) in {saliency_dir}: "
-              + ", ".join(Path(p.saliency).name for p in predictions))
+              + ", ".join(Path(p.saliency).name for p in predictions if p.saliency))
 
 
 def main(argv: list[str] | None = None) -> int:

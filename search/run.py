@@ -53,6 +53,7 @@ from search.selection.confirm import (
     ConfirmFold,
     ConfirmSettings,
     NoRecommendation,
+    TrialCallback,
     confirm,
     format_decision,
     select_candidates,
@@ -455,8 +456,8 @@ def _search(r: Started, amp: bool, budget: Budget) -> bool:
         # Recalibrate before the stop rule, so that the rule prices the next trials at the baseline's own speed.
         recalibrate = ([Recalibrate(budget.speed, budget.work, progress.note, budget.stop)]
                        if budget.speed is not None and budget.work is not None else [])
-        callbacks = [progress.on_trial_end, TrialNote(), *([r.backup] if r.backup else []), *recalibrate,
-                     *([budget.stop] if budget.stop is not None else [])]
+        callbacks: list[TrialCallback] = [progress.on_trial_end, TrialNote(), *([r.backup] if r.backup else []),
+                                          *recalibrate, *([budget.stop] if budget.stop is not None else [])]
         study.optimize(objective, n_trials=job.trials, timeout=job.timeout_s, catch=(KnownFailure,),
                        callbacks=callbacks)
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from space.baseline import fit_to_size, same_padding, variants
 from space.build import Size, SpecInputError
@@ -16,7 +17,7 @@ DEFAULT_SIZE: Size = (64, 128, 128)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         # A bad flag is expected input: one line, not a usage block.
         self.exit(2, f"{self.prog}: error: {message}\n")
 

@@ -152,7 +152,7 @@ class PlainBlock(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, n_convs: int, activation: str, padding: str,
                  final_act: bool = True):
-        layers = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i in range(n_convs):
             width = in_channels if i == 0 else out_channels
             last = i == n_convs - 1
@@ -167,7 +167,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_convs: int, activation: str, padding: str,
                  final_act: bool = True):
         super().__init__()
-        layers = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i in range(n_convs):
             width = in_channels if i == 0 else out_channels
             last = i == n_convs - 1
@@ -197,7 +197,8 @@ class ResidualInceptionBlock(nn.Module):
         branches = OrderedDict()
         self.margins: list[int] = []
         for depth in range(n_convs + 1):
-            layers = OrderedDict(reduce=make_conv(in_channels, width, 1, "valid", activation))
+            layers: OrderedDict[str, nn.Module] = OrderedDict(
+                reduce=make_conv(in_channels, width, 1, "valid", activation))
             for i in range(depth):
                 layers[f"conv{i + 1}"] = make_conv(width, width, KERNEL_SIZE, padding, activation)
             branches[f"rf{2 * depth + 1}"] = nn.Sequential(layers)

@@ -138,7 +138,7 @@ class SpecNet(nn.Module):
         super().__init__()
         self.spec = spec
         self.grades = grades
-        levels = OrderedDict()
+        levels: OrderedDict[str, nn.Module] = OrderedDict()
         channels = in_channels
         for i, level in enumerate(spec.levels, start=1):
             levels[f"level{i}"] = Level(channels, level, spec, pool_first)
@@ -212,13 +212,14 @@ def _check_size(size: object) -> Size:
     for axis in size:
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or axis < 1:
             raise ValueError(f"size: must be three positive integers (D, H, W), got {size!r}")
-    return tuple(int(axis) for axis in size)
+    d, h, w = (int(axis) for axis in size)
+    return d, h, w
 
 
 def _level_shapes(spec: ArchSpec, size: Size):
     """Yield (level number, shape after its convolutions, shape after its pooling) level by level."""
     trim = 2 * (KERNEL_SIZE // 2) if spec.padding == "valid" else 0
-    shape = size
+    shape: tuple[int, ...] = size
     for i, level in enumerate(spec.levels, start=1):
         convolved = tuple(max(0, axis - trim * level.n_convs) for axis in shape)
         shape = tuple(axis // 2 for axis in convolved)

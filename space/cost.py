@@ -88,6 +88,8 @@ def count_keras_params(model_or_spec: nn.Module | ArchSpec, in_channels: int = 1
         m.running_mean.numel() + m.running_var.numel()
         for m in model.modules()
         if isinstance(m, _BatchNorm) and m.track_running_stats
+        # a module that tracks running statistics has both
+        and m.running_mean is not None and m.running_var is not None
     )
     return count_params(model) + moving
 
@@ -111,7 +113,7 @@ def count_flops(spec: ArchSpec, size: Size, in_channels: int = 1) -> int:
         SpecInputError: The spec's maps vanish at `size`.
     """
     check_input_size(spec, size)
-    return _forward_flops(_meta_model(spec, in_channels), tuple(size), in_channels)
+    return _forward_flops(_meta_model(spec, in_channels), size, in_channels)
 
 
 def cost(spec: ArchSpec, size: Size, in_channels: int = 1, grades: int = 2) -> Cost:
@@ -131,7 +133,7 @@ def cost(spec: ArchSpec, size: Size, in_channels: int = 1, grades: int = 2) -> C
     return Cost(
         params=count_params(model),
         keras_params=count_keras_params(model),
-        flops=_forward_flops(model, tuple(size), in_channels),
+        flops=_forward_flops(model, size, in_channels),
     )
 
 

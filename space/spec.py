@@ -115,11 +115,12 @@ def check_int(owner: str, field: str, value: object, minimum: int, maximum: int 
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{owner}.{field}: must be an integer, got {value!r}")
-    if value < minimum:
+    number = int(value)
+    if number < minimum:
         raise ValueError(f"{owner}.{field}: must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and number > maximum:
         raise ValueError(f"{owner}.{field}: must be <= {maximum:,} (space.spec limit), got {value:,}")
-    return int(value)
+    return number
 
 
 def check_float(owner: str, field: str, value: object, low: float, high: float, high_open: bool = False) -> float:
@@ -142,9 +143,10 @@ def check_float(owner: str, field: str, value: object, low: float, high: float, 
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
         raise ValueError(f"{owner}.{field}: must be a finite number, got {short_repr(value)}")
     bracket = ")" if high_open else "]"
-    if value < low or value > high or (high_open and value == high):
+    number = float(value)
+    if number < low or number > high or (high_open and number == high):
         raise ValueError(f"{owner}.{field}: must be in [{low}, {high}{bracket}, got {value}")
-    return float(value)
+    return number
 
 
 def _finite(value: numbers.Real) -> bool:

@@ -43,7 +43,7 @@ def class_counts(n: int) -> dict[str, int]:
         counts[c] += 1
     for c in CLASS_PRIORITY:
         if counts[c] == 0:
-            counts[max(counts, key=counts.get)] -= 1
+            counts[max(counts, key=counts.__getitem__)] -= 1
             counts[c] = 1
     return counts
 

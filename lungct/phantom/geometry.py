@@ -61,7 +61,7 @@ def ellipse_radius(dx: np.ndarray, dy: np.ndarray, a, b, p: float = 2.0) -> np.n
     return ((np.abs(dx) / a) ** p + (np.abs(dy) / b) ** p) ** (1.0 / p)
 
 
-def slab_overlap(z: np.ndarray, dz: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def slab_overlap(z: np.ndarray, dz: float, lo: np.ndarray | np.floating, hi: np.ndarray | np.floating) -> np.ndarray:
     """Fraction of each slice [z - dz/2, z + dz/2] that lies inside [lo, hi]: thick-slice partial volume."""
     return np.clip((np.minimum(z + dz / 2, hi) - np.maximum(z - dz / 2, lo)) / dz, 0.0, 1.0)
 

@@ -92,10 +92,10 @@ def write_phantom(out_dir: Path, seed: int, index: int, category: str, matrix: i
     rel = f"studies/{category}/{_study_id(index)}.nii.gz"
     # gzip by hand with mtime 0 and no file name in the header, so the bytes depend on the voxels only.
     atomic_write_bytes(out_dir / rel, gzip.compress(image.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
-    zooms = tuple(round(float(v), 6) for v in image.header.get_zooms()[:3])
+    zi, zj, zk = (round(float(v), 6) for v in image.header.get_zooms()[:3])
+    ni, nj, nk = (int(s) for s in image.shape)
     return PhantomInfo(study_id=_study_id(index), category=category, study_file=rel,
-                       involvement=phantom.involvement, shape=tuple(int(s) for s in image.shape),
-                       spacing=zooms)
+                       involvement=phantom.involvement, shape=(ni, nj, nk), spacing=(zi, zj, zk))
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager:

@@ -220,6 +220,7 @@ class AblationRunner:
         study.optimize(lambda trial: self._objective(trial, variant, fold), n_trials=1, catch=(KnownFailure,))
         number = self.running
         self.running = None
+        assert number is not None  # _objective set it: optimize ran the trial
         return RunRecord.from_trial(study.get_trials(deepcopy=False)[number])
 
     def _objective(self, trial: optuna.Trial, variant: Variant, fold: Fold) -> float:

@@ -31,7 +31,7 @@ import select
 import signal
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import torch
 
@@ -228,7 +228,7 @@ def _quiet_broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
-def _to_devnull(stream: object) -> None:
+def _to_devnull(stream: TextIO) -> None:
     """Make ``stream``'s file descriptor /dev/null; a stream without one (a test's capture) is left as it is."""
     try:
         fd = stream.fileno()

@@ -44,7 +44,7 @@ import stat
 import struct
 import sys
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -128,7 +128,7 @@ class Ensemble(torch.nn.Module):
     every metric treat it like a single model.
     """
 
-    def __init__(self, members: list[torch.nn.Module]):
+    def __init__(self, members: Sequence[torch.nn.Module]):
         super().__init__()
         if not members:
             raise ValueError("ensemble: needs at least one member")
@@ -467,8 +467,10 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     data = dict(pairs)
     if len(data) != len(pairs):
         seen: set[str] = set()
-        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise _RepeatedKey(f"{repeated}: the key appears more than once")
+        for k, _ in pairs:
+            if k in seen:
+                raise _RepeatedKey(f"{k}: the key appears more than once")
+            seen.add(k)
     return data
 
 

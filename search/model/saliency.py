@@ -32,6 +32,7 @@ import math
 import textwrap
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -91,7 +92,8 @@ class SaliencyMapper:
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None):
-        members = list(model.members) if isinstance(model, Ensemble) else [model]
+        # A ModuleList's items are typed as any Module; load_model's ensembles hold spec networks.
+        members = cast("list[SpecNet]", list(model.members) if isinstance(model, Ensemble) else [model])
         self.layer = layer or last_block_name(members[0].spec)
         nets = [_literal_copy(m) for m in members]
         if self.layer not in dict(nets[0].named_modules()):

@@ -44,6 +44,7 @@ summary read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import tempfile
@@ -279,7 +280,7 @@ class RunResult:
 
 def finished_runs(study: optuna.Study) -> dict[tuple[str, int, int], RunResult]:
     """Complete runs (and runs pruned for a non-finite loss) keyed by (candidate, repeat, fold)."""
-    done = {}
+    done: dict[tuple[str, int, int], RunResult] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         a = t.user_attrs
         if {schema.CANDIDATE, schema.REPEAT, schema.FOLD} <= a.keys():
@@ -334,8 +335,9 @@ class ConfirmRunner:
         try:
             for i, (fold, candidate) in enumerate(todo, start=1):
                 bar.set_description(f"confirm {candidate.key} r{fold.repeat}f{fold.fold}")
-                companion.optimize(lambda trial, f=fold, c=candidate: self._objective(trial, c, f, bar),
+                companion.optimize(functools.partial(self._objective, candidate=candidate, fold=fold, bar=bar),
                                    n_trials=1, catch=(KnownFailure,), callbacks=list(callbacks))
+                assert self.running is not None  # _objective set it: optimize ran the trial
                 trial = companion.get_trials(deepcopy=False)[self.running]
                 self.running = None
                 line = _run_line(trial, candidate, fold)
@@ -375,15 +377,15 @@ class ConfirmRunner:
                  schema.TRAIN_LOSS: [round(e.train_loss, 5) for e in trained.fitted.history],
                  schema.BN_RECOMPUTED: recomputed})
         if self.store is not None:
-            trial.set_user_attr(schema.WEIGHTS_ARTIFACT, self._keep_weights(trial, trained.model))
+            trial.set_user_attr(schema.WEIGHTS_ARTIFACT, self._keep_weights(self.store, trial, trained.model))
         return auc
 
-    def _keep_weights(self, trial: optuna.Trial, model: torch.nn.Module) -> str:
+    def _keep_weights(self, store: AtomicArtifactStore, trial: optuna.Trial, model: torch.nn.Module) -> str:
         """Upload the run's final weights (batch-norm statistics recomputed) to its trial; the artifact id."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"confirm-{trial.number}.safetensors"
             save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(path))
-            return upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
+            return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
 
 
 def _run_line(trial: FrozenTrial, candidate: Candidate, fold: ConfirmFold) -> str:
@@ -600,7 +602,9 @@ def leader(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
         mine = [runs.get((c.key, r, f)) for r, f in folds]
         if c.key == BASELINE_KEY or not all(run is not None and math.isfinite(run.auc) for run in mine):
             continue
-        diff = float(np.mean([a.auc - b.auc for a, b in zip(mine, base, strict=True)]))
+        # Every run finished (checked above); the test tells the type checker so.
+        diff = float(np.mean([a.auc - b.auc for a, b in zip(mine, base, strict=True)
+                              if a is not None and b is not None]))
         if diff > best_diff:
             best, best_diff = c, diff
     return best
@@ -647,22 +651,25 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
         if ok and looked_twice:
             pairs += extra
         scored = [a for a, _ in pairs]
-        confirmed = float(np.mean([run.auc for run in scored])) if ok else None
+        # With ok (and base_ok) no run in these is None: the `is not None` tests tell the type checker so.
+        confirmed = float(np.mean([run.auc for run in scored if run is not None])) if ok else None
         difference = difference_low = se = None
         verdict = None
         if ok and base_ok and c.key != BASELINE_KEY:
-            a_runs, b_runs = [a for a, _ in pairs], [b for _, b in pairs]
-            difference = float(np.mean([a.auc - b.auc for a, b in pairs]))
+            done = [(a, b) for a, b in pairs if a is not None and b is not None]
+            a_runs, b_runs = [a for a, _ in done], [b for _, b in done]
+            difference = float(np.mean([a.auc - b.auc for a, b in done]))
             se = paired_se(a_runs, b_runs, settings)
             difference_low = difference - z * se
             cheaper = c.gflops is not None and candidates[0].gflops is not None and c.gflops < candidates[0].gflops
             if difference_low > -settings.margin and (difference > 0 or cheaper) and (looked_twice or not need_second):
                 verdict = SIGNIFICANT if difference_low > 0 else BETTER if difference > 0 else CHEAPER
+        weights = [run.weights for run in mine if run is not None]
         rows.append(CandidateResult(
             key=c.key, trial=c.trial, baseline=c.key == BASELINE_KEY, spec=c.spec.to_dict(),
             train_spec=c.train_spec.to_dict(), search_score=c.search_score, search_se=c.search_se,
             fold_aucs=tuple(None if run is None else _finite(run.auc) for run in scored), confirmed=confirmed,
-            members=tuple(run.weights for run in mine) if ok and all(run.weights for run in mine) else None,
+            members=tuple(w for w in weights if w) if ok and all(weights) else None,
             difference=difference, difference_low=difference_low,
             beats_baseline=difference_low is not None and difference_low > 0.0,
             reason=None if ok else next((run.reason for run in mine if run is not None and run.reason),
@@ -673,9 +680,12 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
     winners = [r for r in rows if r.verdict is not None]
     if winners:
         # Accuracy first; among candidates that are only as good, the cheapest.
-        ahead = [r for r in winners if r.difference > 0]
-        chosen = max(ahead, key=lambda r: r.difference) if ahead else min(winners, key=lambda r: r.gflops)
+        # A winner has a difference, and one not ahead is cheaper, so has a cost.
+        ahead = [r for r in winners if r.difference is not None and r.difference > 0]
+        chosen = (max(ahead, key=lambda r: -math.inf if r.difference is None else r.difference) if ahead
+                  else min(winners, key=lambda r: math.inf if r.gflops is None else r.gflops))
         n = sum(a is not None for a in chosen.fold_aucs)
+        assert chosen.verdict is not None  # a winner
         head = {SIGNIFICANT: f"{chosen.key} is significantly better than the seed baseline",
                 BETTER: f"{chosen.key} is better than the seed baseline and not worse by more than "
                         f"{settings.margin:.2f} AUC",
@@ -685,8 +695,8 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
     elif base_ok:
         chosen = base_row
         tried = [r for r in rows[1:] if r.difference is not None]
-        lead = max(tried, key=lambda r: r.difference) if tried else None
-        if lead is None or lead.difference <= 0:
+        lead = max(tried, key=lambda r: -math.inf if r.difference is None else r.difference) if tried else None
+        if lead is None or lead.difference is None or lead.difference <= 0:
             why = "no candidate is ahead of the seed baseline on fresh folds, so the baseline stays"
         elif need_second and not any(a is not None for a in lead.fold_aucs[len(folds):]):
             why = (f"the leader {lead.key} ({lead.difference:+.3f}) has no second look yet, so the baseline stays "
@@ -696,10 +706,10 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
                    f"{lead.se:.3f}) does not rule out being worse than the seed baseline by more than "
                    f"{settings.margin:.2f}, so the baseline stays")
     else:
-        scored = [r for r in rows if r.confirmed is not None]
-        if not scored:
+        finished = [r for r in rows if r.confirmed is not None]
+        if not finished:
             raise NoRecommendation("confirmation: no candidate finished its runs; nothing can be recommended")
-        chosen = max(scored, key=lambda r: r.confirmed)
+        chosen = max(finished, key=lambda r: -math.inf if r.confirmed is None else r.confirmed)
         why = "the seed baseline's runs diverged or are missing; the best confirmed candidate is recommended"
     recommended = Recommendation(key=chosen.key, trial=chosen.trial, baseline=chosen.baseline,
                                  confirmed=chosen.confirmed, spec=chosen.spec, train_spec=chosen.train_spec,

@@ -164,9 +164,9 @@ def _worker(plan: WorkerPlan, index: int, device: torch.device, budget, events, 
     finally:
         if study is not None and objective is not None:
             fail_running(study, objective.running)
-            line = requeue_interrupted_baseline(study, objective.running) if code == 130 else None
-            if line:
-                events.put(("note", line))
+            queued = requeue_interrupted_baseline(study, objective.running) if code == 130 else None
+            if queued:
+                events.put(("note", queued))
     sys.exit(code)
 
 

@@ -50,6 +50,7 @@ import os
 import shutil
 from importlib import metadata as package_metadata
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -119,7 +120,8 @@ class LungctPreprocessd(MapTransform):
     def __init__(self, keys: KeysCollection, size: tuple[int, int, int] | list[int], hu_min: float, hu_max: float,
                  allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.config = PreprocessConfig(tuple(size), float(hu_min), float(hu_max))
+        # The bundle's config gives the size; PreprocessConfig checks that it is three voxel counts.
+        self.config = PreprocessConfig(cast("tuple[int, int, int]", tuple(size)), float(hu_min), float(hu_max))
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
@@ -234,13 +236,13 @@ def _channels(info: ModelInfo, grades: int) -> tuple[dict, dict]:
 def eval_metrics_of(model_dir: Path) -> dict:
     """The locked-test figures of ``metrics.json`` for ``eval_metrics``; empty where it has none or is unreadable."""
     try:
-        test = read_json(model_dir / METRICS, MAX_METRICS_BYTES).get("test")
+        test = read_json(model_dir / METRICS, MAX_METRICS_BYTES)["test"]
         auc = test["model"]["auc"]
-        found = {"test_auc": float(auc["estimate"]), "test_auc_ci": [float(auc["low"]), float(auc["high"])],
-                 "test_scans": int(test["n"])}
+        estimate, ci = float(auc["estimate"]), [float(auc["low"]), float(auc["high"])]
+        found = {"test_auc": estimate, "test_auc_ci": ci, "test_scans": int(test["n"])}
     except (ModelDirError, AttributeError, KeyError, TypeError, ValueError, OverflowError):
         return {}
-    return found if all(math.isfinite(v) for v in (found["test_auc"], *found["test_auc_ci"])) else {}
+    return found if all(math.isfinite(v) for v in (estimate, *ci)) else {}
 
 
 def bundle_metadata(info: ModelInfo, grades: int, phantoms: bool | None, eval_metrics: dict | None = None) -> dict:

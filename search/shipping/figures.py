@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from scipy.stats import rankdata
 from sklearn.metrics import brier_score_loss, roc_curve
 
@@ -285,7 +286,9 @@ def _histogram_axes(ax: Axes, entry: dict, classes: list[str], threshold: float)
     tallest = max(max(histogram["label_0"]), max(histogram["label_1"]))
     ax.set(xlim=(-0.02, 1.02), ylim=(0, 1.6 * tallest + 0.5),  # headroom for the legend above the bars
            xlabel=f"predicted probability of {classes[1]}", ylabel="scans")
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    locator = ax.yaxis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # the default AutoLocator is one
+        locator.set_params(integer=True)
     ax.legend(loc="upper center", fontsize=8, ncols=3, framealpha=0.9)
 
 

@@ -19,6 +19,7 @@ import platform
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
@@ -70,11 +71,13 @@ def evaluate(model: Shipped, base: Shipped | None, test: Tensors, n_resamples: i
     if np.ndim(model.probs) == 2:
         return evaluate_grades(model, base, test, n_resamples, seed, classes)
     labels = test.labels.numpy().astype(int)
-    out = {"n": int(labels.size), "n_negative": int(np.sum(labels == 0)), "n_positive": int(np.sum(labels == 1))}
+    out: dict[str, Any] = {"n": int(labels.size), "n_negative": int(np.sum(labels == 0)),
+                           "n_positive": int(np.sum(labels == 1))}
     for key, t in (("model", model), ("baseline", base)):
         if t is None:
             out[key] = None
             continue
+        assert isinstance(t.metrics, BinaryMetrics)  # a model of one probability per scan
         out[key] = {"auc": bootstrap_auc(labels, t.probs, n_resamples, seed=seed).to_dict(), **rates(t.metrics),
                     **curve_metrics(labels, t.probs, n_resamples, seed=seed)}
     out["baseline_is_model"] = base is model
@@ -199,7 +202,11 @@ def evaluate_grades(model: Shipped, base: Shipped | None, test: Tensors, n_resam
                      "binary AUC at K = 2)",
            "predicted_grade": "the median grade: the number of k with P(grade >= k) >= 0.5"}
     for key, t in (("model", model), ("baseline", base)):
-        out[key] = None if t is None else grade_entry(labels, t.probs, t.metrics, classes, n_resamples, seed)
+        if t is None:
+            out[key] = None
+            continue
+        assert isinstance(t.metrics, OrdinalMetrics)  # a model of K-1 probabilities per scan
+        out[key] = grade_entry(labels, t.probs, t.metrics, classes, n_resamples, seed)
     out["baseline_is_model"] = base is model
     out["auc_difference"] = (bootstrap_auc_difference(labels, severity_score(model.probs), severity_score(base.probs),
                                                       n_resamples, seed=seed).to_dict() if base is not None else None)
@@ -288,7 +295,7 @@ def shareable_settings(settings: dict) -> dict:
 
 def _rounded_p(p: np.ndarray | float) -> float | list[float]:
     """A probability, or an ordinal model's K-1 P(grade >= k), rounded for metrics.json."""
-    return [round(float(v), 6) for v in p] if np.ndim(p) else round(float(p), 6)
+    return [round(float(v), 6) for v in p] if isinstance(p, np.ndarray) and p.ndim else round(float(p), 6)
 
 
 def test_predictions(ids: list[str], test: Tensors, model: Shipped, base: Shipped | None) -> list[dict]:

@@ -135,12 +135,12 @@ def choose(study: optuna.Study, number: int | None, size: tuple[int, int, int]) 
         raise UsageError(f"study: {study.study_name!r} has no confirmation yet, so nothing is recommended; run "
                          f"python -m search.run --confirm-only --study {study.study_name} (or pass --trial N)")
     rec = decision.recommended
-    trial = trials[rec.trial] if rec.trial is not None and rec.trial < len(trials) else None
+    rec_trial = trials[rec.trial] if rec.trial is not None and rec.trial < len(trials) else None
     if rec.baseline:
         spec, _ = fit_to_size(baseline(), size)
-        return Choice(spec, baseline_train(), trial, True, "the confirmation's recommendation: the seed baseline",
+        return Choice(spec, baseline_train(), rec_trial, True, "the confirmation's recommendation: the seed baseline",
                       decision, rec.members)
-    return Choice(ArchSpec.from_dict(rec.spec), TrainSpec.from_dict(rec.train_spec), trial, False,
+    return Choice(ArchSpec.from_dict(rec.spec), TrainSpec.from_dict(rec.train_spec), rec_trial, False,
                   f"the confirmation's recommendation: {rec.key}", decision, rec.members)
 
 

@@ -126,8 +126,8 @@ def paired_test(variant, reference, confidence: float = 0.95) -> PairedTest:
         # folds on discrete AUCs rather than evidence.
         return PairedTest(ci.mean, ci, math.nan, f"{label}: undefined, the differences have no spread",
                           int(np.sign(ci.mean)), n)
-    result = stats.ttest_1samp(d, 0.0)  # the paired t-test: scipy's ttest_rel(x, y) is this on x - y
-    return PairedTest(ci.mean, ci, float(result.pvalue), label, int(np.sign(ci.mean)), n)
+    ttest = stats.ttest_1samp(d, 0.0)  # the paired t-test: scipy's ttest_rel(x, y) is this on x - y
+    return PairedTest(ci.mean, ci, float(ttest.pvalue), label, int(np.sign(ci.mean)), n)
 
 
 def corrected_resampled_ttest(differences, test_train_ratio: float) -> float:

@@ -65,7 +65,8 @@ class StorageError(Exception):
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
     """``error`` and every exception behind it: causes, contexts and a SQLAlchemy error's ``orig``."""
-    todo, seen = [error], set()
+    todo: list[BaseException | None] = [error]
+    seen: set[int] = set()
     while todo:
         e = todo.pop(0)
         if e is None or id(e) in seen:
@@ -80,6 +81,8 @@ def _sqlite_kind(e: sqlite3.Error) -> str | None:
         return DAMAGED
     code = getattr(e, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else _SQLITE_TEXT.get(str(e).strip().lower())
+    if primary is None:
+        return None
     return {_SQLITE_CORRUPT: DAMAGED, _SQLITE_NOTADB: DAMAGED, _SQLITE_FULL: FULL, _SQLITE_READONLY: READ_ONLY,
             _SQLITE_IOERR: IO_ERROR}.get(primary)
 

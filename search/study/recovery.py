@@ -121,7 +121,8 @@ def recover_trials(study: optuna.Study) -> list[str]:
     if getattr(storage, "get_heartbeat_interval", lambda: None)():
         # The protocol's own query (optuna.storages.fail_stale_trials uses it); the public function fails
         # stale trials without a way to record why.
-        stale = set(storage._get_stale_trial_ids(study._study_id))
+        # BaseStorage does not declare the heartbeat protocol's method that this storage has.
+        stale = set(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
     lines = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(schema.WORKER)

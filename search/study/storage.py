@@ -7,6 +7,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import optuna
 import sqlalchemy
@@ -25,7 +26,7 @@ from space import SpaceBounds, baseline_params
 
 PRUNERS = ("hyperband", "median", "none")
 SAMPLERS = ("tpe", "random")
-OBJECTIVES = {"auc": "maximize", "params": "minimize", "flops": "minimize"}
+OBJECTIVES: dict[str, Literal["minimize", "maximize"]] = {"auc": "maximize", "params": "minimize", "flops": "minimize"}
 BASELINE_ATTR = schema.BASELINE
 BASELINE_NOTE_ATTR = schema.STUDY_BASELINE_NOTE
 # A query parameter whose name holds one of these (any case) carries a credential: ?password=, ?sslpassword=,
@@ -367,7 +368,8 @@ def fail_running(study: optuna.Study, number: int | None) -> None:
         for trial in left:
             if schema.FAIL_REASON not in trial.user_attrs:
                 # In a finally clause, the exception on its way out is still sys.exc_info()'s.
-                fault = storage_fault(sys.exc_info()[1]) if sys.exc_info()[1] is not None else None
+                error = sys.exc_info()[1]
+                fault = storage_fault(error) if error is not None else None
                 reason = str(fault) if fault is not None else "its run stopped while it was running"
                 optuna.Trial(study, trial._trial_id).set_user_attr(schema.FAIL_REASON, reason)
             study.tell(trial.number, state=TrialState.FAIL)

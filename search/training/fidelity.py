@@ -11,7 +11,9 @@ decides per model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -19,14 +21,26 @@ from search.training.precision import cpu_has_fast_bf16 as cpu_has_fast_bf16
 from search.training.precision import device_precision
 from space import baseline, cost, fit_to_size
 
-# "epochs" is per fold of a search trial; "confirm_epochs" is per confirmation run, and what export trains
-# for; "ablate_epochs" is per ablation run.
-GPU_DEFAULT = {"size": (64, 128, 128), "epochs": 30, "confirm_epochs": 60, "ablate_epochs": 30, "n_phantoms": 200}
+
+class FidelityDefaults(TypedDict):
+    """One device kind's defaults: "epochs" is per fold of a search trial; "confirm_epochs" is per confirmation
+    run, and what export trains for; "ablate_epochs" is per ablation run."""
+
+    size: tuple[int, int, int]
+    epochs: int
+    confirm_epochs: int
+    ablate_epochs: int
+    n_phantoms: int
+
+
+GPU_DEFAULT: FidelityDefaults = {"size": (64, 128, 128), "epochs": 30, "confirm_epochs": 60, "ablate_epochs": 30,
+                                 "n_phantoms": 200}
 # 4 epochs per fold: a trial trains every fold (2 by default), so a trial costs 2 x 4 epochs of half the
 # non-test scans; the search only has to rank specs well enough to put good ones in the top 2, and the
 # confirmation (3 folds of two thirds of the non-test scans, 12 epochs) decides at a budget close to what
 # export trains at. 50 trials plus that confirmation fit half an hour on 2 cores (benchmarks/RESULTS.md).
-CPU_DEFAULT = {"size": (32, 64, 64), "epochs": 4, "confirm_epochs": 12, "ablate_epochs": 6, "n_phantoms": 200}
+CPU_DEFAULT: FidelityDefaults = {"size": (32, 64, 64), "epochs": 4, "confirm_epochs": 12, "ablate_epochs": 6,
+                                 "n_phantoms": 200}
 # On the CPU a trial may cost at most this many times the seed baseline's forward GFLOPs at the same
 # input: the space holds models 10-20x the baseline's cost (64 filters, three convolutions per level at
 # full resolution), and a batch-norm trial at the baseline's cost took about 1/30 of a CPU study's half
@@ -51,7 +65,7 @@ class Fidelity:
     confirm_epochs: int = 12
 
 
-def device_defaults(device: torch.device) -> dict:
+def device_defaults(device: torch.device) -> FidelityDefaults:
     """The default fidelity table of ``device``'s kind: :data:`GPU_DEFAULT` or :data:`CPU_DEFAULT`."""
     return GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT
 
@@ -62,7 +76,7 @@ def baseline_gflops(size: tuple[int, int, int]) -> float:
     return cost(spec, size).gflops
 
 
-def choose_fidelity(device: torch.device, size: tuple[int, int, int] | None = None, epochs: int | None = None,
+def choose_fidelity(device: torch.device, size: Sequence[int] | None = None, epochs: int | None = None,
                     n_phantoms: int | None = None, max_gflops: float | None = None,
                     given_by: str = "on the command line") -> Fidelity:
     """The fidelity for ``device``, with explicit values taking precedence, and a sentence saying why.
@@ -72,7 +86,10 @@ def choose_fidelity(device: torch.device, size: tuple[int, int, int] | None = No
     from, for the fidelity line (a resumed study passes its stored ones).
     """
     base = device_defaults(device)
-    chosen_size = tuple(size) if size else base["size"]
+    chosen_size = base["size"]
+    if size:
+        d, h, w = size  # a stored study's size may be a list
+        chosen_size = (d, h, w)
     chosen_epochs = epochs or base["epochs"]
     chosen_n = n_phantoms or base["n_phantoms"]
     allowed = device_precision(device)

@@ -289,7 +289,8 @@ def _train(model: nn.Module, data: Tensors, val: Tensors | None, optimizer: str,
     amp = precision.amp
     if device.type == "cpu":
         keep_freed_memory()
-    model = model.to(device).to(memory_format=torch.channels_last_3d)
+    # torch's stubs leave out Module.to's memory_format keyword, which it takes.
+    model = model.to(device).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
     data = place(data, device)
     generator = torch.Generator().manual_seed(seed)

@@ -268,7 +268,9 @@ def probe_bf16(model: nn.Module, input_shape: tuple[int, ...], device: torch.dev
     if repeats < 2:
         raise ValueError(f"repeats: at least 2 bf16 runs are needed to see whether they repeat, got {repeats}")
     start = time.perf_counter()
-    probe_model = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last_3d).train()
+    probe_model = copy.deepcopy(model).to(device)
+    # torch's stubs leave out Module.to's memory_format keyword, which it takes.
+    probe_model = probe_model.to(memory_format=torch.channels_last_3d).train()  # type: ignore[call-overload]
     x = torch.rand(tuple(input_shape), generator=torch.Generator().manual_seed(seed)).to(device)  # (B, 1, D, H, W)
     x = x.contiguous(memory_format=torch.channels_last_3d)
     seen: dict[tuple[str, tuple[int, ...]], bool] = {}  # (layer, input shape) -> whether its input needs a gradient
@@ -358,6 +360,7 @@ def layer_error(layer: nn.Module, input_shape: tuple[int, ...], needs_input_grad
         grads = {name: p.grad.detach().double() for name, p in layer.named_parameters(recurse=False)
                  if p.grad is not None}
         if needs_input_grad:
+            assert xi.grad is not None  # backward filled it: xi requires a gradient
             grads["input"] = xi.grad.detach().double()
         layer.zero_grad(set_to_none=True)
         return grads
