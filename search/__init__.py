@@ -4,5 +4,5 @@ Commands (``python -m search.<name>``; the only modules with a ``main``): ``run`
 confirmation), ``report`` (offline HTML page), ``export`` (ship and test the chosen model),
 ``predict`` (score scans, saliency), ``ablate`` (the seed against the course's modifications).
 Each parses its flags with ``search.cli``, builds frozen settings and calls the library below it; the
-README's "Layout" section maps the library modules by concern.
+docs/explanation/layout.md maps the library modules by concern.
 """

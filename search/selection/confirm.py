@@ -5,7 +5,7 @@ the trials, the top-k distinct specs and the seed baseline are trained again on 
 folds of the non-test scans (another fold assignment, new training seeds, the same seeds for every
 candidate within a fold so the comparison is paired) and scored at the final epoch.
 
-The rule that picks the recommended model (stated in the README too; audited in
+The rule that picks the recommended model (explained in docs/explanation/choosing.md; audited in
 ``benchmarks/bench_decision.py``):
 
 - a candidate's confirmed score is the mean of its fold AUCs; its *difference* is the mean over its runs of
