@@ -4,7 +4,12 @@ from __future__ import annotations
 
 # isort: off
 # First, before numpy or torch loads: pins this pytest-xdist worker to its own cores and sizes `-n auto`.
-from tests.workers import pytest_xdist_auto_num_workers, worker_index, worker_name  # noqa: F401
+from tests.workers import (  # noqa: F401
+    pytest_collection_modifyitems,
+    pytest_xdist_auto_num_workers,
+    worker_index,
+    worker_name,
+)
 # isort: on
 
 import csv

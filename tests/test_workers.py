@@ -1,8 +1,11 @@
-"""tests/workers.py: how many pytest-xdist workers `-n auto` starts, and which cores each one gets."""
+"""tests/workers.py: how many pytest-xdist workers `-n auto` starts, which cores each one gets, and the order
+the files are dealt out in."""
+
+from pathlib import Path
 
 import pytest
 
-from tests.workers import worker_cores, worker_count
+from tests.workers import LONGEST_FIRST, longest_first, worker_cores, worker_count
 
 
 @pytest.mark.parametrize(("cores", "memory", "expected"), [
@@ -26,3 +29,21 @@ def test_worker_cores_are_disjoint_and_cover_every_core():
 @pytest.mark.parametrize(("cores", "count"), [([0, 1], 1), ([0], 2)])
 def test_worker_cores_keep_the_whole_mask_when_it_cannot_be_shared(cores, count):
     assert worker_cores(cores, 0, count) == cores
+
+
+def test_longest_first_moves_the_long_files_ahead_in_their_order_and_keeps_the_rest_in_theirs():
+    class Item:
+        def __init__(self, nodeid):
+            self.nodeid = nodeid
+
+    long_a, long_b = LONGEST_FIRST[0], LONGEST_FIRST[1]
+    items = [Item(n) for n in ("tests/a.py::t1", f"{long_b}::t", "tests/b.py::t2", f"{long_a}::x", f"{long_a}::y",
+                               "tests/a.py::t3")]
+    longest_first(items)
+    assert [i.nodeid for i in items] == [f"{long_a}::x", f"{long_a}::y", f"{long_b}::t", "tests/a.py::t1",
+                                         "tests/b.py::t2", "tests/a.py::t3"]
+
+
+def test_every_longest_first_file_exists():
+    root = Path(__file__).resolve().parents[1]
+    assert [p for p in LONGEST_FIRST if not (root / p).is_file()] == []
