@@ -44,7 +44,17 @@ from search.cli import (
     exit_code,
     positive,
 )
-from search.selection.budget import SAFETY, BudgetStop, Plan, Recalibrate, Speed, Workload, measure_speed, plan
+from search.selection.budget import (
+    PRUNED_SHARE,
+    SAFETY,
+    BudgetStop,
+    Plan,
+    Recalibrate,
+    Speed,
+    Workload,
+    measure_speed,
+    plan,
+)
 from search.selection.budget import now as budget_now
 from search.selection.confirm import (
     DEFAULT_CONFIRM_FOLDS,
@@ -418,8 +428,10 @@ def _workload(r: Started) -> Workload:
     # Every candidate (the top trunks and the baseline) trains once per fresh fold on (k-1)/k of the non-test scans,
     # and the leader and the baseline once more on the second look's folds (reserved: it runs when a candidate leads).
     confirm = (s.confirm_top + 1 + 2) * s.confirm_epochs * non_test * (s.confirm_folds - 1)
+    # A pruned trial stops after its first fold; only a single-objective search with a pruner and folds to skip prunes.
+    pruned = PRUNED_SHARE * (s.folds - 1) / s.folds if r.job.pruner != "none" and len(r.job.objectives) == 1 else 0.0
     return Workload(r.job.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0,
-                    s.confirm_top + 1, second_look=True)
+                    s.confirm_top + 1, second_look=True, pruned_saving=pruned)
 
 
 def _budget(r: Started, amp: bool) -> Budget:

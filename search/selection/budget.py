@@ -47,11 +47,17 @@ def now() -> float:
 # (benchmarks/RESULTS.md, "Time budget"): the three-step measurement gave 59 ms/sample, the seed baseline's
 # own search trial then trained at 77 ms/sample (45 s for 8 epochs of 65 scans, scoring included): 1.4x.
 STEP_TO_TRIAL = 1.4
-# A study's trials are a mix of specs; since space.fit_cost every one trains (none is pruned untrained).
-# The mix's mean time per sample-epoch relative to the baseline's is assumed 1.2 (residual-inception nets
-# train 1.6x slower per sample, narrowed specs faster); only the start line uses it: the stop rule reads
-# the trials' own durations and the candidates' own speeds.
-MIX = 1.2
+# A study's trials are a mix of specs, nearly all cheaper than the seed baseline (the cost cap is 0.6x its GFLOPs).
+# Their mean time per sample-epoch relative to the baseline's: 0.7. Measured by benchmarks/bench_trial_cost.py on
+# eight specs drawn from the default space at 0.05-2.1 GFLOPs: 0.11-0.84x the baseline's 150 ms on an AVX2 EPYC,
+# 0.64-0.84x between 0.5 and 2.2 GFLOPs, where most draws fall (median 1.2 GFLOPs after the cap; benchmarks/
+# RESULTS.md, "Where a trial's time goes"). At the 1.2 assumed before, the recorded 50-trial runs' start lines said
+# 8 and 23 trials would fit where 17 and 44 ran. The start line and the first trials' floor use it; the stop rule
+# then reads the trials' own durations and the candidates' own speeds.
+MIX = 0.7
+# The share of trials the pruner stops after their first fold (median and Hyperband over 2 folds): the recorded
+# 50-trial runs at the CPU default pruned 48%, 50% and 72% of their trials.
+PRUNED_SHARE = 0.5
 # A confirmation run also recomputes batch-norm statistics, scores and stores its weights: the baseline's
 # three confirmation runs took 284 s against 241 s of training at its trial's speed, 1.18x.
 CONFIRM_OVERHEAD = 1.2
@@ -126,6 +132,8 @@ class Workload:
         confirm_candidates: How many specs the confirmation's first look trains (the top trunks and the baseline).
         second_look: Whether ``confirm_samples`` also holds the second look (the leader and the baseline once
             more), reserved whether or not a candidate will lead.
+        pruned_saving: The expected share of the trials' sample-epochs the pruner saves (a pruned trial stops
+            after its first fold): :data:`PRUNED_SHARE` of the folds after the first, 0 without pruning.
     """
 
     trials: int
@@ -133,16 +141,23 @@ class Workload:
     confirm_samples: int
     confirm_candidates: int = 3
     second_look: bool = False
+    pruned_saving: float = 0.0
 
 
-def trial_seconds(speed: Speed, work: Workload) -> float:
-    """The expected wall time of one trial here."""
-    return work.trial_samples * speed.seconds_per_sample * STEP_TO_TRIAL * MIX + TRIAL_OVERHEAD_S
+def trial_seconds(speed: Speed, work: Workload, pruned: bool = True) -> float:
+    """The expected wall time of one trial here: a spec of the study's mix, on average over what the pruner saves
+    (``pruned``), else trained to its last fold."""
+    share = 1.0 - work.pruned_saving if pruned else 1.0
+    return work.trial_samples * share * speed.seconds_per_sample * STEP_TO_TRIAL * MIX + TRIAL_OVERHEAD_S
 
 
 def confirm_seconds(speed: Speed, work: Workload) -> float:
-    """The expected wall time of the confirmation here, before any trial has measured a candidate."""
-    return work.confirm_samples * speed.seconds_per_sample * STEP_TO_TRIAL * MIX * CONFIRM_OVERHEAD
+    """The expected wall time of the confirmation here, before any trial has measured a candidate: the baseline's
+    runs at its own speed, the candidates' at the mix's."""
+    slots = work.confirm_candidates + 2 * work.second_look
+    baseline_slots = 1 + work.second_look
+    relative = (baseline_slots + MIX * (slots - baseline_slots)) / max(slots, 1)
+    return work.confirm_samples * speed.seconds_per_sample * STEP_TO_TRIAL * relative * CONFIRM_OVERHEAD
 
 
 def _minutes(seconds: float) -> str:
@@ -207,12 +222,14 @@ def plan(speed: Speed, work: Workload, budget_s: float | None, elapsed_s: float,
         one = trial_seconds(speed, work)
         fits = _trials_that_fit(remaining, one, confirm_s)
         if fits < 1:
-            # Not even the seed baseline and the confirmation fit: say what the run will really take.
-            least = one + confirm_s
-            line = (f"{head}, more than the {_minutes(budget_s)} budget (--budget): not even the seed baseline and "
-                    f"the confirmation fit in it here, so the run trains those two and ends at about "
-                    f"{_at(wall() + least)} ({_minutes(least)}); raise --budget, or lower --confirm-top or "
-                    "--confirm-epochs")
+            # Not even the seed baseline and the confirmation fit by this estimate: say what the run then does
+            # (its measured times decide whether more trials fit), and when it would end.
+            least = trial_seconds(speed, work, pruned=False) + confirm_s
+            line = (f"{head}, more than the {_minutes(budget_s)} budget (--budget): by this estimate not even the "
+                    f"seed baseline and the confirmation fit in it here, which would end at about "
+                    f"{_at(wall() + least)} ({_minutes(least)}); the run trains the seed baseline first and adds "
+                    "trials only while their measured times leave room for the confirmation; raise --budget, or "
+                    "lower --confirm-top or --confirm-epochs")
         else:
             line = (f"{head}, more than the {_minutes(budget_s)} budget (--budget): the search stops adding trials "
                     f"when one more and the confirmation would end after {ends} (about {fits} of the "
@@ -275,7 +292,8 @@ class BudgetStop:
         self.durations.append(now - self.last)
         self.last = now
         recent = self.durations[-10:]
-        next_trial = max(max(recent), trial_seconds(self.speed, self.work) if len(recent) < 3 else 0.0)
+        # Until three have run, at least an unpruned trial of the mix: the first trials are never pruned.
+        next_trial = max(max(recent), trial_seconds(self.speed, self.work, pruned=False) if len(recent) < 3 else 0.0)
         confirm_s = 0.0
         if self.work.confirm_samples:
             confirm_s = SAFETY * measured_confirm_seconds(study, self.candidates(study), self.work, self.speed)

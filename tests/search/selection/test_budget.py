@@ -5,6 +5,8 @@ No test here times anything: speeds are given, and the clock is stubbed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -13,8 +15,10 @@ import search.run
 import search.selection.budget
 from search.run import budget_minutes, main
 from search.selection.budget import (
+    CONFIRM_OVERHEAD,
     MIX,
     SAFETY,
+    STEP_TO_TRIAL,
     TRIAL_OVERHEAD_S,
     BudgetStop,
     Recalibrate,
@@ -51,7 +55,25 @@ def test_plan_within_the_budget_states_the_latest_end():
     assert "52 ms" not in p.line and "100 ms/sample" in p.line and "Test CPU" in p.line
     assert "within the 180 min budget" in p.line and "at the latest" in p.line
     assert p.search_s == pytest.approx(50 * trial_seconds(SPEED, WORK))
-    assert trial_seconds(SPEED, WORK) > 52 and confirm_seconds(SPEED, WORK) > 936
+    # 52 s of the baseline's steps a trial: its trial runs 1.4x its steps, and the study's mix of specs 0.7x it.
+    assert trial_seconds(SPEED, WORK) == pytest.approx(52 * STEP_TO_TRIAL * MIX + TRIAL_OVERHEAD_S)
+    assert confirm_seconds(SPEED, WORK) > 936
+
+
+def test_trial_seconds_take_off_what_the_pruner_saves_on_average_but_not_for_an_unpruned_trial():
+    work = replace(WORK, pruned_saving=0.25)  # half the trials pruned after the first of two folds
+    assert trial_seconds(SPEED, work) - TRIAL_OVERHEAD_S == pytest.approx(0.75 * (trial_seconds(SPEED, WORK) -
+                                                                                  TRIAL_OVERHEAD_S))
+    assert trial_seconds(SPEED, work, pruned=False) == trial_seconds(SPEED, WORK)
+
+
+def test_confirm_seconds_price_the_baselines_runs_at_its_own_speed_and_the_candidates_at_the_mix():
+    # Two candidates and the baseline, then the leader and the baseline again: 2 of the 5 slots are the baseline's.
+    work = replace(WORK, confirm_samples=5000, confirm_candidates=3, second_look=True)
+    per_slot = 1000 * SPEED.seconds_per_sample * STEP_TO_TRIAL * CONFIRM_OVERHEAD
+    assert confirm_seconds(SPEED, work) == pytest.approx(per_slot * (2 + 3 * MIX))
+    alone = replace(WORK, confirm_samples=1000, confirm_candidates=1)  # the baseline alone (--confirm-top 0)
+    assert confirm_seconds(SPEED, alone) == pytest.approx(per_slot)
 
 
 def test_plan_over_the_budget_says_how_many_trials_fit():
@@ -68,6 +90,8 @@ def test_plan_says_when_not_even_the_baseline_and_the_confirmation_fit():
     least = trial_seconds(SPEED, WORK) + confirm_seconds(SPEED, WORK)
     assert "not even the seed baseline and the confirmation fit" in p.line
     assert f"({least / 60:.0f} min)" in p.line and "raise --budget" in p.line
+    # An estimate, and said as one: the measured times decide whether more trials run.
+    assert "by this estimate" in p.line and "adds trials only while their measured times leave room" in p.line
 
 
 def test_plan_without_a_budget_has_no_deadline():
@@ -118,6 +142,17 @@ def test_budget_stop_reads_the_confirmation_from_the_candidates_measured_speed()
         stop = BudgetStop(deadline=clock.t + 500.0, speed=SPEED, work=work, candidates=lambda s: [0], clock=clock)
         stop(study, study.trials[0])
         assert (stop.stopped is not None) == stops == study.stopped
+
+
+def test_budget_stop_prices_the_first_trials_unpruned_as_the_pruner_never_stops_them():
+    work = Workload(trials=50, trial_samples=520, confirm_samples=0, pruned_saving=0.25)
+    full, mean = trial_seconds(SPEED, work, pruned=False), trial_seconds(SPEED, work)
+    study = _study_with_trials(1, samples_per_s=10.0)
+    for left, stops in ((full + 1.0, False), ((full + mean) / 2, True)):
+        clock = FakeClock()
+        stop = BudgetStop(deadline=clock.t + left, speed=SPEED, work=work, candidates=lambda s: [0], clock=clock)
+        stop(study, study.trials[0])  # a first trial that took no time: the floor decides
+        assert (stop.stopped is not None) == stops
 
 
 def test_budget_minutes_defaults_by_device_and_refuses_nonsense():
