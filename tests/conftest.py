@@ -5,6 +5,7 @@ from __future__ import annotations
 # isort: off
 # First, before numpy or torch loads: pins this pytest-xdist worker to its own cores and sizes `-n auto`.
 from tests.workers import (  # noqa: F401
+    every_core,
     pytest_collection_modifyitems,
     pytest_xdist_auto_num_workers,
     worker_index,
@@ -38,6 +39,14 @@ def synthetic_ct(shape_xyz: tuple[int, int, int] = (20, 24, 16), seed: int = 0) 
     hu[(x / 0.12) ** 2 + ((y + 0.55) / 0.12) ** 2 < 1] = 700.0  # spine
     hu += 10.0 * z  # a gradient along z, so an axis flip shows
     return hu + rng.normal(0, 5, shape_xyz)
+
+
+@pytest.fixture
+def all_cores():
+    """Every core of the machine for this test, though under ``-n`` its worker has only its share: for the tests of
+    ``search.run --jobs 2``, which refuses more worker processes than cores."""
+    with every_core():
+        yield
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None, dtype=np.int16,

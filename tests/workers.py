@@ -10,8 +10,10 @@ spin-waits make oversubscription many times slower, not twice). Without ``-n`` n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -84,7 +86,27 @@ def _pin_this_worker() -> None:
         sys.modules["torch"].set_num_threads(len(mine))
 
 
+# Every core this process may use before any pinning: what a test that starts --jobs 2 workers gives itself back.
+UNPINNED_CORES = frozenset(_cores())
 _pin_this_worker()
+
+
+@contextlib.contextmanager
+def every_core() -> Iterator[None]:
+    """This process (and what it starts) on :data:`UNPINNED_CORES` for a while; its own share again after.
+
+    Under ``-n`` a worker has one core of two, and ``search.run --jobs 2`` refuses more worker processes than cores;
+    the tests of ``--jobs 2`` run as on the whole machine, sharing its cores with the other worker for their time.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, UNPINNED_CORES)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
 
 
 # The files that take longest (the suite's --durations, summed per file, on a 2-core CPU), longest first. Under

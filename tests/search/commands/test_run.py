@@ -536,6 +536,7 @@ def test_run_backup_to_keeps_a_copy_and_a_lost_database_resumes_from_it(tiny_dat
     assert len(optuna.load_study(study_name="lungct", storage=f"sqlite:///{copy}").trials) == 3
 
 
+@pytest.mark.usefixtures("all_cores")
 def test_run_backup_to_refuses_a_database_server_and_several_jobs_in_one_line(tiny_data, tmp_path, capsys):
     assert main(_args(tiny_data, tmp_path, "--trials", "1", "--backup-to", str(tmp_path / "d"),
                       "--storage", "postgresql://u@localhost:1/x")) == 2
