@@ -46,10 +46,10 @@ def _flags(data, studies_dir, url, name, *extra):
     return ["--data", str(data), "--studies-dir", str(studies_dir), "--storage", url, "--study", name, *extra]
 
 
-def _trials(url, name):
-    if url.startswith("sqlite:///") and not _has_optunas_tables(Path(url.removeprefix("sqlite:///"))):
+def _trials(url, name, storage=None):
+    if storage is None and url.startswith("sqlite:///") and not _has_optunas_tables(Path(url.removeprefix("sqlite:///"))):
         raise KeyError(name)  # opened now, Optuna would make its tables while the run under test makes them too
-    return optuna.load_study(study_name=name, storage=url).get_trials()
+    return optuna.load_study(study_name=name, storage=storage or url).get_trials()
 
 
 def _has_optunas_tables(path: Path) -> bool:
@@ -66,17 +66,24 @@ def _command(flags):
 
 
 def _wait_for(predicate, url, name, timeout_s=120.0):
+    """The study's trials once ``predicate`` holds for them, looked at every 0.1 s through one storage: opening it
+    anew at every look (an engine, Optuna's schema checks) took seconds with both cores busy, long enough to miss
+    a whole short trial."""
     deadline = time.monotonic() + timeout_s
+    storage = None
     while time.monotonic() < deadline:
         try:
-            trials = _trials(url, name)
+            if storage is None:
+                _trials(url, name)  # raises until the run has made the tables and the study
+                storage = optuna.storages.RDBStorage(url)
+            trials = _trials(url, name, storage)
         except KeyError:  # the study does not exist yet
             trials = []
         except sqlalchemy.exc.IntegrityError:  # this look and the run both made Optuna's tables in a new database
             trials = []
         if predicate(trials):
             return trials
-        time.sleep(0.3)
+        time.sleep(0.1)
     raise AssertionError(f"timed out; trials: {[(t.number, t.state.name) for t in trials]}")
 
 
