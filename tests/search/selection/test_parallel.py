@@ -69,9 +69,10 @@ def _wait_for(predicate, url, name, timeout_s=120.0):
     """The study's trials once ``predicate`` holds for them, looked at every 0.1 s through one storage: opening it
     anew at every look (an engine, Optuna's schema checks) took seconds with both cores busy, long enough to miss
     a whole short trial."""
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
     storage = None
-    while time.monotonic() < deadline:
+    seen: dict[str, float] = {}  # what each look saw, first seen after how many seconds: said on a timeout
+    while time.monotonic() < start + timeout_s:
         try:
             if storage is None:
                 _trials(url, name)  # raises until the run has made the tables and the study
@@ -83,8 +84,10 @@ def _wait_for(predicate, url, name, timeout_s=120.0):
             trials = []
         if predicate(trials):
             return trials
+        look = str([(t.number, t.state.name, schema.SPEC in t.user_attrs) for t in trials])
+        seen.setdefault(look, round(time.monotonic() - start, 1))
         time.sleep(0.1)
-    raise AssertionError(f"timed out; trials: {[(t.number, t.state.name) for t in trials]}")
+    raise AssertionError(f"timed out; trials (number, state, has its spec) as seen, and when: {seen}")
 
 
 @pytest.mark.slow
@@ -103,6 +106,7 @@ def test_run_jobs_two_workers_add_exactly_the_trials_asked_for(tiny_data, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("all_cores")  # under -n: the run, and this test's looks, not on one shared core
 def test_run_kill_9_mid_trial_is_recovered_and_its_parameters_run_again(tiny_data, tmp_path, study_at, capsys):
     url, name = study_at
     first = _command(_flags(tiny_data, tmp_path, url, name, *SLOW, "--trials", "1"))
