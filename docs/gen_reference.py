@@ -99,22 +99,11 @@ def _text(s: str) -> str:
 
 
 def _metavar(action: argparse.Action) -> str:
-    """The value an option takes, as --help writes it (D H W, {auto,cpu,cuda}, SCAN [SCAN ...])."""
+    """The value an option takes, as --help writes it (D H W, {auto,cpu,cuda}, SCAN [SCAN ...]): argparse's own."""
     if action.nargs == 0:
         return ""
-    if isinstance(action.metavar, tuple):
-        return " ".join(action.metavar)
-    name = action.metavar or ("{" + ",".join(map(str, action.choices)) + "}" if action.choices else
-                              action.dest if not action.option_strings else action.dest.upper())
-    if action.nargs == "+":
-        return f"{name} [{name} ...]"
-    if action.nargs == "*":
-        return f"[{name} ...]"
-    if action.nargs == "?":
-        return f"[{name}]"
-    if isinstance(action.nargs, int):
-        return " ".join([name] * action.nargs)
-    return name
+    default = action.dest if not action.option_strings else action.dest.upper()
+    return argparse.HelpFormatter("prog")._format_args(action, default)  # what --help calls; argparse has no public one
 
 
 def _default(action: argparse.Action) -> str:
