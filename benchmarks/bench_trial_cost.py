@@ -14,7 +14,8 @@ GFLOPs from about 0.05 up to the cost cap, and times each phase of a trial:
 It prints, per spec, the trial's wall time, the milliseconds per training sample-epoch, and the fixed part
 (everything but ``train``), then a least-squares line ms/sample-epoch = a + b x GFLOPs. With ``--ask`` it also
 times the sampler's own proposals over a 50-trial study of instant trials. Figures go to benchmarks/RESULTS.md
-with the CPU they ran on (printed first); run nothing else beside it.
+with the CPU they ran on (printed first); run nothing else beside it. Choosing the specs costs 3000 random draws
+and their GFLOPs (about 7 min on an AVX2 CPU) before the first trial.
 
     python benchmarks/bench_trial_cost.py                 # baseline + 8 drawn specs, CPU default fidelity
     python benchmarks/bench_trial_cost.py --specs 4 --ask  # quicker; and the sampler's cost

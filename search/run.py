@@ -45,7 +45,6 @@ from search.cli import (
     positive,
 )
 from search.selection.budget import (
-    PRUNED_SHARE,
     SAFETY,
     BudgetStop,
     Plan,
@@ -54,6 +53,7 @@ from search.selection.budget import (
     Workload,
     measure_speed,
     plan,
+    pruned_saving,
 )
 from search.selection.budget import now as budget_now
 from search.selection.confirm import (
@@ -428,10 +428,9 @@ def _workload(r: Started) -> Workload:
     # Every candidate (the top trunks and the baseline) trains once per fresh fold on (k-1)/k of the non-test scans,
     # and the leader and the baseline once more on the second look's folds (reserved: it runs when a candidate leads).
     confirm = (s.confirm_top + 1 + 2) * s.confirm_epochs * non_test * (s.confirm_folds - 1)
-    # A pruned trial stops after its first fold; only a single-objective search with a pruner and folds to skip prunes.
-    pruned = PRUNED_SHARE * (s.folds - 1) / s.folds if r.job.pruner != "none" and len(r.job.objectives) == 1 else 0.0
+    prunes = r.job.pruner != "none" and len(r.job.objectives) == 1  # a two-objective study runs no pruner
     return Workload(r.job.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0,
-                    s.confirm_top + 1, second_look=True, pruned_saving=pruned)
+                    s.confirm_top + 1, second_look=True, pruned_saving=pruned_saving(s.folds, prunes))
 
 
 def _budget(r: Started, amp: bool) -> Budget:

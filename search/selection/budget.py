@@ -151,6 +151,16 @@ def trial_seconds(speed: Speed, work: Workload, pruned: bool = True) -> float:
     return work.trial_samples * share * speed.seconds_per_sample * STEP_TO_TRIAL * MIX + TRIAL_OVERHEAD_S
 
 
+def pruned_saving(folds: int, prunes: bool) -> float:
+    """:attr:`Workload.pruned_saving` for ``folds`` search folds: a pruned trial skips every fold after its first."""
+    return PRUNED_SHARE * (folds - 1) / folds if prunes and folds > 1 else 0.0
+
+
+def baseline_trial_seconds(speed: Speed, work: Workload) -> float:
+    """The expected wall time of the seed baseline's own trial here (never pruned, at its own speed)."""
+    return work.trial_samples * speed.seconds_per_sample * STEP_TO_TRIAL + TRIAL_OVERHEAD_S
+
+
 def confirm_seconds(speed: Speed, work: Workload) -> float:
     """The expected wall time of the confirmation here, before any trial has measured a candidate: the baseline's
     runs at its own speed, the candidates' at the mix's."""
@@ -224,7 +234,7 @@ def plan(speed: Speed, work: Workload, budget_s: float | None, elapsed_s: float,
         if fits < 1:
             # Not even the seed baseline and the confirmation fit by this estimate: say what the run then does
             # (its measured times decide whether more trials fit), and when it would end.
-            least = trial_seconds(speed, work, pruned=False) + confirm_s
+            least = baseline_trial_seconds(speed, work) + confirm_s
             line = (f"{head}, more than the {_minutes(budget_s)} budget (--budget): by this estimate not even the "
                     f"seed baseline and the confirmation fit in it here, which would end at about "
                     f"{_at(wall() + least)} ({_minutes(least)}); the run trains the seed baseline first and adds "

@@ -24,9 +24,11 @@ from search.selection.budget import (
     Recalibrate,
     Speed,
     Workload,
+    baseline_trial_seconds,
     confirm_seconds,
     measure_speed,
     plan,
+    pruned_saving,
     speed_from_trial,
     trial_seconds,
 )
@@ -65,6 +67,10 @@ def test_trial_seconds_take_off_what_the_pruner_saves_on_average_but_not_for_an_
     assert trial_seconds(SPEED, work) - TRIAL_OVERHEAD_S == pytest.approx(0.75 * (trial_seconds(SPEED, WORK) -
                                                                                   TRIAL_OVERHEAD_S))
     assert trial_seconds(SPEED, work, pruned=False) == trial_seconds(SPEED, WORK)
+    assert pruned_saving(2, prunes=True) == 0.25 and pruned_saving(3, prunes=True) == pytest.approx(1 / 3)
+    assert pruned_saving(2, prunes=False) == 0.0 and pruned_saving(1, prunes=True) == 0.0
+    # The seed baseline's own trial: at its speed, not the mix's, and never pruned.
+    assert baseline_trial_seconds(SPEED, work) == pytest.approx(52 * STEP_TO_TRIAL + TRIAL_OVERHEAD_S)
 
 
 def test_confirm_seconds_price_the_baselines_runs_at_its_own_speed_and_the_candidates_at_the_mix():
@@ -87,7 +93,7 @@ def test_plan_over_the_budget_says_how_many_trials_fit():
 def test_plan_says_when_not_even_the_baseline_and_the_confirmation_fit():
     # Never a promise the machine cannot keep: the line gives the time the run will really take.
     p = plan(SPEED, WORK, budget_s=600, elapsed_s=0.0, clock=FakeClock(), wall=lambda: 0.0)
-    least = trial_seconds(SPEED, WORK) + confirm_seconds(SPEED, WORK)
+    least = baseline_trial_seconds(SPEED, WORK) + confirm_seconds(SPEED, WORK)  # the baseline at its own speed
     assert "not even the seed baseline and the confirmation fit" in p.line
     assert f"({least / 60:.0f} min)" in p.line and "raise --budget" in p.line
     # An estimate, and said as one: the measured times decide whether more trials run.
