@@ -45,6 +45,7 @@ from search.cli import (
     positive,
 )
 from search.selection.budget import (
+    CONFIRM_SPEED_LIMIT,
     SAFETY,
     BudgetStop,
     Plan,
@@ -450,9 +451,11 @@ def _budget(r: Started, amp: bool) -> Budget:
     if time_plan.deadline is None:
         return Budget(time_plan, None, speed, work)
     size, top = r.settings.size, r.settings.confirm_top
-    return Budget(time_plan, BudgetStop(time_plan.deadline, speed, work,
-                                        lambda study: [c.trial for c in select_candidates(study, size, top)]),
-                  speed, work)
+
+    def candidates(study: optuna.Study) -> list[int | None]:
+        return [c.trial for c in select_candidates(study, size, top, CONFIRM_SPEED_LIMIT)]
+
+    return Budget(time_plan, BudgetStop(time_plan.deadline, speed, work, candidates), speed, work)
 
 
 def _search(r: Started, amp: bool, budget: Budget) -> bool:

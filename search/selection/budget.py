@@ -61,6 +61,12 @@ PRUNED_SHARE = 0.5
 # A confirmation run also recomputes batch-norm statistics, scores and stores its weights: the baseline's
 # three confirmation runs took 284 s against 241 s of training at its trial's speed, 1.18x.
 CONFIRM_OVERHEAD = 1.2
+# Under a budget, the confirmation leaves out a trunk whose search trial trained more than this many times slower
+# per sample than the seed baseline's own trial (search.selection.confirm.select_candidates): the confirmation then
+# costs at most its slots at the baseline's speed. Without it, one slow trunk at the top stopped a default study on
+# an AMX Xeon after 19 of 50 trials, its confirmation priced at 38 min: a residual-inception net of 3.0 GFLOPs that
+# trained at 5 samples/s against the baseline's 27 (benchmarks/RESULTS.md).
+CONFIRM_SPEED_LIMIT = 1.0
 # Each trial also scores its folds and writes the study: overhead on top of its training steps.
 TRIAL_OVERHEAD_S = 2.0
 # The confirmation is reserved out of the budget at this multiple of its estimate (the start line and

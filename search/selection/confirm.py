@@ -153,6 +153,9 @@ class ConfirmSettings:
         seed_sd: The least training-seed SD of one run's AUC the rule assumes.
         second_repeat: Whether the leader and the baseline get a second repeat of fresh folds before the
             decision (the rule decides on one repeat when False).
+        speed_limit: Leave out a trunk whose search trial trained more than this many times slower per sample
+            than the seed baseline's own trial, taking the next trunk in its place (None: no limit; a run with a
+            time budget sets one, ``search.selection.budget.CONFIRM_SPEED_LIMIT``).
     """
 
     epochs: int
@@ -166,6 +169,7 @@ class ConfirmSettings:
     margin: float = DEFAULT_MARGIN
     seed_sd: float = DEFAULT_SEED_SD
     second_repeat: bool = True
+    speed_limit: float | None = None
 
     def study_name(self, search_study: str) -> str:
         """The companion study that holds the runs; its name pins what they were run with."""
@@ -173,8 +177,11 @@ class ConfirmSettings:
                 f"-f{self.fold_seed}")
 
     def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """JSON-ready dict (``speed_limit`` only when set, so a run without a budget stores what it always did)."""
+        d = dataclasses.asdict(self)
+        if d["speed_limit"] is None:
+            del d["speed_limit"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ConfirmSettings:
@@ -202,11 +209,28 @@ def _identity(spec: dict, train: dict) -> tuple[str, str]:
 TRUNK_FIELDS = ("levels", "activation", "pooling", "norm", "padding")
 
 
-def _trunk(spec: dict) -> str:
+def trunk_key(spec: dict) -> str:
+    """The convolutional trunk of a stored spec (:data:`TRUNK_FIELDS`), as a comparable key."""
     return repr([(k, spec.get(k)) for k in TRUNK_FIELDS])
 
 
-def select_candidates(study: optuna.Study, size: tuple[int, int, int], top_k: int) -> list[Candidate]:
+@dataclass(frozen=True)
+class SlowTrunk:
+    """A trunk left out of the confirmation for its speed: its best trial and how much slower it trained."""
+
+    trial: int
+    samples_per_s: float
+    times_slower: float
+
+    def line(self, limit: float) -> str:
+        return (f"trial {self.trial} left out of the confirmation: it trained {self.times_slower:.1f}x slower per "
+                f"sample than the seed baseline ({self.samples_per_s:g} samples/s), above the budget's limit of "
+                f"{limit:g}x, so its runs would not fit; the next trunk takes its place (--budget none confirms it; "
+                f"search.export --trial {self.trial} ships it unconfirmed)")
+
+
+def select_candidates(study: optuna.Study, size: tuple[int, int, int], top_k: int,
+                      speed_limit: float | None = None, left_out: list[SlowTrunk] | None = None) -> list[Candidate]:
     """The seed baseline first, then the best complete trials of the ``top_k`` best distinct trunks.
 
     Distinct means another convolutional trunk (levels, blocks, filters, activation, pooling, norm,
@@ -216,11 +240,17 @@ def select_candidates(study: optuna.Study, size: tuple[int, int, int], top_k: in
     spends a slot on one architecture (a CPU study's top 2 were two 32-32-32 residual nets while the
     64-64-128 family came third). Trials that trained the baseline's own spec and training settings are
     not candidates (the baseline is there anyway).
+
+    With ``speed_limit``, a trunk whose best trial trained more than that many times slower per sample than
+    the baseline's own trial is skipped (appended to ``left_out``) and the next trunk is taken: under a time
+    budget, one slow trunk at the top (a residual-inception net trained 5x slower than the baseline at half its
+    GFLOPs) would otherwise price the confirmation past the deadline and stop the search early.
     """
     base_spec, _ = fit_to_size(baseline(), size)
     base_train = baseline_train()
     base_trial = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(schema.BASELINE)), None)
     base_identity = _identity(base_spec.to_dict(), base_train.to_dict())
+    base_rate = base_trial.user_attrs.get(schema.SAMPLES_PER_S) if base_trial is not None else None
     seen: set[str] = set()
     candidates = [Candidate(BASELINE_KEY, base_trial.number if base_trial else None, base_spec, base_train,
                             _value(base_trial), _se(base_trial), *_cost(base_spec, size))]
@@ -230,10 +260,15 @@ def select_candidates(study: optuna.Study, size: tuple[int, int, int], top_k: in
         a = t.user_attrs
         if schema.SPEC not in a or schema.TRAIN_SPEC not in a:
             continue
-        trunk = _trunk(a[schema.SPEC])
+        trunk = trunk_key(a[schema.SPEC])
         if trunk in seen or _identity(a[schema.SPEC], a[schema.TRAIN_SPEC]) == base_identity:
             continue
         seen.add(trunk)
+        rate = a.get(schema.SAMPLES_PER_S)
+        if speed_limit is not None and base_rate and rate and base_rate / rate > speed_limit:
+            if left_out is not None:
+                left_out.append(SlowTrunk(t.number, rate, round(base_rate / rate, 2)))
+            continue
         spec = ArchSpec.from_dict(a[schema.SPEC])
         candidates.append(Candidate(f"trial{t.number}", t.number, spec, TrainSpec.from_dict(a[schema.TRAIN_SPEC]),
                                     _value(t), _se(t), *_cost(spec, size)))
@@ -555,6 +590,8 @@ class Decision:
         candidates: The baseline first, then the search's candidates.
         recommended: What the rule recommends.
         companion_study: The study that holds the runs (None until :func:`confirm` stores the decision).
+        left_out: Search trials whose trunk ranked among the top but trained too slowly to confirm in the time
+            budget (``ConfirmSettings.speed_limit``).
     """
 
     rule: str
@@ -563,12 +600,16 @@ class Decision:
     candidates: tuple[CandidateResult, ...]
     recommended: Recommendation
     companion_study: str | None = None
+    left_out: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
-        """The stored, JSON-ready form (``companion_study`` only once it is known)."""
+        """The stored, JSON-ready form (``companion_study`` only once it is known, ``left_out`` only when a trunk was)."""
         d = _to_json(dataclasses.asdict(self))
+        d["settings"] = self.settings.to_dict()
         if d["companion_study"] is None:
             del d["companion_study"]
+        if not d["left_out"]:
+            del d["left_out"]
         return d
 
     @classmethod
@@ -577,7 +618,8 @@ class Decision:
         return cls(rule=d["rule"], settings=ConfirmSettings.from_dict(d["settings"]),
                    folds=tuple((int(r), int(f)) for r, f in d["folds"]),
                    candidates=tuple(CandidateResult.from_dict(r) for r in d["candidates"]),
-                   recommended=Recommendation.from_dict(d["recommended"]), companion_study=d.get("companion_study"))
+                   recommended=Recommendation.from_dict(d["recommended"]), companion_study=d.get("companion_study"),
+                   left_out=tuple(int(n) for n in d.get("left_out", ())))
 
     def candidate(self, key: str) -> CandidateResult | None:
         """The row of candidate ``key``, if it was confirmed."""
@@ -759,7 +801,10 @@ def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Se
     Returns:
         The decision (see :func:`decide`), also stored as the study's ``confirmation`` user attr.
     """
-    candidates = select_candidates(study, size, settings.top_k)
+    slow: list[SlowTrunk] = []
+    candidates = select_candidates(study, size, settings.top_k, settings.speed_limit, slow)
+    for trunk in slow:
+        print(f"confirmation: {trunk.line(settings.speed_limit or 0.0)}", flush=True)
     companion = optuna.create_study(study_name=settings.study_name(study.study_name), storage=storage,
                                     load_if_exists=True, direction="maximize",
                                     sampler=optuna.samplers.RandomSampler(seed=settings.seed))
@@ -784,7 +829,7 @@ def confirm(study: optuna.Study, storage: optuna.storages.BaseStorage, folds: Se
         runs = runner.run(companion, [candidates[0], lead], callbacks, folds=more)
         second = [(f.repeat, f.fold) for f in more]
     decision = dataclasses.replace(decide(candidates, runs, first, settings, second),
-                                   companion_study=companion.study_name)
+                                   companion_study=companion.study_name, left_out=tuple(t.trial for t in slow))
     study.set_user_attr(schema.STUDY_CONFIRMATION, decision.to_dict())
     return decision
 
@@ -807,6 +852,9 @@ def format_decision(decision: Decision | dict) -> str:
         verdict = "reference" if r.baseline else (r.verdict or "-")
         lines.append(f"  {r.key:<12} {search:>7} {confirmed:>9} {diff:>11} {low:>11} {gflops:>7}  {verdict}")
     rec = decision.recommended
+    if decision.left_out:
+        lines.append(f"left out for their training speed (--budget): trial{'s' * (len(decision.left_out) > 1)} "
+                     f"{', '.join(str(n) for n in decision.left_out)}")
     lines.append(f"rule: {decision.rule}")
     lines.append(f"recommended: {rec.key} ({rec.why})")
     return "\n".join(lines)

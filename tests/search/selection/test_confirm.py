@@ -205,14 +205,17 @@ def test_confirm_rule_text_states_the_measured_rates_only_for_the_default_rule()
     assert RULE_RATES not in rule_text(ConfirmSettings(epochs=12, seed=0, folds=3), 3)
 
 
-def _search_study(specs: list[tuple[float, ArchSpec]]) -> optuna.Study:
+def _search_study(specs: list[tuple[float, ArchSpec]], rates: tuple[float, ...] = ()) -> optuna.Study:
+    """The baseline's trial (``rates[0]`` samples/s when given), then one trial per spec (``rates[i]``)."""
     study = optuna.create_study(direction="maximize")
     base, _ = fit_to_size(baseline(), SIZE)
+    speed = [{schema.SAMPLES_PER_S: r} for r in rates] or [{}] * (len(specs) + 1)
     study.add_trial(optuna.trial.create_trial(value=0.6, user_attrs={"baseline": True, "spec": base.to_dict(),
-                                                                      "train_spec": baseline_train().to_dict()}))
-    for value, spec in specs:
+                                                                      "train_spec": baseline_train().to_dict(),
+                                                                      **speed[0]}))
+    for (value, spec), extra in zip(specs, speed[1:], strict=True):
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={
-            "spec": spec.to_dict(), "train_spec": TrainSpec().to_dict(), "score_se": 0.05}))
+            "spec": spec.to_dict(), "train_spec": TrainSpec().to_dict(), "score_se": 0.05, **extra}))
     return study
 
 
@@ -229,6 +232,25 @@ def test_confirm_candidates_differ_in_their_trunk_not_only_in_head_or_dropout():
     candidates = select_candidates(study, SIZE, top_k=2)
     # trial2 only changes trial1's head and dropout: the second slot goes to the next trunk, trial3.
     assert [c.key for c in candidates] == [BASELINE_KEY, "trial1", "trial3"]
+
+
+def test_confirm_candidates_skip_a_trunk_slower_than_the_speed_limit_and_take_the_next():
+    # The baseline trains at 20 samples/s; trial1 (the best) at 4, 5x slower; trial2 at 25, trial3 at 10 (2x).
+    study = _search_study([(0.95, _spec(8)), (0.9, _spec(16)), (0.8, _spec(4))], rates=(20.0, 4.0, 25.0, 10.0))
+    assert [c.key for c in select_candidates(study, SIZE, top_k=2)] == [BASELINE_KEY, "trial1", "trial2"]
+    left_out: list = []
+    limited = select_candidates(study, SIZE, top_k=2, speed_limit=1.0, left_out=left_out)
+    assert [c.key for c in limited] == [BASELINE_KEY, "trial2"]  # trial3 is 2x slower too
+    assert [(t.trial, t.times_slower) for t in left_out] == [(1, 5.0), (3, 2.0)]
+    assert "5.0x slower" in left_out[0].line(1.0) and "--trial 1" in left_out[0].line(1.0)
+    assert [c.key for c in select_candidates(study, SIZE, top_k=2, speed_limit=2.0)] == [
+        BASELINE_KEY, "trial2", "trial3"]
+
+
+def test_confirm_candidates_without_recorded_speeds_are_never_left_out():
+    study = _search_study([(0.95, _spec(8)), (0.9, _spec(16))])  # an older study: no samples_per_s
+    assert [c.key for c in select_candidates(study, SIZE, top_k=2, speed_limit=1.0)] == [
+        BASELINE_KEY, "trial1", "trial2"]
 
 
 class _Scaled(torch.nn.Module):
@@ -437,6 +459,15 @@ def test_confirm_decision_as_stored_round_trips():
     assert decision.candidates[0].gflops == 5.4
     assert decision.to_dict() == STORED_DECISION
     assert json.loads(json.dumps(decision.to_dict())) == STORED_DECISION
+
+
+def test_confirm_decision_with_a_trunk_left_out_for_its_speed_round_trips_and_says_so():
+    stored = {**copy.deepcopy(STORED_DECISION), "left_out": [7]}
+    stored["settings"]["speed_limit"] = 1.0
+    decision = Decision.from_dict(json.loads(json.dumps(stored)))
+    assert decision.left_out == (7,) and decision.settings.speed_limit == 1.0
+    assert decision.to_dict() == stored
+    assert "left out for their training speed (--budget): trial 7" in format_decision(decision)
 
 
 def test_confirm_decision_stored_before_fold_models_were_kept_loads():
