@@ -408,7 +408,8 @@ def _trial_settings(r: Started, amp: bool) -> SearchSettings:
     s = r.settings
     return SearchSettings(size=s.size, epochs=s.epochs, device=r.job.device, seed=s.seed, amp=amp,
                           objectives=r.job.objectives, bounds=s.space(), max_gflops=s.max_gflops or None,
-                          recompute_bn=s.score == "auc_bn", grades=r.prepared.found.task.n_grades)
+                          recompute_bn=s.score == "auc_bn", grades=r.prepared.found.task.n_grades,
+                          speed_limit=None if r.job.budget_min is None else CONFIRM_SPEED_LIMIT)
 
 
 @dataclass
@@ -539,7 +540,8 @@ def _confirm(r: Started, amp: bool) -> bool:
     fresh = search_folds(r.prepared, settings.confirm_folds, job.studies_dir, settings.split_seed + 1)
     confirm_settings = ConfirmSettings(epochs=settings.confirm_epochs, seed=settings.seed,
                                        folds=settings.confirm_folds, fold_seed=settings.split_seed + 1,
-                                       top_k=settings.confirm_top)
+                                       top_k=settings.confirm_top,
+                                       speed_limit=None if job.budget_min is None else CONFIRM_SPEED_LIMIT)
     print(f"\nconfirming the top {settings.confirm_top} distinct specs and the seed baseline on fresh "
           f"{settings.confirm_folds}-fold splits at {settings.confirm_epochs} epochs; the leader, if one is ahead, "
           "and the baseline then train on a second repeat of fresh folds")

@@ -603,7 +603,7 @@ class Decision:
     left_out: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
-        """The stored, JSON-ready form (``companion_study`` only once it is known, ``left_out`` only when a trunk was)."""
+        """The stored, JSON-ready form (``companion_study`` once known, ``left_out`` when a trunk was left out)."""
         d = _to_json(dataclasses.asdict(self))
         d["settings"] = self.settings.to_dict()
         if d["companion_study"] is None:

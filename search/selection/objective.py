@@ -67,6 +67,10 @@ class SearchSettings:
             scoring its validation part (the ``auc_bn`` score).
         grades: The task's labels: 2 (binary: a fold's score is its ROC AUC), or K > 2 ordered grades (an
             ordinal head; a fold's score is the mean "grade >= k" AUC, ``search.stats.metrics``).
+        speed_limit: Prune a trial whose second epoch trained more than this many times slower per sample than
+            the seed baseline's own trial (None: never; a run with a time budget sets
+            ``search.selection.budget.CONFIRM_SPEED_LIMIT``, the same limit its confirmation applies, so the
+            search spends no time on a spec it could not confirm).
     """
 
     size: tuple[int, int, int]
@@ -79,6 +83,7 @@ class SearchSettings:
     max_gflops: float | None = None
     recompute_bn: bool = False
     grades: int = 2
+    speed_limit: float | None = None
 
 
 # What a trial's fold is scored by (search.run --score). After 4 epochs of about 33 steps, batch norm's running
@@ -87,6 +92,9 @@ class SearchSettings:
 SCORES = ("auc_bn", "auc")
 DEFAULT_SCORE = "auc_bn"
 FOLD_SEED_STRIDE = 10_000
+# The epoch of the first fold at which a trial's speed is compared with the seed baseline's (the first epoch also
+# warms up allocations and the bf16 probe).
+SPEED_CHECK_EPOCH = 2
 
 
 def fold_seed(base: int, trial_number: int, fold: int) -> int:
@@ -124,6 +132,7 @@ class Objective:
         self.on_epoch = on_epoch
         self.on_trial_end = on_trial_end
         self.running: int | None = None  # the trial number in progress, for cleanup after Ctrl-C
+        self._baseline_rate: float | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.running = trial.number  # after Ctrl-C it stays: the caller fails the trial, and may queue it again
@@ -164,10 +173,21 @@ class Objective:
         model = None
         history: list[EpochResult] = []  # the running fold's epochs
 
+        floor = None if is_baseline or s.speed_limit is None else self._baseline_speed(trial)
+
         def on_epoch(result: EpochResult) -> None:
             history.append(result)
             if self.on_epoch is not None:
                 self.on_epoch(trial, result)
+            if floor and not fits and len(history) == min(SPEED_CHECK_EPOCH, s.epochs) and result.seconds > 0:
+                rate = len(self.folds[0].train) / result.seconds
+                if floor / rate > (s.speed_limit or math.inf):
+                    fits.append(FitResult(history=list(history)))
+                    self._record(trial, fits, aucs, ses, start)
+                    run.prune(f"too slow for the time budget: {rate:.1f} samples/s at epoch {len(history)}, "
+                              f"{floor / rate:.1f}x slower than the seed baseline's trial ({floor:g}), above the "
+                              f"limit of {s.speed_limit:g}x: its confirmation would not fit (--budget none trains "
+                              "it)")
 
         def on_failure(error: TrainingFailed) -> None:
             if history and len(fits) == len(aucs):  # the failing fold's epochs, unless it trained to the end
@@ -209,6 +229,15 @@ class Objective:
             trial.report(value, len(self.folds))
             return value
         return value, float(spec_cost.params if s.objectives[1] == "params" else spec_cost.gflops)
+
+    def _baseline_speed(self, trial: optuna.Trial) -> float | None:
+        """The seed baseline's trial's training samples per second in this study, once it has one."""
+        if self._baseline_rate is None:
+            self._baseline_rate = next(
+                (t.user_attrs[schema.SAMPLES_PER_S] for t in trial.study.get_trials(deepcopy=False)
+                 if t.user_attrs.get(schema.BASELINE) and t.state == optuna.trial.TrialState.COMPLETE
+                 and t.user_attrs.get(schema.SAMPLES_PER_S)), None)
+        return self._baseline_rate
 
     def _record(self, trial: optuna.Trial, fits: list[FitResult], aucs: list[float], ses: list[float],
                 start: float) -> None:

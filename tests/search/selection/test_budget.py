@@ -16,6 +16,7 @@ import search.selection.budget
 from search.run import budget_minutes, main
 from search.selection.budget import (
     CONFIRM_OVERHEAD,
+    CONFIRM_SPEED_LIMIT,
     MIX,
     SAFETY,
     STEP_TO_TRIAL,
@@ -32,6 +33,8 @@ from search.selection.budget import (
     speed_from_trial,
     trial_seconds,
 )
+from search.selection.confirm import ConfirmSettings
+from search.selection.objective import Objective
 from search.study import schema
 from search.training.loop import resolve_device
 
@@ -192,6 +195,28 @@ def test_run_under_a_slow_clock_stops_adding_trials_inside_its_budget(tiny_data,
     assert all(t.state != TrialState.RUNNING for t in study.trials)
     assert "time: the seed baseline trains at" in out and "time budget: the search stopped" in out
     assert study.user_attrs[schema.STUDY_TIME_PLAN]["budget_s"] == 180.0
+
+
+def test_run_hands_the_speed_limit_to_its_trials_and_confirmation_exactly_under_a_budget(tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    # The limit's effect on candidates and trials is tested in test_confirm and test_objective.
+    limits = []
+    real_init = Objective.__init__
+
+    def spy(self, folds, settings, *args, **kwargs):
+        limits.append(settings.speed_limit)
+        real_init(self, folds, settings, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "__init__", spy)
+    confirm = ["--confirm-top", "1", "--confirm-epochs", "1"]
+    for budget, limit in (("600", CONFIRM_SPEED_LIMIT), ("none", None)):
+        where = tmp_path / budget
+        args = [a for a in ["--data", str(tiny_data), "--studies-dir", str(where), *SMALL, "--trials", "2",
+                            "--budget", budget, *confirm] if a != "--no-confirm"]
+        assert main(args) == 0
+        study = optuna.load_study(study_name="lungct", storage=f"sqlite:///{where}/lungct.db")
+        assert ConfirmSettings.from_dict(study.user_attrs["confirmation"]["settings"]).speed_limit == limit
+        assert limits[-1] == limit
 
 
 def test_run_states_its_time_at_the_start(tiny_data, tmp_path, capsys):

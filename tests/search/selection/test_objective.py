@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import optuna
@@ -36,6 +37,48 @@ def test_objective_score_is_the_mean_fold_auc_with_the_pooled_standard_error():
 
 def test_objective_fold_zero_keeps_the_historic_seed():
     assert fold_seed(7, 3, 0) == 10 and fold_seed(7, 3, 1) != fold_seed(7, 4, 0)
+
+
+def _study_with_baseline_rate(rate: float) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.7, user_attrs={schema.BASELINE: True,
+                                                                      schema.SAMPLES_PER_S: rate}))
+    return study
+
+
+def _timed_epochs(monkeypatch, seconds: float) -> None:
+    """Every epoch reports ``seconds``, whatever it really took."""
+    real = search.training.unit.fit
+
+    def timed(*args, on_epoch=None, **kwargs):
+        def stamped(result):
+            if on_epoch is not None:
+                on_epoch(dataclasses.replace(result, seconds=seconds))
+        return real(*args, on_epoch=stamped, **kwargs)
+
+    monkeypatch.setattr(search.training.unit, "fit", timed)
+
+
+def test_objective_prunes_a_trial_slower_than_the_speed_limit_at_its_second_epoch(monkeypatch):
+    settings = SearchSettings(size=SIZE, epochs=3, device=torch.device("cpu"),
+                              bounds=bounds_for_size(SpaceBounds(), SIZE), speed_limit=1.0)
+    _timed_epochs(monkeypatch, 2.0)  # 4 training scans per fold in 2 s: 2 samples/s
+    study = _study_with_baseline_rate(5.0)  # the baseline trained at 5: 2.5x faster
+    study.optimize(Objective(_folds(), settings), n_trials=1)
+    trial = study.trials[1]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs[schema.EPOCHS_RUN] == 2
+    assert trial.user_attrs[schema.PRUNE_REASON].startswith(
+        "too slow for the time budget: 2.0 samples/s at epoch 2, 2.5x slower than the seed baseline's trial (5)")
+
+
+def test_objective_speed_limit_spares_a_fast_enough_trial_and_a_study_without_limit(monkeypatch):
+    _timed_epochs(monkeypatch, 2.0)
+    for limit, baseline_rate in ((3.0, 5.0), (None, 50.0)):
+        settings = SearchSettings(size=SIZE, epochs=2, device=torch.device("cpu"),
+                                  bounds=bounds_for_size(SpaceBounds(), SIZE), speed_limit=limit)
+        study = _study_with_baseline_rate(baseline_rate)
+        study.optimize(Objective(_folds(), settings), n_trials=1)
+        assert study.trials[1].state == TrialState.COMPLETE
 
 
 def test_objective_non_finite_loss_prunes_the_trial_naming_the_fold(monkeypatch):
