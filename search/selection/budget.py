@@ -43,10 +43,10 @@ def now() -> float:
     """The clock budgets run on (monotonic seconds); tests replace it."""
     return time.monotonic()
 
-# Measured on this project's 2-core Intel Xeon (AMX) with the fidelity audit running beside it
-# (benchmarks/RESULTS.md, "Time budget"): the three-step measurement gave 59 ms/sample, the seed baseline's
-# own search trial then trained at 77 ms/sample (45 s for 8 epochs of 65 scans, scoring included): 1.4x.
-STEP_TO_TRIAL = 1.4
+# A search trial's time per sample-epoch (its scoring included) over the three-step measurement's, on a quiet
+# machine: 34 against 28 ms on a 2-core AMX Xeon, 175 against 150 ms (warm steps) on a 2-core AVX2 EPYC
+# (benchmarks/RESULTS.md). The 1.4 assumed before was measured with other work beside the run.
+STEP_TO_TRIAL = 1.2
 # A study's trials are a mix of specs, nearly all cheaper than the seed baseline (the cost cap is 0.6x its GFLOPs).
 # Their mean time per sample-epoch relative to the baseline's: 0.7. Measured by benchmarks/bench_trial_cost.py on
 # eight specs drawn from the default space at 0.05-2.1 GFLOPs: 0.11-0.84x the baseline's 150 ms on an AVX2 EPYC,
@@ -58,9 +58,11 @@ MIX = 0.7
 # The share of trials the pruner stops after their first fold (median and Hyperband over 2 folds): the recorded
 # 50-trial runs at the CPU default pruned 48%, 50% and 72% of their trials.
 PRUNED_SHARE = 0.5
-# A confirmation run also recomputes batch-norm statistics, scores and stores its weights: the baseline's
-# three confirmation runs took 284 s against 241 s of training at its trial's speed, 1.18x.
-CONFIRM_OVERHEAD = 1.2
+# A confirmation run's time per sample-epoch (batch-norm recomputation, scoring and stored weights included) over
+# the training time per sample of a search trial of the same spec: its fixed costs spread over 12 epochs instead of
+# 4. The seed baseline's confirmation runs took 30 s for 1,044 sample-epochs against 29.5 ms per sample in its
+# trial on an AMX Xeon (1.0), 166-175 s against 150 ms on an AVX2 EPYC (1.1); 1.2 before was 1.3-1.5x pessimistic.
+CONFIRM_OVERHEAD = 1.0
 # Under a budget, the confirmation leaves out a trunk whose search trial trained more than this many times slower
 # per sample than the seed baseline's own trial (search.selection.confirm.select_candidates): the confirmation then
 # costs at most its slots at the baseline's speed. Without it, one slow trunk at the top stopped a default study on

@@ -737,8 +737,15 @@ def decide(candidates: Sequence[Candidate], runs: dict[tuple[str, int, int], Run
     elif base_ok:
         chosen = base_row
         tried = [r for r in rows[1:] if r.difference is not None]
-        lead = max(tried, key=lambda r: -math.inf if r.difference is None else r.difference) if tried else None
-        if lead is None or lead.difference is None or lead.difference <= 0:
+        # The leader is the one the second look was for (it led on the first repeat), not whichever candidate is
+        # furthest ahead over all runs: one without a second look may be ahead of it by then.
+        looked = [r for r in tried if any(a is not None for a in r.fold_aucs[len(folds):])]
+        lead = (max(looked or tried, key=lambda r: -math.inf if r.difference is None else r.difference) if tried
+                else None)
+        if lead is not None and looked and lead.difference is not None and lead.difference <= 0:
+            why = (f"the leader {lead.key} fell back on its second look ({lead.difference:+.3f} AUC over both "
+                   "repeats), so the baseline stays")
+        elif lead is None or lead.difference is None or lead.difference <= 0:
             why = "no candidate is ahead of the seed baseline on fresh folds, so the baseline stays"
         elif need_second and not any(a is not None for a in lead.fold_aucs[len(folds):]):
             why = (f"the leader {lead.key} ({lead.difference:+.3f}) has no second look yet, so the baseline stays "

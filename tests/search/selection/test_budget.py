@@ -60,9 +60,10 @@ def test_plan_within_the_budget_states_the_latest_end():
     assert "52 ms" not in p.line and "100 ms/sample" in p.line and "Test CPU" in p.line
     assert "within the 180 min budget" in p.line and "at the latest" in p.line
     assert p.search_s == pytest.approx(50 * trial_seconds(SPEED, WORK))
-    # 52 s of the baseline's steps a trial: its trial runs 1.4x its steps, and the study's mix of specs 0.7x it.
+    # 52 s of the baseline's steps a trial: its trial runs STEP_TO_TRIAL times its steps, the study's mix MIX times it.
     assert trial_seconds(SPEED, WORK) == pytest.approx(52 * STEP_TO_TRIAL * MIX + TRIAL_OVERHEAD_S)
-    assert confirm_seconds(SPEED, WORK) > 936
+    # 936 s of steps for the confirmation's three slots: the baseline's at its own speed, two candidates' at the mix's.
+    assert confirm_seconds(SPEED, WORK) == pytest.approx(936 * STEP_TO_TRIAL * (1 + 2 * MIX) / 3 * CONFIRM_OVERHEAD)
 
 
 def test_trial_seconds_take_off_what_the_pruner_saves_on_average_but_not_for_an_unpruned_trial():
@@ -86,10 +87,10 @@ def test_confirm_seconds_price_the_baselines_runs_at_its_own_speed_and_the_candi
 
 
 def test_plan_over_the_budget_says_how_many_trials_fit():
-    p = plan(SPEED, WORK, budget_s=3600, elapsed_s=0.0, clock=FakeClock(), wall=lambda: 0.0)
-    fits = int((3600 - SAFETY * confirm_seconds(SPEED, WORK)) // trial_seconds(SPEED, WORK))
+    p = plan(SPEED, WORK, budget_s=2400, elapsed_s=0.0, clock=FakeClock(), wall=lambda: 0.0)
+    fits = int((2400 - SAFETY * confirm_seconds(SPEED, WORK)) // trial_seconds(SPEED, WORK))
     assert fits > 1
-    assert "more than the 60 min budget" in p.line and f"about {fits} of the 50 fit" in p.line
+    assert "more than the 40 min budget" in p.line and f"about {fits} of the 50 fit" in p.line
     assert "--budget none" in p.line
 
 

@@ -199,6 +199,20 @@ def test_confirm_paired_se_carries_the_seed_noise_and_grows_when_runs_disagree()
     assert se(loud, seed_sd=0.0) > 1.5 * scan_only  # the runs' own spread says the seeds matter
 
 
+def test_confirm_decision_explains_on_the_leader_that_had_the_second_look():
+    # trial1 leads on the first repeat and gets the second look, where it falls back; trial2, with no second look,
+    # is then further ahead over all its runs: the reason must still speak of trial1 (a recorded random-search case).
+    settings = ConfirmSettings(epochs=1, seed=0, resamples=300)
+    rng = np.random.default_rng(3)
+    runs = {**_runs(rng, {BASELINE_KEY: 1.5, "trial1": 2.5, "trial2": 1.9}, folds=FOLDS),
+            **_runs(rng, {BASELINE_KEY: 1.5, "trial1": 0.5}, folds=SECOND)}
+    decision = decide(_candidates(2), runs, FOLDS, settings, SECOND)
+    rows = {r.key: r for r in decision.candidates}
+    assert rows["trial2"].difference > rows["trial1"].difference  # trial2 is ahead over all runs
+    assert decision.recommended.baseline and "trial1" in decision.recommended.why
+    assert "no second look yet" not in decision.recommended.why
+
+
 def test_confirm_rule_text_states_the_measured_rates_only_for_the_default_rule():
     assert RULE_RATES in rule_text(ConfirmSettings(epochs=12, seed=0, folds=3), 2)
     assert RULE_RATES not in rule_text(ConfirmSettings(epochs=12, seed=0, folds=3, margin=0.05), 2)
