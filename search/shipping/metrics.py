@@ -2,7 +2,8 @@
 
 The model's and the baseline's test metrics with 95% intervals and the curves their pictures are drawn
 from (``evaluate``), how the model was chosen and how optimistic its confirmed score was, how it was
-trained, the data summary without local paths or scan ids, and the versions it ran with.
+trained, the data summary without local paths or scan ids, and the versions it ran with; ``metrics_json``
+puts them together in the file's layout.
 
 For an ordinal task (severity grades) ``evaluate`` hands over to ``evaluate_grades``: the mean "grade >= k"
 AUC that selected the model, with its stratified bootstrap interval and the paired difference from the
@@ -17,14 +18,17 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Callable
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lungct.phantom import MARKER_NAME
+from search.model.folder import ModelInfo
 from search.selection.confirm import BASELINE_KEY
 from search.shipping.figures import curve_metrics
 from search.shipping.models import Choice, ExportSettings, Shipped
@@ -38,6 +42,7 @@ from search.stats.intervals import (
 )
 from search.stats.metrics import BinaryMetrics, OrdinalMetrics, predicted_grade, severity_score
 from search.study import schema
+from search.study.storage import shareable_storage
 from search.training.data import PreparedData, Tensors
 from space import cost, describe_spec
 
@@ -308,6 +313,50 @@ def test_predictions(ids: list[str], test: Tensors, model: Shipped, base: Shippe
         rows.append({"study_id": sid, "label": int(label), "p_model": _rounded_p(model.probs[i]),
                      "p_baseline": _rounded_p(base.probs[i]) if base is not None else None})
     return rows
+
+
+def task_entry(info: ModelInfo) -> dict:
+    """metrics.json's task: its name, description, class names and threshold; an ordinal task's grades too."""
+    entry = {"name": info.task, "description": info.task_description, "classes": list(info.classes),
+             "threshold": info.threshold}
+    if info.ordinal:
+        entry |= {"ordinal": True, "grades": [list(g) for g in info.grades],
+                  "predicted_grade": "the median: the number of k with P(grade >= k) >= 0.5"}
+    return entry
+
+
+def metrics_json(*, study: optuna.Study, s: ExportSettings, info: ModelInfo, choice: Choice, result: dict,
+                 model: Shipped, base: Shipped | None, base_trial: FrozenTrial | None, base_note: str | None,
+                 data: dict, test: Tensors, test_ids: list[str], check: dict) -> dict:
+    """The whole of metrics.json, section by section.
+
+    Args:
+        result: The test evaluation (:func:`evaluate`).
+        base: The seed baseline trained beside the model (the model itself where it is the baseline; None where
+            the baseline cannot run at the study's size, which ``base_note`` says).
+        data: The data summary (:func:`data_entry`).
+        test_ids: The test part's study ids, written per scan only with ``s.include_scan_ids``.
+        check: The written folder's reload and ONNX check (``search.shipping.writing.check_export``).
+    """
+    stored = study.user_attrs[schema.STUDY_SETTINGS]
+    return {
+        "format_version": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "study": {"name": s.study, "storage": shareable_storage(s.storage),
+                  "objectives": study.user_attrs.get(schema.STUDY_OBJECTIVES, ["auc"]),
+                  "n_trials": len(study.trials), "settings": shareable_settings(stored)},
+        "task": task_entry(info),
+        "test": result,
+        "selection": selection_entry(choice, result),
+        "model": model_entry(model, choice.trial, s.size),
+        "baseline": (model_entry(base, base_trial, s.size) | {"note": base_note}) if base is not None
+        else {"note": base_note},
+        "data": data,
+        "training": training_entry(s, model),
+        **({"test_predictions": test_predictions(test_ids, test, model, base)} if s.include_scan_ids else {}),
+        "export_check": check,
+        "versions": versions(),
+    }
 
 
 def print_test(result: dict, classes: tuple[str, ...]) -> None:

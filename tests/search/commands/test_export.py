@@ -15,7 +15,7 @@ from optuna_dashboard._note import get_note_from_system_attrs
 from safetensors.torch import load_file
 
 import search
-import search.export
+import search.shipping.export
 from lungct.records import PreprocessConfig
 from search import run
 from search.export import BASELINE_DIR, main
@@ -74,13 +74,13 @@ def exported(tiny_data, tmp_path_factory):
                          "--studies-dir", str(root), "--data", str(tiny_data), "--storage", storage]) == 0
         _recommend_a_searched_spec(optuna.load_study(study_name="lungct", storage=storage))
         saved = []
-        real_save = search.export.save_model
+        real_save = search.shipping.export.save_model
 
         def keep_model(directory, model, *args):
             saved.append(model)
             real_save(directory, model, *args)
 
-        mp.setattr(search.export, "save_model", keep_model)
+        mp.setattr(search.shipping.export, "save_model", keep_model)
         assert main(["--studies-dir", str(root), "--workers", "1", "--storage", storage]) == 0
     return root, root / "lungct" / "model", saved[0]
 
@@ -93,13 +93,13 @@ def ensembled(exported):
     saved = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PRECISION_ENV, "float32")
-        real_save = search.export.save_model
+        real_save = search.shipping.export.save_model
 
         def keep_model(directory, model, *args):
             saved.append(model)
             real_save(directory, model, *args)
 
-        mp.setattr(search.export, "save_model", keep_model)
+        mp.setattr(search.shipping.export, "save_model", keep_model)
         assert main(["--studies-dir", str(root), "--workers", "1", "--storage", f"sqlite:///{root}/lungct.db",
                      "--ensemble", "--out", str(out)]) == 0
     return out, saved[0]
@@ -355,7 +355,7 @@ def test_export_help_states_the_include_scan_ids_flag(capsys):
 def test_export_refuses_an_onnx_file_that_disagrees_with_the_weights(exported, tmp_path, monkeypatch, capsys):
     root, _, _ = exported
     monkeypatch.setenv(PRECISION_ENV, "float32")
-    real_export_onnx = search.export.export_onnx
+    real_export_onnx = search.shipping.export.export_onnx
 
     def export_another_model(model, size, path):  # an ONNX file of other weights than weights.safetensors
         other = copy.deepcopy(model)
@@ -363,7 +363,7 @@ def test_export_refuses_an_onnx_file_that_disagrees_with_the_weights(exported, t
             other.head.out.bias.add_(1.0)
         real_export_onnx(other, size, path)
 
-    monkeypatch.setattr(search.export, "export_onnx", export_another_model)
+    monkeypatch.setattr(search.shipping.export, "export_onnx", export_another_model)
     out = tmp_path / "m"
     assert main(["--studies-dir", str(root), "--workers", "1", "--out", str(out), "--epochs", "1"]) == 1
     err = capsys.readouterr().err

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import search.export
+import search.shipping.export
 from lungct.records import TASKS
 from search import predict, run
 from search.export import BASELINE_DIR, main
@@ -37,13 +37,13 @@ FOLDS = 2
 def _export(mp: pytest.MonkeyPatch, argv: list[str]) -> torch.nn.Module:
     """Run ``search.export.main(argv)``; the in-memory model it wrote."""
     saved = []
-    real_save = search.export.save_model
+    real_save = search.shipping.export.save_model
 
     def keep_model(directory, model, *args):
         saved.append(model)
         real_save(directory, model, *args)
 
-    mp.setattr(search.export, "save_model", keep_model)
+    mp.setattr(search.shipping.export, "save_model", keep_model)
     assert main(argv) == 0
     return saved[0]
 

@@ -26,8 +26,9 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
-import search.export
 import search.report
+import search.shipping.export
+import search.shipping.writing
 import search.study.artifacts
 from search import ablate, export, report, run
 from search.study.artifacts import artifact_dir
@@ -220,7 +221,7 @@ def test_export_checks_the_space_it_needs_before_it_trains(one_trial_study, tmp_
     studies = _copy_study(one_trial_study, tmp_path / "studies")
     out = tmp_path / "models" / "m"
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(search.export.shutil, "disk_usage", lambda path: Usage(10 << 20, 9 << 20, 1 << 20))
+    monkeypatch.setattr(search.shipping.writing.shutil, "disk_usage", lambda path: Usage(10 << 20, 9 << 20, 1 << 20))
     assert export.main(["--studies-dir", str(studies), "--trial", "0", "--epochs", "1", "--out", str(out)]) == 2
     captured = capsys.readouterr()
     line = one_line(captured.err)
@@ -236,7 +237,7 @@ def test_export_read_only_location_is_refused_before_it_trains(one_trial_study, 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(out.parent))
 
-    monkeypatch.setattr(search.export.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(search.shipping.writing.tempfile, "mkdtemp", read_only)
     assert export.main(["--studies-dir", str(studies), "--trial", "0", "--epochs", "1", "--out", str(out)]) == 2
     captured = capsys.readouterr()
     line = one_line(captured.err)
@@ -252,7 +253,7 @@ def test_export_disk_full_while_writing_leaves_no_partial_folder(one_trial_study
         assert (Path(folder) / "weights.safetensors").is_file()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(folder) / "roc.png"))
 
-    monkeypatch.setattr(search.export, "write_model_figures", disk_full)
+    monkeypatch.setattr(search.shipping.export, "write_model_figures", disk_full)
     assert export.main(["--studies-dir", str(studies), "--trial", "0", "--epochs", "1", "--out", str(out)]) == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"error: storage: {out.parent}: the disk that holds it is full")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lungct.nifti
-import search.predict
+import search.model.prediction
 from lungct.records import PreprocessConfig, get_task
 from search.cli import EXIT_BROKEN_PIPE
 from search.model.folder import MAX_INPUT_VOXELS, PREPROCESS, Ensemble, ModelInfo, load_model, save_model
@@ -288,13 +288,13 @@ def test_predict_saliency_writes_one_montage_per_scan_and_json_lists_them(model_
 
 def test_predict_saliency_title_states_the_probability_and_decision(model_dir, tmp_path, capsys, monkeypatch):
     titles = []
-    real_plot = search.predict.plot_montage
+    real_plot = search.model.prediction.plot_montage
 
     def spy(volume, saliency, title, subtitle):
         titles.append((title, subtitle, volume.shape, saliency.shape))
         return real_plot(volume, saliency, title, subtitle)
 
-    monkeypatch.setattr(search.predict, "plot_montage", spy)
+    monkeypatch.setattr(search.model.prediction, "plot_montage", spy)
     scan = write_nifti(tmp_path / "case.nii.gz", synthetic_ct())
     assert main([str(model_dir), str(scan), "--saliency", str(tmp_path / "out"), "--json"]) == 0
     result = _json(capsys)["results"][0]

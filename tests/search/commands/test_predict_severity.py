@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import search.predict
+import search.model.prediction
 from lungct.records import PreprocessConfig, get_task
 from search.model.folder import ModelInfo, save_model
 from search.model.routing import CLINICAL_NOTE, DISCLAIMER, ROUTING
@@ -115,14 +115,14 @@ def test_predict_severity_table_shows_each_grade_the_median_grade_and_its_decisi
 def test_predict_severity_saliency_maps_the_shared_severity_logit(tmp_path, scan, capsys, monkeypatch):
     model = _severity_dir(tmp_path / "m", score=12.0)
     titles = []
-    real = search.predict.plot_montage
+    real = search.model.prediction.plot_montage
 
     def keep_title(volume, saliency, title, subtitle):
         titles.append(subtitle)
         assert saliency.shape == SIZE and np.all(saliency >= 0)
         return real(volume, saliency, title, subtitle)
 
-    monkeypatch.setattr(search.predict, "plot_montage", keep_title)
+    monkeypatch.setattr(search.model.prediction, "plot_montage", keep_title)
     assert main([str(model), str(scan), "--saliency", str(tmp_path / "maps"), "--json"]) == 0
     result = _json(capsys)["results"][0]
     assert (tmp_path / "maps" / "s.saliency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

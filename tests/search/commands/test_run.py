@@ -7,9 +7,10 @@ import torch
 from optuna.trial import TrialState
 from optuna_dashboard._note import get_note_from_system_attrs
 
-import search.run
 import search.selection.confirm
 import search.selection.objective
+import search.selection.stages
+import search.selection.start
 import search.training.unit
 from lungct.discover import discover
 from lungct.splits import load_or_make_split
@@ -90,7 +91,7 @@ def test_run_again_resumes_the_same_study_and_keeps_its_settings(tiny_data, tmp_
 def test_run_started_while_another_creates_the_study_trains_under_the_study_settings(tiny_data, tmp_path,
                                                                                      monkeypatch, capsys, float32):
     """Two first runs of one study at once: the one that loses the race adopts the winner's settings."""
-    real_prepare = search.run.prepare_data
+    real_prepare = search.selection.start.prepare_data
     sizes = []
 
     def racing_prepare(root, config, **kwargs):
@@ -99,7 +100,7 @@ def test_run_started_while_another_creates_the_study_trains_under_the_study_sett
             assert main(_args(tiny_data, tmp_path, "--trials", "1", "--epochs", "1")) == 0
         return real_prepare(root, config, **kwargs)
 
-    monkeypatch.setattr(search.run, "prepare_data", racing_prepare)
+    monkeypatch.setattr(search.selection.start, "prepare_data", racing_prepare)
     # No --size or --epochs: alone, this run would make a study of the defaults.
     assert main(["--studies-dir", str(tmp_path), "--data", str(tiny_data), "--trials", "1", "--workers", "1",
                  "--no-confirm"]) == 0
@@ -114,7 +115,7 @@ def test_run_started_while_another_creates_the_study_trains_under_the_study_sett
 
 def test_run_started_while_another_creates_the_study_refuses_other_flags(tiny_data, tmp_path, monkeypatch, capsys,
                                                                          float32):
-    real_prepare = search.run.prepare_data
+    real_prepare = search.selection.start.prepare_data
     calls = []
 
     def racing_prepare(*args, **kwargs):
@@ -124,7 +125,7 @@ def test_run_started_while_another_creates_the_study_refuses_other_flags(tiny_da
             capsys.readouterr()
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(search.run, "prepare_data", racing_prepare)
+    monkeypatch.setattr(search.selection.start, "prepare_data", racing_prepare)
     assert main(_args(tiny_data, tmp_path, "--trials", "1", "--epochs", "3")) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: study settings: this study was run with epochs=1")
@@ -232,7 +233,7 @@ def test_run_out_of_memory_fails_the_trial_and_the_study_goes_on(tiny_data, tmp_
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(search.training.loop.F, "binary_cross_entropy_with_logits", oom_once)
-    monkeypatch.setattr(search.run, "measure_speed", lambda *a, **k: None)  # the first step is the trial's
+    monkeypatch.setattr(search.selection.stages, "measure_speed", lambda *a, **k: None)  # the first step is the trial's
     assert main(_args(tiny_data, tmp_path, "--trials", "2")) == 0
     first, second = _study(tmp_path).trials
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"].startswith("out of memory on cpu")
@@ -503,7 +504,7 @@ def test_run_value_error_inside_the_confirmation_is_a_bug_with_its_traceback(tin
     def bug(*args, **kwargs):
         raise ValueError("bug")
 
-    monkeypatch.setattr(search.run, "measure_speed", lambda *a, **k: None)
+    monkeypatch.setattr(search.selection.stages, "measure_speed", lambda *a, **k: None)
     monkeypatch.setattr(search.selection.confirm, "select_candidates", bug)
     with pytest.raises(ValueError, match=r"^bug$"):
         main(_confirming(tiny_data, tmp_path))
@@ -514,7 +515,7 @@ def test_run_confirmation_with_nothing_to_recommend_is_one_line_and_the_search_i
     def nothing(*args, **kwargs):
         raise NoRecommendation("confirmation: no candidate finished its runs; nothing can be recommended")
 
-    monkeypatch.setattr(search.run, "measure_speed", lambda *a, **k: None)
+    monkeypatch.setattr(search.selection.stages, "measure_speed", lambda *a, **k: None)
     monkeypatch.setattr(search.selection.confirm, "select_candidates", nothing)
     assert main(_confirming(tiny_data, tmp_path)) == 0
     err = capsys.readouterr().err
