@@ -68,7 +68,8 @@ class SearchSettings:
         grades: The task's labels: 2 (binary: a fold's score is its ROC AUC), or K > 2 ordered grades (an
             ordinal head; a fold's score is the mean "grade >= k" AUC, ``search.stats.metrics``).
         speed_limit: Prune a trial whose second epoch trained more than this many times slower per sample than
-            the seed baseline's own trial (None: never; a run with a time budget sets
+            the seed baseline's own trial (None: never; it depends on measured time, so under a budget which trials
+            it prunes can differ between two runs of one seed; a run with a time budget sets
             ``search.selection.budget.CONFIRM_SPEED_LIMIT``, the same limit its confirmation applies, so the
             search spends no time on a spec it could not confirm).
     """
@@ -93,7 +94,7 @@ SCORES = ("auc_bn", "auc")
 DEFAULT_SCORE = "auc_bn"
 FOLD_SEED_STRIDE = 10_000
 # The epoch of the first fold at which a trial's speed is compared with the seed baseline's (the first epoch also
-# warms up allocations and the bf16 probe).
+# warms up allocations and the bf16 probe, so a one-epoch fold is never checked).
 SPEED_CHECK_EPOCH = 2
 
 
@@ -179,7 +180,7 @@ class Objective:
             history.append(result)
             if self.on_epoch is not None:
                 self.on_epoch(trial, result)
-            if floor and not fits and len(history) == min(SPEED_CHECK_EPOCH, s.epochs) and result.seconds > 0:
+            if floor and not fits and len(history) == SPEED_CHECK_EPOCH and result.seconds > 0:
                 rate = len(self.folds[0].train) / result.seconds
                 if floor / rate > (s.speed_limit or math.inf):
                     fits.append(FitResult(history=list(history)))
