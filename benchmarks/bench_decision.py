@@ -406,7 +406,7 @@ def print_rows(title: str, rows: list[dict], markdown: bool) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
 
 
-# The first is the design before issue 35, the third the one search.selection.confirm runs now (CHOSEN).
+# The first is the one-look design, the third the one search.selection.rule runs (CHOSEN).
 CHOSEN = Design(130, 3, 1, 2, staged=True, screen_only=True)
 DESIGNS = [Design(130, 3, 1, 2), Design(130, 3, 2, 2), CHOSEN,
            Design(130, 3, 1, 2, staged=True), Design(130, 3, 1, 2, staged=True, look_alpha=0.5),

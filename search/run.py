@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 
 import optuna
 
@@ -22,6 +21,7 @@ from lungct.errors import UsageError
 from search import cli
 from search.selection.confirm import DEFAULT_CONFIRM_FOLDS, DEFAULT_TOP_K
 from search.selection.objective import DEFAULT_SCORE, SCORES
+from search.selection.parallel import usable_cores
 from search.selection.settings import GivenSettings, RunJob, load_space_file
 from search.selection.stages import Ended, run_study
 from search.study.storage import PRUNERS, SAMPLERS, parse_objectives
@@ -111,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes training trials of this study at once, the CPU cores divided among "
                    "them (one GPU each on a multi-GPU machine), at most one per CPU core this process may use; "
                    "run the same command on other machines with one --storage postgresql://... to share a study "
-                   "between them; the confirmation stage runs in this process (default: 1)")
+                   "between them; the confirmation stage follows, its runs as --confirm-jobs says (default: 1)")
+    p.add_argument("--confirm-jobs", type=int, default=None, metavar="N",
+                   help="confirmation runs trained at once, each in its own process with the CPU cores divided "
+                   "among them; each run depends only on its seed and its thread count, so a seed reproduces its "
+                   "confirmation at any N > 1 that gives the same threads per run (default: the CPU cores this "
+                   "process may use, one thread per run, on the CPU; 1 on a GPU, where runs train one at a time)")
     return p
 
 
@@ -131,7 +136,7 @@ def parse_flags(args: argparse.Namespace) -> tuple[GivenSettings, RunJob]:
                  jobs=args.jobs, timeout_s=args.timeout, budget_min=budget_minutes(args.budget, device),
                  sampler=args.sampler, pruner=args.pruner, objectives=parse_objectives(args.objectives),
                  confirm=not args.no_confirm, confirm_only=args.confirm_only, device=device, workers=args.workers,
-                 backup_to=args.backup_to)
+                 backup_to=args.backup_to, confirm_jobs=args.confirm_jobs)
     check_flags(given, job)
     if args.space:
         given = dataclasses.replace(given, bounds=load_space_file(args.space))
@@ -158,13 +163,16 @@ def check_flags(given: GivenSettings, job: RunJob) -> None:
     cli.positive("--confirm-top", given.confirm_top)
     cli.positive("--confirm-epochs", given.confirm_epochs)
     cli.positive("--jobs", job.jobs, "a positive count of worker processes")
-    try:
-        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (a container's, a job's share)
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     if job.jobs > cores:
         raise UsageError(f"--jobs: this machine has {cores} CPU core{'s' if cores > 1 else ''} for this run; "
                          f"expected at most {cores} worker process{'es' if cores > 1 else ''}, got {job.jobs}")
+    cli.positive("--confirm-jobs", job.confirm_jobs, "a positive count of processes")
+    if job.confirm_jobs is not None and job.confirm_jobs > cores:
+        raise UsageError(f"--confirm-jobs: this machine has {cores} CPU core{'s' if cores > 1 else ''} for this "
+                         f"run; expected at most {cores}, got {job.confirm_jobs}")
+    if job.confirm_jobs is not None and job.confirm_jobs > 1 and job.device.type == "cuda":
+        raise UsageError("--confirm-jobs: runs train one at a time on a GPU; more than 1 needs --device cpu")
     if job.backup_to is not None and job.jobs > 1:
         raise UsageError("--backup-to: copies the database after each trial of one process; use it with --jobs 1")
 

@@ -5,67 +5,8 @@
 `params_for(arch, train)` is its inverse: the parameters for which `sample(FixedTrial(params))` returns
 that pair, which is what `study.enqueue_trial` needs for the baseline and the course's variants.
 
-Parameters (the Optuna names; never rename one inside an existing study). The defaults are
-`SpaceBounds()`, sized for a 50-trial CPU study (its docstring says why each is narrower than the
-whole space); `SpaceBounds.full()` adds what the last column lists. "int" ranges include both ends:
-
-=================  ===========  ==========================================  ==================
-name               kind         default range or choices                    full() adds
-=================  ===========  ==========================================  ==================
-n_levels           int          2 .. 5, clamped to the input size (below)
-base_filters       categorical  8, 16, 32, 64 (the first level's filters)
-level2_growth ..   categorical  1, 2 (filters of level i = filters of
-level5_growth                   level i-1 x growth); one parameter per
-                                level 2 .. max n_levels
-convs_per_level    int          1 .. 3 (every level)
-block              categorical  plain, residual, residual_inception
-                                (every level)
-activation         categorical  relu, leaky_relu, elu, gelu, silu           sigmoid
-pooling            categorical  max, avg
-norm               categorical  batch, instance, none
-padding            categorical  valid, same ('valid' where it fits, below)
-head_layers        int          0 .. 2 (hidden dense layers)
-head1_units,       categorical  64, 100, 128, 256, 512; one parameter per
-head2_units                     layer up to max head_layers
-dropout            float        0.0 .. 0.5 (uniform)
-lr                 float        1e-4 .. 3e-3 (log scale)                    1e-5 .. 1e-2
-weight_decay       categorical  0, 1e-5, 1e-4, 1e-3                         1e-2
-optimizer          categorical  adam, adamw                                 sgd
-batch_size         categorical  2                                           4, 8
-=================  ===========  ==========================================  ==================
-
-Every parameter is sampled in every trial, even where the spec does not use it (growth of levels
-beyond `n_levels`, widths of head layers beyond `head_layers`). Optuna's importance evaluators assess
-only parameters present in all completed trials, so a conditional parameter would silently drop out of
-the importance plot; and the independent TPE sampler models each parameter on its own, so an unused
-value only adds a little noise to that parameter's model and costs nothing else. Samplers that model
-parameters jointly (multivariate TPE, CMA-ES, GP) do so over the intersection of all trials' search
-spaces, which with unconditional parameters is the whole space. For the same reason
-the convolution count and block type are global, not per level: one `block` parameter answers "does
-the block type matter?" directly, where five per-level ones would split the evidence five ways.
-Growth must stay per level, since the seed's widths (64, 64, 128, 256) grow unevenly.
-
-Categorical choices hold powers of two and the course's unit counts (100, 512); an ordered int range
-would let TPE interpolate, but would also propose widths such as 37 that nobody compares by hand.
-
-Fitting to the input size (`space.fit`). 'valid' padding trims two voxels per convolution per axis,
-so at a small input many specs cannot run; pruning them as "impossible" wasted about a third of the
-trials at 32x64x64. Two deterministic steps remove that waste without changing what a parameter means:
-
-- `bounds_for_size(bounds, size)` clamps `n_levels` to the most levels that run at the size with
-  'same' padding under every norm. It is fixed for the study, so TPE simply never proposes a level
-  count that cannot run, and no parameter becomes conditional on another.
-- `fit_sampled(arch, size)` trains a 'valid' spec whose maps vanish at the size with 'same' padding
-  instead, and the caller records the reason on the trial, as it does for the baseline's fallback.
-
-The objective stays a function of the recorded parameters: the same parameters at the same size
-always train the same spec, so TPE models a well-defined (noisy) function of its inputs, and the
-importance evaluators see every parameter in every trial. `padding` then reads as "'valid' where it
-fits, else 'same'", and its importance measures exactly that choice. The alternatives are worse:
-pruning tells TPE that 'valid' (and deep nets) score worst, for a reason unrelated to learning;
-sampling `padding` only where 'valid' fits makes it conditional, which drops it from the importance
-analysis; and re-drawing until a spec fits makes the trained spec depend on more than the recorded
-parameters.
+The parameters, their ranges, why every one is sampled in every trial and how a spec is fitted to the input
+size: docs/explanation/space.md.
 """
 
 from __future__ import annotations

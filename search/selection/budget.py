@@ -63,6 +63,9 @@ PRUNED_SHARE = 0.5
 # 4. The seed baseline's confirmation runs took 30 s for 1,044 sample-epochs against 29.5 ms per sample in its
 # trial on an AMX Xeon (1.0), 166-175 s against 150 ms on an AVX2 EPYC (1.1); 1.2 before was 1.3-1.5x pessimistic.
 CONFIRM_OVERHEAD = 1.0
+# Confirmation runs trained two at a time in single-threaded processes on 2 cores go this much faster per process
+# than half of one run at a time on both threads: MEASURED BELOW.
+CONFIRM_JOB_EFFICIENCY = 0.8
 # Under a budget, a trial whose second epoch trains more than this many times slower per sample than the seed
 # baseline's own trial is pruned there (search.selection.objective), and the confirmation leaves out a trunk that
 # trained slower (search.selection.candidates.select_candidates): GFLOPs do not bound CPU time. Without it, one
@@ -144,6 +147,8 @@ class Workload:
             more), reserved whether or not a candidate will lead.
         pruned_saving: The expected share of the trials' sample-epochs the pruner saves (a pruned trial stops
             after its first fold): :data:`PRUNED_SHARE` of the folds after the first, 0 without pruning.
+        confirm_jobs: Confirmation runs trained at once (``search.selection.confirm_runs``); the confirmation's
+            time is divided by :func:`confirm_speedup` of it.
     """
 
     trials: int
@@ -152,6 +157,7 @@ class Workload:
     confirm_candidates: int = 3
     second_look: bool = False
     pruned_saving: float = 0.0
+    confirm_jobs: int = 1
 
 
 def trial_seconds(speed: Speed, work: Workload, pruned: bool = True) -> float:
@@ -171,13 +177,30 @@ def baseline_trial_seconds(speed: Speed, work: Workload) -> float:
     return work.trial_samples * speed.seconds_per_sample * STEP_TO_TRIAL + TRIAL_OVERHEAD_S
 
 
-def confirm_seconds(speed: Speed, work: Workload) -> float:
+def confirm_seconds(speed: Speed, work: Workload, second_look: bool = True) -> float:
     """The expected wall time of the confirmation here, before any trial has measured a candidate: the baseline's
-    runs at its own speed, the candidates' at the mix's."""
+    runs at its own speed, the candidates' at the mix's. ``second_look=False``: without the second look's runs,
+    which train only when a candidate leads after the first."""
     slots = work.confirm_candidates + 2 * work.second_look
-    baseline_slots = 1 + work.second_look
-    relative = (baseline_slots + MIX * (slots - baseline_slots)) / max(slots, 1)
-    return work.confirm_samples * speed.seconds_per_sample * STEP_TO_TRIAL * relative * CONFIRM_OVERHEAD
+    look = second_look and work.second_look
+    baseline_slots = 1 + look
+    used = work.confirm_candidates + 2 * look
+    relative = (baseline_slots + MIX * (used - baseline_slots)) / max(slots, 1)
+    return (work.confirm_samples * speed.seconds_per_sample * STEP_TO_TRIAL * relative * CONFIRM_OVERHEAD
+            / confirm_speedup(work.confirm_jobs))
+
+
+def _about(low: float, high: float) -> str:
+    """A duration, or the range between the run without and with the confirmation's second look."""
+    if high < 90 or round(low / 60) == round(high / 60):
+        return f"about {_minutes(high)}"
+    return f"about {low / 60:.0f}-{high / 60:.0f} min (the longer if a candidate leads and gets a second look)"
+
+
+def confirm_speedup(jobs: int) -> float:
+    """How many times faster the confirmation's runs train ``jobs`` at a time, one CPU process each, than one at
+    a time on all the threads (:data:`CONFIRM_JOB_EFFICIENCY` per process; 1 for one at a time)."""
+    return 1.0 if jobs <= 1 else jobs * CONFIRM_JOB_EFFICIENCY
 
 
 def _minutes(seconds: float) -> str:
@@ -230,7 +253,8 @@ def plan(speed: Speed, work: Workload, budget_s: float | None, elapsed_s: float,
     trials = f"{work.trials} trial{'s' * (work.trials != 1)}" + (" and the confirmation" * bool(work.confirm_samples))
     verb = "take" if work.trials != 1 or work.confirm_samples else "takes"
     head = (f"time: the seed baseline trains at {1000 * speed.seconds_per_sample:.0f} ms/sample here "
-            f"({speed.machine}, {speed.precision}; measured just now); {trials} {verb} about {_minutes(total)}")
+            f"({speed.machine}, {speed.precision}; measured just now); {trials} {verb} "
+            f"{_about(search_s + confirm_seconds(speed, work, second_look=False), total)}")
     if budget_s is None:
         return Plan(search_s, confirm_s, None, None, head + " (no --budget)")
     remaining = budget_s - elapsed_s
@@ -278,7 +302,7 @@ def measured_confirm_seconds(study: optuna.Study, candidate_trials: list[int | N
     if work.second_look and rates:
         rates += [rates[0], max(rates[1:], default=slowest)]
     per_candidate = work.confirm_samples / max(len(rates), 1)
-    return sum(per_candidate * r for r in rates) * CONFIRM_OVERHEAD
+    return sum(per_candidate * r for r in rates) * CONFIRM_OVERHEAD / confirm_speedup(work.confirm_jobs)
 
 
 class BudgetStop:
@@ -378,13 +402,14 @@ class Recalibrate:
         one = trial_seconds(speed, rest)
         confirm_s = confirm_seconds(speed, rest)
         total = left * one + confirm_s
+        low = left * one + confirm_seconds(speed, rest, second_look=False)
         parts = [f"the {left} trial{'s' * (left != 1)} left"] * bool(left) + ["the confirmation"] * bool(confirm_s)
         if not parts:
             return
         verb = "take" if len(parts) > 1 or left > 1 else "takes"
         head = (f"time, from the seed baseline's own trial ({trial.user_attrs[schema.WALL_SECONDS]:.0f} s, "
                 f"{1000 * speed.seconds_per_sample * STEP_TO_TRIAL:.0f} ms per sample-epoch): {' and '.join(parts)} "
-                f"{verb} about {_minutes(total)}")
+                f"{verb} {_about(low, total)}")
         if self.stop is None:
             self.line = head + " (no --budget)"
         else:

@@ -100,13 +100,17 @@ def worker_devices(device: torch.device, jobs: int) -> list[torch.device]:
     return [device] * jobs
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's or a batch job's share, where Linux tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def threads_per_worker(jobs: int) -> int:
     """This process's CPU cores divided among ``jobs`` workers (at least one thread each)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // jobs)
+    return max(1, usable_cores() // jobs)
 
 
 def _claim(budget, deadline: float | None, parent_pid: int) -> bool:

@@ -195,6 +195,8 @@ class RunJob:
         workers: Processes decoding scans on a cold cache (None: all cores).
         backup_to: A folder the SQLite database is copied to after every trial and confirmation run, and
             restored from when missing (``search.study.backup``); None: no copy.
+        confirm_jobs: Confirmation runs trained at once in their own processes (None: :meth:`confirm_processes`'s
+            default).
     """
 
     study: str = "lungct"
@@ -212,6 +214,13 @@ class RunJob:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workers: int | None = None
     backup_to: str | None = None
+    confirm_jobs: int | None = None
+
+    def confirm_processes(self, cores: int) -> tuple[int, int]:
+        """(runs at once, CPU threads per run) of the confirmation on a machine of ``cores`` usable cores: by default
+        one single-threaded process per core on the CPU, one run at a time in this process on a GPU."""
+        jobs = self.confirm_jobs if self.confirm_jobs is not None else (1 if self.device.type == "cuda" else cores)
+        return jobs, max(1, cores // jobs)
 
 
 # A space file is a few hundred bytes; the cap bounds what reading and parsing a wrong file costs.

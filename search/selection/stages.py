@@ -42,7 +42,7 @@ from search.selection.confirm import (
 )
 from search.selection.dashboard import write_study_note
 from search.selection.objective import FoldData, Objective, SearchSettings
-from search.selection.parallel import WorkerPlan, run_parallel, threads_per_worker, worker_devices
+from search.selection.parallel import WorkerPlan, run_parallel, threads_per_worker, usable_cores, worker_devices
 from search.selection.progress import SearchProgress, summary_table
 from search.selection.settings import CONFIRM_SETTINGS, GivenSettings, RunJob
 from search.selection.start import Started, start
@@ -141,7 +141,8 @@ def _workload(r: Started) -> Workload:
     confirm = (s.confirm_top + 1 + 2) * s.confirm_epochs * non_test * (s.confirm_folds - 1)
     prunes = r.job.pruner != "none" and len(r.job.objectives) == 1  # a two-objective study runs no pruner
     return Workload(r.job.trials, round(s.folds * s.epochs * fold_train), round(confirm) if confirms else 0,
-                    s.confirm_top + 1, second_look=True, pruned_saving=pruned_saving(s.folds, prunes))
+                    s.confirm_top + 1, second_look=True, pruned_saving=pruned_saving(s.folds, prunes),
+                    confirm_jobs=r.job.confirm_processes(usable_cores())[0])
 
 
 def _budget(r: Started, amp: bool) -> Budget:
@@ -251,9 +252,12 @@ def _confirm(r: Started, amp: bool) -> bool:
                                        folds=settings.confirm_folds, fold_seed=settings.split_seed + 1,
                                        top_k=settings.confirm_top,
                                        speed_limit=None if job.budget_min is None else CONFIRM_SPEED_LIMIT)
+    jobs, threads = job.confirm_processes(usable_cores())
+    at_once = (f", {jobs} runs at a time ({threads} CPU thread{'s' * (threads > 1)} each, --confirm-jobs)"
+               if jobs > 1 else "")
     print(f"\nconfirming the top {settings.confirm_top} distinct specs and the seed baseline on fresh "
-          f"{settings.confirm_folds}-fold splits at {settings.confirm_epochs} epochs; the leader, if one is ahead, "
-          "and the baseline then train on a second repeat of fresh folds")
+          f"{settings.confirm_folds}-fold splits at {settings.confirm_epochs} epochs{at_once}; the leader, if one is "
+          "ahead, and the baseline then train on a second repeat of fresh folds")
 
     def second_folds() -> list[ConfirmFold]:
         more = search_folds(r.prepared, settings.confirm_folds, job.studies_dir,
@@ -265,7 +269,8 @@ def _confirm(r: Started, amp: bool) -> bool:
                            confirm_settings, settings.size, job.device, amp,
                            train_fn=partial(train_model, grades=r.prepared.found.task.n_grades),
                            artifacts=artifact_dir(job.studies_dir, job.study),
-                           callbacks=[r.backup] if r.backup else (), second_folds=second_folds)
+                           callbacks=[r.backup] if r.backup else (), second_folds=second_folds, jobs=jobs,
+                           threads=threads)
     except KeyboardInterrupt:
         return True
     except NoRecommendation as e:

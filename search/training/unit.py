@@ -42,6 +42,10 @@ class TrainingFailed(RuntimeError):
         super().__init__(message)
         self.kind = kind
 
+    def __reduce__(self):
+        # Both arguments, so the failure crosses a process boundary (the confirmation's parallel runs) whole.
+        return (type(self), (self.kind, str(self)))
+
 
 @dataclass
 class Trained:

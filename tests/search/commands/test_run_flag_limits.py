@@ -17,6 +17,7 @@ import torch
 import search.run
 from lungct.errors import UsageError
 from search.run import budget_minutes, build_parser, main, parse_flags
+from search.selection.settings import RunJob
 
 
 def _run(tmp_path, *flags: str) -> int:
@@ -76,6 +77,36 @@ def test_run_jobs_cap_falls_back_to_the_cpu_count_without_an_affinity_mask(monke
     assert parse_flags(build_parser().parse_args(["--jobs", "3"]))[1].jobs == 3
     with pytest.raises(UsageError, match="has 3 CPU cores"):
         parse_flags(build_parser().parse_args(["--jobs", "4"]))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--confirm-jobs", "0"], "error: --confirm-jobs: expected a positive count of processes, got 0"),
+    (["--confirm-jobs", "3"], "error: --confirm-jobs: this machine has 2 CPU cores for this run; expected at most 2, "
+                              "got 3"),
+])
+def test_run_confirm_jobs_out_of_range_is_a_one_line_error(tmp_path, capsys, monkeypatch, flags, message):
+    _cores(monkeypatch, 2)
+    assert _run(tmp_path, *flags) == 2
+    assert _one_line_error(capsys) == message
+    assert not (tmp_path / "studies" / "lungct.db").exists()
+
+
+def test_run_confirm_jobs_on_a_gpu_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(search.run.cli, "device_flag", lambda value: torch.device("cuda"))
+    with pytest.raises(UsageError, match=r"^--confirm-jobs: runs train one at a time on a GPU"):
+        parse_flags(build_parser().parse_args(["--confirm-jobs", "2"]))
+
+
+@pytest.mark.parametrize(("device", "flag", "cores", "expected"), [
+    ("cpu", None, 2, (2, 1)),  # the default: one single-threaded process per core
+    ("cpu", None, 16, (16, 1)),
+    ("cpu", 1, 2, (1, 2)),  # one at a time, on every thread
+    ("cpu", 2, 8, (2, 4)),
+    ("cuda", None, 8, (1, 8)),  # a GPU trains one run at a time
+])
+def test_run_confirm_jobs_default_and_threads_per_run(device, flag, cores, expected):
+    job = RunJob(device=torch.device(device), confirm_jobs=flag)
+    assert job.confirm_processes(cores) == expected
 
 
 def test_run_help_says_the_budget_and_jobs_caps(capsys):

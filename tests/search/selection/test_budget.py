@@ -143,6 +143,29 @@ def test_budget_stop_counts_every_confirmation_slot_before_the_search_has_filled
     assert seconds == pytest.approx(3000 / 10 * search.selection.budget.CONFIRM_OVERHEAD)
 
 
+def test_budget_prices_a_confirmation_of_runs_trained_at_once_at_their_measured_share_of_the_cores():
+    study = _study_with_trials(1, samples_per_s=10.0)
+    one = Workload(trials=50, trial_samples=10, confirm_samples=3000, confirm_candidates=3)
+    two = replace(one, confirm_jobs=2)
+    speedup = 2 * search.selection.budget.CONFIRM_JOB_EFFICIENCY
+    assert confirm_seconds(SPEED, two) == pytest.approx(confirm_seconds(SPEED, one) / speedup)
+    measured = search.selection.budget.measured_confirm_seconds
+    assert measured(study, [0], two, SPEED) == pytest.approx(measured(study, [0], one, SPEED) / speedup)
+    assert search.selection.budget.confirm_speedup(1) == 1.0
+
+
+def test_plan_states_the_run_without_and_with_the_second_look_as_a_range():
+    work = replace(WORK, confirm_candidates=3, second_look=True)
+    p = plan(SPEED, work, budget_s=None, elapsed_s=0.0)
+    search_s = 50 * trial_seconds(SPEED, work)
+    without, full = confirm_seconds(SPEED, work, second_look=False), confirm_seconds(SPEED, work)
+    # The second look trains the baseline and the leader once more: 2 of the 5 slots, one of them the baseline's.
+    assert without == pytest.approx(full * (1 + 2 * MIX) / (2 + 3 * MIX))
+    assert (f"take about {(search_s + without) / 60:.0f}-{(search_s + full) / 60:.0f} min (the longer if a candidate "
+            "leads and gets a second look)") in p.line
+    assert confirm_seconds(SPEED, WORK, second_look=False) == confirm_seconds(SPEED, WORK)  # none to leave out
+
+
 def test_budget_stop_reads_the_confirmation_from_the_candidates_measured_speed():
     clock = FakeClock()
     slow = _study_with_trials(1, samples_per_s=1.0)  # a candidate that trains 10x slower than the other study's

@@ -1,4 +1,4 @@
-"""A study and a model folder written before search/ moved into layered subpackages still open (issue 23).
+"""A study and a model folder written by an older layout of search/ (before its layered subpackages) still open.
 
 ``data/pre_layers_study/prelayers.db`` was written by commit 5862755 (the last one before the move):
 ``python -m search.run --trials 3 --phantoms 40 --size 16 32 32 --epochs 1 --confirm-top 1
