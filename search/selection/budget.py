@@ -63,9 +63,10 @@ PRUNED_SHARE = 0.5
 # 4. The seed baseline's confirmation runs took 30 s for 1,044 sample-epochs against 29.5 ms per sample in its
 # trial on an AMX Xeon (1.0), 166-175 s against 150 ms on an AVX2 EPYC (1.1); 1.2 before was 1.3-1.5x pessimistic.
 CONFIRM_OVERHEAD = 1.0
-# Confirmation runs trained two at a time in single-threaded processes on 2 cores go this much faster per process
-# than half of one run at a time on both threads: MEASURED BELOW.
-CONFIRM_JOB_EFFICIENCY = 0.8
+# Confirmation runs trained at once in single-threaded processes, each at this share of one run's speed on all the
+# threads: on a quiet 2-core AMD EPYC (Zen 4, AVX512-BF16) a confirmation of 9 runs took 194 s two at a time against
+# 232 s one at a time (1.2x; a seed-baseline run 52 s on one thread against 33 s on two; benchmarks/RESULTS.md).
+CONFIRM_JOB_EFFICIENCY = 0.6
 # Under a budget, a trial whose second epoch trains more than this many times slower per sample than the seed
 # baseline's own trial is pruned there (search.selection.objective), and the confirmation leaves out a trunk that
 # trained slower (search.selection.candidates.select_candidates): GFLOPs do not bound CPU time. Without it, one
