@@ -168,11 +168,11 @@ def check_flags(given: GivenSettings, job: RunJob) -> None:
         raise UsageError(f"--jobs: this machine has {cores} CPU core{'s' if cores > 1 else ''} for this run; "
                          f"expected at most {cores} worker process{'es' if cores > 1 else ''}, got {job.jobs}")
     cli.positive("--confirm-jobs", job.confirm_jobs, "a positive count of processes")
+    if job.confirm_jobs is not None and job.confirm_jobs > 1 and job.device.type == "cuda":
+        raise UsageError("--confirm-jobs: runs train one at a time on a GPU; more than 1 needs --device cpu")
     if job.confirm_jobs is not None and job.confirm_jobs > cores:
         raise UsageError(f"--confirm-jobs: this machine has {cores} CPU core{'s' if cores > 1 else ''} for this "
                          f"run; expected at most {cores}, got {job.confirm_jobs}")
-    if job.confirm_jobs is not None and job.confirm_jobs > 1 and job.device.type == "cuda":
-        raise UsageError("--confirm-jobs: runs train one at a time on a GPU; more than 1 needs --device cpu")
     if job.backup_to is not None and job.jobs > 1:
         raise UsageError("--backup-to: copies the database after each trial of one process; use it with --jobs 1")
 

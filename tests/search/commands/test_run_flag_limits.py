@@ -92,6 +92,7 @@ def test_run_confirm_jobs_out_of_range_is_a_one_line_error(tmp_path, capsys, mon
 
 
 def test_run_confirm_jobs_on_a_gpu_is_refused_in_one_line(monkeypatch):
+    _cores(monkeypatch, 2)
     monkeypatch.setattr(search.run.cli, "device_flag", lambda value: torch.device("cuda"))
     with pytest.raises(UsageError, match=r"^--confirm-jobs: runs train one at a time on a GPU"):
         parse_flags(build_parser().parse_args(["--confirm-jobs", "2"]))
