@@ -218,8 +218,9 @@ class RunJob:
 
     def confirm_processes(self, cores: int) -> tuple[int, int]:
         """(runs at once, CPU threads per run) of the confirmation on a machine of ``cores`` usable cores: by default
-        one single-threaded process per core on the CPU, one run at a time in this process on a GPU."""
-        jobs = self.confirm_jobs if self.confirm_jobs is not None else (1 if self.device.type == "cuda" else cores)
+        one run at a time in this process, on every thread (``--confirm-jobs N`` > 1: N processes, the cores divided
+        among them). Not yet the default: Ctrl-C with runs in flight takes minutes to stop their pool."""
+        jobs = self.confirm_jobs if self.confirm_jobs is not None else 1
         return jobs, max(1, cores // jobs)
 
 

@@ -29,6 +29,7 @@ from lungct.errors import UsageError
 from search.stats.metrics import BinaryMetrics, OrdinalMetrics, task_metrics
 from search.training.data import Tensors  # the data code's type; imported from here by older callers
 from search.training.precision import Precision, choose_precision
+from space.spec import check_choice
 
 DEFAULT_AUGMENT = AugmentConfig()
 
@@ -105,15 +106,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Each optimiser a spec may name (space.spec.OPTIMIZERS) and how it is made: (parameters, lr, weight decay).
+OPTIMIZER_TABLE: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
+}
+
+
 def make_optimizer(params, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum 0.9) by name."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    raise ValueError(f"optimizer: unknown optimizer {name!r} (adam, adamw, sgd)")
+    """Adam, AdamW or SGD (Nesterov momentum 0.9) by name; an unknown name raises ValueError naming the nearest."""
+    return OPTIMIZER_TABLE[check_choice("make_optimizer", "name", name, OPTIMIZER_TABLE)](params, lr, weight_decay)
 
 
 def place(data: Tensors, device: torch.device) -> Tensors:

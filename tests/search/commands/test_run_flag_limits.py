@@ -99,9 +99,9 @@ def test_run_confirm_jobs_on_a_gpu_is_refused_in_one_line(monkeypatch):
 
 
 @pytest.mark.parametrize(("device", "flag", "cores", "expected"), [
-    ("cpu", None, 2, (2, 1)),  # the default: one single-threaded process per core
-    ("cpu", None, 16, (16, 1)),
-    ("cpu", 1, 2, (1, 2)),  # one at a time, on every thread
+    ("cpu", None, 2, (1, 2)),  # the default: one at a time, on every thread
+    ("cpu", 2, 2, (2, 1)),  # one single-threaded process per core
+    ("cpu", 16, 16, (16, 1)),
     ("cpu", 2, 8, (2, 4)),
     ("cuda", None, 8, (1, 8)),  # a GPU trains one run at a time
 ])

@@ -4,8 +4,17 @@ import pytest
 import torch
 
 import search.training.loop
-from search.training.loop import NonFiniteLossError, Tensors, TrainingOutOfMemory, fit, recalibrate_batchnorm
+from search.training.loop import (
+    OPTIMIZER_TABLE,
+    NonFiniteLossError,
+    Tensors,
+    TrainingOutOfMemory,
+    fit,
+    make_optimizer,
+    recalibrate_batchnorm,
+)
 from space import ArchSpec, LevelSpec, build
+from space.spec import OPTIMIZERS
 
 SPEC = ArchSpec(levels=(LevelSpec(4), LevelSpec(8)), padding="same", head_units=(8,))
 
@@ -142,3 +151,14 @@ def test_fit_trains_an_ordinal_head_and_scores_the_mean_grade_auc():
     assert metrics.auc > 0.9  # the grade is the mean voxel value: trivially learnable
     probs = search.training.loop.predict_probs(model, volumes, torch.device("cpu"))
     assert probs.shape == (16, 3) and (probs[:, 1:] <= probs[:, :-1]).all()
+
+
+def test_make_optimizer_knows_every_optimizer_a_spec_may_name_and_suggests_the_nearest():
+    assert tuple(OPTIMIZER_TABLE) == OPTIMIZERS
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    kinds = {name: type(make_optimizer(weights, name, 1e-3, 1e-4)) for name in OPTIMIZERS}
+    assert kinds == {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    sgd = make_optimizer(weights, "sgd", 1e-3, 0.0)
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"]
+    with pytest.raises(ValueError, match=r"unknown 'adamm'; did you mean 'adam'\?"):
+        make_optimizer(weights, "adamm", 1e-3, 0.0)
